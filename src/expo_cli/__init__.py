@@ -1,0 +1,30 @@
+"""expo: ExPO model extrapolation for LLM checkpoints, θ_expo = θ_aligned + α·(θ_aligned − θ_sft).
+
+    >>> import expo_cli
+    >>> result = expo_cli.merge(sft="./sft", aligned="./dpo", output="./expo", alpha=0.5)
+
+The heavy modules (torch) load on first use, so `expo --help` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["ExpoError", "MergeResult", "__version__", "merge"]
+
+if TYPE_CHECKING:
+    from .errors import ExpoError
+    from .merging import MergeResult, merge
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("merge", "MergeResult"):
+        from . import merging
+
+        return getattr(merging, name)
+    if name == "ExpoError":
+        from .errors import ExpoError
+
+        return ExpoError
+    raise AttributeError(f"module 'expo_cli' has no attribute {name!r}")

@@ -1,0 +1,3 @@
+from expo_cli.cli import main
+
+main()

@@ -1,0 +1,72 @@
+"""The `expo` command: a thin Typer shell over the library, with one place that turns errors into exit codes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Annotated
+
+import typer
+
+from .. import __version__
+from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
+from . import _output as out
+from .merge import MERGE_EXAMPLES, merge
+
+app = typer.Typer(
+    name="expo",
+    help="ExPO model extrapolation for LLM checkpoints: θ_expo = θ_aligned + α·(θ_aligned − θ_sft).",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120},
+)
+
+
+def _epilog(examples: list[str]) -> str:
+    """Examples kept on one line each (Click's \\b marker stops re-wrapping), then the exit codes."""
+    return "\b\nExamples:\n" + "\n".join(f"  $ {e}" for e in examples) + "\n\n" + EXIT_CODES_HELP
+
+
+app.command(epilog=_epilog(MERGE_EXAMPLES))(merge)
+
+_state = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.result(f"expo {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks (or set EXPO_DEBUG=1).")] = False,
+) -> None:
+    _state["debug"] = debug or os.environ.get("EXPO_DEBUG", "") not in ("", "0")
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise Interrupted(signum)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: user errors become one line on stderr and their documented exit code."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        app(args=argv, prog_name="expo")
+    except ExpoError as err:
+        if _state["debug"]:
+            import traceback
+
+            traceback.print_exc()
+        out.error(str(err))
+        sys.exit(err.exit_code)

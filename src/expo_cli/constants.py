@@ -1,0 +1,37 @@
+"""File names and defaults shared across modules."""
+
+from __future__ import annotations
+
+from huggingface_hub.constants import (
+    CONFIG_NAME,
+    PYTORCH_WEIGHTS_NAME,
+    REPOCARD_NAME,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_SINGLE_FILE,
+)
+
+PYTORCH_INDEX_FILE = PYTORCH_WEIGHTS_NAME + ".index.json"
+OUTPUT_FILENAME_PATTERN = "model{suffix}.safetensors"
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+
+# Extensions of weight files: never copied from the aligned folder into the output (they would be the
+# un-extrapolated weights, or a second copy of them in another format).
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz")
+WEIGHT_INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
+
+# Folders that belong to tools, not to the model.
+SKIPPED_FOLDERS = (".git", ".cache", ".huggingface")
+
+# Elements per chunk of the streaming arithmetic: bounds memory whatever the tensor size.
+CHUNK_ELEMENTS = 8 * 1024 * 1024
+
+# The name prefix of a run's temporary output folder (beside the target).
+PARTIAL_PREFIX = ".expo-partial-"
+
+__all__ = [
+    "CONFIG_NAME",
+    "PYTORCH_WEIGHTS_NAME",
+    "REPOCARD_NAME",
+    "SAFETENSORS_INDEX_FILE",
+    "SAFETENSORS_SINGLE_FILE",
+]

@@ -1,0 +1,66 @@
+"""One error type for everything a user can cause, each kind with its own exit code.
+
+The CLI turns these into one line on stderr and the exit code below; anything else is a bug and
+keeps its traceback. The codes are documented in `expo --help`.
+"""
+
+from __future__ import annotations
+
+
+class ExpoError(Exception):
+    """An error the user can fix: printed as one line, no traceback."""
+
+    exit_code = 1
+
+
+class UsageError(ExpoError):
+    """An option value that cannot work (checked beyond what the option parser can)."""
+
+    exit_code = 2
+
+
+class InputError(ExpoError):
+    """An input checkpoint is missing, unreadable, corrupt, hostile or unsupported."""
+
+    exit_code = 3
+
+
+class MismatchError(ExpoError):
+    """The two checkpoints cannot be paired (architecture, tensor names or shapes differ)."""
+
+    exit_code = 4
+
+
+class OutputError(ExpoError):
+    """The output cannot be written (exists, unwritable, inside an input, disk full)."""
+
+    exit_code = 5
+
+
+class NonFiniteError(ExpoError):
+    """The extrapolation produced inf/NaN (for example float16 overflow)."""
+
+    exit_code = 6
+
+
+class HubError(ExpoError):
+    """The Hugging Face Hub refused or failed a request."""
+
+    exit_code = 7
+
+
+class Interrupted(ExpoError):
+    """The run was stopped by a signal; the partial output has been removed."""
+
+    def __init__(self, signum: int) -> None:
+        import signal
+
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; the partial output was removed")
+
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 unexpected error; 2 bad usage; 3 unreadable, corrupt or unsupported input; "
+    "4 the two checkpoints do not match; 5 output cannot be written (exists, no space, inside an input); "
+    "6 non-finite result; 7 Hub error; 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
+)

@@ -1,0 +1,72 @@
+"""The arithmetic: θ_expo = θ_aligned + α·(θ_aligned − θ_sft), on flat chunks, rounded once.
+
+bfloat16/float16 (same dtype in and out): `torch.lerp(sft, aligned, 1 + α)` is θ_sft + (1+α)·(θ_aligned −
+θ_sft) in one fused pass with float32 internal math and a single rounding to the output, no upcast copies.
+float32/float64, and mixed dtypes: the difference goes to a scratch buffer of the compute dtype (float32, or
+float64 when any side is float64), then θ_aligned + α·Δ. Not lerp there: its 1 − (1+α) loses α's low bits
+when 1+α is rounded, which costs float32 outputs a unit in the last place.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def formula(alpha: float) -> str:
+    """The update with the numbers filled in, in both equivalent forms."""
+    return f"θ_expo = θ_aligned + {alpha:g}·(θ_aligned − θ_sft) = θ_sft + {1 + alpha:g}·(θ_aligned − θ_sft)"
+
+
+def check_alpha(alpha: float) -> float:
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha}")
+    return float(alpha)
+
+
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
+class Extrapolator:
+    """Computes chunks into caller-provided output buffers, reusing its scratch memory between calls."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = check_alpha(alpha)
+        self.weight = 1.0 + self.alpha
+        self._scratch: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
+
+    def _buffer(self, slot: int, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
+        key = (dtype, device, slot)
+        buf = self._scratch.get(key)
+        if buf is None or buf.numel() < numel:
+            buf = self._scratch[key] = torch.empty(numel, dtype=dtype, device=device)
+        return buf[:numel]
+
+    def __call__(self, sft: torch.Tensor, aligned: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """Write the extrapolation of two flat chunks into `out` (same length) and return it."""
+        if sft.dtype == aligned.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):
+            return torch.lerp(sft, aligned, self.weight, out=out)
+        wide = compute_dtype(sft.dtype, aligned.dtype, out.dtype)
+        n = out.numel()
+        if aligned.dtype != wide:
+            aligned = self._buffer(1, wide, out.device, n).copy_(aligned)
+        delta = torch.sub(aligned, sft, out=self._buffer(0, wide, out.device, n))  # sft is widened exactly
+        if out.dtype == wide:
+            return torch.add(aligned, delta, alpha=self.alpha, out=out)
+        return out.copy_(torch.add(aligned, delta, alpha=self.alpha, out=delta))
+
+
+def finite_probe(chunk: torch.Tensor) -> torch.Tensor:
+    """A 0-d tensor that is finite exactly when every element is: one float64 reduction, no bool copy.
+
+    A float64 sum of at most 2^31 finite float32/16 values cannot overflow, while inf and NaN propagate.
+    It stays on the chunk's device, so a GPU run checks it once per tensor instead of syncing per chunk.
+    """
+    return chunk.sum(dtype=torch.float64)
+
+
+def first_nonfinite(chunk: torch.Tensor) -> int:
+    """Flat index of the first inf/NaN of a chunk known to hold one."""
+    return int((~torch.isfinite(chunk)).nonzero()[0, 0])

@@ -1,0 +1,143 @@
+"""The output folder: checked before any work, built in a temporary folder beside it, renamed into place last.
+
+A run writes into `.expo-partial-<name>-<pid>-<random>` next to the target. Only when every file is written
+and fsync-ed is it renamed to the target, so a killed run never leaves something that looks finished, and
+the next run finds and removes what a dead run left.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from .constants import PARTIAL_PREFIX
+from .errors import OutputError
+
+HEADROOM = 16 * 1024 * 1024  # configs, tokenizer and card, beyond the weights
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a small file and fsync it."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def fsync_folder(path: Path) -> None:
+    """Make a folder's entries (new files, renames) durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_or_inside(child: Path, parent: Path) -> bool:
+    child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
+    return child == parent or parent in child.parents
+
+
+def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
+    """Refuse an output that would overwrite, sit inside, or contain an input, or exists without --force."""
+    for role, path in inputs.items():
+        if same_or_inside(output, path):
+            raise OutputError(f"--output {output} is inside --{role} {path}; choose a folder outside the inputs")
+        if same_or_inside(path, output):
+            raise OutputError(f"--output {output} contains --{role} {path}; choose another output folder")
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file; choose a folder path")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise OutputError(f"--output {output} exists and is not empty; pass --force to replace it")
+    parent = existing_parent(output)
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into {parent}: permission denied; choose a writable --output")
+
+
+def existing_parent(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def check_space(output: Path, needed: int) -> None:
+    """Refuse early when the output's file system cannot hold the result."""
+    free = shutil.disk_usage(existing_parent(output)).free
+    if needed + HEADROOM > free:
+        raise OutputError(
+            f"not enough space for {output}: needs {human_bytes(needed + HEADROOM)}, "
+            f"{human_bytes(free)} free; free space or choose another --output"
+        )
+
+
+def stale_partials(output: Path) -> list[Path]:
+    """Temporary folders that earlier runs for this output left behind and whose process is gone."""
+    parent = Path(os.path.abspath(output)).parent
+    if not parent.is_dir():
+        return []
+    found = []
+    for candidate in parent.glob(f"{PARTIAL_PREFIX}{output.name}-*"):
+        pid = candidate.name[len(f"{PARTIAL_PREFIX}{output.name}-") :].split("-")[0]
+        if candidate.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            found.append(candidate)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Staging:
+    """A temporary folder beside `output`, removed unless `commit()` renames it into place."""
+
+    def __init__(self, output: Path) -> None:
+        self.output = Path(os.path.abspath(output))
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        name = f"{PARTIAL_PREFIX}{self.output.name}-{os.getpid()}-{secrets.token_hex(4)}"
+        self.path = self.output.parent / name
+        self.path.mkdir()
+        self.committed = False
+
+    def commit(self, force: bool) -> None:
+        """Make the staged folder durable and rename it to the target: the very last step of a run."""
+        fsync_folder(self.path)
+        if self.output.exists():
+            if not force and (self.output.is_file() or any(self.output.iterdir())):
+                raise OutputError(f"--output {self.output} appeared during the run; pass --force to replace it")
+            trash = self.output.parent / f"{self.path.name}-old"
+            os.rename(self.output, trash)
+            os.rename(self.path, self.output)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.rename(self.path, self.output)
+        fsync_folder(self.output.parent)
+        self.committed = True
+
+    def discard(self) -> None:
+        if not self.committed:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

@@ -1,0 +1,202 @@
+"""Writing the output shards as a stream: plan from sizes, header first, then every tensor at its offset.
+
+Because every output tensor's dtype and shape are known from the input headers, each shard's safetensors
+header can be written before any data exists. Tensors are then appended in order as they are computed, on
+a background thread, so no shard is ever accumulated in memory and writing overlaps the arithmetic.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from huggingface_hub import split_state_dict_into_shards_factory
+
+from .constants import OUTPUT_FILENAME_PATTERN, SAFETENSORS_INDEX_FILE
+from .errors import OutputError
+from .output import human_bytes, write_durably
+
+
+class TensorSpec(Protocol):
+    name: str
+    out_dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Shard:
+    filename: str
+    tensors: list[TensorSpec]
+    header: bytes
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk: the 8-byte length, the header, the data."""
+        return 8 + len(self.header) + sum(t.nbytes for t in self.tensors)
+
+
+def safetensors_header(tensors: Sequence[TensorSpec], metadata: dict[str, str]) -> bytes:
+    """The JSON header for tensors stored back to back in this order, padded to 8 bytes as safetensors does."""
+    entries: dict[str, object] = {"__metadata__": metadata}
+    offset = 0
+    for t in tensors:
+        entries[t.name] = {"dtype": t.out_dtype, "shape": list(t.shape), "data_offsets": [offset, offset + t.nbytes]}
+        offset += t.nbytes
+    raw = json.dumps(entries, separators=(",", ":")).encode()
+    return raw + b" " * (-len(raw) % 8)
+
+
+def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> list[Shard]:
+    """Split tensors, in order, into HF-named shards of at most `max_shard_size` bytes (decimal units)."""
+    split = split_state_dict_into_shards_factory(
+        {t.name: t for t in tensors},
+        get_storage_size=lambda t: t.nbytes,
+        filename_pattern=OUTPUT_FILENAME_PATTERN,
+        max_shard_size=max_shard_size,
+    )
+    by_name = {t.name: t for t in tensors}
+    shards = []
+    for filename, names in split.filename_to_tensors.items():
+        members = [by_name[n] for n in names]
+        shards.append(Shard(filename, members, safetensors_header(members, {"format": "pt"})))
+    return shards
+
+
+def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
+    """Write `model.safetensors.index.json` when there is more than one shard (as transformers does)."""
+    if len(shards) < 2:
+        return None
+    import math
+
+    index = {
+        "metadata": {
+            "total_size": sum(t.nbytes for s in shards for t in s.tensors),
+            "total_parameters": sum(math.prod(t.shape) for s in shards for t in s.tensors),
+        },
+        "weight_map": dict(sorted((t.name, s.filename) for s in shards for t in s.tensors)),
+    }
+    path = folder / SAFETENSORS_INDEX_FILE
+    write_durably(path, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
+    return path
+
+
+def disk_full(folder: Path, needed: int) -> OutputError:
+    return OutputError(f"disk full writing {folder}: the output needs {human_bytes(needed)}; free space and run again")
+
+
+class ShardStream:
+    """Appends data to the planned shards in order, on a background thread, fsync-ing each full file.
+
+    `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file, so the
+    caller can reuse the buffer. Errors on the thread (disk full) are raised by the next `write` or `close`.
+    """
+
+    def __init__(self, folder: Path, shards: Sequence[Shard], depth: int = 4) -> None:
+        self.folder = folder
+        self.shards = list(shards)
+        self.total = sum(s.size for s in self.shards)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="expo-writer", daemon=True)
+        self._thread.start()
+
+    def write(
+        self, data: memoryview, release: Callable[[], None] | None = None, ready: Callable[[], object] | None = None
+    ) -> None:
+        """Queue bytes; `ready()` is awaited on the writer thread first (a GPU copy), `release()` after."""
+        self.check()
+        while True:
+            try:
+                self._queue.put((data, release, ready), timeout=0.5)
+                return
+            except queue.Full:
+                self.check()
+
+    def close(self) -> None:
+        """Wait for every byte to be written and fsync-ed."""
+        self._queue.put(None)
+        self._thread.join()
+        self.check()
+
+    def abort(self) -> None:
+        """Stop the thread without waiting for pending data (the files are being discarded)."""
+        self._error = self._error or RuntimeError("aborted")
+        try:
+            while True:
+                self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def check(self) -> None:
+        """Raise the writer thread's error, if it had one."""
+        if self._error is not None:
+            error, self._error = self._error, RuntimeError("writer already failed")
+            raise error
+
+    def _run(self) -> None:
+        shards = iter(self.shards)
+        fh = None
+        remaining = 0
+        try:
+            while True:
+                item = self._queue.get()
+                if item is None or self._error is not None:
+                    break
+                data, release, ready = item
+                if ready is not None:
+                    ready()
+                view = memoryview(data).cast("B")
+                while len(view):
+                    if remaining == 0:
+                        fh = self._next_file(fh, shards)
+                        remaining = next_size = self._current.size - 8 - len(self._current.header)
+                        if next_size == 0:
+                            continue
+                    n = min(remaining, len(view))
+                    written = 0
+                    while written < n:
+                        written += fh.write(view[written:n])
+                    view, remaining = view[n:], remaining - n
+                del view, data
+                if release is not None:
+                    release()
+            if self._error is None:
+                self._finish(fh, shards, remaining)
+        except OSError as err:
+            self._error = disk_full(self.folder, self.total) if err.errno == errno.ENOSPC else OutputError(
+                f"cannot write {getattr(fh, 'name', self.folder)}: {err.strerror or err}")  # fmt: skip
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self._error = err
+        finally:
+            if fh is not None and not fh.closed:
+                fh.close()
+
+    def _next_file(self, fh, shards):  # noqa: ANN001, ANN202 - private
+        if fh is not None:
+            self._close_file(fh)
+        self._current = next(shards)
+        fh = open(self.folder / self._current.filename, "wb", buffering=0)  # noqa: SIM115
+        fh.write(len(self._current.header).to_bytes(8, "little") + self._current.header)
+        return fh
+
+    def _close_file(self, fh) -> None:  # noqa: ANN001
+        os.fsync(fh.fileno())
+        fh.close()
+
+    def _finish(self, fh, shards, remaining: int) -> None:  # noqa: ANN001
+        if remaining:
+            raise RuntimeError(f"{fh.name}: {remaining} bytes short")  # a bug: the plan and the data disagree
+        for shard in shards:  # shards with no data (empty tensors only)
+            fh = self._next_file(fh, iter([shard]))
+        if fh is not None:
+            self._close_file(fh)

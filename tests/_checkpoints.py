@@ -1,0 +1,142 @@
+"""Tiny real checkpoints built with transformers, and the float64 reference of the ExPO formula."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from expo_cli.checkpoint import load_checkpoint
+
+VOCAB = 96
+
+
+def llama_config(**overrides) -> LlamaConfig:
+    settings = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4}
+    settings |= {"num_key_value_heads": 2, "vocab_size": VOCAB, "max_position_embeddings": 64}
+    return LlamaConfig(**{**settings, "tie_word_embeddings": False, **overrides})
+
+
+def gpt2_config(**overrides) -> GPT2Config:
+    settings = {"n_embd": 32, "n_layer": 2, "n_head": 4, "vocab_size": VOCAB, "n_positions": 64}
+    return GPT2Config(**{**settings, "tie_word_embeddings": True, **overrides})
+
+
+def build_model(config, seed: int):
+    torch.manual_seed(seed)
+    cls = LlamaForCausalLM if config.model_type == "llama" else GPT2LMHeadModel
+    return cls(config).eval()
+
+
+def perturb(model, seed: int, scale: float = 0.01):
+    """What alignment does: a small move of every weight."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator).to(p.dtype) * scale)
+    return model
+
+
+def save(model, path: Path, dtype: torch.dtype, max_shard_size: str | None = None, fmt: str = "safetensors") -> Path:
+    model = model.to(dtype)
+    if fmt == "safetensors":
+        kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+        model.save_pretrained(path, **kwargs)
+    else:  # transformers 5 no longer writes .bin: write what older versions wrote
+        path.mkdir(parents=True, exist_ok=True)
+        model.config.save_pretrained(path)
+        state = {k: v.contiguous().clone() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        torch.save(state, path / "pytorch_model.bin")
+    return path
+
+
+def add_tokenizer_files(path: Path) -> None:
+    """The non-weight files an aligned model ships, which the output must carry byte for byte."""
+    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64, "chat_template": "{{ x }}"}))
+    (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
+    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    (path / "modeling_custom.py").write_text("# custom code travels with the model\n")
+
+
+def make_pair(root: Path, arch: str = "llama", dtype=torch.bfloat16, sft_dtype=None, sft_shards=None,
+              aligned_shards="30KB", sft_tied=None, aligned_tied=None, aligned_vocab=None, sft_fmt="safetensors",
+              aligned_fmt="safetensors") -> tuple[Path, Path]:  # fmt: skip
+    """An SFT checkpoint and an aligned one a small step away, saved by transformers."""
+    make_config = llama_config if arch == "llama" else gpt2_config
+    sft_kwargs = {} if sft_tied is None else {"tie_word_embeddings": sft_tied}
+    sft_model = build_model(make_config(**sft_kwargs), seed=0)
+    sft = save(sft_model, root / "sft", sft_dtype or dtype, sft_shards, sft_fmt)
+
+    aligned_kwargs = {} if aligned_tied is None else {"tie_word_embeddings": aligned_tied}
+    aligned_model = build_model(make_config(**aligned_kwargs), seed=0)
+    aligned_model.load_state_dict(sft_model.float().state_dict(), strict=False)
+    if aligned_model.config.tie_word_embeddings is False and sft_model.config.tie_word_embeddings:
+        with torch.no_grad():  # untied from the SFT's shared matrix, as training would start
+            aligned_model.lm_head.weight.copy_(aligned_model.get_input_embeddings().weight)
+    perturb(aligned_model, seed=1)
+    if aligned_vocab:
+        aligned_model.resize_token_embeddings(aligned_vocab)
+    aligned = save(aligned_model, root / "aligned", dtype, aligned_shards, aligned_fmt)
+    add_tokenizer_files(aligned)
+    return sft, aligned
+
+
+def read_all(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint folder, by name."""
+    ckpt = load_checkpoint(path, "aligned")
+    tensors = {}
+    if ckpt.format == "bin":
+        for file in ckpt.weight_files:
+            tensors.update(torch.load(file, weights_only=True))
+        return tensors
+    for file in ckpt.weight_files:
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                tensors[name] = f.get_tensor(name)
+    return tensors
+
+
+def reference(sft: torch.Tensor, aligned: torch.Tensor, alpha: float) -> torch.Tensor:
+    """θ_aligned + α·(θ_aligned − θ_sft) in float64, on the rows both share."""
+    a = aligned[: sft.shape[0]].double() if sft.dim() else aligned.double()
+    return a + alpha * (a - sft.double())
+
+
+def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of `dtype` at each value's magnitude (one rounding step)."""
+    info = torch.finfo(dtype)
+    return info.eps * torch.exp2(torch.floor(torch.log2(values.double().abs().clamp_min(info.tiny))))
+
+
+def assert_correct(out: torch.Tensor, sft: torch.Tensor, aligned: torch.Tensor, alpha: float, name: str) -> None:
+    """Each element within one rounding step of the float64 reference.
+
+    A float32/float64 output is computed in its own precision, so it may also carry that precision's error
+    on the inputs' scale (a result that cancels to near zero cannot be closer); narrower outputs may not.
+    """
+    ref = reference(sft, aligned, alpha)
+    rows = ref.shape[0] if ref.dim() else None
+    shared = out[:rows] if rows is not None else out
+    diff = (shared.double() - ref).abs()
+    step = torch.maximum(ulp(ref, out.dtype), ulp(shared, out.dtype))
+    if out.dtype in (torch.float32, torch.float64):
+        a = aligned[: sft.shape[0]].double() if sft.dim() else aligned.double()
+        step = step + 2 * torch.finfo(out.dtype).eps * (a.abs() + abs(alpha) * (a - sft.double()).abs())
+    bad = diff > step
+    assert not bad.any(), f"{name}: {int(bad.sum())} elements off by more than one rounding step (max {diff.max()})"
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def snapshot(path: Path) -> dict[str, bytes]:
+    """Every file's bytes under a folder, to prove inputs were not modified."""
+    return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}

@@ -1,0 +1,60 @@
+"""Shared fixtures: an isolated Hugging Face home, tiny model pairs, and the CLI run in-process."""
+
+from __future__ import annotations
+
+import os
+
+# Before anything imports huggingface_hub: nothing in the tests may reach the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.pop("HF_TOKEN", None)
+
+import signal  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from expo_cli.cli import main  # noqa: E402
+
+from _checkpoints import make_pair  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf_home(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def expo(capsys):
+    """Run `expo ARGS...` in-process through the real entry point; return exit code and both streams."""
+
+    def run(*args: object) -> Run:
+        handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        finally:
+            signal.signal(signal.SIGINT, handlers[0])
+            signal.signal(signal.SIGTERM, handlers[1])
+        captured = capsys.readouterr()
+        return Run(code, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def llama_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """bfloat16 Llama pair: SFT in one file, aligned in several shards. Read-only for tests."""
+    return make_pair(tmp_path_factory.mktemp("llama"), dtype=torch.bfloat16, sft_shards=None, aligned_shards="30KB")

@@ -1,0 +1,169 @@
+"""End-to-end merges of tiny real models: every tensor against the float64 reference of the formula."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+import expo_cli
+
+from _checkpoints import assert_correct, make_pair, read_all, snapshot
+
+
+def assert_merged(out: Path, sft: Path, aligned: Path, alpha: float, dtype: torch.dtype | None = None) -> dict:
+    """Same names as aligned, each tensor within one rounding step of the float64 reference."""
+    merged, s, a = read_all(out), read_all(sft), read_all(aligned)
+    assert sorted(merged) == sorted(a)
+    for name, tensor in merged.items():
+        assert tensor.shape == a[name].shape, name
+        assert tensor.dtype == (dtype or a[name].dtype), name
+        source = s.get(name)
+        if source is None:  # tied in the SFT model: its lm_head is its input embedding
+            source = next(v for k, v in s.items() if k.endswith(("embed_tokens.weight", "wte.weight")))
+        assert_correct(tensor, source, a[name], alpha, name)
+    return merged
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("alpha", [0.3, 2.5, -0.5])
+def test_every_tensor_matches_the_float64_reference(tmp_path, dtype, alpha):
+    sft, aligned = make_pair(tmp_path, dtype=dtype, sft_shards="25KB", aligned_shards="40KB")
+    result = expo_cli.merge(sft, aligned, tmp_path / "out", alpha, max_shard_size="30KB", progress=False)
+    assert_merged(tmp_path / "out", sft, aligned, alpha)
+    assert result.tensors == result.extrapolated == len(read_all(aligned))
+    assert len(result.shards) > 1
+
+
+def test_alpha_zero_is_the_aligned_model_bit_for_bit(tmp_path, llama_pair):
+    sft, aligned = llama_pair
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.0, progress=False)
+    merged, a = read_all(tmp_path / "out"), read_all(aligned)
+    assert all(torch.equal(merged[k].view(torch.int16), a[k].view(torch.int16)) for k in a)
+
+
+def test_alpha_minus_one_is_the_sft_model(tmp_path, llama_pair):
+    sft, aligned = llama_pair
+    expo_cli.merge(sft, aligned, tmp_path / "out", -1.0, progress=False)
+    merged, s = read_all(tmp_path / "out"), read_all(sft)
+    assert all(torch.equal(merged[k], s[k]) for k in merged)
+
+
+def test_huge_tensors_are_processed_in_chunks(tmp_path, llama_pair, monkeypatch):
+    """Chunk boundaries anywhere inside a tensor must not change a single bit."""
+    sft, aligned = llama_pair
+    expo_cli.merge(sft, aligned, tmp_path / "whole", 0.7, progress=False)
+    monkeypatch.setattr("expo_cli.merging.CHUNK_ELEMENTS", 999)
+    expo_cli.merge(sft, aligned, tmp_path / "chunked", 0.7, progress=False)
+    whole, chunked = read_all(tmp_path / "whole"), read_all(tmp_path / "chunked")
+    assert all(torch.equal(whole[k], chunked[k]) for k in whole)
+
+
+def test_output_files_follow_the_hf_layout(tmp_path, llama_pair):
+    sft, aligned = llama_pair
+    result = expo_cli.merge(sft, aligned, tmp_path / "out", 0.5, max_shard_size="20KB", progress=False)
+    out = tmp_path / "out"
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    n = len(result.shards)
+    assert result.shards == [f"model-{i:05d}-of-{n:05d}.safetensors" for i in range(1, n + 1)]
+    assert set(index["weight_map"].values()) == set(result.shards)
+    stored = 0
+    for shard in result.shards:
+        with safe_open(out / shard, framework="pt") as f:
+            assert f.metadata() == {"format": "pt"}
+            for name in f.keys():
+                assert index["weight_map"][name] == shard
+                t = f.get_tensor(name)
+                stored += t.numel() * t.element_size()
+        (length,) = struct.unpack("<Q", (out / shard).read_bytes()[:8])
+        assert length % 8 == 0
+    assert index["metadata"]["total_size"] == stored
+    single = expo_cli.merge(sft, aligned, tmp_path / "single", 0.5, progress=False)
+    assert single.shards == ["model.safetensors"]
+    assert not (tmp_path / "single" / "model.safetensors.index.json").exists()
+
+
+def test_config_card_and_files_of_the_aligned_model(tmp_path, llama_pair):
+    from huggingface_hub import ModelCard
+
+    sft, aligned = llama_pair
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.5, dtype="float32", progress=False)
+    out = tmp_path / "out"
+    config = json.loads((out / "config.json").read_text())
+    original = json.loads((aligned / "config.json").read_text())
+    assert config["dtype"] == "float32"
+    assert {k: v for k, v in config.items() if k not in ("dtype", "expo")} == {
+        k: v for k, v in original.items() if k != "dtype"
+    }
+    assert config["expo"]["alpha"] == 0.5
+    assert (
+        config["expo"]["formula"] == "θ_expo = θ_aligned + 0.5·(θ_aligned − θ_sft) = θ_sft + 1.5·(θ_aligned − θ_sft)"
+    )
+    assert config["expo"]["sft"]["path"] == str(sft.resolve())
+    assert config["expo"]["aligned"]["path"] == str(aligned.resolve())
+    assert config["expo"]["expo_version"] == expo_cli.__version__
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "modeling_custom.py",
+                 "generation_config.json"):  # fmt: skip
+        assert (out / name).read_bytes() == (aligned / name).read_bytes(), name
+    card = ModelCard.load(out / "README.md")
+    assert {"expo", "merge"} <= set(card.data.tags)
+    assert card.data.library_name == "transformers"
+    assert "θ_sft + 1.5·(θ_aligned − θ_sft)" in card.text
+    assert_merged(out, sft, aligned, 0.5, dtype=torch.float32)
+
+
+def test_hub_cache_folders_are_recorded_as_repo_ids(tmp_path, llama_pair):
+    """A folder of the huggingface_hub cache names its repo and commit in the card's base_model."""
+    import shutil
+
+    from huggingface_hub import ModelCard
+
+    sft, aligned = llama_pair
+    sha = "a" * 40
+    cached = tmp_path / "hub" / "models--org--zephyr-dpo" / "snapshots" / sha
+    shutil.copytree(aligned, cached)
+    expo_cli.merge(sft, cached, tmp_path / "out", 0.5, progress=False)
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == ["org/zephyr-dpo"]
+    assert card.data.base_model_relation == "merge"
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["expo"]["aligned"]["repo_id"] == "org/zephyr-dpo"
+    assert config["expo"]["aligned"]["revision"] == sha
+
+
+def test_inputs_are_never_modified(tmp_path, llama_pair):
+    sft, aligned = llama_pair
+    before = snapshot(sft), snapshot(aligned)
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.5, progress=False)
+    assert (snapshot(sft), snapshot(aligned)) == before
+
+
+def test_mixed_input_dtypes_round_once_to_the_aligned_dtype(tmp_path):
+    sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16, sft_dtype=torch.float32)
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.4, progress=False)
+    assert_merged(tmp_path / "out", sft, aligned, 0.4)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_dtype_override(tmp_path, llama_pair, dtype):
+    sft, aligned = llama_pair
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.5, dtype=dtype, progress=False)
+    assert_merged(tmp_path / "out", sft, aligned, 0.5, dtype=getattr(torch, dtype))
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == dtype
+
+
+def test_pytorch_bin_inputs(tmp_path):
+    sft, aligned = make_pair(tmp_path, dtype=torch.float16, sft_fmt="bin", aligned_fmt="bin")
+    result = expo_cli.merge(sft, aligned, tmp_path / "out", 0.5, progress=False)
+    assert result.shards == ["model.safetensors"]
+    assert_merged(tmp_path / "out", sft, aligned, 0.5)
+
+
+def test_float64_is_computed_in_float64(tmp_path):
+    sft, aligned = make_pair(tmp_path, dtype=torch.float64)
+    expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, progress=False)
+    assert_merged(tmp_path / "out", sft, aligned, 0.3)
