@@ -32,7 +32,9 @@ MaxShardSizeOpt = Annotated[
     typer.Option("--max-shard-size", help=f"Largest output shard, decimal units (default {DEFAULT_MAX_SHARD_SIZE})."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output folder.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no notes on stderr.")]
+QuietOpt = Annotated[
+    bool, typer.Option("--quiet", "-q", help="No progress bar, formula or summary on stderr (warnings still show).")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
 StrictOpt = Annotated[bool, typer.Option("--strict", help="Treat inf/NaN already present in an input as an error.")]
 AllowArchOpt = Annotated[

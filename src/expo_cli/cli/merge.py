@@ -72,7 +72,7 @@ def merge(
         allow_architecture_mismatch=allow_architecture_mismatch,
         strict=strict,
         progress=not quiet and not are_progress_bars_disabled(),
-        warn=(lambda _: None) if quiet else out.warning,
+        warn=out.warning,
     )
     if not quiet:
         out.info(

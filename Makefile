@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv first (CPU torch from the
+# local wheel before anything else, so pip never fetches a CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO := examples/out
+
+.PHONY: setup demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(PY) examples/make_tiny_pair.py $(DEMO)
+	$(VENV)/bin/expo merge --sft $(DEMO)/sft --aligned $(DEMO)/aligned --output $(DEMO)/expo --alpha 0.5 --force
+	$(PY) examples/check_output.py $(DEMO)/expo
+
+test: setup
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check src tests examples benchmarks
+	$(VENV)/bin/ruff format --check src tests examples benchmarks
+
+bench: setup
+	$(PY) benchmarks/bench_merge.py
+
+clean:
+	rm -rf $(DEMO) benchmarks/.cache
