@@ -14,7 +14,9 @@ def test_help_lists_examples_and_exit_codes(expo):
     run = expo("merge", "--help")
     assert run.code == 0
     assert "expo merge --sft ./zephyr-sft --aligned ./zephyr-dpo --output ./zephyr-expo --alpha 0.5" in run.stdout
-    assert "Exit codes: 0 success" in run.stdout and "4 the two checkpoints do not match" in " ".join(run.stdout.split())
+    assert "Exit codes: 0 success" in run.stdout and "4 the two checkpoints do not match" in " ".join(
+        run.stdout.split()
+    )
 
 
 def test_version(expo):
@@ -23,12 +25,11 @@ def test_version(expo):
 
 
 def test_help_is_fast_and_imports_no_torch():
+    code = "import sys\nfrom expo_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
     started = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-c", "import sys; from expo_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
-         "print('torch' in sys.modules)"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        [sys.executable, "-c", code + "print('torch' in sys.modules)"], capture_output=True, text=True, check=True
+    )
     assert proc.stdout.strip().endswith("False")
     assert time.perf_counter() - started < 2
 

@@ -91,4 +91,4 @@ class ChunkEngine:
 
     def finite(self, probes: Sequence[torch.Tensor]) -> bool:
         """Whether every chunk behind these probes was finite (one device sync per tensor)."""
-        return bool(torch.isfinite(torch.stack(list(probes)).sum()))
+        return bool(torch.isfinite(torch.cat(list(probes))).all())

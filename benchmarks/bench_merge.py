@@ -1,0 +1,261 @@
+"""Benchmark `expo merge` against the I/O floor and its peers, on the same pair, in one run.
+
+    python benchmarks/bench_merge.py [--repeat 3] [--sizes small,2gb] [--alpha 0.5]
+
+Builds (once, cached in benchmarks/.cache) Llama-architecture bfloat16 pairs saved by transformers with different
+shard sizes for the two models, the aligned one a small perturbation of the SFT one. For each pair it measures,
+with the page cache warmed the same way before every run (all input files read once):
+
+1. the I/O floor: reading every input byte once, plus writing and fsync-ing an output of the aligned model's size;
+2. `expo merge --alpha A` (it fsyncs its output itself);
+3. mergekit `task_arithmetic` at float32 precision, when mergekit is installed (never a dependency);
+4. the official ExPO approach: both models loaded with transformers in bfloat16, a loop, `save_pretrained`.
+
+"Durable" time is the wall time plus a `sync` afterwards for tools that do not fsync themselves. Peak RSS comes
+from wait4(); peak anonymous memory (RssAnon: memory-mapped input pages are the page cache's, not the tool's) is
+sampled from /proc every 5 ms. Every output is checked against the float64 reference of the formula rounded once
+to bfloat16: the share of elements equal to it, and the largest difference in units of the last place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+CACHE = HERE / ".cache"
+SIZES = {
+    # name: (hidden, intermediate, layers, heads, vocab, sft shard size, aligned shard size)
+    "small": (512, 1376, 4, 8, 16000, "20MB", "50MB"),
+    "2gb": (2048, 5632, 16, 16, 32000, "400MB", "1GB"),
+    "6gb": (3072, 8192, 26, 24, 32000, "2GB", "5GB"),
+}
+
+
+def build_pair(name: str) -> tuple[Path, Path]:
+    """A cached SFT/aligned pair: random Llama weights, aligned = SFT + a small step, sharded differently."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    root = CACHE / name
+    sft, aligned = root / "sft", root / "aligned"
+    if (aligned / "config.json").exists():
+        return sft, aligned
+    shutil.rmtree(root, ignore_errors=True)
+    hidden, intermediate, layers, heads, vocab, sft_shard, aligned_shard = SIZES[name]
+    config = LlamaConfig(
+        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
+        num_key_value_heads=heads, vocab_size=vocab, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).mul_(0.02))
+        model.save_pretrained(sft, max_shard_size=sft_shard)
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=generator, dtype=torch.float32).mul_(0.002).to(p.dtype))
+        model.save_pretrained(aligned, max_shard_size=aligned_shard)
+    return sft, aligned
+
+
+def weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.safetensors"))
+
+
+def warm(*folders: Path) -> None:
+    """Read every input file once so each measured run starts from the same (warm) page cache."""
+    buffer = bytearray(64 << 20)
+    for folder in folders:
+        for file in weight_files(folder):
+            with open(file, "rb", buffering=0) as fh:
+                while fh.readinto(buffer):
+                    pass
+
+
+def io_floor(sft: Path, aligned: Path, out: Path) -> float:
+    """Read every input byte once, write and fsync the aligned model's bytes: what no tool can beat."""
+    buffer = bytearray(64 << 20)
+    view = memoryview(buffer)
+    started = time.perf_counter()
+    for file in weight_files(sft):
+        with open(file, "rb", buffering=0) as fh:
+            while fh.readinto(buffer):
+                pass
+    out.mkdir(parents=True)
+    for file in weight_files(aligned):
+        with open(file, "rb", buffering=0) as src, open(out / file.name, "wb", buffering=0) as dst:
+            while n := src.readinto(buffer):
+                dst.write(view[:n])
+            os.fsync(dst.fileno())
+    return time.perf_counter() - started
+
+
+def run_tool(command: list[str], durable_sync: bool) -> dict:
+    """Run a command; wall time (+ sync when the tool does not fsync), peak RSS and peak RssAnon in MiB."""
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak_anon = 0
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak_anon
+        while not done.is_set():
+            try:
+                with open(f"/proc/{proc.pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("RssAnon:"):
+                            peak_anon = max(peak_anon, int(line.split()[1]))
+            except (FileNotFoundError, ProcessLookupError, ValueError):
+                pass
+            time.sleep(0.005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    done.set()
+    seconds = time.perf_counter() - started
+    if durable_sync:
+        subprocess.run(["sync"], check=True)
+    durable = time.perf_counter() - started
+    stderr = proc.stderr.read().decode(errors="replace")
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{command[0]} failed: {stderr[-2000:]}")
+    return {"wall": seconds, "durable": durable, "rss_mib": usage.ru_maxrss / 1024, "anon_mib": peak_anon / 1024}
+
+
+def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
+    """Share of output elements equal to the float64 reference rounded once to bfloat16, and the worst ulp."""
+    import torch
+    from safetensors import safe_open
+
+    def tensors(folder: Path) -> dict[str, Path]:
+        found = {}
+        for file in weight_files(folder):
+            with safe_open(file, framework="pt") as f:
+                found.update(dict.fromkeys(f.keys(), file))
+        return found
+
+    outs, sfts, aligneds = tensors(out), tensors(sft), tensors(aligned)
+    if set(outs) != set(aligneds):
+        return {"exact": 0.0, "max_ulp": float("inf"), "note": "tensor names differ from the aligned model"}
+    equal = total = 0
+    worst = 0.0
+    for name, file in outs.items():
+        with safe_open(file, "pt") as fo, safe_open(sfts[name], "pt") as fs, safe_open(aligneds[name], "pt") as fa:
+            o, s, a = fo.get_tensor(name), fs.get_tensor(name), fa.get_tensor(name)
+        for start in range(0, o.shape[0], 1024):
+            rows = slice(start, start + 1024)
+            ref = a[rows].double() + alpha * (a[rows].double() - s[rows].double())
+            rounded = ref.to(torch.bfloat16)
+            got = o[rows].to(torch.bfloat16)
+            equal += int((got == rounded).sum())
+            total += got.numel()
+            ulp = torch.finfo(torch.bfloat16).eps * torch.exp2(torch.floor(torch.log2(ref.abs().clamp_min(1e-30))))
+            worst = max(worst, float(((got.double() - ref).abs() / ulp).max()))
+    return {"exact": equal / total, "max_ulp": worst}
+
+
+def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path) -> dict[str, tuple[list[str], bool]]:
+    """name -> (command, needs a sync to be durable)."""
+    expo = shutil.which("expo") or str(Path(sys.executable).parent / "expo")
+    found = {
+        "expo merge": ([expo, "merge", "--sft", str(sft), "--aligned", str(aligned), "-o", str(out), "--alpha",
+                        str(alpha), "--quiet", "--device", "cpu"], False),  # fmt: skip
+        "official ExPO (transformers, bf16)": (
+            [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
+    }  # fmt: skip
+    mergekit = shutil.which("mergekit-yaml")
+    if mergekit:
+        config = work / "mergekit.yml"
+        config.write_text(
+            f"merge_method: task_arithmetic\nbase_model: {sft}\nmodels:\n  - model: {aligned}\n"
+            f"    parameters:\n      weight: {1 + alpha}\nparameters:\n  normalize: false\n"
+            "dtype: float32\nout_dtype: bfloat16\n"
+        )
+        found["mergekit task_arithmetic (fp32)"] = ([mergekit, str(config), str(out)], True)
+    return found
+
+
+def bench_pair(name: str, alpha: float, repeat: int, work: Path) -> list[dict]:
+    sft, aligned = build_pair(name)
+    size = sum(f.stat().st_size for f in weight_files(aligned))
+    out = work / "out"
+    rows = []
+    floors = []
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        warm(sft, aligned)
+        floors.append(io_floor(sft, aligned, out))
+    floor = statistics.median(floors)
+    rows.append({"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
+                 "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None})  # fmt: skip
+    for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work).items():
+        if name == "small" and tool != "expo merge":
+            continue  # the small pair only shows how expo's memory scales
+        runs = []
+        for _ in range(repeat if tool == "expo merge" else 1):
+            shutil.rmtree(out, ignore_errors=True)
+            warm(sft, aligned)
+            runs.append(run_tool(command, needs_sync))
+        check = check_output(out, sft, aligned, alpha)
+        durable = [r["durable"] for r in runs]
+        rows.append({
+            "pair": name, "tool": tool, "durable": durable, "ratio": statistics.median(durable) / floor,
+            "rss_mib": max(r["rss_mib"] for r in runs), "anon_mib": max(r["anon_mib"] for r in runs),
+            "exact": check["exact"], "max_ulp": check["max_ulp"],
+        })  # fmt: skip
+        shutil.rmtree(out, ignore_errors=True)
+    for row in rows:
+        row["model_gb"] = size / 1e9
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| pair | tool | durable s (median [min–max]) | × I/O floor | peak RSS MiB | peak RssAnon MiB | exact |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        d = r["durable"]
+        times = f"{statistics.median(d):.2f} [{min(d):.2f}–{max(d):.2f}]"
+        exact = "" if r["exact"] is None else f"{100 * r['exact']:.4f}% (max {r['max_ulp']:.2f} ulp)"
+        rss = "" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}"
+        anon = "" if r["anon_mib"] is None else f"{r['anon_mib']:.0f}"
+        lines.append(
+            f"| {r['pair']} ({r['model_gb']:.2f} GB) | {r['tool']} | {times} | {r['ratio']:.2f} | {rss} | {anon} "
+            f"| {exact} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="small,2gb", help=f"comma list of {', '.join(SIZES)}")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--alpha", type=float, default=0.5)
+    parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory(dir=CACHE.parent if CACHE.parent.exists() else None) as tmp:
+        for name in args.sizes.split(","):
+            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp))
+    print(table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""The CUDA path: same results as the formula, within one rounding step. Skipped where there is no GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import expo_cli
+
+from _checkpoints import make_pair
+from test_merge import assert_merged
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none on this machine"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_cuda_merge_matches_the_reference(tmp_path, dtype, monkeypatch):
+    sft, aligned = make_pair(tmp_path, dtype=dtype, sft_shards="25KB")
+    monkeypatch.setattr("expo_cli.merging.CHUNK_ELEMENTS", 1000)  # many chunks: exercises the pinned ring
+    result = expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, device="cuda", progress=False)
+    assert result.device.startswith("cuda")
+    assert_merged(tmp_path / "out", sft, aligned, 0.3)
+
+
+def test_cuda_mixed_dtypes_and_override(tmp_path):
+    sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16, sft_dtype=torch.float32)
+    expo_cli.merge(sft, aligned, tmp_path / "out", 2.5, device="cuda", dtype="float32", progress=False)
+    assert_merged(tmp_path / "out", sft, aligned, 2.5, dtype=torch.float32)
