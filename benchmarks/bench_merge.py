@@ -76,7 +76,8 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def warm(*folders: Path) -> None:
-    """Read every input file once so each measured run starts from the same (warm) page cache."""
+    """Same start for every run: earlier writes on disk (`sync`), every input file read once (warm cache)."""
+    subprocess.run(["sync"], check=True)
     buffer = bytearray(64 << 20)
     for folder in folders:
         for file in weight_files(folder):

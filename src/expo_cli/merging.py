@@ -22,7 +22,7 @@ from .extrapolate import check_alpha, formula
 from .metadata import Source, copy_extra_files, provenance, write_config, write_model_card
 from .output import Staging, check_output, check_space, stale_partials
 from .plan import MergePlan, TensorPlan, check_configs, plan_merge
-from .writer import ShardStream, plan_shards, write_index
+from .writer import ShardStream, parse_size, plan_shards, write_index
 
 DTYPE_CODES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
 
@@ -153,10 +153,8 @@ def _dtype_code(dtype: str | None) -> str | None:
 
 
 def _shard_size(value: int | str) -> int:
-    from huggingface_hub.serialization._base import parse_size_to_int
-
     try:
-        size = parse_size_to_int(value) if isinstance(value, str) else int(value)
+        size = parse_size(value)
     except ValueError as err:
         raise UsageError(f"--max-shard-size {value!r}: use a size such as 5GB, 500MB or 2000000000") from err
     if size <= 0:

@@ -12,7 +12,7 @@ import json
 import os
 import queue
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -52,6 +52,24 @@ def safetensors_header(tensors: Sequence[TensorSpec], metadata: dict[str, str]) 
         offset += t.nbytes
     raw = json.dumps(entries, separators=(",", ":")).encode()
     return raw + b" " * (-len(raw) % 8)
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes in "5GB", "500MB", "2GiB" or 123: decimal units like huggingface_hub, binary ones when asked."""
+    if isinstance(value, int):
+        return value
+    text = value.strip().upper().replace(" ", "")
+    number = text.rstrip("KMGTIB")
+    unit = text[len(number) :]
+    try:
+        size = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise ValueError(f"not a size: {value!r}") from None
+    return int(size)
 
 
 def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> list[Shard]:
@@ -145,8 +163,7 @@ class ShardStream:
 
     def _run(self) -> None:
         shards = iter(self.shards)
-        fh = None
-        remaining = 0
+        current: _ShardFile | None = None
         try:
             while True:
                 item = self._queue.get()
@@ -157,46 +174,70 @@ class ShardStream:
                     ready()
                 view = memoryview(data).cast("B")
                 while len(view):
-                    if remaining == 0:
-                        fh = self._next_file(fh, shards)
-                        remaining = next_size = self._current.size - 8 - len(self._current.header)
-                        if next_size == 0:
-                            continue
-                    n = min(remaining, len(view))
-                    written = 0
-                    while written < n:
-                        written += fh.write(view[written:n])
-                    view, remaining = view[n:], remaining - n
+                    if current is None or current.remaining == 0:
+                        current = self._advance(current, shards)
+                        continue
+                    view = view[current.write(view) :]
                 del view, data
                 if release is not None:
                     release()
             if self._error is None:
-                self._finish(fh, shards, remaining)
+                if current is not None and current.remaining:  # a bug: the plan and the data disagree
+                    raise RuntimeError(f"{current.path}: {current.remaining} bytes short")
+                while current is not None:  # then shards holding only empty tensors
+                    current = self._advance(current, shards)
         except OSError as err:
             self._error = disk_full(self.folder, self.total) if err.errno == errno.ENOSPC else OutputError(
-                f"cannot write {getattr(fh, 'name', self.folder)}: {err.strerror or err}")  # fmt: skip
+                f"cannot write {current.path if current else self.folder}: {err.strerror or err}")  # fmt: skip
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self._error = err
         finally:
-            if fh is not None and not fh.closed:
-                fh.close()
+            if current is not None:
+                current.close(durable=False)
 
-    def _next_file(self, fh, shards):  # noqa: ANN001, ANN202 - private
-        if fh is not None:
-            self._close_file(fh)
-        self._current = next(shards)
-        fh = open(self.folder / self._current.filename, "wb", buffering=0)  # noqa: SIM115
-        fh.write(len(self._current.header).to_bytes(8, "little") + self._current.header)
-        return fh
+    def _advance(self, current: _ShardFile | None, shards: Iterator[Shard]) -> _ShardFile | None:
+        """Close (fsync) the finished file and open the next planned one, header written."""
+        if current is not None:
+            current.close(durable=True)
+        shard = next(shards, None)
+        return None if shard is None else _ShardFile(self.folder / shard.filename, shard)
 
-    def _close_file(self, fh) -> None:  # noqa: ANN001
-        os.fsync(fh.fileno())
-        fh.close()
 
-    def _finish(self, fh, shards, remaining: int) -> None:  # noqa: ANN001
-        if remaining:
-            raise RuntimeError(f"{fh.name}: {remaining} bytes short")  # a bug: the plan and the data disagree
-        for shard in shards:  # shards with no data (empty tensors only)
-            fh = self._next_file(fh, iter([shard]))
-        if fh is not None:
-            self._close_file(fh)
+class _ShardFile:
+    """One output file being filled; asks the kernel to start writing back every FLUSH_EVERY bytes, so that
+    the disk works while we compute and the final fsync has little left to wait for."""
+
+    FLUSH_EVERY = 64 * 1024 * 1024
+
+    def __init__(self, path: Path, shard: Shard) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.position = self.flushed = 0
+        self._write_all(memoryview(len(shard.header).to_bytes(8, "little") + shard.header))
+        self.remaining = shard.size - self.position
+
+    def _write_all(self, view: memoryview) -> None:
+        while len(view):
+            n = os.write(self.fd, view)
+            view, self.position = view[n:], self.position + n
+        if self.position - self.flushed >= self.FLUSH_EVERY and hasattr(os, "posix_fadvise"):
+            # DONTNEED starts asynchronous writeback of the range and keeps no clean pages we never read again.
+            os.posix_fadvise(self.fd, self.flushed, self.position - self.flushed, os.POSIX_FADV_DONTNEED)
+            self.flushed = self.position
+
+    def write(self, view: memoryview) -> int:
+        """Write as much of `view` as this file still takes; return how many bytes that was."""
+        n = min(self.remaining, len(view))
+        self._write_all(view[:n])
+        self.remaining -= n
+        return n
+
+    def close(self, durable: bool) -> None:
+        if self.fd < 0:
+            return
+        try:
+            if durable:
+                os.fsync(self.fd)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
