@@ -169,7 +169,7 @@ def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
     return {"exact": equal / total, "max_ulp": worst}
 
 
-def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path) -> dict[str, tuple[list[str], bool]]:
+def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None) -> dict:
     """name -> (command, needs a sync to be durable)."""
     expo = shutil.which("expo") or str(Path(sys.executable).parent / "expo")
     found = {
@@ -178,7 +178,6 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path) -> dict
         "official ExPO (transformers, bf16)": (
             [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
     }  # fmt: skip
-    mergekit = shutil.which("mergekit-yaml")
     if mergekit:
         config = work / "mergekit.yml"
         config.write_text(
@@ -186,11 +185,11 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path) -> dict
             f"    parameters:\n      weight: {1 + alpha}\nparameters:\n  normalize: false\n"
             "dtype: float32\nout_dtype: bfloat16\n"
         )
-        found["mergekit task_arithmetic (fp32)"] = ([mergekit, str(config), str(out)], True)
+        found["mergekit task_arithmetic (fp32)"] = ([mergekit, str(config), str(out), "--no-copy-tokenizer"], True)
     return found
 
 
-def bench_pair(name: str, alpha: float, repeat: int, work: Path) -> list[dict]:
+def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None) -> list[dict]:
     sft, aligned = build_pair(name)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     out = work / "out"
@@ -203,7 +202,7 @@ def bench_pair(name: str, alpha: float, repeat: int, work: Path) -> list[dict]:
     floor = statistics.median(floors)
     rows.append({"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
                  "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None})  # fmt: skip
-    for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work).items():
+    for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work, mergekit).items():
         if name == "small" and tool != "expo merge":
             continue  # the small pair only shows how expo's memory scales
         runs = []
@@ -248,11 +247,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
+    parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="mergekit-yaml to compare with")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir=CACHE.parent if CACHE.parent.exists() else None) as tmp:
         for name in args.sizes.split(","):
-            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp))
+            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

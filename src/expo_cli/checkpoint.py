@@ -209,10 +209,11 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
             f"{PYTORCH_WEIGHTS_NAME} or {PYTORCH_INDEX_FILE}"
         )
 
-    tensors: dict[str, TensorInfo] = {}
     for file in files:
         if not file.is_file():
             raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
+    tensors: dict[str, TensorInfo] = {}
+    for file in files:
         infos = read_safetensors_header(file) if fmt == "safetensors" else read_bin_header(file)
         for info in infos:
             if info.name in tensors:

@@ -123,7 +123,9 @@ def merge(
             stream.abort()
             raise
         write_index(staging.path, shards)
-        record = provenance(alpha, equation, *sources, __version__, dtype=dtype, notes=plan.notes)
+        record = provenance(
+            alpha, equation, *sources, __version__, dtype=dtype, notes=plan.notes, shards=stream.checksums
+        )
         write_config(aligned_ckpt.config, _config_dtype(plan), record, staging.path)
         copy_extra_files(aligned, staging.path)
         write_model_card(staging.path, record, *sources, aligned, output.name, plan.notes)

@@ -8,6 +8,7 @@ a background thread, so no shard is ever accumulated in memory and writing overl
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import queue
@@ -16,8 +17,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-
-from huggingface_hub import split_state_dict_into_shards_factory
 
 from .constants import OUTPUT_FILENAME_PATTERN, SAFETENSORS_INDEX_FILE
 from .errors import OutputError
@@ -73,19 +72,29 @@ def parse_size(value: int | str) -> int:
 
 
 def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> list[Shard]:
-    """Split tensors, in order, into HF-named shards of at most `max_shard_size` bytes (decimal units)."""
-    split = split_state_dict_into_shards_factory(
-        {t.name: t for t in tensors},
-        get_storage_size=lambda t: t.nbytes,
-        filename_pattern=OUTPUT_FILENAME_PATTERN,
-        max_shard_size=max_shard_size,
+    """Split tensors into HF-named shards of at most `max_shard_size` bytes, keeping their order.
+
+    Greedy like huggingface_hub's `split_state_dict_into_shards_factory` (a tensor over the limit gets a shard
+    of its own), but in order: the output is written in the order the inputs are read.
+    """
+    limit = parse_size(max_shard_size)
+    groups: list[list[TensorSpec]] = []
+    size = 0
+    for t in tensors:
+        if not groups or (size + t.nbytes > limit and size > 0):
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    if not groups:
+        groups.append([])
+    count = len(groups)
+    names = (
+        [OUTPUT_FILENAME_PATTERN.format(suffix="")]
+        if count == 1
+        else [OUTPUT_FILENAME_PATTERN.format(suffix=f"-{i:05d}-of-{count:05d}") for i in range(1, count + 1)]
     )
-    by_name = {t.name: t for t in tensors}
-    shards = []
-    for filename, names in split.filename_to_tensors.items():
-        members = [by_name[n] for n in names]
-        shards.append(Shard(filename, members, safetensors_header(members, {"format": "pt"})))
-    return shards
+    return [Shard(name, group, safetensors_header(group, {"format": "pt"})) for name, group in zip(names, groups)]
 
 
 def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
@@ -123,6 +132,7 @@ class ShardStream:
         self.total = sum(s.size for s in self.shards)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
+        self.checksums: dict[str, str] = {}  # file name -> sha256 of each finished shard
         self._thread = threading.Thread(target=self._run, name="expo-writer", daemon=True)
         self._thread.start()
 
@@ -199,6 +209,7 @@ class ShardStream:
         """Close (fsync) the finished file and open the next planned one, header written."""
         if current is not None:
             current.close(durable=True)
+            self.checksums[current.path.name] = current.sha256.hexdigest()
         shard = next(shards, None)
         return None if shard is None else _ShardFile(self.folder / shard.filename, shard)
 
@@ -213,10 +224,12 @@ class _ShardFile:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.position = self.flushed = 0
+        self.sha256 = hashlib.sha256()  # recorded in the provenance; `expo verify` and uploads check it
         self._write_all(memoryview(len(shard.header).to_bytes(8, "little") + shard.header))
         self.remaining = shard.size - self.position
 
     def _write_all(self, view: memoryview) -> None:
+        self.sha256.update(view)
         while len(view):
             n = os.write(self.fd, view)
             view, self.position = view[n:], self.position + n
