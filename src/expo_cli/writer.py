@@ -94,7 +94,8 @@ def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> lis
         if count == 1
         else [OUTPUT_FILENAME_PATTERN.format(suffix=f"-{i:05d}-of-{count:05d}") for i in range(1, count + 1)]
     )
-    return [Shard(name, group, safetensors_header(group, {"format": "pt"})) for name, group in zip(names, groups)]
+    pairs = zip(names, groups, strict=True)
+    return [Shard(name, group, safetensors_header(group, {"format": "pt"})) for name, group in pairs]
 
 
 def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
