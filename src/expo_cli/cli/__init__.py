@@ -13,6 +13,7 @@ from .. import __version__
 from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
 from . import _output as out
 from .merge import MERGE_EXAMPLES, merge
+from .verify import VERIFY_EXAMPLES, verify
 
 app = typer.Typer(
     name="expo",
@@ -33,6 +34,7 @@ def _epilog(examples: list[str]) -> str:
 
 
 app.command(epilog=_epilog(MERGE_EXAMPLES))(merge)
+app.command(epilog=_epilog(VERIFY_EXAMPLES))(verify)
 
 _state = {"debug": False}
 

@@ -1,0 +1,55 @@
+"""expo verify: recompute a merged checkpoint from its inputs and check every element and shard checksum.
+
+Usage:
+    expo verify ./zephyr-expo --sft ./zephyr-sft --aligned ./zephyr-dpo
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import _output as out
+from ._options import AlignedOpt, JsonOpt, QuietOpt, SftOpt
+
+VERIFY_EXAMPLES = [
+    "expo verify ./zephyr-expo --sft ./zephyr-sft --aligned ./zephyr-dpo",
+    "expo verify ./zephyr-expo --sft ./zephyr-sft --aligned ./zephyr-dpo --alpha 0.5 --json",
+]
+
+
+def verify(
+    output: Annotated[str, typer.Argument(help="The merged checkpoint folder to check.")],
+    sft: SftOpt,
+    aligned: AlignedOpt,
+    alpha: Annotated[
+        float | None, typer.Option("--alpha", help="α to check against (default: the one config.json records).")
+    ] = None,
+    quiet: QuietOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Recompute OUTPUT from --sft and --aligned; exit 1 if any tensor differs by more than one rounding step."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from ..verify import SHOWN, VerifyFailed
+    from ..verify import verify as run_verify
+
+    result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled())
+    for problem in result.checksum_errors:
+        out.warning(f"checksum: {problem}")
+    for m in result.mismatches[:SHOWN]:
+        detail = m.get("problem") or f"{m['elements']} elements off (max error {m['max_abs_error']:.3g})"
+        out.warning(f"tensor {m['tensor']!r}: {detail}")
+    if json:
+        out.result_json(result.to_json())
+    if not result.ok:
+        raise VerifyFailed(
+            f"{result.output}: {len(result.mismatches)} tensor(s) differ and {len(result.checksum_errors)} "
+            f"checksum problem(s) at α={result.alpha:g}"
+        )
+    if not quiet:
+        out.info(f"OK: {result.tensors} tensors, {result.elements} elements match α={result.alpha:g} "
+                 f"({result.seconds:.1f} s)")  # fmt: skip
+    if not json:
+        out.result(str(result.output))
