@@ -189,7 +189,7 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
     return found
 
 
-def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None) -> list[dict]:
+def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None, expo_only: bool) -> list[dict]:
     sft, aligned = build_pair(name)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     out = work / "out"
@@ -203,7 +203,7 @@ def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str |
     rows.append({"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
                  "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None})  # fmt: skip
     for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work, mergekit).items():
-        if name == "small" and tool != "expo merge":
+        if (name == "small" or expo_only) and tool != "expo merge":
             continue  # the small pair only shows how expo's memory scales
         runs = []
         for _ in range(repeat if tool == "expo merge" else 1):
@@ -248,11 +248,12 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="mergekit-yaml to compare with")
+    parser.add_argument("--expo-only", action="store_true", help="measure the floor and expo only (quick)")
     args = parser.parse_args()
     rows = []
-    with tempfile.TemporaryDirectory(dir=CACHE.parent if CACHE.parent.exists() else None) as tmp:
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         for name in args.sizes.split(","):
-            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit)
+            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only)
     print(table(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -182,3 +182,68 @@ def test_debug_shows_the_traceback(tmp_path, expo, llama_pair):
         "--debug", "merge", "--sft", tmp_path / "nope", "--aligned", aligned, "-o", tmp_path / "o", "--alpha", "1"
     )
     assert run.code == 3 and "Traceback" in run.stderr and run.stderr.rstrip().splitlines()[-1].startswith("Error:")
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small file system, mounted for the test (tests and CI run as root here)."""
+    import subprocess
+
+    mounts = []
+
+    def mount(size: str, readonly: bool = False) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_not_enough_space_is_refused_before_any_work(tmp_path, expo, tmpfs, llama_pair):
+    sft, aligned = llama_pair
+    small = tmpfs("16k")
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", small / "out", "--alpha", "0.5")
+    assert run.code == 5
+    assert f"not enough space for {small / 'out'}: needs" in run.stderr and "free; free space" in run.stderr
+    assert list(small.iterdir()) == []
+
+
+def test_disk_full_while_writing_removes_the_partial_output(tmp_path, expo, tmpfs, monkeypatch):
+    sft, aligned = make_pair(tmp_path, dtype=torch.float32)
+    before = snapshot(sft), snapshot(aligned)
+    small = tmpfs("64k")
+    monkeypatch.setattr("expo_cli.merging.check_space", lambda *_: None)  # as if the disk filled after the check
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", small / "out", "--alpha", "0.5")
+    assert run.code == 5, run.stderr
+    assert f"Error: disk full writing {small}" in run.stderr and "free space and run again" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert list(small.iterdir()) == []
+    assert (snapshot(sft), snapshot(aligned)) == before
+
+
+def test_read_only_output_is_refused(tmp_path, expo, tmpfs, llama_pair):
+    sft, aligned = llama_pair
+    readonly = tmpfs("1m", readonly=True)
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", readonly / "out", "--alpha", "0.5")
+    assert run.code == 5 and f"cannot write into {readonly}: Read-only file system" in run.stderr
+
+
+def test_output_equal_to_an_input_is_refused(tmp_path, expo, pair):
+    sft, aligned = pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", aligned, "--alpha", "0.5", "--force")
+    assert run.code == 5 and "is the --aligned folder; inputs are never overwritten" in run.stderr
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path, "--alpha", "0.5", "--force")
+    assert run.code == 5 and "contains --sft" in run.stderr
+
+
+def test_missing_parent_folders_are_created(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "a" / "b" / "out", "--alpha", "0.5")
+    assert run.code == 0 and (tmp_path / "a" / "b" / "out" / "model.safetensors").exists()

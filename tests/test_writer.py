@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 
@@ -69,6 +70,9 @@ def test_streamed_shards_are_what_safetensors_reads(tmp_path):
         loaded.update(load_file(tmp_path / shard.filename))
     assert loaded.keys() == tensors.keys()
     assert all(torch.equal(loaded[n], t) for n, t in tensors.items())
+    assert stream.checksums == {
+        s.filename: hashlib.sha256((tmp_path / s.filename).read_bytes()).hexdigest() for s in shards
+    }
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["metadata"]["total_size"] == sum(s.nbytes for s in specs)
     assert index["weight_map"] == {t.name: s.filename for s in shards for t in s.tensors}

@@ -17,7 +17,7 @@ from .constants import CHUNK_ELEMENTS
 from .extrapolate import Extrapolator, finite_probe
 from .writer import ShardStream
 
-BUFFERS = 3  # output chunks in flight: one being computed, two being written
+BUFFERS = 4  # output chunks in flight: one being computed, the others being written and hashed
 
 
 class ChunkEngine:

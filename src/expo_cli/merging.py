@@ -19,7 +19,7 @@ from .checkpoint import Checkpoint, dtype_name, itemsize, iter_chunks, load_chec
 from .constants import CHUNK_ELEMENTS, DEFAULT_MAX_SHARD_SIZE
 from .errors import NonFiniteError, UsageError
 from .extrapolate import check_alpha, formula
-from .metadata import Source, copy_extra_files, provenance, write_config, write_model_card
+from .metadata import Source, copy_extra_files, extra_files, provenance, write_config, write_model_card
 from .output import Staging, check_output, check_space, stale_partials
 from .plan import MergePlan, TensorPlan, check_configs, plan_merge
 from .writer import ShardStream, parse_size, plan_shards, write_index
@@ -101,7 +101,8 @@ def merge(
         warn(note)
     check_output(output, {"sft": sft, "aligned": aligned}, force)
     shards = plan_shards(plan.tensors, shard_size)
-    check_space(output, sum(s.size for s in shards))
+    copied = sum((aligned / f).stat().st_size for f in extra_files(aligned))
+    check_space(output, sum(s.size for s in shards) + copied)
     for leftover in stale_partials(output):
         warn(f"removing {leftover}, left by an earlier run that did not finish")
         import shutil

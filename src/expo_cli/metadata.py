@@ -74,20 +74,26 @@ def is_weight_file(name: str) -> bool:
     return name.endswith(WEIGHT_EXTENSIONS) or name.endswith(WEIGHT_INDEX_SUFFIXES)
 
 
-def copy_extra_files(source: Path, folder: Path) -> list[str]:
-    """Copy every non-weight file of the aligned folder (tokenizer, templates, code) byte for byte."""
-    copied = []
+def extra_files(source: Path) -> list[Path]:
+    """Every non-weight file of the aligned folder (tokenizer, templates, code), relative to it."""
+    found = []
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
         if any(part in SKIPPED_FOLDERS for part in relative.parts) or not path.is_file():
             continue
         if is_weight_file(path.name) or relative.as_posix() in (CONFIG_NAME, REPOCARD_NAME):
             continue
+        found.append(relative)
+    return found
+
+
+def copy_extra_files(source: Path, folder: Path) -> list[str]:
+    """Copy the aligned model's non-weight files byte for byte."""
+    for relative in extra_files(source):
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-        copied.append(relative.as_posix())
-    return copied
+        shutil.copyfile(source / relative, target)
+    return [r.as_posix() for r in extra_files(source)]
 
 
 def _aligned_card_data(source: Path) -> dict[str, Any]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from pathlib import Path
 
 from .constants import PARTIAL_PREFIX
 from .errors import OutputError
 
-HEADROOM = 16 * 1024 * 1024  # configs, tokenizer and card, beyond the weights
+HEADROOM = 1024 * 1024  # config.json, the model card and folder entries, beyond what is counted
 
 
 def human_bytes(n: float) -> str:
@@ -51,6 +52,8 @@ def same_or_inside(child: Path, parent: Path) -> bool:
 def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
     """Refuse an output that would overwrite, sit inside, or contain an input, or exists without --force."""
     for role, path in inputs.items():
+        if same_or_inside(output, path) and same_or_inside(path, output):
+            raise OutputError(f"--output {output} is the --{role} folder; inputs are never overwritten")
         if same_or_inside(output, path):
             raise OutputError(f"--output {output} is inside --{role} {path}; choose a folder outside the inputs")
         if same_or_inside(path, output):
@@ -60,8 +63,11 @@ def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
     if output.is_dir() and any(output.iterdir()) and not force:
         raise OutputError(f"--output {output} exists and is not empty; pass --force to replace it")
     parent = existing_parent(output)
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into {parent}: permission denied; choose a writable --output")
+    try:  # a real write: os.access says yes to root on a read-only file system
+        probe = tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}probe-", dir=parent)
+    except OSError as err:
+        raise OutputError(f"cannot write into {parent}: {err.strerror}; choose a writable --output") from err
+    os.rmdir(probe)
 
 
 def existing_parent(path: Path) -> Path:

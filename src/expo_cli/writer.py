@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from .constants import OUTPUT_FILENAME_PATTERN, SAFETENSORS_INDEX_FILE
 from .errors import OutputError
@@ -123,8 +123,9 @@ def disk_full(folder: Path, needed: int) -> OutputError:
 class ShardStream:
     """Appends data to the planned shards in order, on a background thread, fsync-ing each full file.
 
-    `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file, so the
-    caller can reuse the buffer. Errors on the thread (disk full) are raised by the next `write` or `close`.
+    `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file and hashed,
+    so the caller can reuse the buffer. The sha256 of each shard is computed on a third thread, beside the
+    writes rather than before them. Errors on the threads (disk full) are raised by the next `write` or `close`.
     """
 
     def __init__(self, folder: Path, shards: Sequence[Shard], depth: int = 4) -> None:
@@ -133,9 +134,17 @@ class ShardStream:
         self.total = sum(s.size for s in self.shards)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
-        self.checksums: dict[str, str] = {}  # file name -> sha256 of each finished shard
+        self._hashes: dict[str, Any] = {}
+        self._to_hash: queue.Queue = queue.Queue()
+        self._hasher = threading.Thread(target=self._hash, name="expo-hasher", daemon=True)
+        self._hasher.start()
         self._thread = threading.Thread(target=self._run, name="expo-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """File name -> sha256 of every shard (complete after `close()`)."""
+        return {name: digest.hexdigest() for name, digest in self._hashes.items()}
 
     def write(
         self, data: memoryview, release: Callable[[], None] | None = None, ready: Callable[[], object] | None = None
@@ -150,9 +159,10 @@ class ShardStream:
                 self.check()
 
     def close(self) -> None:
-        """Wait for every byte to be written and fsync-ed."""
+        """Wait for every byte to be written, fsync-ed and hashed."""
         self._queue.put(None)
         self._thread.join()
+        self._hasher.join()
         self.check()
 
     def abort(self) -> None:
@@ -165,12 +175,27 @@ class ShardStream:
             pass
         self._queue.put(None)
         self._thread.join(timeout=10)
+        self._hasher.join(timeout=10)
 
     def check(self) -> None:
         """Raise the writer thread's error, if it had one."""
         if self._error is not None:
             error, self._error = self._error, RuntimeError("writer already failed")
             raise error
+
+    def _hash(self) -> None:
+        """Hash what the writer wrote, in order, then give the buffer back."""
+        try:
+            while (item := self._to_hash.get()) is not None:
+                pieces, release = item
+                for name, view in pieces:
+                    if name not in self._hashes:
+                        self._hashes[name] = hashlib.sha256()
+                    self._hashes[name].update(view)
+                if release is not None:
+                    release()
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread
+            self._error = err
 
     def _run(self) -> None:
         shards = iter(self.shards)
@@ -184,14 +209,16 @@ class ShardStream:
                 if ready is not None:
                     ready()
                 view = memoryview(data).cast("B")
+                pieces = []
                 while len(view):
                     if current is None or current.remaining == 0:
                         current = self._advance(current, shards)
                         continue
-                    view = view[current.write(view) :]
-                del view, data
-                if release is not None:
-                    release()
+                    n = current.write(view)
+                    pieces.append((current.path.name, view[:n]))
+                    view = view[n:]
+                self._to_hash.put((pieces, release))
+                del view, data, pieces
             if self._error is None:
                 if current is not None and current.remaining:  # a bug: the plan and the data disagree
                     raise RuntimeError(f"{current.path}: {current.remaining} bytes short")
@@ -203,6 +230,7 @@ class ShardStream:
         except BaseException as err:  # noqa: BLE001 - handed to the main thread
             self._error = err
         finally:
+            self._to_hash.put(None)
             if current is not None:
                 current.close(durable=False)
 
@@ -210,9 +238,12 @@ class ShardStream:
         """Close (fsync) the finished file and open the next planned one, header written."""
         if current is not None:
             current.close(durable=True)
-            self.checksums[current.path.name] = current.sha256.hexdigest()
         shard = next(shards, None)
-        return None if shard is None else _ShardFile(self.folder / shard.filename, shard)
+        if shard is None:
+            return None
+        opened = _ShardFile(self.folder / shard.filename, shard)
+        self._to_hash.put(([(shard.filename, opened.head)], None))
+        return opened
 
 
 class _ShardFile:
@@ -225,12 +256,11 @@ class _ShardFile:
         self.path = path
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.position = self.flushed = 0
-        self.sha256 = hashlib.sha256()  # recorded in the provenance; `expo verify` and uploads check it
-        self._write_all(memoryview(len(shard.header).to_bytes(8, "little") + shard.header))
+        self.head = len(shard.header).to_bytes(8, "little") + shard.header
+        self._write_all(memoryview(self.head))
         self.remaining = shard.size - self.position
 
     def _write_all(self, view: memoryview) -> None:
-        self.sha256.update(view)
         while len(view):
             n = os.write(self.fd, view)
             view, self.position = view[n:], self.position + n
