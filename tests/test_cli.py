@@ -39,7 +39,7 @@ def test_merge_prints_formula_summary_and_output_path(tmp_path, expo, llama_pair
     run = expo("merge", "--sft", sft, "--aligned", aligned, "--output", tmp_path / "out", "--alpha", "0.3")
     assert run.code == 0, run.stderr
     assert "θ_expo = θ_aligned + 0.3·(θ_aligned − θ_sft) = θ_sft + 1.3·(θ_aligned − θ_sft)" in run.stderr
-    assert "Merged 21 tensors (21 extrapolated) on cpu" in run.stderr
+    assert "Merged 21 tensors (21 extrapolated) at α=0.3 on cpu" in run.stderr
     assert "Merging" in run.stderr  # the progress bar
     assert run.stdout.strip() == str((tmp_path / "out").resolve())
 

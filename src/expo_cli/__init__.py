@@ -11,18 +11,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ExpoError", "MergeResult", "__version__", "merge"]
+__all__ = ["ExpoError", "MergeOptions", "MergeResult", "Plan", "__version__", "merge", "plan", "sweep", "verify"]
 
 if TYPE_CHECKING:
     from .errors import ExpoError
-    from .merging import MergeResult, merge
+    from .merging import MergeOptions, MergeResult, Plan, merge, plan, sweep
+    from .verification import verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("merge", "MergeResult"):
+    if name in ("merge", "sweep", "plan", "MergeOptions", "MergeResult", "Plan"):
         from . import merging
 
         return getattr(merging, name)
+    if name == "verify":
+        from .verification import verify
+
+        return verify
     if name == "ExpoError":
         from .errors import ExpoError
 

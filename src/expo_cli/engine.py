@@ -21,8 +21,8 @@ BUFFERS = 4  # output chunks in flight: one being computed, the others being wri
 
 
 class ChunkEngine:
-    def __init__(self, alpha: float, device: torch.device, max_itemsize: int, chunk: int = CHUNK_ELEMENTS) -> None:
-        self.extrapolator = Extrapolator(alpha)
+    def __init__(self, device: torch.device, max_itemsize: int, chunk: int = CHUNK_ELEMENTS) -> None:
+        self._extrapolators: dict[float, Extrapolator] = {}
         self.device = device
         self.cuda = device.type == "cuda"
         self.chunk_bytes = chunk * 8  # room for any dtype (float64 at most)
@@ -49,25 +49,39 @@ class ChunkEngine:
         data = memoryview(buf[: out.numel() * out.element_size()].numpy())
         stream.write(data, release=lambda: self._free.put(buf), ready=ready)
 
+    def _extrapolator(self, alpha: float) -> Extrapolator:
+        if alpha not in self._extrapolators:
+            self._extrapolators[alpha] = Extrapolator(alpha)
+        return self._extrapolators[alpha]
+
     def extrapolate(
-        self, sft: torch.Tensor, aligned: torch.Tensor, dtype: torch.dtype, stream: ShardStream
-    ) -> torch.Tensor:
-        """Queue θ_aligned + α·(θ_aligned − θ_sft) of one chunk for writing; return its finiteness probe."""
-        buf, out = self._take(dtype, aligned.numel(), stream)
-        if not self.cuda:
-            self.extrapolator(sft, aligned, out)
-            probe = finite_probe(out)
-            self._hand_over(buf, out, stream)
-            return probe
-        s, a = self._to_device(sft, aligned)
-        result = self._gpu[2].view(dtype)[: out.numel()]
-        self.extrapolator(s, a, result)
-        probe = finite_probe(result)
-        out.copy_(result, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        self._hand_over(buf, out, stream, ready=done.synchronize)
-        return probe
+        self,
+        sft: torch.Tensor,
+        aligned: torch.Tensor,
+        dtype: torch.dtype,
+        targets: Sequence[tuple[float, ShardStream]],
+    ) -> list[torch.Tensor]:
+        """Queue θ_aligned + α·(θ_aligned − θ_sft) of one chunk for each (α, stream); return finiteness probes.
+
+        The inputs are read (and, on a GPU, copied to the device) once for all targets: a sweep reads each
+        input tensor once.
+        """
+        if self.cuda:
+            sft, aligned = self._to_device(sft, aligned)
+        probes = []
+        for alpha, stream in targets:
+            buf, out = self._take(dtype, aligned.numel(), stream)
+            result = out if not self.cuda else self._gpu[2].view(dtype)[: out.numel()]
+            self._extrapolator(alpha)(sft, aligned, result)
+            probes.append(finite_probe(result))
+            ready = None
+            if self.cuda:
+                out.copy_(result, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record()
+                ready = done.synchronize
+            self._hand_over(buf, out, stream, ready=ready)
+        return probes
 
     def _to_device(self, *chunks: torch.Tensor) -> list[torch.Tensor]:
         """Copy host chunks into pinned staging (alternating slots), then to the GPU asynchronously."""

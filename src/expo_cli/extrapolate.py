@@ -9,20 +9,7 @@ when 1+α is rounded, which costs float32 outputs a unit in the last place.
 
 from __future__ import annotations
 
-import math
-
 import torch
-
-
-def formula(alpha: float) -> str:
-    """The update with the numbers filled in, in both equivalent forms."""
-    return f"θ_expo = θ_aligned + {alpha:g}·(θ_aligned − θ_sft) = θ_sft + {1 + alpha:g}·(θ_aligned − θ_sft)"
-
-
-def check_alpha(alpha: float) -> float:
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha}")
-    return float(alpha)
 
 
 def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -33,7 +20,7 @@ class Extrapolator:
     """Computes chunks into caller-provided output buffers, reusing its scratch memory between calls."""
 
     def __init__(self, alpha: float) -> None:
-        self.alpha = check_alpha(alpha)
+        self.alpha = float(alpha)
         self.weight = 1.0 + self.alpha
         self._scratch: dict[tuple[torch.dtype, torch.device, int], torch.Tensor] = {}
 

@@ -1,30 +1,33 @@
-"""`expo_cli.merge`: the library API the CLI is a thin shell over.
+"""`expo_cli.merge`, `expo_cli.sweep` and `expo_cli.plan`: the library API the CLI is a thin shell over.
 
-Order of work: read and validate both checkpoints' headers, pair them, check the output and the free space;
-only then stream every tensor (read, extrapolate, write) into a temporary folder, add config, card and the
-aligned model's other files, fsync, and rename into place as the very last step.
+Order of work: read and validate both checkpoints' headers, pair them, resolve α per tensor, check the outputs
+and the free space; only then stream every tensor (read once, extrapolate at each α, write) into temporary
+folders, add config, card and the aligned model's other files, fsync, and rename into place as the last step.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .alpha import AlphaRule, alpha_for, check_alpha, check_rules_match, formula, parse_rules
 from .checkpoint import Checkpoint, dtype_name, itemsize, iter_chunks, load_checkpoint, torch_dtype
 from .constants import CHUNK_ELEMENTS, DEFAULT_MAX_SHARD_SIZE
 from .errors import NonFiniteError, UsageError
-from .extrapolate import check_alpha, formula
 from .metadata import Source, copy_extra_files, extra_files, provenance, write_config, write_model_card
-from .output import Staging, check_output, check_space, stale_partials
-from .plan import MergePlan, TensorPlan, check_configs, plan_merge
-from .writer import ShardStream, parse_size, plan_shards, write_index
+from .output import HEADROOM, Staging, check_output, check_space, free_space, human_bytes, stale_partials
+from .pairing import MergePlan, TensorPlan, check_configs, plan_merge
+from .writer import Shard, ShardStream, parse_size, plan_shards, write_index
 
 DTYPE_CODES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+BASE_MEMORY = 256 * 2**20  # Python, torch and expo themselves, measured at about 200 MiB of anonymous memory
 
 
 @dataclass
@@ -51,100 +54,244 @@ class MergeResult:
         return {**asdict(self), "output": str(self.output), "gb_per_s": round(self.gb_per_s, 3)}
 
 
-def merge(
-    sft: str | Path,
-    aligned: str | Path,
-    output: str | Path,
-    alpha: float,
-    *,
-    dtype: str | None = None,
-    device: str = "auto",
-    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE,
-    force: bool = False,
-    allow_architecture_mismatch: bool = False,
-    strict: bool = False,
-    progress: bool = True,
-    warn: Callable[[str], None] | None = None,
-) -> MergeResult:
+@dataclass
+class Plan:
+    """Everything a merge would do, decided from headers alone: what `--dry-run` prints."""
+
+    outputs: dict[float, Path]
+    tensors: int
+    extrapolated: int
+    bytes_read: int
+    bytes_written: int
+    shards: list[tuple[str, int]]
+    disk_needed: int
+    disk_free: int
+    peak_memory: int
+    alpha_groups: dict[float, dict[str, int]]  # run α -> {"α=<v>": tensor count}
+    rules: list[dict[str, Any]]
+    notes: list[str]
+    leftovers: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outputs"] = {f"{a:g}": str(p) for a, p in self.outputs.items()}
+        data["alpha_groups"] = {f"{a:g}": groups for a, groups in self.alpha_groups.items()}
+        data["shards"] = [{"file": name, "bytes": size} for name, size in self.shards]
+        return data
+
+    def describe(self) -> list[str]:
+        lines = [f"Outputs: {', '.join(f'{p} (α={a:g})' for a, p in self.outputs.items())}"]
+        lines.append(f"Tensors: {self.tensors} ({self.extrapolated} extrapolated, the rest copied from aligned)")
+        lines.append(f"Read: {human_bytes(self.bytes_read)} (each input byte once)")
+        lines.append(f"Write: {human_bytes(self.bytes_written)} per output in {len(self.shards)} shard(s):")
+        lines += [f"  {name}  {human_bytes(size)}" for name, size in self.shards]
+        lines.append(f"Disk: {human_bytes(self.disk_needed)} needed, {human_bytes(self.disk_free)} free")
+        lines.append(f"Peak memory (estimate, excluding the page cache): {human_bytes(self.peak_memory)}")
+        for alpha, groups in self.alpha_groups.items():
+            counts = ", ".join(f"{n} tensors at {g}" for g, n in groups.items())
+            lines.append(f"α per tensor at --alpha {alpha:g}: {counts}")
+        lines += [f"Rule {r['rule']}: {r['tensors']} tensor(s)" for r in self.rules]
+        lines += [f"Note: {n}" for n in self.notes]
+        lines += [f"Leftover from an earlier run (a real run removes it): {p}" for p in self.leftovers]
+        return lines
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Options of `merge`, `sweep` and `plan` (keyword arguments of the same names).
+
+    Attributes:
+        dtype: "bfloat16", "float16" or "float32" for every floating tensor; None keeps each aligned dtype.
+        device: "cpu", "cuda" or "auto" (CUDA when available).
+        max_shard_size: bytes per output shard, an int or a string such as "5GB" (decimal units).
+        force: replace non-empty outputs.
+        alpha_for: "REGEX=VALUE" rules giving matching tensors another α (first match wins).
+        include: only tensors matching one of these are extrapolated (the others keep the aligned values).
+        exclude: tensors matching one of these keep the aligned values.
+        allow_architecture_mismatch: skip the config.json model_type/architectures check.
+        strict: make inf/NaN already present in an input an error instead of a warning.
+        progress: show a progress bar on stderr.
+        warn: called with each message for the user; default: printed to stderr.
+    """
+
+    dtype: str | None = None
+    device: str = "auto"
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
+    force: bool = False
+    alpha_for: Sequence[str] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    allow_architecture_mismatch: bool = False
+    strict: bool = False
+    progress: bool = True
+    warn: Callable[[str], None] | None = None
+
+    def say(self, message: str) -> None:
+        (self.warn or _stderr)(message)
+
+
+def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, **options: Any) -> MergeResult:
     """Write θ_aligned + α·(θ_aligned − θ_sft) as a new checkpoint folder at `output`.
 
     Args:
         sft, aligned: local checkpoint folders (safetensors or .bin, single file or sharded).
+        output: the folder to create.
         alpha: the paper's α; 0 returns the aligned model, −1 the SFT model.
-        dtype: "bfloat16", "float16" or "float32" for every floating tensor; default: each aligned dtype.
-        device: "cpu", "cuda" or "auto" (CUDA when available).
-        max_shard_size: bytes per output shard, an int or a string such as "5GB" (decimal units).
-        force: replace a non-empty `output`.
-        allow_architecture_mismatch: skip the config.json model_type/architectures check.
-        strict: make inf/NaN already present in an input an error instead of a warning.
-        progress: show a progress bar on stderr.
-        warn: called with each message for the user (notes, warnings); default: print to stderr.
+        **options: the fields of `MergeOptions`.
 
     Raises:
-        ExpoError: a subclass naming what is wrong, always before the output exists.
+        ExpoError: a subclass naming what is wrong; the output never exists half-written.
     """
-    started = time.perf_counter()
-    warn = warn or (lambda message: print(f"Warning: {message}", file=sys.stderr))
-    try:
-        alpha = check_alpha(alpha)
-    except ValueError as err:
-        raise UsageError(f"--alpha: {err}") from err
-    out_code = _dtype_code(dtype)
-    sft, aligned, output = Path(sft), Path(aligned), Path(output)
-    shard_size = _shard_size(max_shard_size)
+    opts = MergeOptions(**options)
+    return _execute(_prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts), opts)[0]
+
+
+def sweep(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float],
+          **options: Any) -> list[MergeResult]:  # fmt: skip
+    """One complete checkpoint per α in `output`/alpha-<α>, reading each input tensor once for all of them."""
+    opts = MergeOptions(**options)
+    return _execute(_prepare(sft, aligned, _sweep_targets(output, alphas), opts), opts)
+
+
+def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any) -> Plan:
+    """Validate everything a merge (one α) or sweep (several) would do and describe it; write nothing."""
+    targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas)
+    return _prepare(sft, aligned, targets, MergeOptions(**options)).describe()
+
+
+def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:
+    targets = {check_alpha(a): Path(output) / f"alpha-{a:g}" for a in alphas}
+    if len(targets) != len(alphas):
+        raise UsageError(f"--alpha: a value is repeated in {', '.join(f'{a:g}' for a in alphas)}")
+    return targets
+
+
+@dataclass
+class _Prepared:
+    """A validated run, ready to stream."""
+
+    sft: Checkpoint
+    aligned: Checkpoint
+    plan: MergePlan
+    shards: list[Shard]
+    targets: dict[float, Path]
+    rules: list[AlphaRule]
+    dtype: str | None
+    device: Any
+    disk_needed: int
+    leftovers: list[Path]
+
+    def alphas(self, run_alpha: float) -> dict[str, float]:
+        return {t.name: alpha_for(t.name, self.rules, run_alpha) for t in self.plan.tensors}
+
+    def describe(self) -> Plan:
+        groups = {}
+        for run_alpha in self.targets:
+            counts: dict[str, int] = {}
+            for t in self.plan.tensors:
+                key = f"α={alpha_for(t.name, self.rules, run_alpha):g}" if t.sft is not None else "copied"
+                counts[key] = counts.get(key, 0) + 1
+            groups[run_alpha] = counts
+        names = [t.name for t in self.plan.tensors]
+        rules = [{**r.to_json(), "tensors": sum(map(r.matches, names))} for r in self.rules]
+        widest = max((itemsize(t.out_dtype) for t in self.plan.tensors), default=1)
+        buffers = (4 * widest + 2 * 8) * CHUNK_ELEMENTS  # output ring + widened scratch, at most
+        return Plan(
+            outputs=dict(self.targets),
+            tensors=len(self.plan.tensors),
+            extrapolated=self.plan.extrapolated,
+            bytes_read=self.plan.bytes_read,
+            bytes_written=sum(s.size for s in self.shards),
+            shards=[(s.filename, s.size) for s in self.shards],
+            disk_needed=self.disk_needed,
+            disk_free=free_space(next(iter(self.targets.values()))),
+            peak_memory=BASE_MEMORY + buffers,
+            alpha_groups=groups,
+            rules=rules,
+            notes=self.plan.notes,
+            leftovers=[str(p) for p in self.leftovers],
+        )
+
+
+def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions) -> _Prepared:
+    """Every check that can be made before writing a byte: options, inputs, pairing, rules, outputs, space."""
+    out_code = _dtype_code(opts.dtype)
+    rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
+    shard_size = _shard_size(opts.max_shard_size)
+    sft, aligned = Path(sft), Path(aligned)
 
     sft_ckpt = load_checkpoint(sft, "sft")
     aligned_ckpt = load_checkpoint(aligned, "aligned")
-    check_configs(sft_ckpt, aligned_ckpt, allow_architecture_mismatch)
-    plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
-    for note in plan.notes:
-        warn(note)
-    check_output(output, {"sft": sft, "aligned": aligned}, force)
-    shards = plan_shards(plan.tensors, shard_size)
+    check_configs(sft_ckpt, aligned_ckpt, opts.allow_architecture_mismatch)
+    merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
+    check_rules_match(rules, [t.name for t in merge_plan.tensors if t.sft is not None])
+    for note in merge_plan.notes:
+        opts.say(note)
+    shards = plan_shards(merge_plan.tensors, shard_size)
     copied = sum((aligned / f).stat().st_size for f in extra_files(aligned))
-    check_space(output, sum(s.size for s in shards) + copied)
-    for leftover in stale_partials(output):
-        warn(f"removing {leftover}, left by an earlier run that did not finish")
-        import shutil
+    needed = 0
+    for output in targets.values():
+        check_output(output, {"sft": sft, "aligned": aligned}, opts.force)
+        needed += sum(s.size for s in shards) + copied + HEADROOM
+    check_space(next(iter(targets.values())), needed)
+    leftovers = [p for output in targets.values() for p in stale_partials(output)]
+    device = _device(opts.device)
+    return _Prepared(sft_ckpt, aligned_ckpt, merge_plan, shards, targets, rules, opts.dtype, device, needed, leftovers)
 
+
+def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:
+    """Stream all targets at once, then finish each output and rename it into place."""
+    started = time.perf_counter()
+    for leftover in prepared.leftovers:
+        opts.say(f"removing {leftover}, left by an earlier run that did not finish")
         shutil.rmtree(leftover, ignore_errors=True)
-    torch_device = _device(device)
-    sources = Source.from_path(sft), Source.from_path(aligned)
-    equation = formula(alpha)
-
-    with Staging(output) as staging, sft_ckpt, aligned_ckpt:
-        stream = ShardStream(staging.path, shards)
+    p = prepared
+    sources = Source.from_path(p.sft.path), Source.from_path(p.aligned.path)
+    with ExitStack() as stack:
+        stack.enter_context(p.sft)
+        stack.enter_context(p.aligned)
+        stagings = {alpha: stack.enter_context(Staging(output)) for alpha, output in p.targets.items()}
+        streams = {alpha: ShardStream(staging.path, p.shards) for alpha, staging in stagings.items()}
         try:
-            _stream(
-                [t for s in shards for t in s.tensors], sft_ckpt, aligned_ckpt, stream, alpha, torch_device,
-                progress, strict, warn,
-            )  # fmt: skip
-            stream.close()
+            _stream(p, streams, opts)
+            for stream in streams.values():
+                stream.close()
         except BaseException:
-            stream.abort()
+            for stream in streams.values():
+                stream.abort()
             raise
-        write_index(staging.path, shards)
-        record = provenance(
-            alpha, equation, *sources, __version__, dtype=dtype, notes=plan.notes, shards=stream.checksums
+        for alpha, staging in stagings.items():
+            write_index(staging.path, p.shards)
+            record = provenance(
+                alpha, formula(alpha), *sources, __version__, dtype=p.dtype, notes=p.plan.notes,
+                rules=[r.to_json() for r in p.rules], shards=streams[alpha].checksums,
+            )  # fmt: skip
+            write_config(p.aligned.config, _config_dtype(p.plan), record, staging.path)
+            copy_extra_files(p.aligned.path, staging.path)
+            write_model_card(staging.path, record, *sources, p.aligned.path, p.targets[alpha].name, p.plan.notes)
+        for staging in stagings.values():
+            staging.commit(opts.force)
+    seconds = time.perf_counter() - started
+    return [
+        MergeResult(
+            output=output.resolve(),
+            alpha=alpha,
+            formula=formula(alpha),
+            device=str(p.device),
+            tensors=len(p.plan.tensors),
+            extrapolated=p.plan.extrapolated,
+            bytes_read=p.plan.bytes_read,
+            bytes_written=sum(s.size for s in p.shards),
+            shards=[s.filename for s in p.shards],
+            seconds=seconds,
+            notes=p.plan.notes,
         )
-        write_config(aligned_ckpt.config, _config_dtype(plan), record, staging.path)
-        copy_extra_files(aligned, staging.path)
-        write_model_card(staging.path, record, *sources, aligned, output.name, plan.notes)
-        staging.commit(force)
+        for alpha, output in p.targets.items()
+    ]
 
-    return MergeResult(
-        output=output.resolve(),
-        alpha=alpha,
-        formula=equation,
-        device=str(torch_device),
-        tensors=len(plan.tensors),
-        extrapolated=plan.extrapolated,
-        bytes_read=sum(t.aligned.nbytes + (t.sft.nbytes if t.sft else 0) for t in plan.tensors),
-        bytes_written=sum(s.size for s in shards),
-        shards=[s.filename for s in shards],
-        seconds=time.perf_counter() - started,
-        notes=plan.notes,
-    )
+
+def _stderr(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
 
 
 def _dtype_code(dtype: str | None) -> str | None:
@@ -186,56 +333,56 @@ def _config_dtype(plan: MergePlan) -> str | None:
     return dtype_name(max(by_dtype, key=by_dtype.__getitem__)) if by_dtype else None
 
 
-def _stream(
-    tensors: list[TensorPlan],
-    sft: Checkpoint,
-    aligned: Checkpoint,
-    stream: ShardStream,
-    alpha: float,
-    device: Any,
-    progress: bool,
-    strict: bool,
-    warn: Callable[[str], None],
-) -> None:
-    """Read, extrapolate and hand every tensor to the writer, chunk by chunk, in output order."""
+def _stream(p: _Prepared, streams: dict[float, ShardStream], opts: MergeOptions) -> None:
+    """Read every tensor once, chunk by chunk in output order, and hand each target its result."""
     from huggingface_hub.utils import tqdm
 
     from .engine import ChunkEngine
 
-    engine = ChunkEngine(alpha, device, max((itemsize(t.out_dtype) for t in tensors), default=1), CHUNK_ELEMENTS)
-    total = sum(t.nbytes for t in tensors)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="Merging", disable=not progress, file=sys.stderr,
+    tensors = [t for s in p.shards for t in s.tensors]
+    per_target = {alpha: p.alphas(alpha) for alpha in streams}
+    engine = ChunkEngine(p.device, max((itemsize(t.out_dtype) for t in tensors), default=1), CHUNK_ELEMENTS)
+    total = sum(t.nbytes for t in tensors) * len(streams)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="Merging", disable=not opts.progress, file=sys.stderr,
               dynamic_ncols=True) as bar:  # fmt: skip
         for count, t in enumerate(tensors, 1):
             chunks = list(iter_chunks(t.numel, CHUNK_ELEMENTS))
-            probes = []
+            probes: dict[float, list] = {alpha: [] for alpha in streams}
             for i, (start, stop) in enumerate(chunks):
                 if i + 1 < len(chunks):
-                    _prefetch(t, sft, aligned, *chunks[i + 1])
+                    _prefetch(t, p.sft, p.aligned, *chunks[i + 1])
                 elif count < len(tensors):
                     nxt = tensors[count]
-                    _prefetch(nxt, sft, aligned, 0, min(nxt.numel, CHUNK_ELEMENTS))
+                    _prefetch(nxt, p.sft, p.aligned, 0, min(nxt.numel, CHUNK_ELEMENTS))
                 shared_stop = min(stop, t.shared) if t.sft is not None else start
                 if shared_stop > start:
-                    if alpha == 0 and t.out_dtype == t.aligned.dtype:  # bit for bit the aligned tensor
-                        stream.write(aligned.raw(t.aligned, start, shared_stop))
-                    elif alpha == -1 and t.out_dtype == t.sft.dtype:  # bit for bit the SFT tensor
-                        stream.write(sft.raw(t.sft, start, shared_stop))
-                    else:
-                        probe = engine.extrapolate(
-                            sft.flat(t.sft, start, shared_stop), aligned.flat(t.aligned, start, shared_stop),
-                            torch_dtype(t.out_dtype), stream,
+                    computed = []
+                    for run_alpha, stream in streams.items():
+                        alpha = per_target[run_alpha][t.name]
+                        if alpha == 0 and t.out_dtype == t.aligned.dtype:  # bit for bit the aligned tensor
+                            stream.write(p.aligned.raw(t.aligned, start, shared_stop))
+                        elif alpha == -1 and t.out_dtype == t.sft.dtype:  # bit for bit the SFT tensor
+                            stream.write(p.sft.raw(t.sft, start, shared_stop))
+                        else:
+                            computed.append((run_alpha, alpha, stream))
+                    if computed:
+                        results = engine.extrapolate(
+                            p.sft.flat(t.sft, start, shared_stop), p.aligned.flat(t.aligned, start, shared_stop),
+                            torch_dtype(t.out_dtype), [(alpha, stream) for _, alpha, stream in computed],
                         )  # fmt: skip
-                        probes.append(probe)
+                        for (run_alpha, _, _), probe in zip(computed, results, strict=True):
+                            probes[run_alpha].append(probe)
                 if stop > shared_stop:  # copied unchanged: non-floating tensors, grown vocabulary rows
                     lo = max(start, shared_stop)
-                    if t.out_dtype == t.aligned.dtype:
-                        stream.write(aligned.raw(t.aligned, lo, stop))
-                    else:
-                        engine.convert(aligned.flat(t.aligned, lo, stop), torch_dtype(t.out_dtype), stream)
-                bar.update((stop - start) * itemsize(t.out_dtype))
-            if probes and not engine.finite(probes):
-                _nonfinite(t, sft, aligned, alpha, strict, warn)
+                    for stream in streams.values():
+                        if t.out_dtype == t.aligned.dtype:
+                            stream.write(p.aligned.raw(t.aligned, lo, stop))
+                        else:
+                            engine.convert(p.aligned.flat(t.aligned, lo, stop), torch_dtype(t.out_dtype), stream)
+                bar.update((stop - start) * itemsize(t.out_dtype) * len(streams))
+            for run_alpha, found in probes.items():
+                if found and not engine.finite(found):
+                    _nonfinite(t, p.sft, p.aligned, per_target[run_alpha][t.name], opts)
             bar.set_postfix_str(f"{count}/{len(tensors)} tensors", refresh=False)
 
 
@@ -245,19 +392,18 @@ def _prefetch(t: TensorPlan, sft: Checkpoint, aligned: Checkpoint, start: int, s
         sft.prefetch(t.sft, start, min(stop, t.shared))
 
 
-def _nonfinite(t: TensorPlan, sft: Checkpoint, aligned: Checkpoint, alpha: float, strict: bool,
-               warn: Callable[[str], None]) -> None:  # fmt: skip
+def _nonfinite(t: TensorPlan, sft: Checkpoint, aligned: Checkpoint, alpha: float, opts: MergeOptions) -> None:
     """Explain an inf/NaN result: inherited from an input (a warning) or made by the arithmetic (an error)."""
     import torch
 
     assert t.sft is not None
-    for role, ckpt, info, stop in (("aligned", aligned, t.aligned, t.shared), ("sft", sft, t.sft, t.shared)):
-        for start, end in iter_chunks(stop, CHUNK_ELEMENTS):
+    for role, ckpt, info in (("aligned", aligned, t.aligned), ("sft", sft, t.sft)):
+        for start, end in iter_chunks(t.shared, CHUNK_ELEMENTS):
             if not bool(torch.isfinite(ckpt.flat(info, start, end)).all()):
                 message = f"tensor {t.name!r}: the {role} input already holds inf/NaN, so the output does too"
-                if strict:
+                if opts.strict:
                     raise NonFiniteError(f"{message} (--strict)")
-                warn(message)
+                opts.say(message)
                 return
     hint = "; try --dtype float32 or a smaller --alpha" if t.out_dtype != "F32" else "; try a smaller --alpha"
     raise NonFiniteError(

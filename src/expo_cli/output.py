@@ -77,12 +77,16 @@ def existing_parent(path: Path) -> Path:
     return path
 
 
+def free_space(output: Path) -> int:
+    return shutil.disk_usage(existing_parent(output)).free
+
+
 def check_space(output: Path, needed: int) -> None:
     """Refuse early when the output's file system cannot hold the result."""
-    free = shutil.disk_usage(existing_parent(output)).free
-    if needed + HEADROOM > free:
+    free = free_space(output)
+    if needed > free:
         raise OutputError(
-            f"not enough space for {output}: needs {human_bytes(needed + HEADROOM)}, "
+            f"not enough space for {output}: needs {human_bytes(needed)}, "
             f"{human_bytes(free)} free; free space or choose another --output"
         )
 

@@ -13,11 +13,33 @@ AlignedOpt = Annotated[
     str, typer.Option("--aligned", help="The aligned (DPO/RLHF) checkpoint (θ_aligned); the output mirrors it.")
 ]
 AlphaOpt = Annotated[
-    float,
+    list[str],
     typer.Option(
         "--alpha",
         help="The paper's α: 0 = aligned model unchanged, -1 = SFT model; 0.1-0.5 typical for fully trained "
-        "models, 1-25 for under-trained ones.",
+        "models, 1-25 for under-trained ones. Several (0.1,0.3,0.5 or the option repeated): a sweep, one "
+        "checkpoint per α in OUTPUT/alpha-<α>, each input read once.",
+    ),
+]
+AlphaForOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--alpha-for",
+        metavar="REGEX=VALUE",
+        help="Another α for tensors whose name matches REGEX (repeatable; first match wins), e.g. 'embed|lm_head=0'.",
+    ),
+]
+IncludeOpt = Annotated[
+    list[str] | None,
+    typer.Option("--include", metavar="REGEX", help="Extrapolate only matching tensors; the rest stay as aligned."),
+]
+ExcludeOpt = Annotated[
+    list[str] | None, typer.Option("--exclude", metavar="REGEX", help="Matching tensors stay as aligned (α = 0).")
+]
+DryRunOpt = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run", help="Validate everything and print the plan (sizes, shards, disk, memory); write nothing."
     ),
 ]
 DtypeOpt = Annotated[

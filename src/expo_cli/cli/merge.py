@@ -15,10 +15,14 @@ from . import _output as out
 from ._options import (
     AlignedOpt,
     AllowArchOpt,
+    AlphaForOpt,
     AlphaOpt,
     DeviceOpt,
+    DryRunOpt,
     DtypeOpt,
+    ExcludeOpt,
     ForceOpt,
+    IncludeOpt,
     JsonOpt,
     MaxShardSizeOpt,
     QuietOpt,
@@ -29,18 +33,26 @@ from ._options import (
 MERGE_EXAMPLES = [
     "expo merge --sft ./zephyr-sft --aligned ./zephyr-dpo --output ./zephyr-expo --alpha 0.5",
     "expo merge --sft ./sft --aligned ./dpo-20pct --output ./expo-f32 --alpha 2.5 --dtype float32",
-    "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --json --quiet > summary.json",
+    "expo merge --sft ./sft --aligned ./dpo --output ./sweep --alpha 0.1,0.3,0.5",
+    "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --alpha-for 'embed|lm_head=0'",
+    "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --dry-run --json",
 ]
 
 
 def merge(
     sft: SftOpt,
     aligned: AlignedOpt,
-    output: Annotated[str, typer.Option("--output", "-o", help="Folder to write the merged checkpoint into.")],
+    output: Annotated[
+        str, typer.Option("--output", "-o", help="Folder to write the merged checkpoint into (a sweep: its parent).")
+    ],
     alpha: AlphaOpt,
     dtype: DtypeOpt = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardSizeOpt = DEFAULT_MAX_SHARD_SIZE,
+    alpha_for: AlphaForOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     strict: StrictOpt = False,
     allow_architecture_mismatch: AllowArchOpt = False,
@@ -48,39 +60,43 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-    import math
-
     from huggingface_hub.utils import are_progress_bars_disabled
 
-    from ..extrapolate import formula
-    from ..merging import merge as run_merge
+    import expo_cli
+
+    from ..alpha import formula, parse_alphas
     from ..output import human_bytes
 
-    if not math.isfinite(alpha):
-        raise typer.BadParameter(f"{alpha} is not a finite number", param_hint="--alpha")
+    alphas = parse_alphas(alpha)
+    options = {
+        "dtype": dtype, "device": device, "max_shard_size": max_shard_size, "force": force,
+        "alpha_for": alpha_for or (), "include": include or (), "exclude": exclude or (),
+        "allow_architecture_mismatch": allow_architecture_mismatch, "strict": strict,
+        "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
+    }  # fmt: skip
+    if dry_run:
+        plan = expo_cli.plan(sft, aligned, output, alphas, **options)
+        if json:
+            out.result_json(plan.to_json())
+        else:
+            for line in plan.describe():
+                out.result(line)
+        return
     if not quiet:
-        out.info(formula(alpha))
-    result = run_merge(
-        sft,
-        aligned,
-        output,
-        alpha,
-        dtype=dtype,
-        device=device,
-        max_shard_size=max_shard_size,
-        force=force,
-        allow_architecture_mismatch=allow_architecture_mismatch,
-        strict=strict,
-        progress=not quiet and not are_progress_bars_disabled(),
-        warn=out.warning,
-    )
-    if not quiet:
+        for a in alphas:
+            out.info(formula(a))
+    if len(alphas) == 1:
+        results = [expo_cli.merge(sft, aligned, output, alphas[0], **options)]
+    else:
+        results = expo_cli.sweep(sft, aligned, output, alphas, **options)
+    for result in results if not quiet else ():
         out.info(
-            f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) on {result.device}: "
-            f"{human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} written in "
+            f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) at α={result.alpha:g} on "
+            f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} written in "
             f"{len(result.shards)} shard(s), {result.seconds:.1f} s, {result.gb_per_s:.2f} GB/s"
         )
     if json:
-        out.result_json(result.to_json())
+        out.result_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
     else:
-        out.result(str(result.output))
+        for result in results:
+            out.result(str(result.output))

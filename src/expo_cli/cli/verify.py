@@ -32,8 +32,8 @@ def verify(
     """Recompute OUTPUT from --sft and --aligned; exit 1 if any tensor differs by more than one rounding step."""
     from huggingface_hub.utils import are_progress_bars_disabled
 
-    from ..verify import SHOWN, VerifyFailed
-    from ..verify import verify as run_verify
+    from ..verification import SHOWN, VerifyFailed
+    from ..verification import verify as run_verify
 
     result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled())
     for problem in result.checksum_errors:

@@ -56,6 +56,10 @@ class MergePlan:
         return sum(t.nbytes for t in self.tensors)
 
     @property
+    def bytes_read(self) -> int:
+        return sum(t.aligned.nbytes + (t.sft.nbytes if t.sft else 0) for t in self.tensors)
+
+    @property
     def extrapolated(self) -> int:
         return sum(1 for t in self.tensors if t.sft is not None)
 

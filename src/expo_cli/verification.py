@@ -18,7 +18,7 @@ from typing import Any
 from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, torch_dtype
 from .constants import CHUNK_ELEMENTS
 from .errors import ExpoError, UsageError
-from .plan import TensorPlan, plan_merge
+from .pairing import TensorPlan, plan_merge
 
 SHOWN = 10  # mismatching tensors listed
 
