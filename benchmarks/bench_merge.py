@@ -172,8 +172,8 @@ def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
 def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None) -> dict:
     """name -> (command, needs a sync to be durable)."""
     found = {
-        "expo merge": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned), "-o", str(out), "--alpha",
-                        str(alpha), "--quiet", "--device", "cpu"], False),  # fmt: skip
+        "expo merge": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
+                        "-o", str(out), "--alpha", str(alpha), "--quiet", "--device", "cpu"], False),  # fmt: skip
         "official ExPO (transformers, bf16)": (
             [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
     }  # fmt: skip

@@ -44,8 +44,8 @@ def test_sweep_repeated_value_is_a_usage_error(tmp_path, expo, pair):
 
 def test_alpha_for_rules_first_match_wins(tmp_path, expo, pair):
     sft, aligned = pair
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5",
-               "--alpha-for", "embed|lm_head=0", "--alpha-for", r"layers\.1\.=2", "--alpha-for", "layers=9")  # fmt: skip
+    rules = ["--alpha-for", "embed|lm_head=0", "--alpha-for", r"layers\.1\.=2", "--alpha-for", "layers=9"]
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5", *rules)
     assert run.code == 0, run.stderr
     merged, s, a = read_all(tmp_path / "out"), read_all(sft), read_all(aligned)
     for name, tensor in merged.items():
