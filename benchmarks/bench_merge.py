@@ -174,6 +174,8 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
     found = {
         "expo merge": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
                         "-o", str(out), "--alpha", str(alpha), "--quiet", "--device", "cpu"], False),  # fmt: skip
+        "expo merge, sweep of 3 (α = 0.1,0.3,0.5)": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft),
+            "--aligned", str(aligned), "-o", str(out), "--alpha", "0.1,0.3,0.5", "--quiet", "--device", "cpu"], False),
         "official ExPO (transformers, bf16)": (
             [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
     }  # fmt: skip
@@ -202,14 +204,16 @@ def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str |
     rows.append({"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
                  "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None})  # fmt: skip
     for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work, mergekit).items():
-        if (name == "small" or expo_only) and tool != "expo merge":
+        ours = tool.startswith("expo")
+        if (name == "small" or expo_only) and not ours:
             continue  # the small pair only shows how expo's memory scales
         runs = []
-        for _ in range(repeat if tool == "expo merge" else 1):
+        for _ in range(repeat if ours else 1):
             shutil.rmtree(out, ignore_errors=True)
             warm(sft, aligned)
             runs.append(run_tool(command, needs_sync))
-        check = check_output(out, sft, aligned, alpha)
+        sweep = "sweep" in tool
+        check = check_output(out / "alpha-0.5", sft, aligned, 0.5) if sweep else check_output(out, sft, aligned, alpha)
         durable = [r["durable"] for r in runs]
         rows.append({
             "pair": name, "tool": tool, "durable": durable, "ratio": statistics.median(durable) / floor,
@@ -220,6 +224,18 @@ def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str |
     for row in rows:
         row["model_gb"] = size / 1e9
     return rows
+
+
+def sweep_ratios(rows: list[dict]) -> list[str]:
+    """A sweep of 3 against 3 single merges, measured in the same run."""
+    lines = []
+    for pair in dict.fromkeys(r["pair"] for r in rows):
+        single = [r for r in rows if r["pair"] == pair and r["tool"] == "expo merge"]
+        sweep = [r for r in rows if r["pair"] == pair and "sweep" in r["tool"]]
+        if single and sweep:
+            ratio = statistics.median(sweep[0]["durable"]) / statistics.median(single[0]["durable"])
+            lines.append(f"{pair}: a sweep of 3 α takes {ratio:.2f}× one merge (3 single merges: 3.00×)")
+    return lines
 
 
 def table(rows: list[dict]) -> str:
@@ -254,6 +270,8 @@ def main() -> None:
         for name in args.sizes.split(","):
             rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only)
     print(table(rows))
+    print()
+    print("\n".join(sweep_ratios(rows)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 
