@@ -32,7 +32,7 @@ def build_model(config, seed: int):
     return cls(config).eval()
 
 
-def perturb(model, seed: int, scale: float = 0.01):
+def perturb(model, seed: int, scale: float = 0.001):
     """What alignment does: a small move of every weight."""
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

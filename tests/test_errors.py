@@ -126,7 +126,7 @@ def test_missing_folder(tmp_path, expo, llama_pair):
 def test_overflow_is_an_error_naming_the_tensor(tmp_path, expo):
     sft, aligned = make_pair(tmp_path, dtype=torch.float16)
     before = snapshot(sft), snapshot(aligned)
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "1e7")
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "1e9")
     assert run.code == 6, run.stderr
     assert "overflows float16" in run.stderr and "try --dtype float32" in run.stderr
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".expo-partial-*"))

@@ -11,9 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ExpoError", "MergeOptions", "MergeResult", "Plan", "__version__", "merge", "plan", "sweep", "verify"]
+__all__ = [
+    "ExpoError",
+    "MergeOptions",
+    "MergeResult",
+    "Plan",
+    "__version__",
+    "inspect",
+    "merge",
+    "plan",
+    "sweep",
+    "verify",
+]
 
 if TYPE_CHECKING:
+    from .analysis import inspect
     from .errors import ExpoError
     from .merging import MergeOptions, MergeResult, Plan, merge, plan, sweep
     from .verification import verify
@@ -24,6 +36,10 @@ def __getattr__(name: str) -> Any:
         from . import merging
 
         return getattr(merging, name)
+    if name == "inspect":
+        from .analysis import inspect
+
+        return inspect
     if name == "verify":
         from .verification import verify
 

@@ -12,6 +12,7 @@ import typer
 from .. import __version__
 from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
 from . import _output as out
+from .inspect import INSPECT_EXAMPLES, inspect
 from .merge import MERGE_EXAMPLES, merge
 from .verify import VERIFY_EXAMPLES, verify
 
@@ -35,6 +36,7 @@ def _epilog(examples: list[str]) -> str:
 
 app.command(epilog=_epilog(MERGE_EXAMPLES))(merge)
 app.command(epilog=_epilog(VERIFY_EXAMPLES))(verify)
+app.command(epilog=_epilog(INSPECT_EXAMPLES))(inspect)
 
 _state = {"debug": False}
 

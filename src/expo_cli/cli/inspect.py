@@ -1,0 +1,70 @@
+"""expo inspect: what alignment changed, per tensor and per layer, and how much of α survives rounding.
+
+Usage:
+    expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo --alpha 0.5 --plot change.png
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import _output as out
+from ._options import AlignedOpt, AllowArchOpt, DtypeOpt, JsonOpt, QuietOpt, SftOpt
+
+INSPECT_EXAMPLES = [
+    "expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo",
+    "expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo --alpha 2.5 --dtype bfloat16 --plot change.png",
+    "expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo --json > report.json",
+]
+
+
+def inspect(
+    sft: SftOpt,
+    aligned: AlignedOpt,
+    alpha: Annotated[float, typer.Option("--alpha", help="α whose survival after rounding to report.")] = 0.5,
+    dtype: DtypeOpt = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", metavar="FILE.png", help="Draw the per-layer change (needs matplotlib).")
+    ] = None,
+    top: Annotated[int, typer.Option("--top", help="How many most-changed tensors to list.")] = 10,
+    allow_architecture_mismatch: AllowArchOpt = False,
+    quiet: QuietOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Report ‖Δ‖/‖θ_sft‖, cosine and max |Δ| per tensor and layer; write nothing (but --plot)."""
+    import math
+
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from ..analysis import inspect as run_inspect
+    from ..analysis import plot as draw
+
+    if not math.isfinite(alpha):
+        raise typer.BadParameter(f"{alpha} is not a finite number", param_hint="--alpha")
+    result = run_inspect(
+        sft, aligned, alpha, dtype=dtype, progress=not quiet and not are_progress_bars_disabled(),
+        allow_architecture_mismatch=allow_architecture_mismatch,
+    )  # fmt: skip
+    for warning in result.warnings:
+        out.warning(warning)
+    if plot:
+        bars = draw(result, plot)
+        if not quiet:
+            out.info(f"Plotted {bars} bars to {plot}")
+    if json:
+        out.result_json(result.to_json())
+        return
+    out.result(f"{'layer':>6}  {'module':<10}  {'tensors':>7}  {'‖Δ‖/‖θ_sft‖':>12}  {'share of ‖Δ‖²':>13}")
+    for g in result.groups:
+        layer = "-" if g.layer is None else str(g.layer)
+        out.result(f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {100 * g.relative_change:>11.4f}%  "
+                   f"{100 * g.share_of_change:>12.2f}%")  # fmt: skip
+    out.result("")
+    out.result(f"Most changed tensors (survives = share of elements that differ from aligned at α={alpha:g}):")
+    for t in sorted(result.tensors, key=lambda t: t.relative_change, reverse=True)[:top]:
+        out.result(f"  {t.name}: ‖Δ‖/‖θ_sft‖ {100 * t.relative_change:.4f}%, cosine {t.cosine:.6f}, "
+                   f"max |Δ| {t.max_abs_delta:.3g}, survives {100 * t.survives:.1f}%")  # fmt: skip
+    out.result("")
+    out.result(result.summary)
