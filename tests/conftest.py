@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
-# Before anything imports huggingface_hub: nothing in the tests may reach the network.
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+from hub_server import serve
+
+# Before anything imports huggingface_hub (it reads these once): the Hub is our own server on 127.0.0.1.
+HUB, _SERVER = serve()
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_SERVER.server_address[1]}"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="expo-tests-hf-home-")
+os.environ.pop("HF_HUB_CACHE", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 
 import signal  # noqa: E402
@@ -21,9 +29,10 @@ from expo_cli.cli import main  # noqa: E402
 from _checkpoints import make_pair  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def _isolated_hf_home(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home")))
+@pytest.fixture
+def hub():
+    """The test Hub's state: create repos in it, inspect what it received."""
+    return HUB
 
 
 @dataclass

@@ -112,6 +112,9 @@ class MergeOptions:
         strict: make inf/NaN already present in an input an error instead of a warning.
         progress: show a progress bar on stderr.
         warn: called with each message for the user; default: printed to stderr.
+        sft_revision, aligned_revision: branch, tag or commit when `sft`/`aligned` are Hub repo ids
+            (or write `org/name@revision`).
+        token: a Hub token; default: HF_TOKEN or the saved login.
     """
 
     dtype: str | None = None
@@ -125,6 +128,9 @@ class MergeOptions:
     strict: bool = False
     progress: bool = True
     warn: Callable[[str], None] | None = None
+    sft_revision: str | None = None
+    aligned_revision: str | None = None
+    token: str | None = None
 
     def say(self, message: str) -> None:
         (self.warn or _stderr)(message)
@@ -134,7 +140,8 @@ def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float
     """Write θ_aligned + α·(θ_aligned − θ_sft) as a new checkpoint folder at `output`.
 
     Args:
-        sft, aligned: local checkpoint folders (safetensors or .bin, single file or sharded).
+        sft, aligned: local checkpoint folders (safetensors or .bin, single file or sharded) or Hub repo ids
+            (`org/name`, `org/name@revision`); an existing local folder wins over a repo id.
         output: the folder to create.
         alpha: the paper's α; 0 returns the aligned model, −1 the SFT model.
         **options: the fields of `MergeOptions`.
@@ -218,7 +225,8 @@ def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], o
     out_code = _dtype_code(opts.dtype)
     rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
     shard_size = _shard_size(opts.max_shard_size)
-    sft, aligned = Path(sft), Path(aligned)
+    device = _device(opts.device)
+    sft, aligned = resolve_inputs(sft, aligned, opts, rules, out_code, list(targets.values()))
 
     sft_ckpt = load_checkpoint(sft, "sft")
     aligned_ckpt = load_checkpoint(aligned, "aligned")
@@ -235,8 +243,45 @@ def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], o
         needed += sum(s.size for s in shards) + copied + HEADROOM
     check_space(next(iter(targets.values())), needed)
     leftovers = [p for output in targets.values() for p in stale_partials(output)]
-    device = _device(opts.device)
     return _Prepared(sft_ckpt, aligned_ckpt, merge_plan, shards, targets, rules, opts.dtype, device, needed, leftovers)
+
+
+def resolve_inputs(sft: str | Path, aligned: str | Path, opts: MergeOptions, rules: list[AlphaRule] | None = None,
+                   out_code: str | None = None, outputs: Sequence[Path] = ()) -> tuple[Path, Path]:  # fmt: skip
+    """Local folders as they are; Hub repo ids validated from their headers first, then downloaded.
+
+    A mismatched pair, a rule matching nothing or an output that exists is refused before any weight is
+    downloaded; the downloaded folders are then validated again in full like any local folder.
+    """
+    from . import hub
+
+    specs = {"sft": (str(sft), opts.sft_revision), "aligned": (str(aligned), opts.aligned_revision)}
+    sources = {role: hub.parse_input(spec, revision) for role, (spec, revision) in specs.items()}
+    for role, (spec, revision) in specs.items():
+        if revision and sources[role] is None:
+            raise UsageError(f"--{role}-revision: {spec} is a local folder, not a Hub repo id")
+    local = {role: Path(spec) for role, (spec, _) in specs.items() if sources[role] is None}
+    for output in outputs:
+        check_output(output, local, opts.force)
+    if all(source is None for source in sources.values()):
+        return local["sft"], local["aligned"]
+    from huggingface_hub import is_offline_mode
+
+    if is_offline_mode():
+        paths = {role: hub.cached(source) if source else local[role] for role, source in sources.items()}
+        return paths["sft"], paths["aligned"]
+    remote = {role: hub.fetch_headers(source, role, opts.token) for role, source in sources.items() if source}
+    views = {
+        role: Checkpoint(Path(r.repo_id), r.config, r.tensors, "safetensors", []) if (r := remote.get(role))
+        else load_checkpoint(local[role], role)
+        for role in specs
+    }  # fmt: skip
+    check_configs(views["sft"], views["aligned"], opts.allow_architecture_mismatch)
+    if all(view.tensors for view in views.values()):  # .bin repos have no headers to read remotely
+        pairs = plan_merge(views["sft"], views["aligned"], out_code)
+        check_rules_match(rules or [], [t.name for t in pairs.tensors if t.sft is not None])
+    paths = {role: hub.download(remote[role], opts.token) if role in remote else local[role] for role in specs}
+    return paths["sft"], paths["aligned"]
 
 
 def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:

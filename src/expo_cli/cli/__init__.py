@@ -14,6 +14,7 @@ from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
 from . import _output as out
 from .inspect import INSPECT_EXAMPLES, inspect
 from .merge import MERGE_EXAMPLES, merge
+from .push import PUSH_EXAMPLES, push
 from .verify import VERIFY_EXAMPLES, verify
 
 app = typer.Typer(
@@ -37,6 +38,7 @@ def _epilog(examples: list[str]) -> str:
 app.command(epilog=_epilog(MERGE_EXAMPLES))(merge)
 app.command(epilog=_epilog(VERIFY_EXAMPLES))(verify)
 app.command(epilog=_epilog(INSPECT_EXAMPLES))(inspect)
+app.command(epilog=_epilog(PUSH_EXAMPLES))(push)
 
 _state = {"debug": False}
 

@@ -63,3 +63,17 @@ AllowArchOpt = Annotated[
     bool,
     typer.Option("--allow-architecture-mismatch", help="Skip the config.json model_type/architectures check."),
 ]
+
+SftRevisionOpt = Annotated[
+    str | None, typer.Option("--sft-revision", help="Branch, tag or commit when --sft is a Hub repo id.")
+]
+AlignedRevisionOpt = Annotated[
+    str | None, typer.Option("--aligned-revision", help="Branch, tag or commit when --aligned is a Hub repo id.")
+]
+TokenOpt = Annotated[
+    str | None, typer.Option("--token", help="Hugging Face token (default: HF_TOKEN or the saved login).")
+]
+PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the Hub repo as private.")]
+RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Branch to push to (created if needed).")]
+CommitMessageOpt = Annotated[str | None, typer.Option("--commit-message", help="Message of the Hub commit.")]
+CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")]

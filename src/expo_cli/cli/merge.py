@@ -14,9 +14,12 @@ from ..constants import DEFAULT_MAX_SHARD_SIZE
 from . import _output as out
 from ._options import (
     AlignedOpt,
+    AlignedRevisionOpt,
     AllowArchOpt,
     AlphaForOpt,
     AlphaOpt,
+    CommitMessageOpt,
+    CreatePrOpt,
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
@@ -25,9 +28,13 @@ from ._options import (
     IncludeOpt,
     JsonOpt,
     MaxShardSizeOpt,
+    PrivateOpt,
     QuietOpt,
+    RevisionOpt,
     SftOpt,
+    SftRevisionOpt,
     StrictOpt,
+    TokenOpt,
 )
 
 MERGE_EXAMPLES = [
@@ -36,6 +43,8 @@ MERGE_EXAMPLES = [
     "expo merge --sft ./sft --aligned ./dpo --output ./sweep --alpha 0.1,0.3,0.5",
     "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --alpha-for 'embed|lm_head=0'",
     "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --dry-run --json",
+    "expo merge --sft HuggingFaceH4/mistral-7b-sft-beta --aligned HuggingFaceH4/zephyr-7b-beta --output ./out "
+    "--alpha 0.1 --push-to-hub me/zephyr-7b-expo",
 ]
 
 
@@ -56,6 +65,17 @@ def merge(
     force: ForceOpt = False,
     strict: StrictOpt = False,
     allow_architecture_mismatch: AllowArchOpt = False,
+    sft_revision: SftRevisionOpt = None,
+    aligned_revision: AlignedRevisionOpt = None,
+    push_to_hub: Annotated[
+        str | None,
+        typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
+    ] = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    commit_message: CommitMessageOpt = None,
+    create_pr: CreatePrOpt = False,
+    token: TokenOpt = None,
     quiet: QuietOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -73,7 +93,12 @@ def merge(
         "alpha_for": alpha_for or (), "include": include or (), "exclude": exclude or (),
         "allow_architecture_mismatch": allow_architecture_mismatch, "strict": strict,
         "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
+        "sft_revision": sft_revision, "aligned_revision": aligned_revision, "token": token,
     }  # fmt: skip
+    if push_to_hub and len(alphas) > 1:
+        raise typer.BadParameter(
+            "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"
+        )
     if dry_run:
         plan = expo_cli.plan(sft, aligned, output, alphas, **options)
         if json:
@@ -95,8 +120,21 @@ def merge(
             f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} written in "
             f"{len(result.shards)} shard(s), {result.seconds:.1f} s, {result.gb_per_s:.2f} GB/s"
         )
+    commit_url = None
+    if push_to_hub:
+        from ..hub import push
+
+        if not quiet:
+            out.info(f"Uploading {results[0].output} to {push_to_hub}")
+        commit_url = push(results[0].output, push_to_hub, private=private, revision=revision,
+                          commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
     if json:
-        out.result_json(results[0].to_json() if len(results) == 1 else [r.to_json() for r in results])
+        reports = [r.to_json() for r in results]
+        if commit_url:
+            reports[0]["commit_url"] = commit_url
+        out.result_json(reports[0] if len(reports) == 1 else reports)
     else:
         for result in results:
             out.result(str(result.output))
+        if commit_url:
+            out.result(commit_url)

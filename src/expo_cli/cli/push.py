@@ -1,0 +1,44 @@
+"""expo push: publish a finished output folder to the Hugging Face Hub in one commit.
+
+Usage:
+    expo push ./zephyr-expo me/zephyr-7b-expo --private
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import _output as out
+from ._options import CommitMessageOpt, CreatePrOpt, JsonOpt, PrivateOpt, QuietOpt, RevisionOpt, TokenOpt
+
+PUSH_EXAMPLES = [
+    "expo push ./zephyr-expo me/zephyr-7b-expo",
+    "expo push ./zephyr-expo me/zephyr-7b-expo --revision alpha-0.3 --commit-message 'ExPO α=0.3'",
+    "expo push ./zephyr-expo org/zephyr-7b-expo --create-pr",
+]
+
+
+def push(
+    folder: Annotated[str, typer.Argument(help="The output folder of expo merge.")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub repo to upload to (org/name), created if needed.")],
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    commit_message: CommitMessageOpt = None,
+    create_pr: CreatePrOpt = False,
+    token: TokenOpt = None,
+    quiet: QuietOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Upload FOLDER to REPO_ID in one commit; print the commit URL. Run again to resume an interrupted upload."""
+    from ..hub import push as run_push
+
+    if not quiet:
+        out.info(f"Uploading {folder} to {repo_id}")
+    url = run_push(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
+                   create_pr=create_pr, token=token)  # fmt: skip
+    if json:
+        out.result_json({"folder": folder, "repo_id": repo_id, "commit_url": url})
+    else:
+        out.result(url)

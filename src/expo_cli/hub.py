@@ -1,0 +1,208 @@
+"""The Hugging Face Hub, in and out: repo ids as inputs (validated from headers before any weight is
+downloaded) and publishing an output folder in one commit.
+
+Everything goes through huggingface_hub, so HF_TOKEN, HF_HOME/HF_HUB_CACHE, HF_HUB_OFFLINE and HF_ENDPOINT
+work as everywhere else. Every failure becomes a HubError naming the repo and what to do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .checkpoint import TensorInfo, _parse_entry, check_supported
+from .constants import CONFIG_NAME, PYTORCH_INDEX_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
+from .errors import HubError, InputError
+
+# `org/name` or `org/name@revision`; characters a Hub repo id may hold. Paths with `+`, spaces or
+# backslashes, or starting with `.`, `/` or `~`, never match.
+REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+# What a merge needs from a repo besides the weights: configs, tokenizer, chat template, custom code.
+SIDE_FILES = ["*.json", "*.jinja", "*.py", "*.model", "*.txt", "*.tiktoken", "*.md", "*.spm", "*.vocab"]
+
+
+@dataclass(frozen=True)
+class HubInput:
+    repo_id: str
+    revision: str | None
+
+
+def parse_input(spec: str, revision: str | None = None) -> HubInput | None:
+    """A Hub repo id, or None for a local path. An existing local folder always wins."""
+    if Path(spec).exists():
+        return None
+    match = REPO_ID.match(spec)
+    if not match:
+        return None
+    if match["revision"] and revision and match["revision"] != revision:
+        raise InputError(f"{spec}: two revisions given ({match['revision']!r} and {revision!r}); keep one")
+    return HubInput(match["repo"], match["revision"] or revision)
+
+
+def api(token: str | None = None) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(token=token, library_name="expo-cli", library_version=__version__)
+
+
+@contextmanager
+def hub_errors(repo_id: str, revision: str | None = None, action: str = "download") -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one clear HubError line."""
+    from huggingface_hub import errors
+
+    at = f"{repo_id}@{revision}" if revision else repo_id
+    try:
+        yield
+    except errors.GatedRepoError as err:
+        raise HubError(f"{at} is gated: accept its terms on the Hub and set HF_TOKEN to a token with access") from err
+    except errors.RevisionNotFoundError as err:
+        raise HubError(f"{at}: revision {revision!r} not found; check the branch, tag or commit") from err
+    except errors.RepositoryNotFoundError as err:
+        raise HubError(
+            f"{repo_id}: repository not found (or private: set HF_TOKEN to a token that can read it)"
+        ) from err
+    except errors.LocalEntryNotFoundError as err:
+        raise HubError(
+            f"{at}: offline (HF_HUB_OFFLINE=1) and not in the cache; go online once or pass a local folder"
+        ) from err
+    except errors.OfflineModeIsEnabled as err:
+        raise HubError(f"{at}: offline (HF_HUB_OFFLINE=1); unset it or pass a local folder") from err
+    except errors.HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        if status in (401, 403):
+            need = "write access" if action == "upload" else "read access"
+            raise HubError(f"{at}: the Hub refused the token ({status}); set HF_TOKEN to a token with {need}") from err
+        raise HubError(f"{at}: {action} failed: {str(err).splitlines()[0]}; run again to resume") from err
+    except Exception as err:
+        cause = _network_cause(err)
+        if cause is None:
+            raise
+        raise HubError(f"{at}: {action} failed ({type(cause).__name__}: {cause}); run again to resume") from err
+
+
+def _network_cause(err: BaseException | None) -> BaseException | None:
+    """The connection error behind an exception (huggingface_hub wraps some in RuntimeError), if any."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+            return err
+        err = err.__cause__ or err.__context__
+    return None
+
+
+@dataclass
+class RemoteCheckpoint:
+    """What a Hub repo holds, learnt without downloading weights: commit, config, and tensor headers."""
+
+    repo_id: str
+    revision: str | None  # as the user gave it (None: main)
+    sha: str
+    config: dict[str, Any]
+    tensors: dict[str, TensorInfo]
+    weight_patterns: list[str]
+
+
+def fetch_headers(source: HubInput, role: str, token: str | None = None) -> RemoteCheckpoint:
+    """Resolve the revision, read config.json, the index and every shard's header (ranged requests)."""
+    import json
+
+    from huggingface_hub import hf_hub_download
+
+    client = api(token)
+    with hub_errors(source.repo_id, source.revision):
+        info = client.model_info(source.repo_id, revision=source.revision)
+        sha = info.sha
+        files = {s.rfilename for s in info.siblings or []}
+        if CONFIG_NAME not in files:
+            raise InputError(f"--{role} {source.repo_id}: no {CONFIG_NAME} in the repo; not a transformers model")
+        config_path = hf_hub_download(source.repo_id, CONFIG_NAME, revision=sha, token=token)
+        if SAFETENSORS_SINGLE_FILE in files or SAFETENSORS_INDEX_FILE in files:
+            metadata = client.get_safetensors_metadata(source.repo_id, revision=sha, token=token)
+            patterns = [SAFETENSORS_INDEX_FILE, *sorted(set(metadata.weight_map.values()))]
+        elif "pytorch_model.bin" in files or PYTORCH_INDEX_FILE in files:
+            metadata, patterns = None, ["pytorch_model*.bin", PYTORCH_INDEX_FILE]
+        else:
+            raise InputError(f"--{role} {source.repo_id}: no safetensors or pytorch_model.bin weights in the repo")
+    try:
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"--{role} {source.repo_id}: config.json is not valid JSON ({err})") from err
+    tensors: dict[str, TensorInfo] = {}
+    for filename, file_metadata in metadata.files_metadata.items() if metadata else ():
+        for name, tensor in file_metadata.tensors.items():
+            entry = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": list(tensor.data_offsets)}
+            info = _parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry, 0)
+            check_supported(info)
+            if name in tensors:
+                raise InputError(f"{source.repo_id}: tensor {name!r} is stored in two shards")
+            tensors[name] = info
+    config = config if isinstance(config, dict) else {}
+    return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
+
+
+def download(remote: RemoteCheckpoint, token: str | None = None) -> Path:
+    """Download the weights of one format and the side files through the cache, at the validated commit.
+
+    Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
+    checked to be the commit whose headers were validated.
+    """
+    from huggingface_hub import snapshot_download
+
+    with hub_errors(remote.repo_id, remote.revision):
+        folder = Path(snapshot_download(
+            remote.repo_id, revision=remote.revision, allow_patterns=[*remote.weight_patterns, *SIDE_FILES],
+            token=token, library_name="expo-cli", library_version=__version__,
+        ))  # fmt: skip
+    if folder.name != remote.sha:
+        raise HubError(f"{remote.repo_id}@{remote.revision}: the branch moved during the download; run again")
+    return folder
+
+
+def cached(source: HubInput) -> Path:
+    """Offline: the cached snapshot of a repo (as an earlier run downloaded it), or a HubError."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    formats = [["*.safetensors", SAFETENSORS_INDEX_FILE], ["pytorch_model*.bin", PYTORCH_INDEX_FILE]]
+    for weights in formats:  # the tree cache knows which files a complete download of each would hold
+        try:
+            with hub_errors(source.repo_id, source.revision):
+                return Path(snapshot_download(
+                    source.repo_id, revision=source.revision, local_files_only=True,
+                    allow_patterns=[*weights, *SIDE_FILES],
+                ))  # fmt: skip
+        except HubError as err:
+            if weights is formats[-1] or not isinstance(err.__cause__, LocalEntryNotFoundError):
+                raise
+    raise AssertionError("unreachable")
+
+
+def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,
+         commit_message: str | None = None, create_pr: bool = False, token: str | None = None,
+         say: Callable[[str], None] | None = None) -> str:  # fmt: skip
+    """Upload a finished output folder in one commit; return the commit (or pull request) URL.
+
+    Running it again after a lost connection resumes: files the Hub already holds are not sent again.
+    """
+    folder = Path(folder)
+    if not (folder / CONFIG_NAME).is_file():
+        raise InputError(f"{folder}: not a model folder (no {CONFIG_NAME}); push the output of expo merge")
+    if not REPO_ID.match(repo_id) or "@" in repo_id:
+        raise InputError(f"{repo_id!r} is not a Hub repo id; use org/name (the branch goes in --revision)")
+    client = api(token)
+    with hub_errors(repo_id, revision, action="upload"):
+        client.create_repo(repo_id, exist_ok=True, private=private)
+        if revision and not create_pr:
+            client.create_branch(repo_id, branch=revision, exist_ok=True)
+        info = client.upload_folder(
+            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+            commit_message=commit_message or f"Upload {folder.name} made with expo {__version__}",
+            ignore_patterns=[".cache/**", ".expo-partial-*"],
+        )  # fmt: skip
+    return str(info.pr_url or info.commit_url)

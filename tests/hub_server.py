@@ -1,0 +1,351 @@
+"""A small, real Hugging Face Hub for the tests: the HTTP API that huggingface_hub uses, on 127.0.0.1.
+
+Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
+uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
+`drop_downloads` (weight downloads cut halfway) and `uploads_before_drop` (LFS uploads cut after that many).
+Tokens: "write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in
+hub-api-notes.md of the project's shared notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, unquote, urlparse
+
+WRITE_TOKEN, READ_TOKEN, USER = "write-token", "read-token", "test-user"
+GITATTRIBUTES = b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.bin filter=lfs diff=lfs merge=lfs -text\n"
+
+
+def git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Repo:
+    private: bool = False
+    gated: bool = False
+    drop_downloads: bool = False
+    uploads_before_drop: int | None = None  # after this many LFS uploads, cut every further one
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit
+    prs: int = 0
+
+    def commit(self, files: dict[str, bytes], parent: str | None, message: str) -> str:
+        sha = hashlib.sha1(json.dumps([parent, message, sorted(files)]).encode() + str(len(self.commits)).encode())
+        self.commits[sha.hexdigest()] = files
+        return sha.hexdigest()
+
+    def resolve(self, revision: str) -> str | None:
+        revision = unquote(revision)
+        if revision in self.refs:
+            return self.refs[revision]
+        return revision if revision in self.commits else None
+
+
+class Hub:
+    """The server's state, shared by all request threads."""
+
+    def __init__(self) -> None:
+        self.repos: dict[str, Repo] = {}
+        self.lfs: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+        self.requests: list[tuple[str, str]] = []
+
+    def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: bool) -> str:
+        """Make a repo (for test setup); returns the commit sha of its main branch."""
+        with self.lock:
+            repo = self.repos.setdefault(repo_id, Repo(**flags))
+            sha = repo.commit({".gitattributes": GITATTRIBUTES, **(files or {})}, None, "initial commit")
+            repo.refs["main"] = sha
+            return sha
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    hub: Hub
+    endpoint: str
+
+    def log_message(self, *args: object) -> None:  # quiet
+        pass
+
+    # -- plumbing ----------------------------------------------------------------------------------------------
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    return data
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False,
+              cut: bool = False) -> None:  # fmt: skip
+        self.send_response(status)
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if head:
+            return
+        if cut:  # send half, then drop the connection
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self.wfile.write(body)
+
+    def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _error(self, status: int, code: str, message: str) -> None:
+        self._json(status, {"error": message}, {"X-Error-Code": code, "X-Error-Message": message})
+
+    def _token(self) -> str | None:
+        auth = self.headers.get("Authorization", "")
+        return auth.removeprefix("Bearer ").strip() or None
+
+    def _repo(self, repo_id: str, write: bool = False) -> Repo | None:
+        """The repo if this request may see (and, with write, change) it; else the error is sent."""
+        repo = self.hub.repos.get(repo_id)
+        token = self._token()
+        if repo is None or (repo.private and token not in (WRITE_TOKEN, READ_TOKEN)):
+            self._error(404, "RepoNotFound", f"Repository Not Found for url: {self.path}.")
+            return None
+        if write and token != WRITE_TOKEN:
+            self._error(403, "Forbidden", "You don't have the rights to write to this repo (read-only token).")
+            return None
+        return repo
+
+    # -- routes ------------------------------------------------------------------------------------------------
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._route("HEAD")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._route("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._route("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._route("PUT")
+
+    def _route(self, method: str) -> None:
+        url = urlparse(self.path)
+        path, query = url.path, parse_qs(url.query)
+        body = self._body() if method in ("POST", "PUT") else b""
+        self.hub.requests.append((method, path, self.headers.get("Range")))
+        with self.hub.lock:
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+                return self._info(m[1], m[2] or "main")
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
+                return self._tree(m[1], m[2], m[3] or "")
+            if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+                return self._resolve(m[1], m[2], unquote(m[3]), method == "HEAD")
+            if path == "/api/whoami-v2":
+                if self._token() not in (WRITE_TOKEN, READ_TOKEN):
+                    return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+                role = "write" if self._token() == WRITE_TOKEN else "read"
+                return self._json(
+                    200, {"name": USER, "type": "user", "orgs": [], "auth": {"accessToken": {"role": role}}}
+                )
+            if path == "/api/repos/create":
+                return self._create(json.loads(body))
+            if path == "/api/validate-yaml":
+                return self._json(200, {"errors": [], "warnings": []})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path):
+                return self._preupload(m[1], m[2], json.loads(body))
+            if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+                return self._batch(m[1], json.loads(body))
+            if m := re.fullmatch(r"/lfs/([^/]+/[^/]+)/([0-9a-f]{64})", path):
+                return self._lfs_put(m[1], m[2], body) if method == "PUT" else self._json(200, {})
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path):
+                return self._commit(m[1], m[2], body, "create_pr" in query)
+            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/([^/]+)", path):
+                return self._branch(m[1], unquote(m[2]), json.loads(body or b"{}"))
+            self._error(404, "EntryNotFound", f"no route for {method} {path}")
+
+    def _info(self, repo_id: str, revision: str) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        sha = repo.resolve(revision)
+        if sha is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        files = repo.commits[sha]
+        siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(files.items())]
+        self._json(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
+                         "gated": "manual" if repo.gated else False, "siblings": siblings})  # fmt: skip
+
+    def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        sha = repo.resolve(revision)
+        if sha is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        entries = []
+        for path, data in sorted(repo.commits[sha].items()):
+            if prefix and not path.startswith(prefix.rstrip("/") + "/"):
+                continue
+            entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
+            if path.endswith((".safetensors", ".bin")):
+                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            entries.append(entry)
+        self._json(200, entries)
+
+    def _resolve(self, repo_id: str, revision: str, filename: str, head: bool) -> None:
+        repo = self._repo(repo_id)
+        if repo is None:
+            return
+        if repo.gated:
+            return self._error(403, "GatedRepo", f"Access to model {repo_id} is restricted. You must have access.")
+        sha = repo.resolve(revision)
+        if sha is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        data = repo.commits[sha].get(filename)
+        if data is None:
+            self.send_response(404)
+            for k, v in {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": sha, "Content-Length": "0"}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            return
+        etag = hashlib.sha256(data).hexdigest() if filename.endswith((".safetensors", ".bin")) else git_blob_sha1(data)
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        status, body = 200, data
+        if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):
+            start = int(m[1])
+            stop = min(int(m[2]) + 1 if m[2] else len(data), len(data))
+            status, body = 206, data[start:stop]
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        cut = repo.drop_downloads and not head and filename.endswith(".safetensors") and status == 200
+        self._send(status, body, headers, head=head, cut=cut)
+
+    def _create(self, request: dict) -> None:
+        if self._token() != WRITE_TOKEN:
+            return self._error(401 if self._token() is None else 403, "Unauthorized", "Invalid credentials")
+        repo_id = f"{request.get('organization') or USER}/{request['name']}"
+        url = f"{self.endpoint}/{repo_id}"
+        if repo_id in self.hub.repos:
+            return self._json(409, {"error": "You already created this model repo", "url": url})
+        private = bool(request.get("private")) or request.get("visibility") == "private"
+        repo = self.hub.repos[repo_id] = Repo(private=private)
+        repo.refs["main"] = repo.commit({".gitattributes": GITATTRIBUTES}, None, "initial commit")
+        self._json(200, {"url": url, "name": repo_id})
+
+    def _preupload(self, repo_id: str, revision: str, request: dict) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        current = repo.commits.get(repo.resolve(revision) or "", {})
+        files = []
+        for f in request["files"]:
+            sample = base64.b64decode(f["sample"])
+            lfs = f["path"].endswith((".safetensors", ".bin")) or f["size"] >= 10 * 2**20 or b"\0" in sample
+            existing = current.get(f["path"])
+            oid = (
+                None if existing is None else hashlib.sha256(existing).hexdigest() if lfs else git_blob_sha1(existing)
+            )
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
+        self._json(200, {"files": files})
+
+    def _batch(self, repo_id: str, request: dict) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        objects = []
+        for obj in request["objects"]:
+            entry = {"oid": obj["oid"], "size": obj["size"]}
+            if obj["oid"] not in self.hub.lfs:  # already uploaded objects get no actions: the client skips them
+                href = f"{self.endpoint}/lfs/{repo_id}/{obj['oid']}"
+                entry["actions"] = {"upload": {"href": href}, "verify": {"href": href}}
+            objects.append(entry)
+        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                   {"Content-Type": "application/vnd.git-lfs+json"})  # fmt: skip
+
+    def _lfs_put(self, repo_id: str, oid: str, body: bytes) -> None:
+        repo = self.hub.repos.get(repo_id)
+        if repo is not None and repo.uploads_before_drop is not None:
+            if repo.uploads_before_drop <= 0:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
+            repo.uploads_before_drop -= 1
+        if hashlib.sha256(body).hexdigest() != oid:
+            return self._error(400, "BadRequest", "sha256 mismatch")
+        self.hub.lfs[oid] = body
+        self._send(200, b"", {"ETag": f'"{oid}"'})
+
+    def _commit(self, repo_id: str, revision: str, body: bytes, create_pr: bool) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        parent = repo.resolve(revision)
+        if parent is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        files = dict(repo.commits[parent])
+        summary = ""
+        for line in body.decode().splitlines():
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            value = item["value"]
+            if item["key"] == "header":
+                summary = value.get("summary", "")
+            elif item["key"] == "file":
+                files[value["path"]] = base64.b64decode(value["content"])
+            elif item["key"] == "lfsFile":
+                if value["oid"] not in self.hub.lfs:
+                    return self._error(422, "BadRequest", f"LFS object {value['oid']} was never uploaded")
+                files[value["path"]] = self.hub.lfs[value["oid"]]
+            elif item["key"] == "deletedFile":
+                files.pop(value["path"], None)
+        sha = repo.commit(files, parent, summary)
+        result = {"commitUrl": f"{self.endpoint}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True}
+        if create_pr:
+            repo.prs += 1
+            repo.refs[f"refs/pr/{repo.prs}"] = sha
+            result["pullRequestUrl"] = f"{self.endpoint}/{repo_id}/discussions/{repo.prs}"
+        else:
+            repo.refs[unquote(revision)] = sha
+        self._json(200, result)
+
+    def _branch(self, repo_id: str, branch: str, request: dict) -> None:
+        repo = self._repo(repo_id, write=True)
+        if repo is None:
+            return
+        if branch in repo.refs:
+            return self._error(409, "Conflict", f"Reference already exists: {branch}")
+        start = repo.resolve(request.get("startingPoint") or "main")
+        if start is None:
+            return self._error(404, "RevisionNotFound", "Invalid starting point")
+        repo.refs[branch] = start
+        self._json(200, {})
+
+
+class QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """Connections cut on purpose (or by the client) are part of the tests, not errors to print."""
+
+
+def serve() -> tuple[Hub, ThreadingHTTPServer]:
+    """Start a server on a free port of 127.0.0.1 in a daemon thread."""
+    hub = Hub()
+    server = QuietServer(("127.0.0.1", 0), Handler)
+    Handler.hub = hub
+    Handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    threading.Thread(target=server.serve_forever, name="hub-server", daemon=True).start()
+    return hub, server

@@ -1,0 +1,198 @@
+"""The Hub, in and out, against a real HTTP server on 127.0.0.1 (tests/hub_server.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import ModelCard, snapshot_download
+
+from hub_server import READ_TOKEN, WRITE_TOKEN
+
+from _checkpoints import build_model, llama_config, make_pair, read_all, save
+from test_merge import assert_merged
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def local_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hubpair")
+    sft, aligned = make_pair(root, dtype=torch.bfloat16, aligned_shards="30KB")
+    _, aligned_v2 = make_pair(root / "v2", dtype=torch.bfloat16, aligned_shards="40KB")  # same SFT, other DPO run
+    return sft, aligned, aligned_v2
+
+
+@pytest.fixture
+def token(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    return WRITE_TOKEN
+
+
+def publish(hub, repo_id: str, folder: Path, **flags) -> str:
+    return hub.create(repo_id, files_of(folder), **flags)
+
+
+def test_merge_from_two_repo_ids_at_given_revisions(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, aligned_v2 = local_pair
+    sft_sha = publish(hub, "org/sft-a", sft)
+    publish(hub, "org/dpo-a", aligned)
+    repo = hub.repos["org/dpo-a"]
+    v2 = repo.commit(files_of(aligned_v2), repo.refs["main"], "second DPO run")
+    repo.refs["v2"] = v2
+    run = expo("merge", "--sft", f"org/sft-a@{sft_sha}", "--aligned", "org/dpo-a", "--aligned-revision", "v2",
+               "-o", tmp_path / "out", "--alpha", "0.5")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert_merged(tmp_path / "out", sft, aligned_v2, 0.5)  # the v2 weights, not main's
+    expo_block = json.loads((tmp_path / "out" / "config.json").read_text())["expo"]
+    assert expo_block["aligned"]["repo_id"] == "org/dpo-a" and expo_block["aligned"]["revision"] == v2
+    assert expo_block["sft"]["repo_id"] == "org/sft-a" and expo_block["sft"]["revision"] == sft_sha
+    card = ModelCard.load(tmp_path / "out" / "README.md")
+    assert card.data.base_model == ["org/dpo-a", "org/sft-a"] and card.data.base_model_relation == "merge"
+    assert (tmp_path / "out" / "chat_template.jinja").read_bytes() == (aligned_v2 / "chat_template.jinja").read_bytes()
+
+
+def test_a_mismatched_pair_is_refused_before_any_weight_is_downloaded(tmp_path, expo, hub, local_pair, token):
+    _, aligned, _ = local_pair
+    other = save(build_model(llama_config(intermediate_size=48), 0), tmp_path / "other", torch.bfloat16)
+    publish(hub, "org/other-sft", other)
+    publish(hub, "org/dpo-b", aligned)
+    hub.requests.clear()
+    run = expo("merge", "--sft", "org/other-sft", "--aligned", "org/dpo-b", "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 4 and "sft BF16[48, 32] vs aligned BF16[64, 32]" in run.stderr
+    weight_gets = [(m, p, r) for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors")]
+    assert weight_gets and all(r is not None and r.startswith("bytes=") for _, _, r in weight_gets)  # headers only
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_then_download_back_byte_identical(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.3",
+               "--push-to-hub", "me/expo-model", "--json", "--quiet")  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["commit_url"].startswith(os.environ["HF_ENDPOINT"] + "/me/expo-model/commit/")
+    back = snapshot_download("me/expo-model", cache_dir=tmp_path / "cache")
+    sent, received = files_of(tmp_path / "out"), files_of(Path(back))
+    received.pop(".gitattributes")
+    assert received == sent
+
+
+def test_expo_push_private_revision_and_pull_request(tmp_path, expo, hub, local_pair, token, monkeypatch):
+    sft, aligned, _ = local_pair
+    out = tmp_path / "out"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.3", "-q").code == 0
+    run = expo("push", out, "me/private-expo", "--private", "--revision", "alpha-0.3", "--commit-message", "α=0.3")
+    assert run.code == 0, run.stderr
+    repo = hub.repos["me/private-expo"]
+    assert repo.private and "alpha-0.3" in repo.refs
+    assert set(repo.commits[repo.refs["alpha-0.3"]]) >= set(files_of(out))
+    url = run.stdout.strip()
+    assert url.endswith(repo.refs["alpha-0.3"])
+    monkeypatch.delenv("HF_TOKEN")
+    run = expo("merge", "--sft", sft, "--aligned", "me/private-expo@alpha-0.3", "-o", tmp_path / "x", "--alpha", "1")
+    assert run.code == 7 and "repository not found (or private" in run.stderr
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    run = expo("push", out, "me/private-expo", "--create-pr")
+    assert run.code == 0 and run.stdout.strip().endswith("/discussions/1")
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "message"),
+    [
+        (None, ["--aligned", "org/does-not-exist"], "org/does-not-exist: repository not found"),
+        ("plain", ["--aligned", "org/err-dpo@no-such-branch"], "revision 'no-such-branch' not found"),
+        ("gated", ["--aligned", "org/err-dpo-gated"], "is gated: accept its terms"),
+        ("drop", ["--aligned", "org/err-dpo-drop"], "run again to resume"),
+    ],
+)
+def test_hub_input_errors(tmp_path, expo, hub, local_pair, token, setup, args, message):
+    sft, aligned, _ = local_pair
+    if setup == "plain":
+        publish(hub, "org/err-dpo", aligned)
+    elif setup == "gated":
+        publish(hub, "org/err-dpo-gated", aligned, gated=True)
+    elif setup == "drop":
+        publish(hub, "org/err-dpo-drop", aligned, drop_downloads=True)
+    run = expo("merge", "--sft", sft, *args, "-o", tmp_path / "out", "--alpha", "0.5")
+    assert run.code == 7, run.stderr
+    assert message in run.stderr and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_read_only_token_cannot_push_and_the_output_is_kept(tmp_path, expo, local_pair, monkeypatch):
+    sft, aligned, _ = local_pair
+    monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5",
+               "--push-to-hub", "me/nope", "-q")  # fmt: skip
+    assert run.code == 7 and "set HF_TOKEN to a token with write access" in run.stderr
+    assert (tmp_path / "out" / "model.safetensors").exists()  # the local result is kept
+
+
+def test_connection_lost_mid_upload_then_resumed(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    out = tmp_path / "out"
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.37", "--max-shard-size", "20KB")
+    assert run.code == 0  # weights no other test uploads (the LFS store is shared), in several shards
+    shards = sorted(p.name for p in out.glob("model-*.safetensors"))
+    hub.create("me/flaky", uploads_before_drop=1)  # the first shard gets through, then the line goes down
+    run = expo("push", out, "me/flaky")
+    assert run.code == 7 and "run again to resume" in run.stderr, run.stderr
+    assert (out / "config.json").exists()  # the local output is kept
+    repo = hub.repos["me/flaky"]
+    repo.uploads_before_drop = None  # the line is back
+    hub.requests.clear()
+    run = expo("push", out, "me/flaky")
+    assert run.code == 0, run.stderr
+    puts = [p for m, p, _ in hub.requests if m == "PUT"]
+    assert len(puts) == len(shards) - 1  # the shard uploaded by the first run is not sent again
+    files = repo.commits[repo.refs["main"]]
+    assert all(files[name] == (out / name).read_bytes() for name in shards)
+
+
+def test_offline_with_nothing_cached(tmp_path, local_pair):
+    sft, _, _ = local_pair
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-home")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", "org/never-cached",
+         "-o", str(tmp_path / "out"), "--alpha", "0.5"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 7, proc.stderr
+    assert "offline (HF_HUB_OFFLINE=1) and not in the cache" in proc.stderr
+
+
+def test_offline_uses_the_cache(tmp_path, expo, hub, local_pair, token):
+    """After one online run, the same repo ids work with HF_HUB_OFFLINE=1 from the cache."""
+    sft, aligned, _ = local_pair
+    publish(hub, "org/cached-dpo", aligned)
+    assert expo("merge", "--sft", sft, "--aligned", "org/cached-dpo", "-o", tmp_path / "a", "--alpha", "0.5").code == 0
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", "org/cached-dpo",
+         "-o", str(tmp_path / "b"), "--alpha", "0.5", "--quiet"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    a, b = read_all(tmp_path / "a"), read_all(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+
+
+def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair):
+    from expo_cli.hub import parse_input
+
+    assert parse_input("org/name") is not None and parse_input("org/name@v1").revision == "v1"
+    for spec in ("./org/name", "/abs/path", "with space/x", "a+b/c", "dir\\\\sub", "~/models/x", "one-word"):
+        assert parse_input(spec) is None, spec
+    folder = tmp_path / "org" / "name"
+    folder.mkdir(parents=True)
+    os.chdir(tmp_path)
+    assert parse_input("org/name") is None  # an existing folder wins
