@@ -7,6 +7,7 @@ folders, add config, card and the aligned model's other files, fsync, and rename
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -380,12 +381,28 @@ def _config_dtype(plan: MergePlan) -> str | None:
 
 def _stream(p: _Prepared, streams: dict[float, ShardStream], opts: MergeOptions) -> None:
     """Read every tensor once, chunk by chunk in output order, and hand each target its result."""
+    import torch
+
+    tensors = [t for s in p.shards for t in s.tensors]
+    per_target = {alpha: p.alphas(alpha) for alpha in streams}
+    threads = torch.get_num_threads()
+    # The writer and the hasher each keep a core busy: the arithmetic gets the others (measured on 2 cores:
+    # one arithmetic thread merged the 6 GB pair ~15% faster than two fighting the hasher for a core).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    torch.set_num_threads(max(1, cores - 2))
+    try:
+        _stream_tensors(p, streams, opts, tensors, per_target)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _stream_tensors(p: _Prepared, streams: dict[float, ShardStream], opts: MergeOptions, tensors: list[TensorPlan],
+                    per_target: dict[float, dict[str, float]]) -> None:  # fmt: skip
+    """The streaming loop itself: chunks of each tensor, every target, the finiteness check per tensor."""
     from huggingface_hub.utils import tqdm
 
     from .engine import ChunkEngine
 
-    tensors = [t for s in p.shards for t in s.tensors]
-    per_target = {alpha: p.alphas(alpha) for alpha in streams}
     engine = ChunkEngine(p.device, max((itemsize(t.out_dtype) for t in tensors), default=1), CHUNK_ELEMENTS)
     total = sum(t.nbytes for t in tensors) * len(streams)
     with tqdm(total=total, unit="B", unit_scale=True, desc="Merging", disable=not opts.progress, file=sys.stderr,
