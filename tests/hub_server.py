@@ -174,25 +174,30 @@ class Handler(BaseHTTPRequestHandler):
                 return self._branch(m[1], unquote(m[2]), json.loads(body or b"{}"))
             self._error(404, "EntryNotFound", f"no route for {method} {path}")
 
-    def _info(self, repo_id: str, revision: str) -> None:
+    def _revision(self, repo_id: str, revision: str) -> tuple[Repo, str] | None:
+        """The repo and the commit a revision names, or None once the 404 is sent."""
         repo = self._repo(repo_id)
         if repo is None:
-            return
+            return None
         sha = repo.resolve(revision)
         if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+            self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+            return None
+        return repo, sha
+
+    def _info(self, repo_id: str, revision: str) -> None:
+        if (found := self._revision(repo_id, revision)) is None:
+            return
+        repo, sha = found
         files = repo.commits[sha]
         siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(files.items())]
         self._json(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
                          "gated": "manual" if repo.gated else False, "siblings": siblings})  # fmt: skip
 
     def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
-        repo = self._repo(repo_id)
-        if repo is None:
+        if (found := self._revision(repo_id, revision)) is None:
             return
-        sha = repo.resolve(revision)
-        if sha is None:
-            return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        repo, sha = found
         entries = []
         for path, data in sorted(repo.commits[sha].items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):

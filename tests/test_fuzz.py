@@ -6,6 +6,8 @@ import json
 import shutil
 import struct
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,14 @@ FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, Path]:
     return make_pair(tmp_path_factory.mktemp("fuzz"), dtype=torch.float16, aligned_shards="30KB")
+
+
+@contextmanager
+def damaged_copy(base: tuple[Path, Path]) -> Iterator[tuple[Path, Path, Path]]:
+    """(root, sft, aligned): a private copy of the pair for one example to damage."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        yield root, *(shutil.copytree(p, root / p.name) for p in base)
 
 
 def merge_or_clean_error(sft: Path, aligned: Path, root: Path) -> None:
@@ -63,9 +73,7 @@ json_values = st.recursive(
 @FUZZ
 @given(data=st.data())
 def test_mutated_safetensors_headers(base, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        sft, aligned = (shutil.copytree(p, root / p.name) for p in base)
+    with damaged_copy(base) as (root, sft, aligned):
         file = sft / "model.safetensors"
         header, body = header_of(file)
         name = data.draw(st.sampled_from(sorted(header)))
@@ -84,9 +92,7 @@ def test_mutated_safetensors_headers(base, data):
 @FUZZ
 @given(position=st.integers(0, 2000), byte=st.integers(0, 255), cut=st.integers(0, 3000))
 def test_flipped_bytes_and_truncations(base, position, byte, cut):
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        sft, aligned = (shutil.copytree(p, root / p.name) for p in base)
+    with damaged_copy(base) as (root, sft, aligned):
         file = sorted(aligned.glob("model-*.safetensors"))[0]
         data = bytearray(file.read_bytes())
         data[position % len(data)] = byte
@@ -97,9 +103,7 @@ def test_flipped_bytes_and_truncations(base, position, byte, cut):
 @FUZZ
 @given(data=st.data())
 def test_mutated_indexes(base, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        sft, aligned = (shutil.copytree(p, root / p.name) for p in base)
+    with damaged_copy(base) as (root, sft, aligned):
         index_file = aligned / "model.safetensors.index.json"
         index = json.loads(index_file.read_text())
         names = sorted(index["weight_map"])

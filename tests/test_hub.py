@@ -59,6 +59,17 @@ def test_merge_from_two_repo_ids_at_given_revisions(tmp_path, expo, hub, local_p
     assert (tmp_path / "out" / "chat_template.jinja").read_bytes() == (aligned_v2 / "chat_template.jinja").read_bytes()
 
 
+def test_inspect_and_verify_take_repo_ids(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    publish(hub, "org/sft-i", sft)
+    publish(hub, "org/dpo-i", aligned)
+    run = expo("inspect", "--sft", "org/sft-i", "--aligned", "org/dpo-i", "--json", "--quiet")
+    assert run.code == 0, run.stderr
+    assert len(json.loads(run.stdout)["tensors"]) == 21
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5", "-q").code == 0
+    assert expo("verify", tmp_path / "out", "--sft", "org/sft-i", "--aligned", "org/dpo-i", "-q").code == 0
+
+
 def test_a_mismatched_pair_is_refused_before_any_weight_is_downloaded(tmp_path, expo, hub, local_pair, token):
     _, aligned, _ = local_pair
     other = save(build_model(llama_config(intermediate_size=48), 0), tmp_path / "other", torch.bfloat16)

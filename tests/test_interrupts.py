@@ -80,4 +80,5 @@ def test_sigkill_leaves_no_finished_looking_output_and_the_next_run_cleans_up(tm
     proc = start(*big_pair, out)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
+    assert f"Warning: removing {partial}, left by an earlier run that did not finish" in stderr
     assert not partial.exists() and (out / "model.safetensors.index.json").exists()

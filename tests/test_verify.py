@@ -59,3 +59,11 @@ def test_a_missing_shard_is_reported(tmp_path, expo, merged):
     run = expo("verify", copy, "--sft", sft, "--aligned", aligned)
     assert run.code == 3 and last.name in run.stderr  # the index names a shard that is gone
     assert index["weight_map"]
+
+
+def test_per_tensor_rules_are_verified_too(tmp_path, expo, merged):
+    sft, aligned, _ = merged
+    out = tmp_path / "ruled"
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.7", "--alpha-for", "mlp=2", "-q")
+    assert run.code == 0, run.stderr
+    assert expo("verify", out, "--sft", sft, "--aligned", aligned, "-q").code == 0

@@ -86,16 +86,19 @@ class InspectResult:
 
 
 def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: str | None = None,
-            progress: bool = True, allow_architecture_mismatch: bool = False) -> InspectResult:  # fmt: skip
-    """Compare two checkpoints tensor by tensor; nothing is written."""
+            progress: bool = True, allow_architecture_mismatch: bool = False,
+            token: str | None = None) -> InspectResult:  # fmt: skip
+    """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written."""
     import torch
     from huggingface_hub.utils import tqdm
 
     from .extrapolate import Extrapolator
-    from .merging import DTYPE_CODES
+    from .merging import DTYPE_CODES, MergeOptions, resolve_inputs
 
     if dtype is not None and dtype not in DTYPE_CODES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CODES)}")
+    opts = MergeOptions(allow_architecture_mismatch=allow_architecture_mismatch, token=token)
+    sft, aligned = resolve_inputs(sft, aligned, opts)
     sft_ckpt, aligned_ckpt = load_checkpoint(Path(sft), "sft"), load_checkpoint(Path(aligned), "aligned")
     check_configs(sft_ckpt, aligned_ckpt, allow_architecture_mismatch)
     plan = plan_merge(sft_ckpt, aligned_ckpt, DTYPE_CODES.get(dtype) if dtype else None)

@@ -189,25 +189,12 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
             config["quantization_config"], dict) else "?"  # fmt: skip
         raise InputError(f"--{role} {path} is quantized ({method}); {SUPPORTED}: merge the unquantized weights")
 
-    if (path / SAFETENSORS_SINGLE_FILE).is_file():
-        files, fmt = [path / SAFETENSORS_SINGLE_FILE], "safetensors"
-        weight_map = None
-    elif (path / SAFETENSORS_INDEX_FILE).is_file():
-        fmt = "safetensors"
-        weight_map = read_index(path / SAFETENSORS_INDEX_FILE, ".safetensors")
-        files = sorted({path / name for name in weight_map.values()})
-    elif (path / PYTORCH_WEIGHTS_NAME).is_file():
-        files, fmt = [path / PYTORCH_WEIGHTS_NAME], "bin"
-        weight_map = None
-    elif (path / PYTORCH_INDEX_FILE).is_file():
-        fmt = "bin"
-        weight_map = read_index(path / PYTORCH_INDEX_FILE, ".bin")
-        files = sorted({path / name for name in weight_map.values()})
-    else:
-        raise InputError(
-            f"--{role} {path}: no weights found; expected {SAFETENSORS_SINGLE_FILE}, {SAFETENSORS_INDEX_FILE}, "
-            f"{PYTORCH_WEIGHTS_NAME} or {PYTORCH_INDEX_FILE}"
-        )
+    fmt, weight_map = _find_weights(path, role)
+    files = (
+        sorted({path / name for name in weight_map.values()})
+        if weight_map is not None
+        else [path / (SAFETENSORS_SINGLE_FILE if fmt == "safetensors" else PYTORCH_WEIGHTS_NAME)]
+    )
 
     for file in files:
         if not file.is_file():
@@ -233,6 +220,24 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}; the index and the shards disagree"
             )
     return Checkpoint(path=path, config=config, tensors=tensors, format=fmt, weight_files=files)
+
+
+# Where transformers looks for weights, in its order: (file, format, True for an index).
+WEIGHT_LAYOUTS = (
+    (SAFETENSORS_SINGLE_FILE, "safetensors", False),
+    (SAFETENSORS_INDEX_FILE, "safetensors", True),
+    (PYTORCH_WEIGHTS_NAME, "bin", False),
+    (PYTORCH_INDEX_FILE, "bin", True),
+)
+
+
+def _find_weights(path: Path, role: str) -> tuple[str, dict[str, str] | None]:
+    """The weight format of a folder, and its validated weight_map when sharded."""
+    for name, fmt, is_index in WEIGHT_LAYOUTS:
+        if (path / name).is_file():
+            return fmt, read_index(path / name, f".{fmt}") if is_index else None
+    expected = ", ".join(name for name, _, _ in WEIGHT_LAYOUTS)
+    raise InputError(f"--{role} {path}: no weights found; expected one of {expected}")
 
 
 def check_supported(info: TensorInfo) -> None:

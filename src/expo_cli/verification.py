@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .alpha import AlphaRule, alpha_for
 from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, torch_dtype
 from .constants import CHUNK_ELEMENTS
 from .errors import ExpoError, UsageError
@@ -48,8 +49,11 @@ class VerifyResult:
 
 
 def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: float | None = None,
-           progress: bool = True) -> VerifyResult:  # fmt: skip
-    """Check `output` against θ_aligned + α·(θ_aligned − θ_sft); α defaults to the one its provenance records."""
+           progress: bool = True, token: str | None = None) -> VerifyResult:  # fmt: skip
+    """Check `output` against θ_aligned + α·(θ_aligned − θ_sft); α defaults to the one its provenance records.
+
+    `sft` and `aligned` may be Hub repo ids, as for a merge; the per-tensor rules recorded in the provenance apply.
+    """
     started = time.perf_counter()
     out = load_checkpoint(Path(output), "output")
     record = out.config.get("expo") if isinstance(out.config.get("expo"), dict) else {}
@@ -60,8 +64,12 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
     result = VerifyResult(output=Path(output).resolve(), alpha=float(alpha), tensors=len(out.tensors), elements=0)
     result.checksum_errors = _check_checksums(Path(output), record.get("shards"))
 
+    from .merging import MergeOptions, resolve_inputs
+
+    sft, aligned = resolve_inputs(sft, aligned, MergeOptions(allow_architecture_mismatch=True, token=token))
     sft_ckpt, aligned_ckpt = load_checkpoint(Path(sft), "sft"), load_checkpoint(Path(aligned), "aligned")
     plans = {t.name: t for t in plan_merge(sft_ckpt, aligned_ckpt).tensors}
+    rules = [AlphaRule(r["pattern"], r["alpha"], r["rule"]) for r in record.get("rules") or []]
     if set(plans) != set(out.tensors):
         extra, missing = sorted(set(out.tensors) - set(plans)), sorted(set(plans) - set(out.tensors))
         raise VerifyFailed(
@@ -79,7 +87,8 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
                 problem = f"shape {list(info.shape)} vs {list(plan.shape)}"
                 result.mismatches.append({"tensor": name, "problem": problem})
                 continue
-            bad, worst = _compare(out, info, plan, sft_ckpt, aligned_ckpt, float(alpha))
+            tensor_alpha = alpha_for(name, rules, float(alpha))
+            bad, worst = _compare(out, info, plan, sft_ckpt, aligned_ckpt, tensor_alpha)
             result.elements += info.numel
             if bad:
                 result.mismatches.append({"tensor": name, "elements": bad, "max_abs_error": worst})
