@@ -194,36 +194,42 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
 
 
 def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None, expo_only: bool) -> list[dict]:
+    """Floor and expo runs interleaved (floor, merge, sweep, floor, ...) so that all see the same disk: a cloud disk's
+    speed drifts over minutes. Peers are slow and run once, after."""
     sft, aligned = build_pair(name)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     out = work / "out"
-    rows = []
-    floors = []
-    for _ in range(repeat):
+    commands = tools(sft, aligned, out, alpha, work, mergekit)
+    ours = [t for t in commands if t.startswith("expo")]
+    peers = [] if name == "small" or expo_only else [t for t in commands if t not in ours]  # small: memory only
+    runs: dict[str, list[dict]] = {"floor": [], **{t: [] for t in commands}}
+    checks = {}
+    for tool in ["floor", *ours] * repeat + peers:
         shutil.rmtree(out, ignore_errors=True)
         warm(sft, aligned)
-        floors.append(io_floor(sft, aligned, out))
+        if tool == "floor":
+            seconds = io_floor(sft, aligned, out)
+            runs["floor"].append({"durable": seconds})
+            continue
+        command, needs_sync = commands[tool]
+        runs[tool].append(run_tool(command, needs_sync))
+        if tool not in checks:
+            sweep = "sweep" in tool
+            checks[tool] = (
+                check_output(out / "alpha-0.5", sft, aligned, 0.5) if sweep else check_output(out, sft, aligned, alpha)
+            )
+    shutil.rmtree(out, ignore_errors=True)
+    floors = [r["durable"] for r in runs["floor"]]
     floor = statistics.median(floors)
-    rows.append({"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
-                 "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None})  # fmt: skip
-    for tool, (command, needs_sync) in tools(sft, aligned, out, alpha, work, mergekit).items():
-        ours = tool.startswith("expo")
-        if (name == "small" or expo_only) and not ours:
-            continue  # the small pair only shows how expo's memory scales
-        runs = []
-        for _ in range(repeat if ours else 1):
-            shutil.rmtree(out, ignore_errors=True)
-            warm(sft, aligned)
-            runs.append(run_tool(command, needs_sync))
-        sweep = "sweep" in tool
-        check = check_output(out / "alpha-0.5", sft, aligned, 0.5) if sweep else check_output(out, sft, aligned, alpha)
-        durable = [r["durable"] for r in runs]
+    rows = [{"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
+             "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None}]  # fmt: skip
+    for tool in [*ours, *peers]:
+        durable = [r["durable"] for r in runs[tool]]
         rows.append({
             "pair": name, "tool": tool, "durable": durable, "ratio": statistics.median(durable) / floor,
-            "rss_mib": max(r["rss_mib"] for r in runs), "anon_mib": max(r["anon_mib"] for r in runs),
-            "exact": check["exact"], "max_ulp": check["max_ulp"],
+            "rss_mib": max(r["rss_mib"] for r in runs[tool]), "anon_mib": max(r["anon_mib"] for r in runs[tool]),
+            "exact": checks[tool]["exact"], "max_ulp": checks[tool]["max_ulp"],
         })  # fmt: skip
-        shutil.rmtree(out, ignore_errors=True)
     for row in rows:
         row["model_gb"] = size / 1e9
     return rows

@@ -266,9 +266,9 @@ def resolve_inputs(sft: str | Path, aligned: str | Path, opts: MergeOptions, rul
         check_output(output, local, opts.force)
     if all(source is None for source in sources.values()):
         return local["sft"], local["aligned"]
-    from huggingface_hub import is_offline_mode
+    from huggingface_hub import constants
 
-    if is_offline_mode():
+    if constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE:
         paths = {role: hub.cached(source) if source else local[role] for role, source in sources.items()}
         return paths["sft"], paths["aligned"]
     remote = {role: hub.fetch_headers(source, role, opts.token) for role, source in sources.items() if source}
