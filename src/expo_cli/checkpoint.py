@@ -94,10 +94,6 @@ class Checkpoint:
     weight_files: list[Path]
     _maps: dict[Path, Any] = field(default_factory=dict, repr=False)
 
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors.values())
-
     def open(self) -> None:
         """Map every weight file into memory (no data is read until it is touched)."""
         for file in self.weight_files:
@@ -322,7 +318,7 @@ def read_safetensors_header(file: Path) -> list[TensorInfo]:
     data_size = size - data_start
     infos = []
     for name, entry in header.items():
-        infos.append(_parse_entry(file, name, entry, data_start))
+        infos.append(parse_entry(file, name, entry, data_start))
     infos.sort(key=lambda info: info.offset)
     end = data_start
     for info in infos:
@@ -349,7 +345,7 @@ def _second_opinion(file: Path) -> None:
         raise InputError(f"{file}: rejected by safetensors ({err}); the file is corrupt") from err
 
 
-def _parse_entry(file: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
+def parse_entry(file: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
     def bad(what: str) -> InputError:
         return InputError(f"{file}: tensor {name!r}: {what}; the file is corrupt")
 

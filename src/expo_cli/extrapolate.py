@@ -52,8 +52,3 @@ def finite_probe(chunk: torch.Tensor) -> torch.Tensor:
     It stays on the chunk's device, so a GPU run checks once per tensor instead of syncing per chunk.
     """
     return torch.stack(torch.aminmax(chunk))
-
-
-def first_nonfinite(chunk: torch.Tensor) -> int:
-    """Flat index of the first inf/NaN of a chunk known to hold one."""
-    return int((~torch.isfinite(chunk)).nonzero()[0, 0])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import TensorInfo, _parse_entry, check_supported
+from .checkpoint import TensorInfo, check_supported, parse_entry
 from .constants import CONFIG_NAME, PYTORCH_INDEX_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from .errors import HubError, InputError
 
@@ -137,7 +137,7 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     for filename, file_metadata in metadata.files_metadata.items() if metadata else ():
         for name, tensor in file_metadata.tensors.items():
             entry = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": list(tensor.data_offsets)}
-            info = _parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry, 0)
+            info = parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry, 0)
             check_supported(info)
             if name in tensors:
                 raise InputError(f"{source.repo_id}: tensor {name!r} is stored in two shards")

@@ -89,11 +89,12 @@ def extra_files(source: Path) -> list[Path]:
 
 def copy_extra_files(source: Path, folder: Path) -> list[str]:
     """Copy the aligned model's non-weight files byte for byte."""
-    for relative in extra_files(source):
+    copied = extra_files(source)
+    for relative in copied:
         target = folder / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source / relative, target)
-    return [r.as_posix() for r in extra_files(source)]
+    return [r.as_posix() for r in copied]
 
 
 def _aligned_card_data(source: Path) -> dict[str, Any]:
