@@ -70,6 +70,20 @@ def test_inspect_and_verify_take_repo_ids(tmp_path, expo, hub, local_pair, token
     assert expo("verify", tmp_path / "out", "--sft", "org/sft-i", "--aligned", "org/dpo-i", "-q").code == 0
 
 
+def test_dry_run_on_repo_ids_downloads_no_weights(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    publish(hub, "org/sft-d", sft)
+    publish(hub, "org/dpo-d", aligned)
+    hub.requests.clear()
+    run = expo("merge", "--sft", "org/sft-d", "--aligned", "org/dpo-d", "-o", tmp_path / "out", "--alpha", "0.5",
+               "--dry-run", "--json")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert json.loads(run.stdout)["tensors"] == 21
+    weight_gets = [r for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors")]
+    assert weight_gets and all(r and r.startswith("bytes=") for r in weight_gets)  # headers only
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_mismatched_pair_is_refused_before_any_weight_is_downloaded(tmp_path, expo, hub, local_pair, token):
     _, aligned, _ = local_pair
     other = save(build_model(llama_config(intermediate_size=48), 0), tmp_path / "other", torch.bfloat16)

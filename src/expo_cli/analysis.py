@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import itemsize, iter_chunks, load_checkpoint, torch_dtype
+from .checkpoint import itemsize, iter_chunks, torch_dtype
 from .constants import CHUNK_ELEMENTS
 from .errors import UsageError
 from .pairing import check_configs, plan_merge
@@ -98,8 +98,7 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     if dtype is not None and dtype not in DTYPE_CODES:
         raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CODES)}")
     opts = MergeOptions(allow_architecture_mismatch=allow_architecture_mismatch, token=token)
-    sft, aligned = resolve_inputs(sft, aligned, opts)
-    sft_ckpt, aligned_ckpt = load_checkpoint(Path(sft), "sft"), load_checkpoint(Path(aligned), "aligned")
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
     check_configs(sft_ckpt, aligned_ckpt, allow_architecture_mismatch)
     plan = plan_merge(sft_ckpt, aligned_ckpt, DTYPE_CODES.get(dtype) if dtype else None)
     extrapolate = Extrapolator(alpha)

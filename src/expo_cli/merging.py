@@ -164,7 +164,7 @@ def sweep(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequ
 def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any) -> Plan:
     """Validate everything a merge (one α) or sweep (several) would do and describe it; write nothing."""
     targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas)
-    return _prepare(sft, aligned, targets, MergeOptions(**options)).describe()
+    return _prepare(sft, aligned, targets, MergeOptions(**options), download=False).describe()
 
 
 def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:
@@ -221,16 +221,15 @@ class _Prepared:
         )
 
 
-def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions) -> _Prepared:
+def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions,
+             download: bool = True) -> _Prepared:  # fmt: skip
     """Every check that can be made before writing a byte: options, inputs, pairing, rules, outputs, space."""
     out_code = _dtype_code(opts.dtype)
     rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
     shard_size = _shard_size(opts.max_shard_size)
     device = _device(opts.device)
-    sft, aligned = resolve_inputs(sft, aligned, opts, rules, out_code, list(targets.values()))
-
-    sft_ckpt = load_checkpoint(sft, "sft")
-    aligned_ckpt = load_checkpoint(aligned, "aligned")
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts, rules, out_code, list(targets.values()), download)
+    sft, aligned = sft_ckpt.path, aligned_ckpt.path
     check_configs(sft_ckpt, aligned_ckpt, opts.allow_architecture_mismatch)
     merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
     check_rules_match(rules, [t.name for t in merge_plan.tensors if t.sft is not None])
@@ -248,11 +247,13 @@ def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], o
 
 
 def resolve_inputs(sft: str | Path, aligned: str | Path, opts: MergeOptions, rules: list[AlphaRule] | None = None,
-                   out_code: str | None = None, outputs: Sequence[Path] = ()) -> tuple[Path, Path]:  # fmt: skip
-    """Local folders as they are; Hub repo ids validated from their headers first, then downloaded.
+                   out_code: str | None = None, outputs: Sequence[Path] = (),
+                   download: bool = True) -> tuple[Checkpoint, Checkpoint]:  # fmt: skip
+    """The two checkpoints, read and validated: local folders as they are, Hub repo ids from their headers first.
 
     A mismatched pair, a rule matching nothing or an output that exists is refused before any weight is
-    downloaded; the downloaded folders are then validated again in full like any local folder.
+    downloaded; downloaded folders are then validated again in full like any local folder. With
+    `download=False` (a dry run) Hub inputs stay header-only views: enough to plan, nothing to read.
     """
     from . import hub
 
@@ -265,12 +266,12 @@ def resolve_inputs(sft: str | Path, aligned: str | Path, opts: MergeOptions, rul
     for output in outputs:
         check_output(output, local, opts.force)
     if all(source is None for source in sources.values()):
-        return local["sft"], local["aligned"]
+        return load_checkpoint(local["sft"], "sft"), load_checkpoint(local["aligned"], "aligned")
     from huggingface_hub import constants
 
     if constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE:
         paths = {role: hub.cached(source) if source else local[role] for role, source in sources.items()}
-        return paths["sft"], paths["aligned"]
+        return load_checkpoint(paths["sft"], "sft"), load_checkpoint(paths["aligned"], "aligned")
     remote = {role: hub.fetch_headers(source, role, opts.token) for role, source in sources.items() if source}
     views = {
         role: Checkpoint(Path(r.repo_id), r.config, r.tensors, "safetensors", []) if (r := remote.get(role))
@@ -281,8 +282,10 @@ def resolve_inputs(sft: str | Path, aligned: str | Path, opts: MergeOptions, rul
     if all(view.tensors for view in views.values()):  # .bin repos have no headers to read remotely
         pairs = plan_merge(views["sft"], views["aligned"], out_code)
         check_rules_match(rules or [], [t.name for t in pairs.tensors if t.sft is not None])
+    if not download:
+        return views["sft"], views["aligned"]
     paths = {role: hub.download(remote[role], opts.token) if role in remote else local[role] for role in specs}
-    return paths["sft"], paths["aligned"]
+    return load_checkpoint(paths["sft"], "sft"), load_checkpoint(paths["aligned"], "aligned")
 
 
 def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:

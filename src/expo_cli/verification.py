@@ -66,8 +66,8 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
 
     from .merging import MergeOptions, resolve_inputs
 
-    sft, aligned = resolve_inputs(sft, aligned, MergeOptions(allow_architecture_mismatch=True, token=token))
-    sft_ckpt, aligned_ckpt = load_checkpoint(Path(sft), "sft"), load_checkpoint(Path(aligned), "aligned")
+    opts = MergeOptions(allow_architecture_mismatch=True, token=token)
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
     plans = {t.name: t for t in plan_merge(sft_ckpt, aligned_ckpt).tensors}
     rules = [AlphaRule(r["pattern"], r["alpha"], r["rule"]) for r in record.get("rules") or []]
     if set(plans) != set(out.tensors):
