@@ -93,14 +93,13 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     from huggingface_hub.utils import tqdm
 
     from .extrapolate import Extrapolator
-    from .merging import DTYPE_CODES, MergeOptions, resolve_inputs
+    from .merging import MergeOptions, dtype_code, resolve_inputs
 
-    if dtype is not None and dtype not in DTYPE_CODES:
-        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPE_CODES)}")
+    out_code = dtype_code(dtype)
     opts = MergeOptions(allow_architecture_mismatch=allow_architecture_mismatch, token=token)
     sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
     check_configs(sft_ckpt, aligned_ckpt, allow_architecture_mismatch)
-    plan = plan_merge(sft_ckpt, aligned_ckpt, DTYPE_CODES.get(dtype) if dtype else None)
+    plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
     extrapolate = Extrapolator(alpha)
     stats: list[TensorStats] = []
     compared = [t for t in plan.tensors if t.sft is not None]
@@ -127,16 +126,7 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
             cosine = sa / math.sqrt(ss * aa) if ss and aa else 1.0
             stats.append(TensorStats(t.name, layer_of(t.name), kind_of(t.name), t.shared, math.sqrt(ss), math.sqrt(dd),
                                      cosine, max_delta, changed / t.shared if t.shared else 0.0))  # fmt: skip
-    return _summarise(stats, alpha, dtype or _dominant_dtype(plan))
-
-
-def _dominant_dtype(plan) -> str:  # noqa: ANN001
-    from .checkpoint import dtype_name
-
-    sizes: dict[str, int] = {}
-    for t in plan.tensors:
-        sizes[t.out_dtype] = sizes.get(t.out_dtype, 0) + t.nbytes
-    return dtype_name(max(sizes, key=sizes.__getitem__)) if sizes else "float32"
+    return _summarise(stats, alpha, dtype or plan.dominant_dtype() or "float32")
 
 
 def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectResult:

@@ -169,18 +169,17 @@ def cached(source: HubInput) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    formats = [["*.safetensors", SAFETENSORS_INDEX_FILE], ["pytorch_model*.bin", PYTORCH_INDEX_FILE]]
-    for weights in formats:  # the tree cache knows which files a complete download of each would hold
-        try:
-            with hub_errors(source.repo_id, source.revision):
-                return Path(snapshot_download(
-                    source.repo_id, revision=source.revision, local_files_only=True,
-                    allow_patterns=[*weights, *SIDE_FILES],
-                ))  # fmt: skip
-        except HubError as err:
-            if weights is formats[-1] or not isinstance(err.__cause__, LocalEntryNotFoundError):
-                raise
-    raise AssertionError("unreachable")
+    def snapshot(weights: list[str]) -> Path:  # the tree cache knows what a complete download of these holds
+        with hub_errors(source.repo_id, source.revision):
+            return Path(snapshot_download(source.repo_id, revision=source.revision, local_files_only=True,
+                                          allow_patterns=[*weights, *SIDE_FILES]))  # fmt: skip
+
+    try:
+        return snapshot(["*.safetensors", SAFETENSORS_INDEX_FILE])
+    except HubError as err:
+        if not isinstance(err.__cause__, LocalEntryNotFoundError):
+            raise
+        return snapshot(["pytorch_model*.bin", PYTORCH_INDEX_FILE])
 
 
 def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: str | None = None,

@@ -224,7 +224,7 @@ class _Prepared:
 def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions,
              download: bool = True) -> _Prepared:  # fmt: skip
     """Every check that can be made before writing a byte: options, inputs, pairing, rules, outputs, space."""
-    out_code = _dtype_code(opts.dtype)
+    out_code = dtype_code(opts.dtype)
     rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
     shard_size = _shard_size(opts.max_shard_size)
     device = _device(opts.device)
@@ -315,7 +315,7 @@ def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:
                 alpha, formula(alpha), *sources, __version__, dtype=p.dtype, notes=p.plan.notes,
                 rules=[r.to_json() for r in p.rules], shards=streams[alpha].checksums,
             )  # fmt: skip
-            write_config(p.aligned.config, _config_dtype(p.plan), record, staging.path)
+            write_config(p.aligned.config, p.plan.dominant_dtype(), record, staging.path)
             copy_extra_files(p.aligned.path, staging.path)
             write_model_card(staging.path, record, *sources, p.aligned.path, p.targets[alpha].name, p.plan.notes)
         for staging in stagings.values():
@@ -343,7 +343,8 @@ def _stderr(message: str) -> None:
     print(f"Warning: {message}", file=sys.stderr)
 
 
-def _dtype_code(dtype: str | None) -> str | None:
+def dtype_code(dtype: str | None) -> str | None:
+    """The safetensors code of a --dtype value (None: keep each aligned dtype)."""
     if dtype is None:
         return None
     if dtype not in DTYPE_CODES:
@@ -371,15 +372,6 @@ def _device(name: str):  # noqa: ANN202 - torch.device, imported lazily
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
     return torch.device(name)
-
-
-def _config_dtype(plan: MergePlan) -> str | None:
-    """The dtype that holds most of the output's floating bytes: what config.json should announce."""
-    by_dtype: dict[str, int] = {}
-    for t in plan.tensors:
-        if t.sft is not None or t.aligned.is_float:
-            by_dtype[t.out_dtype] = by_dtype.get(t.out_dtype, 0) + t.nbytes
-    return dtype_name(max(by_dtype, key=by_dtype.__getitem__)) if by_dtype else None
 
 
 def _stream(p: _Prepared, streams: dict[float, ShardStream], opts: MergeOptions) -> None:

@@ -20,11 +20,14 @@ HEADROOM = 1024 * 1024  # config.json, the model card and folder entries, beyond
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+    """Decimal units, like huggingface_hub's sizes: 5.00 GB is 5e9 bytes."""
+    if abs(n) < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         n /= 1000
-    raise AssertionError
+        if abs(n) < 1000:
+            return f"{n:.2f} {unit}"
+    return f"{n / 1000:.2f} TB"
 
 
 def write_durably(path: Path, data: bytes) -> None:

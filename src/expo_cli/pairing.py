@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorInfo, itemsize
+from .checkpoint import Checkpoint, TensorInfo, dtype_name, itemsize
 from .errors import MismatchError
 
 # Output heads that `tie_word_embeddings` ties to the input embedding, and the input embeddings.
@@ -54,6 +54,14 @@ class MergePlan:
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.tensors)
+
+    def dominant_dtype(self) -> str | None:
+        """The dtype holding most of the output's floating bytes: what config.json should announce."""
+        by_dtype: dict[str, int] = {}
+        for t in self.tensors:
+            if t.aligned.is_float:
+                by_dtype[t.out_dtype] = by_dtype.get(t.out_dtype, 0) + t.nbytes
+        return dtype_name(max(by_dtype, key=by_dtype.__getitem__)) if by_dtype else None
 
     @property
     def bytes_read(self) -> int:

@@ -34,17 +34,14 @@ def inspect(
     json: JsonOpt = False,
 ) -> None:
     """Report ‖Δ‖/‖θ_sft‖, cosine and max |Δ| per tensor and layer; write nothing (but --plot)."""
-    import math
-
     from huggingface_hub.utils import are_progress_bars_disabled
 
+    from ..alpha import check_alpha
     from ..analysis import inspect as run_inspect
     from ..analysis import plot as draw
 
-    if not math.isfinite(alpha):
-        raise typer.BadParameter(f"{alpha} is not a finite number", param_hint="--alpha")
     result = run_inspect(
-        sft, aligned, alpha, dtype=dtype, progress=not quiet and not are_progress_bars_disabled(),
+        sft, aligned, check_alpha(alpha), dtype=dtype, progress=not quiet and not are_progress_bars_disabled(),
         allow_architecture_mismatch=allow_architecture_mismatch,
     )  # fmt: skip
     for warning in result.warnings:

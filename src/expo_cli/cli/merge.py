@@ -122,12 +122,10 @@ def merge(
         )
     commit_url = None
     if push_to_hub:
-        from ..hub import push
+        from .push import upload
 
-        if not quiet:
-            out.info(f"Uploading {results[0].output} to {push_to_hub}")
-        commit_url = push(results[0].output, push_to_hub, private=private, revision=revision,
-                          commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
+        commit_url = upload(results[0].output, push_to_hub, quiet, private=private, revision=revision,
+                            commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
     if json:
         reports = [r.to_json() for r in results]
         if commit_url:

@@ -6,7 +6,8 @@ Usage:
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -32,13 +33,18 @@ def push(
     json: JsonOpt = False,
 ) -> None:
     """Upload FOLDER to REPO_ID in one commit; print the commit URL. Run again to resume an interrupted upload."""
-    from ..hub import push as run_push
-
-    if not quiet:
-        out.info(f"Uploading {folder} to {repo_id}")
-    url = run_push(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
-                   create_pr=create_pr, token=token)  # fmt: skip
+    url = upload(folder, repo_id, quiet, private=private, revision=revision, commit_message=commit_message,
+                 create_pr=create_pr, token=token)  # fmt: skip
     if json:
         out.result_json({"folder": folder, "repo_id": repo_id, "commit_url": url})
     else:
         out.result(url)
+
+
+def upload(folder: str | Path, repo_id: str, quiet: bool, **options: Any) -> str:
+    """Push with a line on stderr first: shared by `expo push` and `expo merge --push-to-hub`."""
+    from ..hub import push as run_push
+
+    if not quiet:
+        out.info(f"Uploading {folder} to {repo_id}")
+    return run_push(folder, repo_id, **options)
