@@ -1,15 +1,15 @@
 # The README's two commands: `make demo` and `make test`. Each sets up .venv first (CPU torch from the
-# local wheel before anything else, so pip never fetches a CUDA build).
+# local wheel before anything else, and constraints.txt keeping it pinned, so pip never fetches a CUDA build).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := examples/out
 
 .PHONY: setup demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	touch $@
 
 setup: $(VENV)/.installed

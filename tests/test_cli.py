@@ -53,7 +53,7 @@ def test_json_and_quiet(tmp_path, expo, llama_pair):
     summary = json.loads(run.stdout)
     assert summary["output"] == str(out.resolve())
     assert summary["alpha"] == -0.5
-    assert summary["formula"] == "θ_expo = θ_aligned + -0.5·(θ_aligned − θ_sft) = θ_sft + 0.5·(θ_aligned − θ_sft)"
+    assert summary["formula"] == "θ_expo = θ_aligned − 0.5·(θ_aligned − θ_sft) = θ_sft + 0.5·(θ_aligned − θ_sft)"
     assert summary["tensors"] == 21 and summary["shards"] == ["model.safetensors"]
     assert summary["bytes_written"] == (out / "model.safetensors").stat().st_size
 

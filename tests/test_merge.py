@@ -103,12 +103,11 @@ def test_config_card_and_files_of_the_aligned_model(tmp_path, llama_pair):
     assert (
         config["expo"]["formula"] == "θ_expo = θ_aligned + 0.5·(θ_aligned − θ_sft) = θ_sft + 1.5·(θ_aligned − θ_sft)"
     )
-    assert config["expo"]["sft"]["path"] == str(sft.resolve())
-    assert config["expo"]["aligned"]["path"] == str(aligned.resolve())
+    assert config["expo"]["sft"]["name"] == sft.name and config["expo"]["aligned"]["name"] == aligned.name
     assert config["expo"]["expo_version"] == expo_cli.__version__
-    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "modeling_custom.py",
-                 "generation_config.json"):  # fmt: skip
+    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"):
         assert (out / name).read_bytes() == (aligned / name).read_bytes(), name
+    assert not (out / "modeling_custom.py").exists()  # no auto_map names it: see test_publish
     card = ModelCard.load(out / "README.md")
     assert {"expo", "merge"} <= set(card.data.tags)
     assert card.data.library_name == "transformers"

@@ -16,8 +16,12 @@ from .errors import UsageError
 
 
 def formula(alpha: float) -> str:
-    """The update with the numbers filled in, in both equivalent forms."""
-    return f"θ_expo = θ_aligned + {alpha:g}·(θ_aligned − θ_sft) = θ_sft + {1 + alpha:g}·(θ_aligned − θ_sft)"
+    """The update with the numbers filled in, in both equivalent forms (`θ_aligned − 0.5·(…)`, never `+ -0.5`)."""
+    return f"θ_expo = θ_aligned {_term(alpha)}·(θ_aligned − θ_sft) = θ_sft {_term(1 + alpha)}·(θ_aligned − θ_sft)"
+
+
+def _term(x: float) -> str:
+    return f"− {-x:g}" if x < 0 else f"+ {abs(x):g}"
 
 
 def check_alpha(alpha: float, option: str = "--alpha") -> float:

@@ -19,7 +19,7 @@ from typing import Any
 from .checkpoint import itemsize, iter_chunks, torch_dtype
 from .constants import CHUNK_ELEMENTS
 from .errors import UsageError
-from .pairing import check_configs, plan_merge
+from .pairing import IDENTICAL, check_configs, plan_merge
 
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 KINDS = (  # first match wins: attention before MLP, since GPT-2 has c_proj in both
@@ -146,9 +146,7 @@ def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectRes
                                  dd / total_dd if total_dd else 0.0))  # fmt: skip
     warnings = []
     if total_dd == 0:
-        warnings.append(
-            "the two checkpoints are identical: extrapolation changes nothing; is --aligned the trained one?"
-        )
+        warnings.append(IDENTICAL)
     elif relative > LARGE_CHANGE:
         warnings.append(
             f"alignment changed the weights by {100 * relative:.1f}% (‖Δ‖/‖θ_sft‖), far more than DPO/RLHF usually "

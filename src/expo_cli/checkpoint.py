@@ -8,6 +8,7 @@ served as flat, zero-copy views of memory-mapped files, chunk by chunk.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import mmap
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .constants import (
     CONFIG_NAME,
+    MISTRAL_INDEX_FILE,
     PYTORCH_INDEX_FILE,
     PYTORCH_WEIGHTS_NAME,
     SAFETENSORS_INDEX_FILE,
@@ -93,6 +95,12 @@ class Checkpoint:
     format: str  # "safetensors" or "bin"
     weight_files: list[Path]
     _maps: dict[Path, Any] = field(default_factory=dict, repr=False)
+
+    def layout_sha256(self) -> str:
+        """A digest of the tensor names, dtypes, shapes and files: names an input in the provenance without a
+        local path and without reading its data."""
+        entries = sorted((t.name, t.dtype, list(t.shape), t.file.name) for t in self.tensors.values())
+        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
 
     def open(self) -> None:
         """Map every weight file into memory (no data is read until it is touched)."""
@@ -191,7 +199,23 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
         if weight_map is not None
         else [path / (SAFETENSORS_SINGLE_FILE if fmt == "safetensors" else PYTORCH_WEIGHTS_NAME)]
     )
+    return Checkpoint(path, config, read_weights(path, files, fmt, weight_map, role), fmt, files)
 
+
+def load_consolidated(path: Path, role: str) -> Checkpoint:
+    """The Mistral-format weights of a folder (`consolidated*.safetensors`, indexed or not), validated alike."""
+    index = path / MISTRAL_INDEX_FILE
+    weight_map = read_index(index, ".safetensors") if index.is_file() else None
+    files = sorted({path / name for name in weight_map.values()}) if weight_map else sorted(
+        path.glob("consolidated*.safetensors"))  # fmt: skip
+    if not files:
+        raise InputError(f"--{role} {path}: no consolidated*.safetensors; --mistral-format needs them on both sides")
+    return Checkpoint(path, {}, read_weights(path, files, "safetensors", weight_map, role), "safetensors", files)
+
+
+def read_weights(path: Path, files: list[Path], fmt: str, weight_map: dict[str, str] | None,
+                 role: str) -> dict[str, TensorInfo]:  # fmt: skip
+    """Every tensor's header facts, in file order, checked against the index and each other."""
     for file in files:
         if not file.is_file():
             raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
@@ -215,7 +239,7 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
                 f"{path}: the index lists {missing[0]!r} in {weight_map[missing[0]]} but that file does not hold it"
                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}; the index and the shards disagree"
             )
-    return Checkpoint(path=path, config=config, tensors=tensors, format=fmt, weight_files=files)
+    return tensors
 
 
 # Where transformers looks for weights, in its order: (file, format, True for an index).

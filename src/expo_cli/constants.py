@@ -11,6 +11,7 @@ from huggingface_hub.constants import (
 )
 
 PYTORCH_INDEX_FILE = PYTORCH_WEIGHTS_NAME + ".index.json"
+MISTRAL_INDEX_FILE = "consolidated.safetensors.index.json"  # Mistral-format weights beside the HF ones
 OUTPUT_FILENAME_PATTERN = "model{suffix}.safetensors"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 
@@ -18,9 +19,6 @@ DEFAULT_MAX_SHARD_SIZE = "5GB"
 # un-extrapolated weights, or a second copy of them in another format).
 WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz")
 WEIGHT_INDEX_SUFFIXES = (".safetensors.index.json", ".bin.index.json")
-
-# Folders that belong to tools, not to the model.
-SKIPPED_FOLDERS = (".git", ".cache", ".huggingface")
 
 # Elements per chunk of the streaming arithmetic: bounds memory whatever the tensor size.
 CHUNK_ELEMENTS = 8 * 1024 * 1024

@@ -62,6 +62,7 @@ class Interrupted(ExpoError):
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 verify found differences, or an unexpected error; 2 bad usage; "
     "3 unreadable, corrupt or unsupported input; "
-    "4 the two checkpoints do not match; 5 output cannot be written (exists, no space, inside an input); "
+    "4 the two checkpoints do not match (or are the same); 5 output cannot be written (exists, no space, "
+    "read-only, inside an input); "
     "6 non-finite result; 7 Hub error; 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
 )

@@ -8,7 +8,7 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,9 @@ from .errors import HubError, InputError
 # backslashes, or starting with `.`, `/` or `~`, never match.
 REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 # What a merge needs from a repo besides the weights: configs, tokenizer, chat template, custom code.
-SIDE_FILES = ["*.json", "*.jinja", "*.py", "*.model", "*.txt", "*.tiktoken", "*.md", "*.spm", "*.vocab"]
+# (expo's side-file policy then picks from these what the output carries.)
+SIDE_FILES = ["*.json", "*.jinja", "*.py", "*.model", "*.model.v*", "*.txt", "*.tiktoken", "*.md", "*.spm", "*.vocab",
+              "LICENSE*", "LICENCE*", "NOTICE*", "USE_POLICY*"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,8 +148,9 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
-def download(remote: RemoteCheckpoint, token: str | None = None) -> Path:
-    """Download the weights of one format and the side files through the cache, at the validated commit.
+def download(remote: RemoteCheckpoint, token: str | None = None, extra: Sequence[str] = ()) -> Path:
+    """Download the weights of one format, the side files and `extra` patterns through the cache, at the
+    validated commit.
 
     Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
     checked to be the commit whose headers were validated.
@@ -156,7 +159,7 @@ def download(remote: RemoteCheckpoint, token: str | None = None) -> Path:
 
     with hub_errors(remote.repo_id, remote.revision):
         folder = Path(snapshot_download(
-            remote.repo_id, revision=remote.revision, allow_patterns=[*remote.weight_patterns, *SIDE_FILES],
+            remote.repo_id, revision=remote.revision, allow_patterns=[*remote.weight_patterns, *SIDE_FILES, *extra],
             token=token, library_name="expo-cli", library_version=__version__,
         ))  # fmt: skip
     if folder.name != remote.sha:

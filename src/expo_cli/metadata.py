@@ -1,50 +1,59 @@
-"""Everything in the output besides the weights: config.json with provenance, the model card, copied files.
+"""Everything in the output besides the weights and copied files: config.json with provenance, and the model card.
 
-The aligned model is the donor of every non-weight file (tokenizer, chat template, generation_config.json,
-custom code), copied byte for byte: re-serialising them is how peers lost EOS tokens and chat templates.
+Both may be pushed to the Hub, so neither ever holds an absolute local path: a local input is recorded by its
+folder name and a digest of its tensor layout, a Hub input by repo id and commit. The card starts from the
+aligned model's card, keeping its metadata (license, language, datasets, tags ...) and its text, so the output is
+described like the model it came from, with an ExPO section on top saying what was done and how to redo it.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .constants import CONFIG_NAME, REPOCARD_NAME, SKIPPED_FOLDERS, WEIGHT_EXTENSIONS, WEIGHT_INDEX_SUFFIXES
+from .constants import CONFIG_NAME, REPOCARD_NAME
 from .output import write_durably
 
 # A folder of the huggingface_hub cache: .../models--org--name/snapshots/<commit>
 _CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})$")
+EXPO_TAGS = ["expo", "merge", "model-extrapolation"]
+# Card fields that describe the aligned model itself, not a model derived from it.
+NOT_INHERITED = ("base_model", "base_model_relation", "model-index", "model_name", "eval_results")
 
 
 @dataclass(frozen=True)
 class Source:
-    """Where an input came from: a local folder, and the Hub repo and commit when known."""
+    """Where an input came from, in words that can be published: never an absolute local path."""
 
-    path: str
+    name: str  # the repo id, or the local folder's name
     repo_id: str | None = None
     revision: str | None = None
+    layout_sha256: str | None = None  # of the tensor names, dtypes, shapes and files: identifies a local input
 
     @classmethod
-    def from_path(cls, path: Path) -> Source:
-        """Recognise a folder of the huggingface_hub cache as the Hub repo it was downloaded from."""
-        resolved = path.resolve()
-        match = _CACHE_SNAPSHOT.search(resolved.as_posix())
+    def of(cls, path: Path, layout_sha256: str | None, hub_id: str | None = None) -> Source:
+        """A Hub repo when known (from `hub_id`, or a folder of the huggingface_hub cache), else the folder name."""
+        if hub_id:
+            repo, _, revision = hub_id.partition("@")
+            return cls(repo, repo, revision or None, layout_sha256)
+        match = _CACHE_SNAPSHOT.search(path.resolve().as_posix())
         if match:
-            return cls(str(resolved), f"{match['org']}/{match['name']}", match["sha"])
-        return cls(str(resolved))
+            repo = f"{match['org']}/{match['name']}"
+            return cls(repo, repo, match["sha"], layout_sha256)
+        return cls(path.resolve().name, None, None, layout_sha256)
 
     @property
     def label(self) -> str:
-        if self.repo_id:
-            return f"{self.repo_id}@{self.revision}" if self.revision else self.repo_id
-        return self.path
+        return f"{self.repo_id}@{self.revision}" if self.repo_id and self.revision else self.name
 
     def to_json(self) -> dict[str, str]:
-        return {k: v for k, v in {"path": self.path, "repo_id": self.repo_id, "revision": self.revision}.items() if v}
+        fields = {"name": self.name, "repo_id": self.repo_id, "revision": self.revision,
+                  "layout_sha256": self.layout_sha256}  # fmt: skip
+        return {k: v for k, v in fields.items() if v}
 
 
 def provenance(alpha: float, formula: str, sft: Source, aligned: Source, version: str, **extra: Any) -> dict[str, Any]:
@@ -70,82 +79,122 @@ def write_config(config: dict[str, Any], out_dtype: str | None, record: dict[str
     write_durably(folder / CONFIG_NAME, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
 
 
-def is_weight_file(name: str) -> bool:
-    return name.endswith(WEIGHT_EXTENSIONS) or name.endswith(WEIGHT_INDEX_SUFFIXES)
+@dataclass(frozen=True)
+class AlignedCard:
+    """The aligned model's card: its metadata and its text (both empty when it has none or it is unreadable)."""
+
+    data: dict[str, Any]
+    text: str
+
+    @classmethod
+    def read(cls, folder: Path) -> AlignedCard:
+        card = folder / REPOCARD_NAME
+        if not card.is_file():
+            return cls({}, "")
+        from huggingface_hub import ModelCard
+
+        try:
+            loaded = ModelCard.load(card)
+        except Exception:  # a malformed card must not stop a merge  # noqa: BLE001
+            return cls({}, "")
+        return cls(loaded.data.to_dict(), loaded.text.strip())
 
 
-def extra_files(source: Path) -> list[Path]:
-    """Every non-weight file of the aligned folder (tokenizer, templates, code), relative to it."""
-    found = []
-    for path in sorted(source.rglob("*")):
-        relative = path.relative_to(source)
-        if any(part in SKIPPED_FOLDERS for part in relative.parts) or not path.is_file():
-            continue
-        if is_weight_file(path.name) or relative.as_posix() in (CONFIG_NAME, REPOCARD_NAME):
-            continue
-        found.append(relative)
-    return found
+def default_model_name(card: AlignedCard, aligned: Source) -> str:
+    """`<aligned name>-expo`: the aligned card's model_name, else its repo or folder name."""
+    name = card.data.get("model_name")
+    if not isinstance(name, str) or not name.strip():
+        name = aligned.name.rsplit("/", 1)[-1]
+    return f"{name.strip()}-expo"
 
 
-def copy_extra_files(source: Path, folder: Path) -> list[str]:
-    """Copy the aligned model's non-weight files byte for byte."""
-    copied = extra_files(source)
-    for relative in copied:
-        target = folder / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / relative, target)
-    return [r.as_posix() for r in copied]
+def pipeline_tag(config: dict[str, Any]) -> str | None:
+    """What the Hub should call the model, from its architecture (used when the aligned card says nothing)."""
+    architectures = config.get("architectures")
+    names = [a for a in architectures if isinstance(a, str)] if isinstance(architectures, list) else []
+    if any(n.endswith("ForImageTextToText") for n in names) or (
+        "vision_config" in config and (not names or any(n.endswith("ForConditionalGeneration") for n in names))
+    ):
+        return "image-text-to-text"
+    if any(n.endswith("ForCausalLM") for n in names):
+        return "text-generation"
+    if any(n.endswith("ForSequenceClassification") for n in names):
+        return "text-classification"
+    return None
 
 
-def _aligned_card_data(source: Path) -> dict[str, Any]:
-    """License and language of the aligned model's card: a merge inherits them."""
-    card = source / REPOCARD_NAME
-    if not card.is_file():
-        return {}
-    from huggingface_hub import ModelCard
+def reproduce_command(record: dict[str, Any], output: str) -> str:
+    """The `expo merge` command that makes this output again from the same inputs."""
+    parts = ["expo", "merge", "--sft", _label(record["sft"]), "--aligned", _label(record["aligned"]),
+             "--output", output, "--alpha", f"{record['alpha']:g}"]  # fmt: skip
+    if record.get("dtype"):
+        parts += ["--dtype", record["dtype"]]
+    for rule in record.get("rules") or []:
+        option, _, value = str(rule["rule"]).partition(" ")
+        if option.startswith("--"):
+            parts += [option, value]
+    if record.get("mistral_format"):
+        parts.append("--mistral-format")
+    return shlex.join(parts)
 
-    try:
-        data = ModelCard.load(card).data.to_dict()
-    except Exception:  # a malformed card must not stop a merge  # noqa: BLE001
-        return {}
-    return {k: data[k] for k in ("license", "license_name", "license_link", "language") if data.get(k)}
+
+def _label(source: dict[str, str]) -> str:
+    repo, revision = source.get("repo_id"), source.get("revision")
+    return f"{repo}@{revision}" if repo and revision else source["name"]
 
 
-def write_model_card(folder: Path, record: dict[str, Any], sft: Source, aligned: Source, aligned_path: Path,
-                     title: str, notes: list[str]) -> None:  # fmt: skip
-    """README.md with Hub metadata (base_model lineage, relation `merge`) and the formula in the body."""
+def write_model_card(folder: Path, record: dict[str, Any], card: AlignedCard, config: dict[str, Any],
+                     model_name: str) -> None:  # fmt: skip
+    """README.md: the aligned card's metadata with the merge's lineage, an ExPO section, then the aligned text."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    base_models = [s.repo_id for s in (aligned, sft) if s.repo_id]
+    inherited = {k: v for k, v in card.data.items() if k not in NOT_INHERITED and v not in (None, [], "")}
+    base_models = [s["repo_id"] for s in (record["aligned"], record["sft"]) if s.get("repo_id")]
+    tags = inherited.pop("tags", None)
+    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    inherited.setdefault("library_name", "transformers")
+    if inherited.get("pipeline_tag") is None and (tag := pipeline_tag(config)):
+        inherited["pipeline_tag"] = tag
     data = ModelCardData(
+        model_name=model_name,
         base_model=base_models or None,
         base_model_relation="merge" if base_models else None,
-        library_name="transformers",
-        pipeline_tag="text-generation",
-        tags=["expo", "merge", "model-extrapolation"],
-        **_aligned_card_data(aligned_path),
+        tags=list(dict.fromkeys([*tags, *EXPO_TAGS])),
+        **inherited,
     )
-    alpha = record["alpha"]
-    notes_md = "".join(f"- {n}\n" for n in notes) or "- none\n"
-    body = f"""# {title}
+    aligned, sft = record["aligned"], record["sft"]
+    notes = "".join(f"- {n}\n" for n in record.get("notes") or []) or "- nothing\n"
+    rules = "; ".join(r["rule"] for r in record.get("rules") or []) or "none (one α for every tensor)"
+    skipped = record.get("side_files", {}).get("skipped") or {}
+    left_out = [f"- `{path}`: {reason}\n" for path, reason in skipped.items()]
+    if "model-index" in card.data:
+        left_out.append("- the aligned card's `model-index` evaluation results: they are the aligned model's\n")
+    not_copied = "\nNot carried over from the aligned model (expo's side-file policy):\n" + "".join(left_out)
+    not_copied = not_copied if left_out else ""
+    aligned_text = f"\n## The aligned model's card\n\n{card.text}\n" if card.text else ""
+    body = f"""# {model_name}
 
-This model is an **ExPO** (model extrapolation) of an aligned model away from its SFT starting point,
-made with expo {record["expo_version"]} and no training
+This model is an **ExPO** (model extrapolation) of the aligned model `{_label(aligned)}` away from its SFT
+starting point `{_label(sft)}`, made with expo {record["expo_version"]} and no training
 ([Zheng et al., "Model Extrapolation Expedites Alignment", ACL 2025](https://arxiv.org/abs/2404.16792)).
 
     {record["formula"]}
 
 | | |
 |---|---|
-| α | {alpha:g} |
-| aligned model (θ_aligned) | `{aligned.label}` |
-| SFT model (θ_sft) | `{sft.label}` |
+| α | {record["alpha"]:g} |
+| aligned model (θ_aligned) | `{_label(aligned)}` |
+| SFT model (θ_sft) | `{_label(sft)}` |
+| per-tensor α | {rules} |
+
+To make it again from the same inputs:
+
+    {reproduce_command(record, model_name)}
 
 α = 0 would give the aligned model back unchanged, α = −1 the SFT model. Every floating-point tensor was
 computed in float32 (float64 for float64 tensors) and rounded once to its output dtype; the tokenizer, chat
 template, generation config and any custom code are the aligned model's files, copied unchanged.
 
 Handled automatically:
-{notes_md}"""
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
-    write_durably(folder / REPOCARD_NAME, str(card).encode())
+{notes}{not_copied}{aligned_text}"""
+    write_durably(folder / REPOCARD_NAME, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())

@@ -38,8 +38,8 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
-def fsync_folder(path: Path) -> None:
-    """Make a folder's entries (new files, renames) durable."""
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a folder's entries (new files, renames), durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -52,10 +52,14 @@ def same_or_inside(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
+def same_path(a: Path, b: Path) -> bool:
+    return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
+
+
 def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
     """Refuse an output that would overwrite, sit inside, or contain an input, or exists without --force."""
     for role, path in inputs.items():
-        if same_or_inside(output, path) and same_or_inside(path, output):
+        if same_path(output, path):
             raise OutputError(f"--output {output} is the --{role} folder; inputs are never overwritten")
         if same_or_inside(output, path):
             raise OutputError(f"--output {output} is inside --{role} {path}; choose a folder outside the inputs")
@@ -132,7 +136,7 @@ class Staging:
 
     def commit(self, force: bool) -> None:
         """Make the staged folder durable and rename it to the target: the very last step of a run."""
-        fsync_folder(self.path)
+        fsync_path(self.path)
         if self.output.exists():
             if not force and (self.output.is_file() or any(self.output.iterdir())):
                 raise OutputError(f"--output {self.output} appeared during the run; pass --force to replace it")
@@ -142,7 +146,7 @@ class Staging:
             shutil.rmtree(trash, ignore_errors=True)
         else:
             os.rename(self.path, self.output)
-        fsync_folder(self.output.parent)
+        fsync_path(self.output.parent)
         self.committed = True
 
     def discard(self) -> None:

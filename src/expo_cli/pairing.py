@@ -21,6 +21,7 @@ INPUT_EMBEDDING = re.compile(r"(^|\.)(embed_tokens|wte|word_embeddings|embed_in|
 # Non-persistent buffers that older transformers versions saved: present in one checkpoint only, harmlessly.
 LEGACY_BUFFERS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
 SHOWN = 3  # offending tensors named in one error line
+IDENTICAL = "the two checkpoints are identical: extrapolation changes nothing; is --aligned the trained one?"
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,6 @@ class TensorPlan:
 class MergePlan:
     tensors: list[TensorPlan]
     notes: list[str]  # what was handled automatically, for the user to read
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.tensors)
 
     def dominant_dtype(self) -> str | None:
         """The dtype holding most of the output's floating bytes: what config.json should announce."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
-from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, torch_dtype
+from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, load_consolidated, torch_dtype
 from .constants import CHUNK_ELEMENTS
 from .errors import ExpoError, UsageError
 from .pairing import TensorPlan, plan_merge
@@ -68,33 +68,45 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
 
     opts = MergeOptions(allow_architecture_mismatch=True, token=token)
     sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
-    plans = {t.name: t for t in plan_merge(sft_ckpt, aligned_ckpt).tensors}
+    sets = [(out, sft_ckpt, aligned_ckpt)]
+    if record.get("mistral_format"):  # the consolidated files hold the same model in Mistral's format
+        sets.append(tuple(load_consolidated(c.path, role) for c, role in
+                          ((out, "output"), (sft_ckpt, "sft"), (aligned_ckpt, "aligned"))))  # fmt: skip
     rules = [AlphaRule(r["pattern"], r["alpha"], r["rule"]) for r in record.get("rules") or []]
-    if set(plans) != set(out.tensors):
-        extra, missing = sorted(set(out.tensors) - set(plans)), sorted(set(plans) - set(out.tensors))
-        raise VerifyFailed(
-            f"{output}: tensor names differ from the aligned model (extra {extra[:3]}, missing {missing[:3]})"
-        )
 
     from huggingface_hub.utils import tqdm
 
-    total = sum(t.nbytes for t in out.tensors.values())
-    with out, sft_ckpt, aligned_ckpt, tqdm(total=total, unit="B", unit_scale=True, desc="Verifying",
-                                            disable=not progress, file=sys.stderr) as bar:  # fmt: skip
+    total = sum(t.nbytes for o, _, _ in sets for t in o.tensors.values())
+    result.tensors = sum(len(o.tensors) for o, _, _ in sets)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="Verifying", disable=not progress,
+              file=sys.stderr) as bar:  # fmt: skip
+        for checkpoints in sets:
+            _verify_set(*checkpoints, float(alpha), rules, result, bar)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _verify_set(out: Checkpoint, sft: Checkpoint, aligned: Checkpoint, alpha: float, rules: list[AlphaRule],
+                result: VerifyResult, bar: Any) -> None:  # fmt: skip
+    """Compare every tensor of one set of output files with what its inputs give."""
+    plans = {t.name: t for t in plan_merge(sft, aligned).tensors}
+    if set(plans) != set(out.tensors):
+        extra, missing = sorted(set(out.tensors) - set(plans)), sorted(set(plans) - set(out.tensors))
+        raise VerifyFailed(
+            f"{result.output}: tensor names differ from the aligned model (extra {extra[:3]}, missing {missing[:3]})"
+        )
+    with out, sft, aligned:
         for name, info in out.tensors.items():
             plan = plans[name]
             if info.shape != plan.shape:
                 problem = f"shape {list(info.shape)} vs {list(plan.shape)}"
                 result.mismatches.append({"tensor": name, "problem": problem})
                 continue
-            tensor_alpha = alpha_for(name, rules, float(alpha))
-            bad, worst = _compare(out, info, plan, sft_ckpt, aligned_ckpt, tensor_alpha)
+            bad, worst = _compare(out, info, plan, sft, aligned, alpha_for(name, rules, alpha))
             result.elements += info.numel
             if bad:
                 result.mismatches.append({"tensor": name, "elements": bad, "max_abs_error": worst})
             bar.update(info.nbytes)
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _check_checksums(folder: Path, recorded: Any) -> list[str]:

@@ -98,10 +98,19 @@ def plan_shards(tensors: Sequence[TensorSpec], max_shard_size: int | str) -> lis
     return [Shard(name, group, safetensors_header(group, {"format": "pt"})) for name, group in pairs]
 
 
-def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
-    """Write `model.safetensors.index.json` when there is more than one shard (as transformers does)."""
+def mirror_shards(tensors: Sequence[TensorSpec], files: Sequence[str]) -> list[Shard]:
+    """Shards with the given file names, one per name, holding the tensors in order: `files[i]` is the file of
+    `tensors[i]`. For outputs that keep their source's own layout (Mistral's consolidated files)."""
+    groups: dict[str, list[TensorSpec]] = {}
+    for t, file in zip(tensors, files, strict=True):
+        groups.setdefault(file, []).append(t)
+    return [Shard(name, group, safetensors_header(group, {"format": "pt"})) for name, group in groups.items()]
+
+
+def write_index(folder: Path, shards: Sequence[Shard], name: str = SAFETENSORS_INDEX_FILE) -> None:
+    """Write the index (`model.safetensors.index.json`) when there is more than one shard, as transformers does."""
     if len(shards) < 2:
-        return None
+        return
     import math
 
     index = {
@@ -111,9 +120,7 @@ def write_index(folder: Path, shards: Sequence[Shard]) -> Path | None:
         },
         "weight_map": dict(sorted((t.name, s.filename) for s in shards for t in s.tensors)),
     }
-    path = folder / SAFETENSORS_INDEX_FILE
-    write_durably(path, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
-    return path
+    write_durably(folder / name, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode())
 
 
 def disk_full(folder: Path, needed: int) -> OutputError:

@@ -6,16 +6,23 @@ from typing import Annotated
 
 import typer
 
-from ..constants import DEFAULT_MAX_SHARD_SIZE
-
-SftOpt = Annotated[str, typer.Option("--sft", help="The SFT checkpoint the aligned model was trained from (θ_sft).")]
+CHECKPOINT = "FOLDER|ORG/NAME[@REV]"
+SftOpt = Annotated[
+    str,
+    typer.Option(
+        "--sft", metavar=CHECKPOINT, help="The SFT checkpoint the aligned model was trained from (θ_sft): a local "
+        "folder or a Hub repo id.",
+    ),
+]  # fmt: skip
 AlignedOpt = Annotated[
-    str, typer.Option("--aligned", help="The aligned (DPO/RLHF) checkpoint (θ_aligned); the output mirrors it.")
+    str,
+    typer.Option("--aligned", metavar=CHECKPOINT, help="The aligned (DPO/RLHF) checkpoint (θ_aligned)."),
 ]
 AlphaOpt = Annotated[
     list[str],
     typer.Option(
         "--alpha",
+        metavar="ALPHA[,ALPHA...]",
         help="The paper's α: 0 = aligned model unchanged, -1 = SFT model; 0.1-0.5 typical for fully trained "
         "models, 1-25 for under-trained ones. Several (0.1,0.3,0.5 or the option repeated): a sweep, one "
         "checkpoint per α in OUTPUT/alpha-<α>, each input read once.",
@@ -45,13 +52,15 @@ DryRunOpt = Annotated[
 DtypeOpt = Annotated[
     str | None,
     typer.Option(
-        "--dtype", help="bfloat16, float16 or float32 for every floating tensor (default: the aligned dtype)."
+        "--dtype",
+        metavar="DTYPE",
+        help="bfloat16, float16 or float32 for every floating tensor (default: the aligned dtype).",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or auto (CUDA when available).")]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or auto (CUDA when available).")]
 MaxShardSizeOpt = Annotated[
     str,
-    typer.Option("--max-shard-size", help=f"Largest output shard, decimal units (default {DEFAULT_MAX_SHARD_SIZE})."),
+    typer.Option("--max-shard-size", metavar="SIZE", help="Largest output shard, decimal units (5GB, 500MB)."),
 ]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output folder.")]
 QuietOpt = Annotated[
@@ -65,15 +74,22 @@ AllowArchOpt = Annotated[
 ]
 
 SftRevisionOpt = Annotated[
-    str | None, typer.Option("--sft-revision", help="Branch, tag or commit when --sft is a Hub repo id.")
+    str | None,
+    typer.Option("--sft-revision", metavar="REV", help="Branch, tag or commit when --sft is a Hub repo id."),
 ]
 AlignedRevisionOpt = Annotated[
-    str | None, typer.Option("--aligned-revision", help="Branch, tag or commit when --aligned is a Hub repo id.")
+    str | None,
+    typer.Option("--aligned-revision", metavar="REV", help="Branch, tag or commit when --aligned is a Hub repo id."),
 ]
 TokenOpt = Annotated[
-    str | None, typer.Option("--token", help="Hugging Face token (default: HF_TOKEN or the saved login).")
+    str | None,
+    typer.Option("--token", metavar="TOKEN", help="Hugging Face token (default: HF_TOKEN or the saved login)."),
 ]
 PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the Hub repo as private.")]
-RevisionOpt = Annotated[str | None, typer.Option("--revision", help="Branch to push to (created if needed).")]
-CommitMessageOpt = Annotated[str | None, typer.Option("--commit-message", help="Message of the Hub commit.")]
+RevisionOpt = Annotated[
+    str | None, typer.Option("--revision", metavar="BRANCH", help="Branch to push to (created if needed).")
+]
+CommitMessageOpt = Annotated[
+    str | None, typer.Option("--commit-message", metavar="TEXT", help="Message of the Hub commit.")
+]
 CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")]

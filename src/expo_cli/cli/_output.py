@@ -19,6 +19,10 @@ def info(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+def ignore(text: str) -> None:
+    """For messages that --quiet silences."""
+
+
 def warning(text: str) -> None:
     print(f"Warning: {text}", file=sys.stderr, flush=True)
 

@@ -23,12 +23,14 @@ INSPECT_EXAMPLES = [
 def inspect(
     sft: SftOpt,
     aligned: AlignedOpt,
-    alpha: Annotated[float, typer.Option("--alpha", help="α whose survival after rounding to report.")] = 0.5,
+    alpha: Annotated[
+        float, typer.Option("--alpha", metavar="ALPHA", help="α whose survival after rounding to report.")
+    ] = 0.5,
     dtype: DtypeOpt = None,
     plot: Annotated[
         str | None, typer.Option("--plot", metavar="FILE.png", help="Draw the per-layer change (needs matplotlib).")
     ] = None,
-    top: Annotated[int, typer.Option("--top", help="How many most-changed tensors to list.")] = 10,
+    top: Annotated[int, typer.Option("--top", metavar="N", help="How many most-changed tensors to list.")] = 10,
     allow_architecture_mismatch: AllowArchOpt = False,
     quiet: QuietOpt = False,
     json: JsonOpt = False,

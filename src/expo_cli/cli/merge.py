@@ -52,7 +52,13 @@ def merge(
     sft: SftOpt,
     aligned: AlignedOpt,
     output: Annotated[
-        str, typer.Option("--output", "-o", help="Folder to write the merged checkpoint into (a sweep: its parent).")
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FOLDER",
+            help="Folder to write the merged checkpoint into (a sweep: its parent).",
+        ),
     ],
     alpha: AlphaOpt,
     dtype: DtypeOpt = None,
@@ -67,6 +73,47 @@ def merge(
     allow_architecture_mismatch: AllowArchOpt = False,
     sft_revision: SftRevisionOpt = None,
     aligned_revision: AlignedRevisionOpt = None,
+    sft_id: Annotated[
+        str | None,
+        typer.Option(
+            "--sft-id",
+            metavar="ORG/NAME[@REV]",
+            help="The Hub repo a local --sft folder came from (for the card's base_model).",
+        ),
+    ] = None,
+    aligned_id: Annotated[
+        str | None,
+        typer.Option(
+            "--aligned-id",
+            metavar="ORG/NAME[@REV]",
+            help="The Hub repo a local --aligned folder came from (for the card's base_model).",
+        ),
+    ] = None,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name", metavar="NAME", help="The card's model_name and title (default: <aligned name>-expo)."
+        ),
+    ] = None,
+    copy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--copy",
+            metavar="GLOB",
+            help="Also copy these files of the aligned folder (repeatable); see the side-file policy.",
+        ),
+    ] = None,
+    skip: Annotated[
+        list[str] | None,
+        typer.Option("--skip", metavar="GLOB", help="Do not copy these files of the aligned folder (repeatable)."),
+    ] = None,
+    mistral_format: Annotated[
+        bool,
+        typer.Option(
+            "--mistral-format",
+            help="Also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.",
+        ),
+    ] = False,
     push_to_hub: Annotated[
         str | None,
         typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
@@ -84,7 +131,7 @@ def merge(
 
     import expo_cli
 
-    from ..alpha import formula, parse_alphas
+    from ..alpha import parse_alphas
     from ..output import human_bytes
 
     alphas = parse_alphas(alpha)
@@ -93,7 +140,10 @@ def merge(
         "alpha_for": alpha_for or (), "include": include or (), "exclude": exclude or (),
         "allow_architecture_mismatch": allow_architecture_mismatch, "strict": strict,
         "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
+        "info": out.ignore if quiet or dry_run else out.info,
         "sft_revision": sft_revision, "aligned_revision": aligned_revision, "token": token,
+        "sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name, "copy": copy or (),
+        "skip": skip or (), "mistral_format": mistral_format,
     }  # fmt: skip
     if push_to_hub and len(alphas) > 1:
         raise typer.BadParameter(
@@ -107,9 +157,6 @@ def merge(
             for line in plan.describe():
                 out.result(line)
         return
-    if not quiet:
-        for a in alphas:
-            out.info(formula(a))
     if len(alphas) == 1:
         results = [expo_cli.merge(sft, aligned, output, alphas[0], **options)]
     else:
@@ -118,8 +165,11 @@ def merge(
         out.info(
             f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) at α={result.alpha:g} on "
             f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} written in "
-            f"{len(result.shards)} shard(s), {result.seconds:.1f} s, {result.gb_per_s:.2f} GB/s"
+            f"{len(result.shards)} shard(s), {result.seconds:.1f} s, {human_bytes(result.bytes_per_s)}/s"
         )
+    if results and results[0].skipped_files and not quiet:
+        shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
+        out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")
     commit_url = None
     if push_to_hub:
         from .push import upload

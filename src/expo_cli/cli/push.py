@@ -22,8 +22,10 @@ PUSH_EXAMPLES = [
 
 
 def push(
-    folder: Annotated[str, typer.Argument(help="The output folder of expo merge.")],
-    repo_id: Annotated[str, typer.Argument(help="The Hub repo to upload to (org/name), created if needed.")],
+    folder: Annotated[str, typer.Argument(metavar="FOLDER", help="The output folder of expo merge.")],
+    repo_id: Annotated[
+        str, typer.Argument(metavar="ORG/NAME", help="The Hub repo to upload to (org/name), created if needed.")
+    ],
     private: PrivateOpt = False,
     revision: RevisionOpt = None,
     commit_message: CommitMessageOpt = None,

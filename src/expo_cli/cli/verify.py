@@ -20,11 +20,12 @@ VERIFY_EXAMPLES = [
 
 
 def verify(
-    output: Annotated[str, typer.Argument(help="The merged checkpoint folder to check.")],
+    output: Annotated[str, typer.Argument(metavar="OUTPUT", help="The merged checkpoint folder to check.")],
     sft: SftOpt,
     aligned: AlignedOpt,
     alpha: Annotated[
-        float | None, typer.Option("--alpha", help="α to check against (default: the one config.json records).")
+        float | None,
+        typer.Option("--alpha", metavar="ALPHA", help="α to check against (default: the one config.json records)."),
     ] = None,
     quiet: QuietOpt = False,
     json: JsonOpt = False,
