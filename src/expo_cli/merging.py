@@ -79,8 +79,8 @@ class Plan:
     rules: list[dict[str, Any]]
     notes: list[str]
     leftovers: list[str]
-    copied_files: list[str]
-    skipped_files: dict[str, str]
+    copied_files: list[str] | None  # None: Hub inputs in a dry run, sorted once downloaded
+    skipped_files: dict[str, str] | None
     model_names: dict[float, str]
 
     def to_json(self) -> dict[str, Any]:
@@ -104,8 +104,11 @@ class Plan:
             lines.append(f"α per tensor at --alpha {alpha:g}: {counts}")
         lines += [f"Rule {r['rule']}: {r['tensors']} tensor(s)" for r in self.rules]
         lines.append(f"Model name (card): {', '.join(self.model_names.values())}")
-        lines.append(f"Copied from the aligned folder: {', '.join(self.copied_files) or 'nothing'}")
-        lines += [f"Not copied: {path} ({reason})" for path, reason in self.skipped_files.items()]
+        if self.copied_files is None:
+            lines.append("Side files: chosen by the side-file policy once the Hub inputs are downloaded")
+        else:
+            lines.append(f"Copied from the aligned folder: {', '.join(self.copied_files) or 'nothing'}")
+        lines += [f"Not copied: {path} ({reason})" for path, reason in (self.skipped_files or {}).items()]
         lines += [f"Note: {n}" for n in self.notes]
         lines += [f"Leftover from an earlier run (a real run removes it): {p}" for p in self.leftovers]
         return lines
@@ -231,7 +234,7 @@ class _Prepared:
     disk_needed: int
     leftovers: list[Path]
     sources: tuple[Source, Source]  # sft, aligned
-    side_files: sidefiles.SideFiles
+    side_files: sidefiles.SideFiles | None  # None: header-only Hub inputs (a dry run)
     card: AlignedCard
     model_names: dict[float, str]
 
@@ -269,8 +272,8 @@ class _Prepared:
             rules=rules,
             notes=[n for w in self.weights for n in w.plan.notes],
             leftovers=[str(p) for p in self.leftovers],
-            copied_files=self.side_files.copied,
-            skipped_files=self.side_files.listing(),
+            copied_files=self.side_files.copied if self.side_files else None,
+            skipped_files=self.side_files.listing() if self.side_files else None,
             model_names=self.model_names,
         )
 
@@ -299,8 +302,7 @@ def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], o
     if not header_only and not opts.force and _identical(weights[0]):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
     own = [f.name for f in aligned_ckpt.weight_files] + [SAFETENSORS_INDEX_FILE, PYTORCH_INDEX_FILE]
-    side = (sidefiles.select(folder, own, opts.copy, opts.skip, opts.mistral_format) if not header_only
-            else sidefiles.SideFiles())  # fmt: skip
+    side = None if header_only else sidefiles.select(folder, own, opts.copy, opts.skip, opts.mistral_format)
     sources = (Source.of(sft_ckpt.path, sft_ckpt.layout_sha256(), hub_ids["sft"]),
                Source.of(folder, aligned_ckpt.layout_sha256(), hub_ids["aligned"]))  # fmt: skip
     card = AlignedCard.read(folder) if not header_only else AlignedCard({}, "")
@@ -309,7 +311,7 @@ def _prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], o
     for weight_set in weights:
         for note in weight_set.plan.notes:
             opts.inform(f"Note: {note}")
-    copied = sum((folder / f).stat().st_size for f in side.copied)
+    copied = sum((folder / f).stat().st_size for f in side.copied) if side else 0
     needed = 0
     for output in targets.values():
         check_output(output, {"sft": sft_ckpt.path, "aligned": folder}, opts.force)
@@ -419,6 +421,8 @@ def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:
         opts.warning(f"removing {leftover}, left by an earlier run that did not finish")
         shutil.rmtree(leftover, ignore_errors=True)
     p = prepared
+    side = p.side_files
+    assert side is not None, "a run that writes has its inputs on disk"
     for alpha in p.targets:
         opts.inform(formula(alpha))
     with ExitStack() as stack:
@@ -444,10 +448,10 @@ def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:
                 alpha, formula(alpha), *p.sources, __version__, dtype=p.dtype,
                 notes=[n for w in p.weights for n in w.plan.notes], rules=[r.to_json() for r in p.rules],
                 shards=checksums[alpha], mistral_format=len(p.weights) > 1,
-                side_files={"copied": p.side_files.copied, "skipped": p.side_files.listing()},
+                side_files={"copied": side.copied, "skipped": side.listing()},
             )  # fmt: skip
             write_config(p.main.aligned.config, p.main.plan.dominant_dtype(), record, staging.path)
-            sidefiles.copy_files(p.main.aligned.path, p.side_files.copied, staging.path)
+            sidefiles.copy_files(p.main.aligned.path, side.copied, staging.path)
             write_model_card(staging.path, record, p.card, p.main.aligned.config, p.model_names[alpha])
         for staging in stagings.values():
             staging.commit(opts.force)
@@ -465,7 +469,7 @@ def _execute(prepared: _Prepared, opts: MergeOptions) -> list[MergeResult]:
             shards=[s.filename for w in p.weights for s in w.shards],
             seconds=seconds,
             notes=[n for w in p.weights for n in w.plan.notes],
-            skipped_files=p.side_files.listing(),
+            skipped_files=side.listing(),
         )
         for alpha, output in p.targets.items()
     ]
