@@ -24,9 +24,15 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import expo_cli  # noqa: E402
 from expo_cli.cli import main  # noqa: E402
 
 from _checkpoints import make_pair  # noqa: E402
+
+# `expo` subprocesses run the same expo_cli as this process (under mutmut: the mutated copy in mutants/).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(Path(expo_cli.__file__).parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 
 from expo_cli import __version__
 
@@ -24,14 +23,13 @@ def test_version(expo):
     assert run.code == 0 and run.stdout.strip() == f"expo {__version__}"
 
 
-def test_help_is_fast_and_imports_no_torch():
+def test_help_imports_no_torch():
+    """`expo --help` stays fast because it never imports torch (a wall-time limit would be flaky)."""
     code = "import sys\nfrom expo_cli.cli import main\ntry: main(['--help'])\nexcept SystemExit: pass\n"
-    started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, "-c", code + "print('torch' in sys.modules)"], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip().endswith("False")
-    assert time.perf_counter() - started < 2
 
 
 def test_merge_prints_formula_summary_and_output_path(tmp_path, expo, llama_pair):

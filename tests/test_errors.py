@@ -11,6 +11,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from _ci import skip_or_fail
+
 from _checkpoints import build_model, llama_config, make_pair, read_all, save, snapshot
 
 
@@ -197,7 +199,7 @@ def tmpfs(tmp_path):
         options = f"size={size}" + (",ro" if readonly else "")
         proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
         if proc.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+            skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
         mounts.append(point)
         return point
 

@@ -211,7 +211,7 @@ def test_offline_uses_the_cache(tmp_path, expo, hub, local_pair, token):
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
-def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair):
+def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair, monkeypatch):
     from expo_cli.hub import parse_input
 
     assert parse_input("org/name") is not None and parse_input("org/name@v1").revision == "v1"
@@ -219,5 +219,19 @@ def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair)
         assert parse_input(spec) is None, spec
     folder = tmp_path / "org" / "name"
     folder.mkdir(parents=True)
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)
     assert parse_input("org/name") is None  # an existing folder wins
+
+
+def test_a_branch_that_moves_between_validation_and_download_is_refused(tmp_path, hub, local_pair, token):
+    """The weights downloaded must be the commit whose headers were validated."""
+    from expo_cli import hub as expo_hub
+    from expo_cli.errors import HubError
+
+    _, aligned, aligned_v2 = local_pair
+    publish(hub, "org/moving", aligned)
+    remote = expo_hub.fetch_headers(expo_hub.HubInput("org/moving", "main"), "aligned")
+    repo = hub.repos["org/moving"]
+    repo.refs["main"] = repo.commit(files_of(aligned_v2), repo.refs["main"], "pushed meanwhile")
+    with pytest.raises(HubError, match="the branch moved during the download; run again"):
+        expo_hub.download(remote)

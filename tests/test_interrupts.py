@@ -34,9 +34,9 @@ def big_pair(tmp_path_factory) -> tuple[Path, Path]:
     return root / "sft", root / "aligned"
 
 
-def start(sft: Path, aligned: Path, out: Path) -> subprocess.Popen:
+def start(sft: Path, aligned: Path, out: Path, *extra: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
-               "-o", str(out), "--alpha", "0.5", "--max-shard-size", "40MB", "--quiet"]  # fmt: skip
+               "-o", str(out), "--alpha", "0.5", "--max-shard-size", "40MB", "--quiet", *extra]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

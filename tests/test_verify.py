@@ -1,12 +1,17 @@
-"""`expo verify`: a correct output passes; a changed byte, a wrong α or a missing shard fails with exit 1."""
+"""`expo verify`: a correct output passes; a changed byte or element (even with its checksum updated), a wrong α,
+a stray or missing shard, or missing checksums fail with exit 1."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from _checkpoints import make_pair
 
@@ -57,8 +62,8 @@ def test_a_missing_shard_is_reported(tmp_path, expo, merged):
     last = sorted(copy.glob("model-*.safetensors"))[-1]
     last.unlink()
     run = expo("verify", copy, "--sft", sft, "--aligned", aligned)
-    assert run.code == 3 and last.name in run.stderr  # the index names a shard that is gone
-    assert index["weight_map"]
+    assert run.code == 1 and f"shard {last.name} missing" in run.stderr  # found by verify, before any loading
+    assert last.name in index["weight_map"].values()
 
 
 def test_per_tensor_rules_are_verified_too(tmp_path, expo, merged):
@@ -67,3 +72,94 @@ def test_per_tensor_rules_are_verified_too(tmp_path, expo, merged):
     run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.7", "--alpha-for", "mlp=2", "-q")
     assert run.code == 0, run.stderr
     assert expo("verify", out, "--sft", sft, "--aligned", aligned, "-q").code == 0
+
+
+def tamper(out: Path, name: str, change) -> None:
+    """Change one tensor of an output in place and record the shard's new sha256: only the element check sees it."""
+    index = out / "model.safetensors.index.json"
+    shard = json.loads(index.read_text())["weight_map"][name] if index.exists() else "model.safetensors"
+    with safe_open(out / shard, framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    change(tensors[name].view(-1))
+    save_file(tensors, out / shard, metadata=metadata)
+    config = json.loads((out / "config.json").read_text())
+    config["expo"]["shards"][shard] = hashlib.sha256((out / shard).read_bytes()).hexdigest()
+    (out / "config.json").write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def merged_f32(tmp_path_factory):
+    """float32 pair with an integer tensor beside the weights, merged at α=0.3 into one shard."""
+    import expo_cli
+
+    root = tmp_path_factory.mktemp("verify32")
+    sft, aligned = make_pair(root, dtype=torch.float32, aligned_shards=None)
+    for folder in (sft, aligned):
+        tensors = load_file(folder / "model.safetensors")
+        tensors["model.step_ids"] = torch.arange(40, dtype=torch.int64)
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    expo_cli.merge(sft, aligned, root / "out", 0.3, progress=False)
+    return sft, aligned, root / "out"
+
+
+def up(steps: int):
+    def change(flat: torch.Tensor) -> None:
+        i = int(flat.abs().argmax())
+        for _ in range(steps):
+            flat[i] = torch.nextafter(flat[i], torch.tensor(float("inf"), dtype=flat.dtype))
+
+    return change
+
+
+def set_first(value: float):
+    def change(flat: torch.Tensor) -> None:
+        flat[0] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("fixture", "tensor", "change"),
+    [
+        ("merged_f32", "model.layers.0.mlp.up_proj.weight", up(2)),  # 2 ulp off in float32
+        ("merged_f32", "model.layers.1.self_attn.q_proj.weight", set_first(float("nan"))),
+        ("merged_f32", "model.step_ids", set_first(7)),  # an integer tensor: copied, so exact
+        ("merged", "lm_head.weight", lambda flat: flat[-1:].add_(1)),  # a grown-vocabulary row: copied, so exact
+    ],
+    ids=["float32-2ulp", "nan", "integer", "grown-row"],
+)
+def test_a_changed_element_is_found_even_with_its_checksum_updated(tmp_path, expo, request, fixture, tensor, change):
+    sft, aligned, out = request.getfixturevalue(fixture)
+    copy = shutil.copytree(out, tmp_path / "out")
+    assert expo("verify", copy, "--sft", sft, "--aligned", aligned, "-q").code == 0
+    tamper(copy, tensor, change)
+    run = expo("verify", copy, "--sft", sft, "--aligned", aligned, "--json")
+    assert run.code == 1, run.stderr
+    report = json.loads(run.stdout)
+    assert report["checksum_errors"] == [] and [m["tensor"] for m in report["mismatches"]] == [tensor]
+    assert report["mismatches"][0]["elements"] == 1
+
+
+def test_a_stray_shard_and_missing_checksums_fail(tmp_path, expo, merged_f32):
+    sft, aligned, out = merged_f32
+    stray = shutil.copytree(out, tmp_path / "stray")
+    shutil.copy(stray / "model.safetensors", stray / "model-extra.safetensors")
+    run = expo("verify", stray, "--sft", sft, "--aligned", aligned)
+    assert run.code == 1 and "checksum: model-extra.safetensors: not in the recorded shards" in run.stderr
+    bare = shutil.copytree(out, tmp_path / "bare")
+    config = json.loads((bare / "config.json").read_text())
+    del config["expo"]["shards"]
+    (bare / "config.json").write_text(json.dumps(config))
+    run = expo("verify", bare, "--sft", sft, "--aligned", aligned)
+    assert run.code == 1 and "records no shard checksums" in run.stderr
+
+
+def test_inherited_nan_is_not_a_difference(tmp_path, expo, merged_f32):
+    sft, aligned, _ = merged_f32
+    sick = shutil.copytree(aligned, tmp_path / "aligned")
+    tensors = load_file(sick / "model.safetensors")
+    tensors["model.norm.weight"][0] = float("nan")
+    save_file(tensors, sick / "model.safetensors", metadata={"format": "pt"})
+    run = expo("merge", "--sft", sft, "--aligned", sick, "-o", tmp_path / "out", "--alpha", "0.3", "-q")
+    assert run.code == 0 and "already holds inf/NaN" in run.stderr
+    assert expo("verify", tmp_path / "out", "--sft", sft, "--aligned", sick, "-q").code == 0

@@ -76,3 +76,11 @@ def test_streamed_shards_are_what_safetensors_reads(tmp_path):
     index = json.loads((tmp_path / "model.safetensors.index.json").read_text())
     assert index["metadata"]["total_size"] == sum(s.nbytes for s in specs)
     assert index["weight_map"] == {t.name: s.filename for s in shards for t in s.tensors}
+
+
+def test_a_stream_shorter_than_its_plan_is_an_error_not_a_short_file(tmp_path):
+    shards = plan_shards([Spec("a", "F32", (10,)), Spec("b", "F32", (10,))], 1000)
+    stream = ShardStream(tmp_path, shards)
+    stream.write(memoryview(bytes(40 + 36)))  # four bytes short of the planned 80
+    with pytest.raises(RuntimeError, match="4 bytes short"):
+        stream.close()

@@ -7,6 +7,7 @@ the next run finds and removes what a dead run left.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -123,6 +124,31 @@ def _alive(pid: int) -> bool:
     return True
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc, or a glibc older than 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # the file system cannot swap
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
 class Staging:
     """A temporary folder beside `output`, removed unless `commit()` renames it into place."""
 
@@ -135,19 +161,29 @@ class Staging:
         self.committed = False
 
     def commit(self, force: bool) -> None:
-        """Make the staged folder durable and rename it to the target: the very last step of a run."""
+        """Make the staged folder durable and put it at the target: the very last step of a run.
+
+        An existing output (`--force`) is swapped with the new one in one atomic step where the system can
+        (Linux's renameat2 RENAME_EXCHANGE), so there is never a moment without an output, then removed.
+        Elsewhere it is renamed aside first: a crash between the two renames leaves it as `<partial>-old`.
+        """
         fsync_path(self.path)
         if self.output.exists():
             if not force and (self.output.is_file() or any(self.output.iterdir())):
                 raise OutputError(f"--output {self.output} appeared during the run; pass --force to replace it")
-            trash = self.output.parent / f"{self.path.name}-old"
-            os.rename(self.output, trash)
-            os.rename(self.path, self.output)
-            shutil.rmtree(trash, ignore_errors=True)
+            trash: Path | None = self.output.parent / f"{self.path.name}-old"
+            if exchange(self.path, self.output):
+                trash = self.path  # now holding the previous output
+            else:
+                os.rename(self.output, trash)
+                os.rename(self.path, self.output)
         else:
+            trash = None
             os.rename(self.path, self.output)
-        fsync_path(self.output.parent)
         self.committed = True
+        fsync_path(self.output.parent)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
 
     def discard(self) -> None:
         if not self.committed:

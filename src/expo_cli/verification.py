@@ -1,9 +1,11 @@
 """`expo verify`: recompute a merged checkpoint from its inputs and report every tensor that differs.
 
 Trust nothing but the inputs: each output shard's sha256 is checked against the provenance in config.json,
-then every element is compared with the float64 reference of the formula. A correct output is within one
-rounding step of the output dtype, plus the error of the float32 (float64) computation on the inputs' scale:
-a result that cancels to nearly zero cannot be closer than that. Copied tensors and rows must match exactly.
+then every element is compared with the float64 reference of the formula. The tolerance is derived, element by
+element, from how extrapolate.py computes (see `tolerance`): half a unit in the last place of the output for its
+one final rounding, plus the few roundings of the float32 (float64) arithmetic on the scale of α·Δ. Nothing is
+padded: a float32 output two units off, or one computed by another formula, is found. Copied tensors and rows,
+and integer tensors, must match bit for bit; NaN passes only where the reference is NaN too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
-from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, load_consolidated, torch_dtype
+from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, load_consolidated, read_config
 from .constants import CHUNK_ELEMENTS
 from .errors import ExpoError, UsageError
 from .pairing import TensorPlan, plan_merge
@@ -55,14 +57,21 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
     `sft` and `aligned` may be Hub repo ids, as for a merge; the per-tensor rules recorded in the provenance apply.
     """
     started = time.perf_counter()
-    out = load_checkpoint(Path(output), "output")
-    record = out.config.get("expo") if isinstance(out.config.get("expo"), dict) else {}
+    folder = Path(output)
+    config = read_config(folder, "output")
+    record = config.get("expo") if isinstance(config.get("expo"), dict) else {}
     if alpha is None:
         alpha = record.get("alpha")
         if not isinstance(alpha, int | float):
             raise UsageError(f"{output}: its config.json records no expo alpha; pass --alpha")
-    result = VerifyResult(output=Path(output).resolve(), alpha=float(alpha), tensors=len(out.tensors), elements=0)
-    result.checksum_errors = _check_checksums(Path(output), record.get("shards"))
+    checksum_errors = _check_checksums(folder, record.get("shards"))
+    missing = [problem for problem in checksum_errors if problem.endswith(": missing")]
+    if missing:
+        raise VerifyFailed(f"{output}: shard {', '.join(m.split(':')[0] for m in missing)} missing; the output is "
+                           "incomplete: merge it again")  # fmt: skip
+    out = load_checkpoint(folder, "output")
+    result = VerifyResult(output=folder.resolve(), alpha=float(alpha), tensors=len(out.tensors), elements=0)
+    result.checksum_errors = checksum_errors
 
     from .merging import MergeOptions, resolve_inputs
 
@@ -133,7 +142,6 @@ def _check_checksums(folder: Path, recorded: Any) -> list[str]:
 def _compare(out: Checkpoint, info, plan: TensorPlan, sft: Checkpoint, aligned: Checkpoint,
              alpha: float) -> tuple[int, float]:  # noqa: ANN001  # fmt: skip
     """(elements outside the tolerance, largest absolute error) of one output tensor."""
-    import torch
 
     bad, worst = 0, 0.0
     for start, stop in iter_chunks(info.numel, CHUNK_ELEMENTS):
@@ -145,15 +153,15 @@ def _compare(out: Checkpoint, info, plan: TensorPlan, sft: Checkpoint, aligned: 
             continue
         if shared_stop > start:
             n = shared_stop - start
-            a = aligned.flat(plan.aligned, start, shared_stop).double()
-            s = sft.flat(plan.sft, start, shared_stop).double()
+            a_raw = aligned.flat(plan.aligned, start, shared_stop)
+            s_raw = sft.flat(plan.sft, start, shared_stop)
+            a, s = a_raw.double(), s_raw.double()
             ref = a + alpha * (a - s)
-            dtype = torch_dtype(info.dtype)
-            compute = torch.float64 if dtype == torch.float64 else torch.float32
-            tolerance = _ulp(ref, dtype) + 2 * torch.finfo(compute).eps * (a.abs() + abs(alpha) * (a - s).abs())
-            error = (got[:n].double() - ref).abs()
-            outside = ~(error <= tolerance)  # NaN counts as outside
-            bad += int(outside.sum())
+            value = got[:n].double()
+            error = (value - ref).abs()
+            bound = tolerance(value, ref, (a - s).abs(), alpha, got.dtype, (a_raw.dtype, s_raw.dtype))
+            same = (value == ref) | (value.isnan() & ref.isnan())  # inf where the reference is inf; NaN inherited
+            bad += int((~((error <= bound) | same)).sum())
             worst = max(worst, float(error.nan_to_num(float("inf")).max()))
         if stop > shared_stop:
             lo = max(start, shared_stop) - start
@@ -162,7 +170,39 @@ def _compare(out: Checkpoint, info, plan: TensorPlan, sft: Checkpoint, aligned: 
     return bad, worst
 
 
-def _ulp(values, dtype):  # noqa: ANN001, ANN202
+def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:  # noqa: ANN001
+    """The largest |value − ref| a correct merge can show at each element, derived from extrapolate.py.
+
+    `value` is the output, `ref` the float64 reference θ_aligned + α·Δ, `delta` = |Δ| = |θ_aligned − θ_sft|.
+    With u the unit roundoff of the compute dtype (float32, or float64 when any side is float64):
+    - the one final rounding to the output dtype: half a unit in its last place;
+    - the coefficient held in the compute dtype: |c − α|·|Δ|, with c = α in float32 (the a + α·Δ path), or
+      1 + α in float32 for the fused bfloat16/float16 lerp, whose weight is 1 + α;
+    - the difference and the product, each rounded once in the compute dtype, and for lerp its 1 − weight:
+      2u·m·|Δ| (3u·m·|Δ| fused), m the multiplier used;
+    - a result narrower than the compute dtype is rounded twice (compute, then output): u·|ref|;
+    - a float64 reference is itself rounded three times: u·(|ref| + 2|α|·|Δ|).
+    Terms of order u² are covered by one factor (1 + 4u) on the roundings.
+    """
+    import torch
+
+    compute = torch.float64 if torch.float64 in (out_dtype, *in_dtypes) else torch.float32
+    u = torch.finfo(compute).eps / 2
+    fused = out_dtype in (torch.bfloat16, torch.float16) and all(d == out_dtype for d in in_dtypes)
+    weight = 1.0 + alpha if fused else alpha
+    held = torch.tensor(weight, dtype=torch.float32 if fused else compute).item()
+    multiplier = max(abs(alpha), abs(1.0 + alpha)) if fused else abs(alpha)
+    roundings = 3 if fused else 2
+    bound = 0.5 * ulp(value, out_dtype) + abs(held - weight) * delta + roundings * u * (1 + 4 * u) * multiplier * delta
+    if out_dtype != compute:
+        bound += u * (1 + 4 * u) * ref.abs()
+    if compute == torch.float64:
+        bound += u * (1 + 4 * u) * (ref.abs() + 2 * abs(alpha) * delta)
+    return bound
+
+
+def ulp(values, dtype):  # noqa: ANN001, ANN201
+    """The spacing of `dtype` at each value's magnitude: one rounding step (subnormals included)."""
     import torch
 
     info = torch.finfo(dtype)
