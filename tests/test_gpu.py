@@ -19,7 +19,7 @@ pytestmark = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_merge_matches_the_reference(tmp_path, dtype, monkeypatch):
     sft, aligned = make_pair(tmp_path, dtype=dtype, sft_shards="25KB")
-    monkeypatch.setattr("expo_cli.merging.CHUNK_ELEMENTS", 1000)  # many chunks: exercises the pinned ring
+    monkeypatch.setattr("expo_cli.streaming.CHUNK_ELEMENTS", 1000)  # many chunks: exercises the pinned ring
     result = expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, device="cuda", progress=False)
     assert result.device.startswith("cuda")
     assert_merged(tmp_path / "out", sft, aligned, 0.3)

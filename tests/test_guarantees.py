@@ -114,14 +114,41 @@ def test_a_partial_folder_of_a_live_process_is_left_alone(tmp_path, expo, llama_
     sft, aligned = llama_pair
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
+        import json
+        import socket
+
         live = tmp_path / f".expo-partial-out-{sleeper.pid}-abcd1234"
         live.mkdir()
+        Path(f"{live}.owner").write_text(json.dumps({"host": socket.gethostname(), "pid": sleeper.pid}))
+        legacy = tmp_path / f".expo-partial-out-{sleeper.pid}-legacy00"  # no owner record: judged by its name
+        legacy.mkdir()
         dead = tmp_path / ".expo-partial-out-999999999-abcd1234"
         dead.mkdir()
         run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5")
         assert run.code == 0, run.stderr
-        assert live.is_dir(), "a running merge's temporary folder was removed"
+        assert live.is_dir() and legacy.is_dir(), "a running merge's temporary folder was removed"
         assert not dead.exists() and f"removing {dead}" in run.stderr
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_a_partial_folder_of_another_host_is_judged_by_its_heartbeat(tmp_path, expo, llama_pair):
+    """On a shared file system another node's pids mean nothing here: only a record left untouched is stale."""
+    import json
+    import time
+
+    from expo_cli.output import STALE_AFTER_SECONDS
+
+    sft, aligned = llama_pair
+    running, dead = tmp_path / ".expo-partial-out-1-aaaa0000", tmp_path / ".expo-partial-out-2-bbbb0000"
+    for folder in (running, dead):
+        folder.mkdir()
+        Path(f"{folder}.owner").write_text(json.dumps({"host": "another-node", "pid": 1}))
+    old = time.time() - STALE_AFTER_SECONDS - 60
+    os.utime(f"{dead}.owner", (old, old))
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5")
+    assert run.code == 0, run.stderr
+    assert running.is_dir() and Path(f"{running}.owner").exists(), "another node's running merge was removed"
+    assert not dead.exists() and not Path(f"{dead}.owner").exists() and f"removing {dead}" in run.stderr
+    assert not list(tmp_path.glob(".expo-partial-out-*-*.owner"))[1:]  # only the running node's record is left

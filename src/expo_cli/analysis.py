@@ -16,10 +16,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import itemsize, iter_chunks, torch_dtype
-from .constants import CHUNK_ELEMENTS
 from .errors import UsageError
-from .pairing import IDENTICAL, check_configs, plan_merge
+from .inputs import resolve_inputs
+from .pairing import IDENTICAL, TensorPlan, plan_merge
+from .sources import dtype_code, itemsize, torch_dtype
+from .streaming import walk
 
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 KINDS = (  # first match wins: attention before MLP, since GPT-2 has c_proj in both
@@ -93,12 +94,10 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     from huggingface_hub.utils import tqdm
 
     from .extrapolate import Extrapolator
-    from .merging import MergeOptions, dtype_code, resolve_inputs
 
     out_code = dtype_code(dtype)
-    opts = MergeOptions(allow_architecture_mismatch=allow_architecture_mismatch, token=token)
-    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
-    check_configs(sft_ckpt, aligned_ckpt, allow_architecture_mismatch)
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token,
+                                            allow_architecture_mismatch=allow_architecture_mismatch)  # fmt: skip
     plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
     extrapolate = Extrapolator(alpha)
     stats: list[TensorStats] = []
@@ -106,27 +105,42 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     total = sum(t.shared * itemsize(t.aligned.dtype) for t in compared)
     with sft_ckpt, aligned_ckpt, tqdm(total=total, unit="B", unit_scale=True, desc="Inspecting",
                                       disable=not progress, file=sys.stderr) as bar:  # fmt: skip
-        for t in compared:
-            ss = dd = aa = sa = 0.0
-            max_delta = 0.0
-            changed = 0
-            out_dtype = torch_dtype(t.out_dtype)
-            for start, stop in iter_chunks(t.shared, CHUNK_ELEMENTS):
+        sums = _Sums()
+        for block in walk(compared, sft_ckpt, aligned_ckpt):
+            t, start, stop = block.tensor, block.start, block.shared_stop
+            if stop > start:  # grown rows have no SFT counterpart: not part of the change
                 s_raw, a_raw = sft_ckpt.flat(t.sft, start, stop), aligned_ckpt.flat(t.aligned, start, stop)
-                s, a = s_raw.double(), a_raw.double()
-                d = a - s
-                ss += float(s.square().sum())
-                dd += float(d.square().sum())
-                aa += float(a.square().sum())
-                sa += float((s * a).sum())
-                max_delta = max(max_delta, float(d.abs().max()))
-                rounded = extrapolate(s_raw, a_raw, torch.empty(stop - start, dtype=out_dtype))
-                changed += int((rounded != a_raw.to(out_dtype)).sum())
+                rounded = extrapolate(s_raw, a_raw, torch.empty(stop - start, dtype=torch_dtype(t.out_dtype)))
+                sums.add(s_raw, a_raw, rounded)
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
-            cosine = sa / math.sqrt(ss * aa) if ss and aa else 1.0
-            stats.append(TensorStats(t.name, layer_of(t.name), kind_of(t.name), t.shared, math.sqrt(ss), math.sqrt(dd),
-                                     cosine, max_delta, changed / t.shared if t.shared else 0.0))  # fmt: skip
+            if block.last:
+                stats.append(sums.stats(t))
+                sums = _Sums()
     return _summarise(stats, alpha, dtype or plan.dominant_dtype() or "float32")
+
+
+class _Sums:
+    """One tensor's statistics, accumulated block by block in float64 (each block's sums are float64 too)."""
+
+    def __init__(self) -> None:
+        self.ss = self.dd = self.aa = self.sa = self.max_delta = 0.0
+        self.changed = 0
+
+    def add(self, s_raw, a_raw, rounded) -> None:  # noqa: ANN001
+        s, a = s_raw.double(), a_raw.double()
+        d = a - s
+        self.ss += float(s.square().sum())
+        self.dd += float(d.square().sum())
+        self.aa += float(a.square().sum())
+        self.sa += float((s * a).sum())
+        self.max_delta = max(self.max_delta, float(d.abs().max()))
+        self.changed += int((rounded != a_raw.to(rounded.dtype)).sum())
+
+    def stats(self, t: TensorPlan) -> TensorStats:
+        cosine = self.sa / math.sqrt(self.ss * self.aa) if self.ss and self.aa else 1.0
+        return TensorStats(t.name, layer_of(t.name), kind_of(t.name), t.shared, math.sqrt(self.ss),
+                           math.sqrt(self.dd), cosine, self.max_delta,
+                           self.changed / t.shared if t.shared else 0.0)  # fmt: skip
 
 
 def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectResult:

@@ -8,12 +8,9 @@ served as flat, zero-copy views of memory-mapped files, chunk by chunk.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import mmap
 import struct
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any
@@ -27,13 +24,11 @@ from .constants import (
     SAFETENSORS_SINGLE_FILE,
 )
 from .errors import InputError
+from .sources import FLOAT_DTYPES, OTHER_DTYPES, TensorInfo, itemsize, torch_dtype
 
 if TYPE_CHECKING:
     import torch
 
-# safetensors dtype code -> (bytes per element, is floating point we extrapolate)
-FLOAT_DTYPES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
-OTHER_DTYPES = {"I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1}
 # Low-precision formats only appear in quantized checkpoints: ExPO on them would be meaningless.
 QUANTIZED_DTYPES = {"F8_E4M3", "F8_E5M2", "F8_E8M0", "F8_E4M3FNUZ", "F8_E5M2FNUZ", "F6_E2M3", "F6_E3M2", "F4"}
 # Tensor name endings of the common quantization formats (GPTQ, AWQ, bitsandbytes, FP8 block scales).
@@ -46,61 +41,22 @@ MAX_HEADER_BYTES = 100_000_000  # the limit safetensors itself enforces
 SUPPORTED = "supported: float32, float16, bfloat16 and float64 weights in safetensors or PyTorch .bin checkpoints"
 
 
-def torch_dtype(code: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype code (floating codes only)."""
-    import torch
-
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[code]
-
-
-def dtype_name(code: str) -> str:
-    """The name transformers writes in config.json for a safetensors dtype code."""
-    return {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(code, code.lower())
-
-
-def itemsize(code: str) -> int:
-    return FLOAT_DTYPES.get(code) or OTHER_DTYPES[code]
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives and what it is, as declared by its file's header."""
-
-    name: str
-    dtype: str  # safetensors code: "BF16", "F32", "I64", ...
-    shape: tuple[int, ...]
-    file: Path
-    offset: int = 0  # absolute byte offset of the data in `file` (safetensors only)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * itemsize(self.dtype)
-
-    @property
-    def is_float(self) -> bool:
-        return self.dtype in FLOAT_DTYPES
-
-
 @dataclass
 class Checkpoint:
-    """A local checkpoint folder: its config, and the header facts of every tensor, in file order."""
+    """A local checkpoint folder, a `TensorSource`: its config, the header facts of every tensor in file order,
+    and its data served from memory-mapped files."""
 
     path: Path
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]
     format: str  # "safetensors" or "bin"
     weight_files: list[Path]
+    data_starts: dict[Path, int] = field(default_factory=dict)  # where each safetensors file's data section starts
     _maps: dict[Path, Any] = field(default_factory=dict, repr=False)
 
-    def layout_sha256(self) -> str:
-        """A digest of the tensor names, dtypes, shapes and files: names an input in the provenance without a
-        local path and without reading its data."""
-        entries = sorted((t.name, t.dtype, list(t.shape), t.file.name) for t in self.tensors.values())
-        return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+    @property
+    def readable(self) -> bool:
+        return True
 
     def open(self) -> None:
         """Map every weight file into memory (no data is read until it is touched)."""
@@ -138,12 +94,10 @@ class Checkpoint:
         mapped = self._maps[info.file]
         if self.format == "safetensors":
             size = itemsize(info.dtype)
+            begin = self.data_starts[info.file] + info.offset + start * size
             if info.is_float:
-                return torch.frombuffer(
-                    mapped, dtype=torch_dtype(info.dtype), count=stop - start, offset=info.offset + start * size
-                )
-            return torch.frombuffer(mapped, dtype=torch.uint8, count=(stop - start) * size,
-                                    offset=info.offset + start * size)  # fmt: skip
+                return torch.frombuffer(mapped, dtype=torch_dtype(info.dtype), count=stop - start, offset=begin)
+            return torch.frombuffer(mapped, dtype=torch.uint8, count=(stop - start) * size, offset=begin)
         tensor = mapped[info.name].reshape(-1)[start:stop]
         return tensor if info.is_float else tensor.contiguous().view(torch.uint8)
 
@@ -151,7 +105,8 @@ class Checkpoint:
         """The bytes of elements [start, stop) of a tensor, for copying unchanged."""
         size = itemsize(info.dtype)
         if self.format == "safetensors":
-            return memoryview(self._maps[info.file])[info.offset + start * size : info.offset + stop * size]
+            begin = self.data_starts[info.file] + info.offset
+            return memoryview(self._maps[info.file])[begin + start * size : begin + stop * size]
         import torch
 
         tensor = self._maps[info.file][info.name].reshape(-1)[start:stop].contiguous()
@@ -163,9 +118,9 @@ class Checkpoint:
         if not isinstance(mapped, mmap.mmap) or not hasattr(mapped, "madvise"):
             return
         size = itemsize(info.dtype)
-        begin = info.offset + start * size
+        begin = self.data_starts[info.file] + info.offset + start * size
         aligned = begin - begin % mmap.PAGESIZE
-        length = info.offset + stop * size - aligned
+        length = begin + (stop - start) * size - aligned
         if length > 0:
             try:
                 mapped.madvise(mmap.MADV_WILLNEED, aligned, length)
@@ -199,7 +154,8 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
         if weight_map is not None
         else [path / (SAFETENSORS_SINGLE_FILE if fmt == "safetensors" else PYTORCH_WEIGHTS_NAME)]
     )
-    return Checkpoint(path, config, read_weights(path, files, fmt, weight_map, role), fmt, files)
+    tensors, starts = read_weights(path, files, fmt, weight_map, role)
+    return Checkpoint(path, config, tensors, format=fmt, weight_files=files, data_starts=starts)
 
 
 def load_consolidated(path: Path, role: str) -> Checkpoint:
@@ -210,18 +166,24 @@ def load_consolidated(path: Path, role: str) -> Checkpoint:
         path.glob("consolidated*.safetensors"))  # fmt: skip
     if not files:
         raise InputError(f"--{role} {path}: no consolidated*.safetensors; --mistral-format needs them on both sides")
-    return Checkpoint(path, {}, read_weights(path, files, "safetensors", weight_map, role), "safetensors", files)
+    tensors, starts = read_weights(path, files, "safetensors", weight_map, role)
+    return Checkpoint(path, {}, tensors, format="safetensors", weight_files=files, data_starts=starts)
 
 
 def read_weights(path: Path, files: list[Path], fmt: str, weight_map: dict[str, str] | None,
-                 role: str) -> dict[str, TensorInfo]:  # fmt: skip
-    """Every tensor's header facts, in file order, checked against the index and each other."""
+                 role: str) -> tuple[dict[str, TensorInfo], dict[Path, int]]:  # fmt: skip
+    """Every tensor's header facts, in file order, checked against the index and each other; and where each
+    safetensors file's data section starts."""
     for file in files:
         if not file.is_file():
             raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
     tensors: dict[str, TensorInfo] = {}
+    starts: dict[Path, int] = {}
     for file in files:
-        infos = read_safetensors_header(file) if fmt == "safetensors" else read_bin_header(file)
+        if fmt == "safetensors":
+            infos, starts[file] = read_safetensors_header(file)
+        else:
+            infos = read_bin_header(file)
         for info in infos:
             if info.name in tensors:
                 raise InputError(f"{file}: tensor {info.name!r} is also stored in {tensors[info.name].file.name}")
@@ -239,7 +201,7 @@ def read_weights(path: Path, files: list[Path], fmt: str, weight_map: dict[str, 
                 f"{path}: the index lists {missing[0]!r} in {weight_map[missing[0]]} but that file does not hold it"
                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}; the index and the shards disagree"
             )
-    return tensors
+    return tensors, starts
 
 
 # Where transformers looks for weights, in its order: (file, format, True for an index).
@@ -318,8 +280,8 @@ def read_index(file: Path, extension: str) -> dict[str, str]:
     return weight_map
 
 
-def read_safetensors_header(file: Path) -> list[TensorInfo]:
-    """Parse and validate a safetensors header; return its tensors in data order."""
+def read_safetensors_header(file: Path) -> tuple[list[TensorInfo], int]:
+    """Parse and validate a safetensors header; return its tensors in data order and where its data starts."""
     size = file.stat().st_size
     with open(file, "rb") as fh:
         prefix = fh.read(8)
@@ -342,20 +304,19 @@ def read_safetensors_header(file: Path) -> list[TensorInfo]:
     data_size = size - data_start
     infos = []
     for name, entry in header.items():
-        infos.append(parse_entry(file, name, entry, data_start))
+        infos.append(parse_entry(file, name, entry))
     infos.sort(key=lambda info: info.offset)
-    end = data_start
+    end = 0
     for info in infos:
         if info.offset < end:
             raise InputError(f"{file}: tensor {info.name!r} overlaps the previous tensor; the file is corrupt")
         end = info.offset + info.nbytes
-    if end - data_start > data_size:
+    if end > data_size:
         raise InputError(
-            f"{file}: truncated: its header needs {end - data_start} data bytes, the file has {data_size}; "
-            "re-download it"
+            f"{file}: truncated: its header needs {end} data bytes, the file has {data_size}; re-download it"
         )
     _second_opinion(file)
-    return infos
+    return infos, data_start
 
 
 def _second_opinion(file: Path) -> None:
@@ -369,7 +330,9 @@ def _second_opinion(file: Path) -> None:
         raise InputError(f"{file}: rejected by safetensors ({err}); the file is corrupt") from err
 
 
-def parse_entry(file: Path, name: str, entry: Any, data_start: int) -> TensorInfo:
+def parse_entry(file: Path, name: str, entry: Any) -> TensorInfo:
+    """One header entry, validated; its offset relative to the data section, as the header gives it."""
+
     def bad(what: str) -> InputError:
         return InputError(f"{file}: tensor {name!r}: {what}; the file is corrupt")
 
@@ -389,7 +352,7 @@ def parse_entry(file: Path, name: str, entry: Any, data_start: int) -> TensorInf
         or not 0 <= offsets[0] <= offsets[1]
     ):
         raise bad(f"data_offsets {offsets!r} are not [begin, end]")
-    info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=file, offset=data_start + offsets[0])
+    info = TensorInfo(name=name, dtype=dtype, shape=tuple(shape), file=file, offset=offsets[0])
     if dtype in QUANTIZED_DTYPES:
         check_supported(info)
     if offsets[1] - offsets[0] != info.nbytes:
@@ -441,9 +404,3 @@ def read_bin_header(file: Path) -> list[TensorInfo]:
             raise InputError(f"{file}: tensor {name!r} has unsupported dtype {tensor.dtype}; {SUPPORTED}")
         infos.append(TensorInfo(name=name, dtype=code, shape=tuple(tensor.shape), file=file))
     return infos
-
-
-def iter_chunks(numel: int, chunk: int) -> Iterator[tuple[int, int]]:
-    """[start, stop) element ranges covering `numel` in pieces of at most `chunk`."""
-    for start in range(0, numel, chunk):
-        yield start, min(start + chunk, numel)

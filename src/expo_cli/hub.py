@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .checkpoint import TensorInfo, check_supported, parse_entry
+from .checkpoint import check_supported, parse_entry
 from .constants import CONFIG_NAME, PYTORCH_INDEX_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from .errors import HubError, InputError
+from .sources import TensorInfo
 
 # `org/name` or `org/name@revision`; characters a Hub repo id may hold. Paths with `+`, spaces or
 # backslashes, or starting with `.`, `/` or `~`, never match.
@@ -100,7 +101,11 @@ def _network_cause(err: BaseException | None) -> BaseException | None:
 
 @dataclass
 class RemoteCheckpoint:
-    """What a Hub repo holds, learnt without downloading weights: commit, config, and tensor headers."""
+    """What a Hub repo holds, learnt without downloading weights: commit, config, and tensor headers.
+
+    A header-only `TensorSource`: enough to validate and plan a merge (a dry run stops there); data comes from
+    the downloaded folder, or from a ranged reader built on the same headers.
+    """
 
     repo_id: str
     revision: str | None  # as the user gave it (None: main)
@@ -108,6 +113,20 @@ class RemoteCheckpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]
     weight_patterns: list[str]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.repo_id)
+
+    @property
+    def readable(self) -> bool:
+        return False
+
+    def __enter__(self) -> RemoteCheckpoint:
+        raise RuntimeError(f"{self.repo_id}: headers only; download it to read data")
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 def fetch_headers(source: HubInput, role: str, token: str | None = None) -> RemoteCheckpoint:
@@ -139,7 +158,7 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     for filename, file_metadata in metadata.files_metadata.items() if metadata else ():
         for name, tensor in file_metadata.tensors.items():
             entry = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": list(tensor.data_offsets)}
-            info = parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry, 0)
+            info = parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry)
             check_supported(info)
             if name in tensors:
                 raise InputError(f"{source.repo_id}: tensor {name!r} is stored in two shards")

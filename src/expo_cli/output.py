@@ -8,10 +8,14 @@ the next run finds and removes what a dead run left.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import secrets
 import shutil
+import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 from .constants import PARTIAL_PREFIX
@@ -57,8 +61,8 @@ def same_path(a: Path, b: Path) -> bool:
     return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
 
 
-def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
-    """Refuse an output that would overwrite, sit inside, or contain an input, or exists without --force."""
+def check_apart(output: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output that would overwrite, sit inside, or contain an input."""
     for role, path in inputs.items():
         if same_path(output, path):
             raise OutputError(f"--output {output} is the --{role} folder; inputs are never overwritten")
@@ -66,6 +70,10 @@ def check_output(output: Path, inputs: dict[str, Path], force: bool) -> None:
             raise OutputError(f"--output {output} is inside --{role} {path}; choose a folder outside the inputs")
         if same_or_inside(path, output):
             raise OutputError(f"--output {output} contains --{role} {path}; choose another output folder")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse an output that is a file, exists without --force, or cannot be written."""
     if output.exists() and not output.is_dir():
         raise OutputError(f"--output {output} is a file; choose a folder path")
     if output.is_dir() and any(output.iterdir()) and not force:
@@ -99,17 +107,45 @@ def check_space(output: Path, needed: int) -> None:
         )
 
 
+HEARTBEAT_SECONDS = 60  # how often a run touches its owner record
+STALE_AFTER_SECONDS = 10 * HEARTBEAT_SECONDS  # a record not touched for this long belongs to a dead run
+
+
 def stale_partials(output: Path) -> list[Path]:
-    """Temporary folders that earlier runs for this output left behind and whose process is gone."""
+    """Temporary folders that earlier runs for this output left behind and whose process is gone.
+
+    Each run records beside its folder who owns it (`<folder>.owner`: host and pid) and touches that record
+    every HEARTBEAT_SECONDS. On the same host a folder is stale when its process is gone; a folder of another
+    host (a shared file system, a job array) only when its record has not been touched for STALE_AFTER_SECONDS,
+    since another host's pids mean nothing here. A folder without a record (expo before 0.2) is judged by the
+    pid in its name.
+    """
     parent = Path(os.path.abspath(output)).parent
     if not parent.is_dir():
         return []
     found = []
     for candidate in parent.glob(f"{PARTIAL_PREFIX}{output.name}-*"):
-        pid = candidate.name[len(f"{PARTIAL_PREFIX}{output.name}-") :].split("-")[0]
-        if candidate.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+        if candidate.is_dir() and not _owner_alive(candidate, output.name):
             found.append(candidate)
     return found
+
+
+def remove_partial(folder: Path) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    Path(f"{folder}.owner").unlink(missing_ok=True)
+
+
+def _owner_alive(folder: Path, name: str) -> bool:
+    record = Path(f"{folder}.owner")
+    try:
+        owner = json.loads(record.read_text())
+        host, pid, touched = owner["host"], int(owner["pid"]), record.stat().st_mtime
+    except (OSError, ValueError, KeyError, TypeError):  # no record: a folder of an older expo
+        pid_text = folder.name[len(f"{PARTIAL_PREFIX}{name}-") :].split("-")[0]
+        return pid_text.isdigit() and _alive(int(pid_text))
+    if host == socket.gethostname():
+        return _alive(pid)
+    return time.time() - touched < STALE_AFTER_SECONDS
 
 
 def _alive(pid: int) -> bool:
@@ -150,15 +186,30 @@ def exchange(a: Path, b: Path) -> bool:
 
 
 class Staging:
-    """A temporary folder beside `output`, removed unless `commit()` renames it into place."""
+    """A temporary folder beside `output`, removed unless `commit()` renames it into place.
+
+    Its owner record (`<folder>.owner`, beside it so that it never becomes part of the output) says which host
+    and process own it, and is touched every HEARTBEAT_SECONDS while the run lives: see `stale_partials`.
+    """
 
     def __init__(self, output: Path) -> None:
         self.output = Path(os.path.abspath(output))
         self.output.parent.mkdir(parents=True, exist_ok=True)
         name = f"{PARTIAL_PREFIX}{self.output.name}-{os.getpid()}-{secrets.token_hex(4)}"
         self.path = self.output.parent / name
+        self.owner = Path(f"{self.path}.owner")
+        self.owner.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid()}))
         self.path.mkdir()
         self.committed = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._heartbeat, name="expo-heartbeat", daemon=True).start()
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            try:
+                os.utime(self.owner)
+            except OSError:
+                return
 
     def commit(self, force: bool) -> None:
         """Make the staged folder durable and put it at the target: the very last step of a run.
@@ -184,10 +235,16 @@ class Staging:
         fsync_path(self.output.parent)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        self._stop.set()
+        self.owner.unlink(missing_ok=True)
 
     def discard(self) -> None:
         if not self.committed:
             shutil.rmtree(self.path, ignore_errors=True)
+            self._release()
 
     def __enter__(self) -> Staging:
         return self

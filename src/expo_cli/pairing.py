@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .checkpoint import Checkpoint, TensorInfo, dtype_name, itemsize
 from .errors import MismatchError
+from .sources import TensorInfo, TensorSource, dtype_name, itemsize
 
 # Output heads that `tie_word_embeddings` ties to the input embedding, and the input embeddings.
 OUTPUT_HEAD = re.compile(r"(^|\.)(lm_head|embed_out|output)\.weight$")
@@ -76,7 +76,7 @@ def _ties(config: dict[str, Any]) -> bool | None:
     return value if isinstance(value, bool) else None
 
 
-def _input_embedding(ckpt: Checkpoint, like: TensorInfo) -> TensorInfo | None:
+def _input_embedding(ckpt: TensorSource, like: TensorInfo) -> TensorInfo | None:
     """The one input embedding `like` (an output head) is tied to, matched by name and width."""
     found = [t for name, t in ckpt.tensors.items() if INPUT_EMBEDDING.search(name) and t.shape[1:] == like.shape[1:]]
     return found[0] if len(found) == 1 else None
@@ -86,7 +86,7 @@ def _shape(info: TensorInfo) -> str:
     return f"{info.dtype}{list(info.shape)}"
 
 
-def check_configs(sft: Checkpoint, aligned: Checkpoint, allow_architecture_mismatch: bool = False) -> None:
+def check_configs(sft: TensorSource, aligned: TensorSource, allow_architecture_mismatch: bool = False) -> None:
     """Both configs must describe the same architecture (a different base is the commonest user mistake)."""
     if allow_architecture_mismatch:
         return
@@ -99,7 +99,7 @@ def check_configs(sft: Checkpoint, aligned: Checkpoint, allow_architecture_misma
             )
 
 
-def plan_merge(sft: Checkpoint, aligned: Checkpoint, out_dtype: str | None = None) -> MergePlan:
+def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None = None) -> MergePlan:
     """Pair every aligned tensor with its SFT counterpart; raise MismatchError naming what cannot be paired.
 
     Args:

@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
-from .checkpoint import Checkpoint, iter_chunks, load_checkpoint, load_consolidated, read_config
-from .constants import CHUNK_ELEMENTS
+from .checkpoint import Checkpoint, load_checkpoint, load_consolidated, read_config
 from .errors import ExpoError, UsageError
-from .pairing import TensorPlan, plan_merge
+from .inputs import resolve_inputs
+from .pairing import plan_merge
+from .sources import TensorSource
+from .streaming import Block, walk
 
 SHOWN = 10  # mismatching tensors listed
 
@@ -73,10 +75,7 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
     result = VerifyResult(output=folder.resolve(), alpha=float(alpha), tensors=len(out.tensors), elements=0)
     result.checksum_errors = checksum_errors
 
-    from .merging import MergeOptions, resolve_inputs
-
-    opts = MergeOptions(allow_architecture_mismatch=True, token=token)
-    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, opts)
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token, allow_architecture_mismatch=True)
     sets = [(out, sft_ckpt, aligned_ckpt)]
     if record.get("mistral_format"):  # the consolidated files hold the same model in Mistral's format
         sets.append(tuple(load_consolidated(c.path, role) for c, role in
@@ -104,18 +103,26 @@ def _verify_set(out: Checkpoint, sft: Checkpoint, aligned: Checkpoint, alpha: fl
         raise VerifyFailed(
             f"{result.output}: tensor names differ from the aligned model (extra {extra[:3]}, missing {missing[:3]})"
         )
+    tensors = []
+    for name, info in out.tensors.items():
+        if info.shape != plans[name].shape:
+            problem = f"shape {list(info.shape)} vs {list(plans[name].shape)}"
+            result.mismatches.append({"tensor": name, "problem": problem})
+        else:
+            tensors.append(plans[name])
+    bad, worst = 0, 0.0
     with out, sft, aligned:
-        for name, info in out.tensors.items():
-            plan = plans[name]
-            if info.shape != plan.shape:
-                problem = f"shape {list(info.shape)} vs {list(plan.shape)}"
-                result.mismatches.append({"tensor": name, "problem": problem})
-                continue
-            bad, worst = _compare(out, info, plan, sft, aligned, alpha_for(name, rules, alpha))
-            result.elements += info.numel
-            if bad:
-                result.mismatches.append({"tensor": name, "elements": bad, "max_abs_error": worst})
-            bar.update(info.nbytes)
+        for block in walk(tensors, sft, aligned):
+            t = block.tensor
+            found, error = _compare(out.flat(out.tensors[t.name], block.start, block.stop), block, sft, aligned,
+                                    alpha_for(t.name, rules, alpha))  # fmt: skip
+            bad, worst = bad + found, max(worst, error)
+            if block.last:
+                result.elements += t.numel
+                if bad:
+                    result.mismatches.append({"tensor": t.name, "elements": bad, "max_abs_error": worst})
+                bad, worst = 0, 0.0
+                bar.update(t.nbytes)
 
 
 def _check_checksums(folder: Path, recorded: Any) -> list[str]:
@@ -139,34 +146,28 @@ def _check_checksums(folder: Path, recorded: Any) -> list[str]:
     return errors
 
 
-def _compare(out: Checkpoint, info, plan: TensorPlan, sft: Checkpoint, aligned: Checkpoint,
-             alpha: float) -> tuple[int, float]:  # noqa: ANN001  # fmt: skip
-    """(elements outside the tolerance, largest absolute error) of one output tensor."""
-
+def _compare(got, block: Block, sft: TensorSource, aligned: TensorSource, alpha: float) -> tuple[int, float]:  # noqa: ANN001
+    """(elements outside the tolerance, largest absolute error) of one block of an output tensor."""
+    t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
     bad, worst = 0, 0.0
-    for start, stop in iter_chunks(info.numel, CHUNK_ELEMENTS):
-        got = out.flat(info, start, stop)
-        shared_stop = min(stop, plan.shared) if plan.sft is not None else start
-        if not info.is_float:
-            expected = aligned.flat(plan.aligned, start, stop)
-            bad += int((got != expected).sum())
-            continue
-        if shared_stop > start:
-            n = shared_stop - start
-            a_raw = aligned.flat(plan.aligned, start, shared_stop)
-            s_raw = sft.flat(plan.sft, start, shared_stop)
-            a, s = a_raw.double(), s_raw.double()
-            ref = a + alpha * (a - s)
-            value = got[:n].double()
-            error = (value - ref).abs()
-            bound = tolerance(value, ref, (a - s).abs(), alpha, got.dtype, (a_raw.dtype, s_raw.dtype))
-            same = (value == ref) | (value.isnan() & ref.isnan())  # inf where the reference is inf; NaN inherited
-            bad += int((~((error <= bound) | same)).sum())
-            worst = max(worst, float(error.nan_to_num(float("inf")).max()))
-        if stop > shared_stop:
-            lo = max(start, shared_stop) - start
-            copied = aligned.flat(plan.aligned, start + lo, stop).to(got.dtype)
-            bad += int((got[lo:] != copied).sum())
+    if shared_stop > start:
+        n = shared_stop - start
+        a_raw, s_raw = aligned.flat(t.aligned, start, shared_stop), sft.flat(t.sft, start, shared_stop)
+        a, s = a_raw.double(), s_raw.double()
+        ref = a + alpha * (a - s)
+        value = got[:n].double()
+        error = (value - ref).abs()
+        bound = tolerance(value, ref, (a - s).abs(), alpha, got.dtype, (a_raw.dtype, s_raw.dtype))
+        same = (value == ref) | (value.isnan() & ref.isnan())  # inf where the reference is inf; NaN inherited
+        bad += int((~((error <= bound) | same)).sum())
+        worst = float(error.nan_to_num(float("inf")).max())
+    if stop > shared_stop:  # copied: integer tensors, grown rows, buffers; bit for bit (but for the dtype)
+        copied = aligned.flat(t.aligned, shared_stop, stop).to(got.dtype)
+        kept = got[shared_stop - start :]
+        differ = kept != copied
+        if kept.is_floating_point():
+            differ &= ~(kept.isnan() & copied.isnan())
+        bad += int(differ.sum())
     return bad, worst
 
 

@@ -132,11 +132,15 @@ class ShardStream:
 
     `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file and hashed,
     so the caller can reuse the buffer. The sha256 of each shard is computed on a third thread, beside the
-    writes rather than before them. Errors on the threads (disk full) are raised by the next `write` or `close`.
+    writes rather than before them; `on_shard_closed(name, sha256)` is called there once a shard is complete,
+    fsync-ed and hashed (an uploader can take it from there). Errors on the threads (disk full) are raised by
+    the next `write` or `close`.
     """
 
-    def __init__(self, folder: Path, shards: Sequence[Shard], depth: int = 4) -> None:
+    def __init__(self, folder: Path, shards: Sequence[Shard], depth: int = 4,
+                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
         self.folder = folder
+        self.on_shard_closed = on_shard_closed
         self.shards = list(shards)
         self.total = sum(s.size for s in self.shards)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -196,6 +200,10 @@ class ShardStream:
             while (item := self._to_hash.get()) is not None:
                 pieces, release = item
                 for name, view in pieces:
+                    if view is None:  # the writer closed this shard: it is complete and durable
+                        if self.on_shard_closed is not None:
+                            self.on_shard_closed(name, self._hashes[name].hexdigest())
+                        continue
                     if name not in self._hashes:
                         self._hashes[name] = hashlib.sha256()
                     self._hashes[name].update(view)
@@ -245,6 +253,7 @@ class ShardStream:
         """Close (fsync) the finished file and open the next planned one, header written."""
         if current is not None:
             current.close(durable=True)
+            self._to_hash.put(([(current.path.name, None)], None))
         shard = next(shards, None)
         if shard is None:
             return None

@@ -1,0 +1,358 @@
+"""Planning a run: every check that can be made before writing a byte, and the plan that results.
+
+`prepare` resolves both inputs (`inputs.resolve_inputs`), pairs their tensors, resolves α per tensor and target,
+plans the output shards, sorts the side files, names the sources for the provenance without local paths, and
+checks the outputs and the free space. The `RunPlan` it returns holds the opened sources for execution, and
+serialises (`to_json`) to what a run will do: inputs, pairing, α per tensor and target, shards. `Plan` is what
+`--dry-run` prints.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import sidefiles
+from .alpha import AlphaRule, alpha_for, check_rules_match, parse_rules
+from .checkpoint import load_consolidated
+from .constants import (
+    CHUNK_ELEMENTS,
+    DEFAULT_MAX_SHARD_SIZE,
+    MISTRAL_INDEX_FILE,
+    PYTORCH_INDEX_FILE,
+    SAFETENSORS_INDEX_FILE,
+)
+from .errors import MismatchError, UsageError
+from .inputs import resolve_inputs
+from .metadata import AlignedCard, Source, default_model_name
+from .output import HEADROOM, check_space, free_space, human_bytes, stale_partials
+from .pairing import IDENTICAL, MergePlan, plan_merge
+from .sources import TensorSource, blocks, dtype_code, itemsize, layout_sha256, torch_dtype
+from .writer import Shard, mirror_shards, parse_size, plan_shards
+
+BASE_MEMORY = 256 * 2**20  # Python, torch and expo themselves, measured at about 200 MiB of anonymous memory
+
+
+@dataclass(frozen=True)
+class MergeOptions:
+    """Options of `merge`, `sweep` and `plan` (keyword arguments of the same names).
+
+    Attributes:
+        dtype: "bfloat16", "float16" or "float32" for every floating tensor; None keeps each aligned dtype.
+        device: "cpu", "cuda" or "auto" (CUDA when available).
+        max_shard_size: bytes per output shard, an int or a string such as "5GB" (decimal units).
+        force: replace non-empty outputs.
+        alpha_for: "REGEX=VALUE" rules giving matching tensors another α (first match wins).
+        include: only tensors matching one of these are extrapolated (the others keep the aligned values).
+        exclude: tensors matching one of these keep the aligned values.
+        allow_architecture_mismatch: skip the config.json model_type/architectures check.
+        strict: make inf/NaN already present in an input an error instead of a warning.
+        progress: show a progress bar on stderr.
+        warn: called with each warning for the user; default: printed to stderr.
+        info: called with each informational message (the formula, what was handled); default: stderr.
+        sft_revision, aligned_revision: branch, tag or commit when `sft`/`aligned` are Hub repo ids
+            (or write `org/name@revision`).
+        token: a Hub token; default: HF_TOKEN or the saved login.
+        sft_id, aligned_id: the Hub repos (`org/name[@revision]`) local inputs were downloaded from, for the
+            card's `base_model` and the provenance.
+        model_name: the card's model_name and title (default: `<aligned name>-expo`; a sweep adds `-alpha-<α>`).
+        copy, skip: globs of aligned-folder files to copy, or to leave out, whatever the side-file policy says.
+        mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
+    """
+
+    dtype: str | None = None
+    device: str = "auto"
+    max_shard_size: int | str = DEFAULT_MAX_SHARD_SIZE
+    force: bool = False
+    alpha_for: Sequence[str] = ()
+    include: Sequence[str] = ()
+    exclude: Sequence[str] = ()
+    allow_architecture_mismatch: bool = False
+    strict: bool = False
+    progress: bool = True
+    warn: Callable[[str], None] | None = None
+    info: Callable[[str], None] | None = None
+    sft_revision: str | None = None
+    aligned_revision: str | None = None
+    token: str | None = None
+    sft_id: str | None = None
+    aligned_id: str | None = None
+    model_name: str | None = None
+    copy: Sequence[str] = ()
+    skip: Sequence[str] = ()
+    mistral_format: bool = False
+
+    def warning(self, message: str) -> None:
+        (self.warn or _stderr_warning)(message)
+
+    def inform(self, message: str) -> None:
+        (self.info or _stderr)(message)
+
+
+@dataclass
+class Plan:
+    """Everything a merge would do, decided from headers alone: what `--dry-run` prints."""
+
+    outputs: dict[float, Path]
+    tensors: int
+    extrapolated: int
+    bytes_read: int
+    bytes_written: int
+    shards: list[tuple[str, int]]
+    disk_needed: int
+    disk_free: int
+    peak_memory: int
+    alpha_groups: dict[float, dict[str, int]]  # run α -> {"α=<v>": tensor count}
+    rules: list[dict[str, Any]]
+    notes: list[str]
+    leftovers: list[str]
+    copied_files: list[str] | None  # None: Hub inputs in a dry run, sorted once downloaded
+    skipped_files: dict[str, str] | None
+    model_names: dict[float, str]
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["outputs"] = {f"{a:g}": str(p) for a, p in self.outputs.items()}
+        data["alpha_groups"] = {f"{a:g}": groups for a, groups in self.alpha_groups.items()}
+        data["shards"] = [{"file": name, "bytes": size} for name, size in self.shards]
+        data["model_names"] = {f"{a:g}": name for a, name in self.model_names.items()}
+        return data
+
+    def describe(self) -> list[str]:
+        lines = [f"Outputs: {', '.join(f'{p} (α={a:g})' for a, p in self.outputs.items())}"]
+        lines.append(f"Tensors: {self.tensors} ({self.extrapolated} extrapolated, the rest copied from aligned)")
+        lines.append(f"Read: {human_bytes(self.bytes_read)} (each input byte once)")
+        lines.append(f"Write: {human_bytes(self.bytes_written)} per output in {len(self.shards)} shard(s):")
+        lines += [f"  {name}  {human_bytes(size)}" for name, size in self.shards]
+        lines.append(f"Disk: {human_bytes(self.disk_needed)} needed, {human_bytes(self.disk_free)} free")
+        lines.append(f"Peak memory (estimate, excluding the page cache): {human_bytes(self.peak_memory)}")
+        for alpha, groups in self.alpha_groups.items():
+            counts = ", ".join(f"{n} tensors at {g}" for g, n in groups.items())
+            lines.append(f"α per tensor at --alpha {alpha:g}: {counts}")
+        lines += [f"Rule {r['rule']}: {r['tensors']} tensor(s)" for r in self.rules]
+        lines.append(f"Model name (card): {', '.join(self.model_names.values())}")
+        if self.copied_files is None:
+            lines.append("Side files: chosen by the side-file policy once the Hub inputs are downloaded")
+        else:
+            lines.append(f"Copied from the aligned folder: {', '.join(self.copied_files) or 'nothing'}")
+        lines += [f"Not copied: {path} ({reason})" for path, reason in (self.skipped_files or {}).items()]
+        lines += [f"Note: {n}" for n in self.notes]
+        lines += [f"Leftover from an earlier run (a real run removes it): {p}" for p in self.leftovers]
+        return lines
+
+
+@dataclass
+class WeightSet:
+    """One set of weight files the output gets: the Hugging Face shards, or Mistral's consolidated files."""
+
+    sft: TensorSource
+    aligned: TensorSource
+    plan: MergePlan
+    shards: list[Shard]
+    index_name: str | None  # written when there are several shards
+
+    @property
+    def bytes_written(self) -> int:
+        return sum(s.size for s in self.shards)
+
+
+@dataclass
+class RunPlan:
+    """A validated run, ready to execute: what `prepare` decided, with the sources it opened."""
+
+    weights: list[WeightSet]  # the HF shards first
+    targets: dict[float, Path]
+    rules: list[AlphaRule]
+    dtype: str | None
+    device: Any
+    disk_needed: int
+    leftovers: list[Path]
+    sources: tuple[Source, Source]  # sft, aligned
+    side_files: sidefiles.SideFiles | None  # None: header-only Hub inputs (a dry run)
+    card: AlignedCard
+    model_names: dict[float, str]
+
+    @property
+    def main(self) -> WeightSet:
+        return self.weights[0]
+
+    def alphas(self, run_alpha: float, plan: MergePlan) -> dict[str, float]:
+        return {t.name: alpha_for(t.name, self.rules, run_alpha) for t in plan.tensors}
+
+    def to_json(self) -> dict[str, Any]:
+        """What the run will do, decided from headers alone and the same in every process that plans it:
+        inputs, pairing, α per tensor and target, shards. No local path: outputs are named by folder name."""
+        return {
+            "inputs": {"sft": self.sources[0].to_json(), "aligned": self.sources[1].to_json()},
+            "targets": {
+                f"{a:g}": {"output": p.name, "model_name": self.model_names[a]} for a, p in self.targets.items()
+            },
+            "dtype": self.dtype,
+            "rules": [r.to_json() for r in self.rules],
+            "weights": [
+                {
+                    "index": w.index_name,
+                    "tensors": [
+                        {"name": t.name, "sft": t.sft.name if t.sft else None, "out_dtype": t.out_dtype,
+                         "shape": list(t.shape), "shared": t.shared,
+                         "alpha": {f"{a:g}": alpha_for(t.name, self.rules, a) for a in self.targets}}
+                        for t in w.plan.tensors
+                    ],
+                    "shards": [{"file": s.filename, "bytes": s.size, "tensors": [t.name for t in s.tensors]}
+                               for s in w.shards],
+                }
+                for w in self.weights
+            ],
+        }  # fmt: skip
+
+    def describe(self) -> Plan:
+        groups = {}
+        for run_alpha in self.targets:
+            counts: dict[str, int] = {}
+            for t in self.main.plan.tensors:
+                key = f"α={alpha_for(t.name, self.rules, run_alpha):g}" if t.sft is not None else "copied"
+                counts[key] = counts.get(key, 0) + 1
+            groups[run_alpha] = counts
+        names = [t.name for t in self.main.plan.tensors]
+        rules = [{**r.to_json(), "tensors": sum(map(r.matches, names))} for r in self.rules]
+        tensors = [t for w in self.weights for t in w.plan.tensors]
+        widest = max((itemsize(t.out_dtype) for t in tensors), default=1)
+        buffers = (4 * widest + 2 * 8) * CHUNK_ELEMENTS  # output ring + widened scratch, at most
+        return Plan(
+            outputs=dict(self.targets),
+            tensors=len(tensors),
+            extrapolated=sum(w.plan.extrapolated for w in self.weights),
+            bytes_read=sum(w.plan.bytes_read for w in self.weights),
+            bytes_written=sum(w.bytes_written for w in self.weights),
+            shards=[(s.filename, s.size) for w in self.weights for s in w.shards],
+            disk_needed=self.disk_needed,
+            disk_free=free_space(next(iter(self.targets.values()))),
+            peak_memory=BASE_MEMORY + buffers,
+            alpha_groups=groups,
+            rules=rules,
+            notes=[n for w in self.weights for n in w.plan.notes],
+            leftovers=[str(p) for p in self.leftovers],
+            copied_files=self.side_files.copied if self.side_files else None,
+            skipped_files=self.side_files.listing() if self.side_files else None,
+            model_names=self.model_names,
+        )
+
+
+def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions,
+             download: bool = True) -> RunPlan:  # fmt: skip
+    """Every check that can be made before writing a byte: options, inputs, pairing, rules, outputs, space."""
+    out_code = dtype_code(opts.dtype)
+    rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
+    if opts.mistral_format and rules:
+        raise UsageError("--mistral-format cannot take per-tensor α rules: they name Hugging Face tensors, and "
+                         "the two formats of one output must hold the same model")  # fmt: skip
+    max_shard = shard_size(opts.max_shard_size)
+    run_device = device(opts.device)
+    hub_ids = {role: _hub_id(getattr(opts, f"{role}_id"), role) for role in ("sft", "aligned")}
+    sft_ckpt, aligned_ckpt = resolve_inputs(
+        sft, aligned, sft_revision=opts.sft_revision, aligned_revision=opts.aligned_revision, token=opts.token,
+        allow_architecture_mismatch=opts.allow_architecture_mismatch, rules=rules, out_code=out_code,
+        outputs=list(targets.values()), force=opts.force, download=download,
+        extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (),
+    )  # fmt: skip
+    merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
+    check_rules_match(rules, [t.name for t in merge_plan.tensors if t.sft is not None])
+    weights = [WeightSet(sft_ckpt, aligned_ckpt, merge_plan, plan_shards(merge_plan.tensors, max_shard),
+                         SAFETENSORS_INDEX_FILE)]  # fmt: skip
+    folder = aligned_ckpt.path
+    header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
+    if opts.mistral_format and not header_only:
+        weights.append(_consolidated(sft_ckpt.path, folder, out_code))
+    if not header_only and not opts.force and _identical(weights[0]):
+        raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
+    own = [SAFETENSORS_INDEX_FILE, PYTORCH_INDEX_FILE, *(t.file.name for t in aligned_ckpt.tensors.values())]
+    side = None if header_only else sidefiles.select(folder, own, opts.copy, opts.skip, opts.mistral_format)
+    sources = (Source.of(sft_ckpt.path, layout_sha256(sft_ckpt.tensors), hub_ids["sft"]),
+               Source.of(folder, layout_sha256(aligned_ckpt.tensors), hub_ids["aligned"]))  # fmt: skip
+    card = AlignedCard.read(folder) if not header_only else AlignedCard({}, "")
+    base_name = opts.model_name or default_model_name(card, sources[1])
+    names = {a: base_name if len(targets) == 1 else f"{base_name}-alpha-{a:g}" for a in targets}
+    for weight_set in weights:
+        for note in weight_set.plan.notes:
+            opts.inform(f"Note: {note}")
+    copied = sum((folder / f).stat().st_size for f in side.copied) if side else 0
+    needed = len(targets) * (sum(w.bytes_written for w in weights) + copied + HEADROOM)
+    check_space(next(iter(targets.values())), needed)
+    leftovers = [p for output in targets.values() for p in stale_partials(output)]
+    return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names)
+
+
+def _hub_id(value: str | None, role: str) -> str | None:
+    from .hub import REPO_ID
+
+    if value is not None and not REPO_ID.match(value):
+        raise UsageError(f"--{role}-id {value!r}: write the Hub repo as org/name or org/name@revision")
+    return value
+
+
+def _consolidated(sft: Path, aligned: Path, out_code: str | None) -> WeightSet:
+    """Mistral-format weights of both inputs, paired like the HF ones; the output keeps the aligned file layout."""
+    if not sidefiles.has_mistral_format(aligned):
+        raise UsageError(
+            f"--mistral-format: --aligned {aligned.name} has no consolidated*.safetensors beside params.json"
+        )
+    sft_ckpt, aligned_ckpt = load_consolidated(sft, "sft"), load_consolidated(aligned, "aligned")
+    merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
+    shards = mirror_shards(merge_plan.tensors, [t.aligned.file.name for t in merge_plan.tensors])
+    return WeightSet(sft_ckpt, aligned_ckpt, merge_plan, shards, MISTRAL_INDEX_FILE)
+
+
+def _identical(weights: WeightSet) -> bool:
+    """Whether every paired tensor is equal on both sides, so that extrapolation would change nothing.
+
+    Stops at the first difference, which for a real SFT -> aligned pair is in the first chunk read.
+    """
+    import torch
+
+    from .extrapolate import compute_dtype
+
+    with weights.sft, weights.aligned:
+        for t in weights.plan.tensors:
+            if t.sft is None:
+                continue
+            if t.shared != t.numel:
+                return False  # a grown vocabulary
+            wide = compute_dtype(torch_dtype(t.sft.dtype), torch_dtype(t.aligned.dtype))
+            for start, stop in blocks(t.shared, t.aligned.row_numel, CHUNK_ELEMENTS):
+                sft, aligned = weights.sft.flat(t.sft, start, stop), weights.aligned.flat(t.aligned, start, stop)
+                if not torch.equal(sft.to(wide), aligned.to(wide)):
+                    return False
+    return True
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _stderr_warning(message: str) -> None:
+    print(f"Warning: {message}", file=sys.stderr)
+
+
+def shard_size(value: int | str) -> int:
+    try:
+        size = parse_size(value)
+    except ValueError as err:
+        raise UsageError(f"--max-shard-size {value!r}: use a size such as 5GB, 500MB or 2000000000") from err
+    if size <= 0:
+        raise UsageError(f"--max-shard-size {value!r}: must be positive")
+    return size
+
+
+def device(name: str):  # noqa: ANN202 - torch.device, imported lazily
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device {name!r}: choose cpu, cuda or auto")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
+    return torch.device(name)

@@ -1,0 +1,84 @@
+"""Where computed tensors go: the interface the streaming walk writes to, and the shard files as one sink.
+
+The walk asks a sink for a `buffer` to compute a block into, then `put`s it back filled (or `put`s raw bytes of a
+tensor copied unchanged); `close` waits until everything is durable and returns the sha256 of every file written.
+The buffers belong to the sink because only it knows what they are: the shard sink lends a few reused host
+buffers (pinned for a GPU's asynchronous copies), so memory does not grow with the model; a sink that streams
+θ(α) into a loaded model's parameters (expo tune) lends the parameter's own memory; an uploading sink (Hub
+streaming) is a shard sink whose `on_shard_closed` hook sends each file as soon as it is complete.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from .constants import CHUNK_ELEMENTS
+from .sources import itemsize, torch_dtype
+from .writer import Shard, ShardStream, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+BUFFERS = 4  # blocks in flight per shard sink: one being computed, the others being written and hashed
+
+
+class TensorSink(Protocol):
+    def buffer(self, t: TensorSpec, start: int, stop: int) -> torch.Tensor:
+        """A tensor of `t.out_dtype` holding `stop - start` elements, to compute elements [start, stop) into."""
+
+    def put(self, t: TensorSpec, start: int, stop: int, data: torch.Tensor | memoryview,
+            ready: Callable[[], object] | None = None) -> None:  # fmt: skip
+        """Elements [start, stop) of `t`: a buffer from `buffer()` now filled (after `ready()`, for an
+        asynchronous device copy), or the raw bytes of a block copied unchanged."""
+
+    def close(self) -> dict[str, str]:
+        """Wait until everything is durable; return file name -> sha256 of what was written."""
+
+    def abort(self) -> None:
+        """Stop without waiting: what was written is being discarded."""
+
+
+class ShardSink:
+    """Writes planned safetensors shards in order (see `writer.ShardStream`) from a small pool of host buffers."""
+
+    def __init__(self, folder: Path, shards: Sequence[Shard], pinned: bool = False, chunk: int = CHUNK_ELEMENTS,
+                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
+        import torch
+
+        widest = max((itemsize(t.out_dtype) for s in shards for t in s.tensors), default=1)
+        self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed)
+        self._free: queue.Queue[torch.Tensor] = queue.Queue()
+        for _ in range(BUFFERS):
+            self._free.put(torch.empty(chunk * widest, dtype=torch.uint8, pin_memory=pinned))
+        self._lent: dict[int, torch.Tensor] = {}
+
+    def buffer(self, t: TensorSpec, start: int, stop: int) -> torch.Tensor:
+        """A free host buffer; waits for the writer to return one (and fails if the writer failed)."""
+        while True:
+            try:
+                buf = self._free.get(timeout=0.5)
+                break
+            except queue.Empty:
+                self.stream.check()
+        view = buf.view(torch_dtype(t.out_dtype))[: stop - start]  # computed blocks are floating
+        self._lent[view.data_ptr()] = buf
+        return view
+
+    def put(self, t: TensorSpec, start: int, stop: int, data: torch.Tensor | memoryview,
+            ready: Callable[[], object] | None = None) -> None:  # fmt: skip
+        if isinstance(data, memoryview):
+            self.stream.write(data, ready=ready)
+            return
+        buf = self._lent.pop(data.data_ptr())
+        view = memoryview(buf[: data.numel() * data.element_size()].numpy())
+        self.stream.write(view, release=lambda: self._free.put(buf), ready=ready)
+
+    def close(self) -> dict[str, str]:
+        self.stream.close()
+        return self.stream.checksums
+
+    def abort(self) -> None:
+        self.stream.abort()
