@@ -1,6 +1,6 @@
 """Benchmark `expo merge` against the I/O floor and its peers, on the same pair, in one run.
 
-    python benchmarks/bench_merge.py [--repeat 3] [--sizes small,2gb] [--alpha 0.5]
+    python benchmarks/bench_merge.py [--repeat 3] [--sizes small,2gb] [--alpha 0.5] [--baseline OTHER/src]
 
 Builds (once, cached in benchmarks/.cache) Llama-architecture bfloat16 pairs saved by transformers with different
 shard sizes for the two models, the aligned one a small perturbation of the SFT one. For each pair it measures,
@@ -172,7 +172,8 @@ def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
     return {"exact": equal / total, "max_ulp": worst}
 
 
-def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None) -> dict:
+def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None,
+          baseline: Path | None = None) -> dict:  # fmt: skip
     """name -> (command, needs a sync to be durable)."""
     found = {
         "expo merge": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
@@ -182,6 +183,10 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
         "official ExPO (transformers, bf16)": (
             [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
     }  # fmt: skip
+    if baseline:  # another expo (e.g. a checkout of the previous commit's src/), interleaved with this one
+        for name in [n for n in found if n.startswith("expo")]:
+            command, sync = found[name]
+            found[f"{name} [baseline {baseline.parent.name}]"] = (["env", f"PYTHONPATH={baseline}", *command], sync)
     if mergekit:
         config = work / "mergekit.yml"
         config.write_text(
@@ -193,13 +198,14 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
     return found
 
 
-def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None, expo_only: bool) -> list[dict]:
+def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None, expo_only: bool,
+               baseline: Path | None = None) -> list[dict]:  # fmt: skip
     """Floor and expo runs interleaved (floor, merge, sweep, floor, ...) so that all see the same disk: a cloud disk's
     speed drifts over minutes. Peers are slow and run once, after."""
     sft, aligned = build_pair(name)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     out = work / "out"
-    commands = tools(sft, aligned, out, alpha, work, mergekit)
+    commands = tools(sft, aligned, out, alpha, work, mergekit, baseline)
     ours = [t for t in commands if t.startswith("expo")]
     peers = [] if name == "small" or expo_only else [t for t in commands if t not in ours]  # small: memory only
     runs: dict[str, list[dict]] = {"floor": [], **{t: [] for t in commands}}
@@ -273,11 +279,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the rows as JSON here")
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="mergekit-yaml to compare with")
     parser.add_argument("--expo-only", action="store_true", help="measure the floor and expo only (quick)")
+    parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         for name in args.sizes.split(","):
-            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only)
+            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only, args.baseline)
     print(table(rows))
     print()
     print("\n".join(sweep_ratios(rows)))

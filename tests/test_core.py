@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 import expo_cli
+from expo_cli.errors import OutputError
 from expo_cli.execution import finish, write_shards
 from expo_cli.planning import MergeOptions, prepare
 from expo_cli.sources import blocks
@@ -51,6 +53,10 @@ def test_parts_of_a_run_written_separately_equal_the_whole(tmp_path, llama_pair)
     checksums = {}
     for part in (names[1::2], names[0::2]):  # in any order, as independent processes would
         checksums.update(write_shards(run, {0.5: folder}, opts, only=set(part))[0.5])
+        if len(checksums) < len(names):
+            with pytest.raises(OutputError, match="missing or incomplete"):
+                finish(run, 0.5, folder, checksums)  # a part is still missing: nothing is finished
+            assert not (folder / "config.json").exists()
     finish(run, 0.5, folder, checksums)
     for name in whole.shards + ["model.safetensors.index.json"]:
         assert (folder / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name

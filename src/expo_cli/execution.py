@@ -19,12 +19,12 @@ from typing import Any
 from . import __version__, sidefiles
 from .alpha import formula
 from .constants import CHUNK_ELEMENTS
-from .errors import NonFiniteError
+from .errors import NonFiniteError, OutputError
 from .metadata import provenance, write_config, write_model_card
 from .output import Staging, remove_partial
 from .pairing import TensorPlan
 from .planning import MergeOptions, RunPlan
-from .sinks import ShardSink
+from .sinks import BufferPool, ShardSink
 from .sources import TensorSource, blocks, dtype_name
 from .streaming import Target, stream
 from .writer import write_index
@@ -113,7 +113,8 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions,
             shards = [s for s in weights.shards if only is None or s.filename in only]
             tensors = [t for s in shards for t in s.tensors]
             with weights.sft, weights.aligned:
-                sinks = {alpha: ShardSink(folder, shards, pinned=engine.cuda) for alpha, folder in folders.items()}
+                pool = BufferPool(shards, pinned=engine.cuda)
+                sinks = {alpha: ShardSink(folder, shards, pool) for alpha, folder in folders.items()}
                 targets = [Target(run.alphas(alpha, weights.plan), sink) for alpha, sink in sinks.items()]
                 try:
                     stream(tensors, weights.sft, weights.aligned, targets, engine, opts.progress,
@@ -134,6 +135,10 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str]) 
     side = run.side_files
     assert side is not None, "a run that writes has its inputs on disk"
     for weights in run.weights:
+        for shard in weights.shards:  # parts written elsewhere must all be here, complete
+            path = folder / shard.filename
+            if shard.filename not in checksums or not path.is_file() or path.stat().st_size != shard.size:
+                raise OutputError(f"{path}: missing or incomplete ({shard.size} bytes planned); run that part again")
         write_index(folder, weights.shards, weights.index_name)
     record = provenance(
         alpha, formula(alpha), *run.sources, __version__, dtype=run.dtype,

@@ -41,28 +41,46 @@ class TensorSink(Protocol):
         """Stop without waiting: what was written is being discarded."""
 
 
-class ShardSink:
-    """Writes planned safetensors shards in order (see `writer.ShardStream`) from a small pool of host buffers."""
+class BufferPool:
+    """A few reused host buffers of one block each: what bounds a run's memory, whatever the model size.
 
-    def __init__(self, folder: Path, shards: Sequence[Shard], pinned: bool = False, chunk: int = CHUNK_ELEMENTS,
-                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
+    Shard sinks of one run share a pool (a sweep writes several outputs from the same blocks); a buffer goes
+    back to it once its bytes are written and hashed.
+    """
+
+    def __init__(self, shards: Sequence[Shard], pinned: bool = False, chunk: int = CHUNK_ELEMENTS,
+                 count: int = BUFFERS) -> None:  # fmt: skip
         import torch
 
         widest = max((itemsize(t.out_dtype) for s in shards for t in s.tensors), default=1)
-        self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed)
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
-        for _ in range(BUFFERS):
+        for _ in range(count):
             self._free.put(torch.empty(chunk * widest, dtype=torch.uint8, pin_memory=pinned))
+
+    def take(self, check: Callable[[], None]) -> torch.Tensor:
+        """A free buffer; waits for one to come back, calling `check()` (which raises a writer's error) meanwhile."""
+        while True:
+            try:
+                return self._free.get(timeout=0.5)
+            except queue.Empty:
+                check()
+
+    def give_back(self, buf: torch.Tensor) -> None:
+        self._free.put(buf)
+
+
+class ShardSink:
+    """Writes planned safetensors shards in order (see `writer.ShardStream`) from a pool of host buffers."""
+
+    def __init__(self, folder: Path, shards: Sequence[Shard], pool: BufferPool | None = None,
+                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
+        self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed)
+        self.pool = pool or BufferPool(shards)
         self._lent: dict[int, torch.Tensor] = {}
 
     def buffer(self, t: TensorSpec, start: int, stop: int) -> torch.Tensor:
         """A free host buffer; waits for the writer to return one (and fails if the writer failed)."""
-        while True:
-            try:
-                buf = self._free.get(timeout=0.5)
-                break
-            except queue.Empty:
-                self.stream.check()
+        buf = self.pool.take(self.stream.check)
         view = buf.view(torch_dtype(t.out_dtype))[: stop - start]  # computed blocks are floating
         self._lent[view.data_ptr()] = buf
         return view
@@ -74,7 +92,7 @@ class ShardSink:
             return
         buf = self._lent.pop(data.data_ptr())
         view = memoryview(buf[: data.numel() * data.element_size()].numpy())
-        self.stream.write(view, release=lambda: self._free.put(buf), ready=ready)
+        self.stream.write(view, release=lambda: self.pool.give_back(buf), ready=ready)
 
     def close(self) -> dict[str, str]:
         self.stream.close()

@@ -33,16 +33,20 @@ def itemsize(code: str) -> int:
     return FLOAT_DTYPES.get(code) or OTHER_DTYPES[code]
 
 
+# The one table of floating dtypes: safetensors code -> the name torch and transformers' config.json use.
+FLOAT_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+
+
 def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (floating codes only)."""
     import torch
 
-    return {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}[code]
+    return getattr(torch, FLOAT_NAMES[code])
 
 
 def dtype_name(code: str) -> str:
     """The name transformers writes in config.json for a safetensors dtype code."""
-    return {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}.get(code, code.lower())
+    return FLOAT_NAMES.get(code, code.lower())
 
 
 def dtype_code(name: str | None) -> str | None:
@@ -51,7 +55,7 @@ def dtype_code(name: str | None) -> str | None:
 
     if name is None:
         return None
-    codes = {dtype_name(code): code for code in ("BF16", "F16", "F32")}
+    codes = {FLOAT_NAMES[code]: code for code in ("BF16", "F16", "F32")}
     if name not in codes:
         raise UsageError(f"--dtype {name!r}: choose one of {', '.join(codes)}")
     return codes[name]
