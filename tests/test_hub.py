@@ -235,3 +235,30 @@ def test_a_branch_that_moves_between_validation_and_download_is_refused(tmp_path
     repo.refs["main"] = repo.commit(files_of(aligned_v2), repo.refs["main"], "pushed meanwhile")
     with pytest.raises(HubError, match="the branch moved during the download; run again"):
         expo_hub.download(remote)
+
+
+def test_push_reuses_the_merge_sha256s_and_rehashes_what_changed(tmp_path, expo, hub, local_pair, token):
+    """The shards are hashed once, while merging; a shard changed since is hashed again, never sent mislabelled
+    (the server, like the Hub, refuses an LFS object whose content does not match its sha256)."""
+    from expo_cli.hub import upload_operations
+
+    sft, aligned, _ = local_pair
+    out = tmp_path / "out"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.3", "-q",
+                "--max-shard-size", "30KB").code == 0  # fmt: skip
+    recorded = json.loads((out / "config.json").read_text())["expo"]["shards"]
+    operations = {op.path_in_repo: op for op in upload_operations(out)}
+    assert len(recorded) > 1 and set(recorded) < set(operations)
+    for name, sha in recorded.items():
+        assert operations[name].upload_info.is_hashed and operations[name].upload_info.sha256.hex() == sha
+    assert not operations["config.json"].upload_info.is_hashed  # everything else: hashed by huggingface_hub
+
+    changed = sorted(recorded)[0]
+    data = bytearray((out / changed).read_bytes())
+    data[-1] ^= 1
+    (out / changed).write_bytes(bytes(data))  # after config.json: its recorded sha256 no longer holds
+    assert not {op.path_in_repo: op for op in upload_operations(out)}[changed].upload_info.is_hashed
+    run = expo("push", out, "me/rehash", "--quiet")
+    assert run.code == 0, run.stderr
+    back = snapshot_download("me/rehash", cache_dir=tmp_path / "cache")
+    assert (Path(back) / changed).read_bytes() == bytes(data)

@@ -163,3 +163,12 @@ def test_inherited_nan_is_not_a_difference(tmp_path, expo, merged_f32):
     run = expo("merge", "--sft", sft, "--aligned", sick, "-o", tmp_path / "out", "--alpha", "0.3", "-q")
     assert run.code == 0 and "already holds inf/NaN" in run.stderr
     assert expo("verify", tmp_path / "out", "--sft", sft, "--aligned", sick, "-q").code == 0
+
+
+def test_thorough_checks_every_element_against_float64(tmp_path, expo, merged_f32):
+    sft, aligned, out = merged_f32
+    assert expo("verify", out, "--sft", sft, "--aligned", aligned, "--thorough", "-q").code == 0
+    copy = shutil.copytree(out, tmp_path / "out")
+    tamper(copy, "model.layers.0.mlp.up_proj.weight", up(2))
+    run = expo("verify", copy, "--sft", sft, "--aligned", aligned, "--thorough", "--json")
+    assert run.code == 1 and json.loads(run.stdout)["mismatches"][0]["elements"] == 1

@@ -105,42 +105,64 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     total = sum(t.shared * itemsize(t.aligned.dtype) for t in compared)
     with sft_ckpt, aligned_ckpt, tqdm(total=total, unit="B", unit_scale=True, desc="Inspecting",
                                       disable=not progress, file=sys.stderr) as bar:  # fmt: skip
-        sums = _Sums()
+        sums, rounded = _Sums(), {}
         for block in walk(compared, sft_ckpt, aligned_ckpt):
             t, start, stop = block.tensor, block.start, block.shared_stop
             if stop > start:  # grown rows have no SFT counterpart: not part of the change
                 s_raw, a_raw = sft_ckpt.flat(t.sft, start, stop), aligned_ckpt.flat(t.aligned, start, stop)
-                rounded = extrapolate(s_raw, a_raw, torch.empty(stop - start, dtype=torch_dtype(t.out_dtype)))
-                sums.add(s_raw, a_raw, rounded)
+                dtype = torch_dtype(t.out_dtype)
+                if rounded.get(dtype) is None or rounded[dtype].numel() < stop - start:
+                    rounded[dtype] = torch.empty(stop - start, dtype=dtype)
+                sums.add(s_raw, a_raw, extrapolate(s_raw, a_raw, rounded[dtype][: stop - start]))
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
             if block.last:
                 stats.append(sums.stats(t))
-                sums = _Sums()
     return _summarise(stats, alpha, dtype or plan.dominant_dtype() or "float32")
 
 
 class _Sums:
-    """One tensor's statistics, accumulated block by block in float64 (each block's sums are float64 too)."""
+    """One tensor's statistics, block by block: each block converted to float64 once (into reused buffers), its
+    sums taken as float64 dot products, and the blocks' sums added in float64; `stats` reports and starts anew."""
 
     def __init__(self) -> None:
+        self._scratch: list = []
+        self._reset()
+
+    def _reset(self) -> None:
         self.ss = self.dd = self.aa = self.sa = self.max_delta = 0.0
         self.changed = 0
 
+    def _wide(self, slot: int, n: int):  # noqa: ANN202
+        import torch
+
+        while len(self._scratch) <= slot:
+            self._scratch.append(torch.empty(0, dtype=torch.float64))
+        if self._scratch[slot].numel() < n:
+            self._scratch[slot] = torch.empty(n, dtype=torch.float64)
+        return self._scratch[slot][:n]
+
     def add(self, s_raw, a_raw, rounded) -> None:  # noqa: ANN001
-        s, a = s_raw.double(), a_raw.double()
-        d = a - s
-        self.ss += float(s.square().sum())
-        self.dd += float(d.square().sum())
-        self.aa += float(a.square().sum())
-        self.sa += float((s * a).sum())
-        self.max_delta = max(self.max_delta, float(d.abs().max()))
-        self.changed += int((rounded != a_raw.to(rounded.dtype)).sum())
+        import torch
+
+        n = s_raw.numel()
+        s, a = self._wide(0, n).copy_(s_raw), self._wide(1, n).copy_(a_raw)
+        d = torch.sub(a, s, out=self._wide(2, n))
+        self.ss += float(torch.dot(s, s))
+        self.aa += float(torch.dot(a, a))
+        self.sa += float(torch.dot(s, a))
+        self.dd += float(torch.dot(d, d))
+        low, high = torch.aminmax(d)
+        self.max_delta = max(self.max_delta, -float(low), float(high))
+        same = a_raw if a_raw.dtype == rounded.dtype else a_raw.to(rounded.dtype)
+        self.changed += int(torch.count_nonzero(torch.ne(rounded, same)))
 
     def stats(self, t: TensorPlan) -> TensorStats:
         cosine = self.sa / math.sqrt(self.ss * self.aa) if self.ss and self.aa else 1.0
-        return TensorStats(t.name, layer_of(t.name), kind_of(t.name), t.shared, math.sqrt(self.ss),
-                           math.sqrt(self.dd), cosine, self.max_delta,
-                           self.changed / t.shared if t.shared else 0.0)  # fmt: skip
+        result = TensorStats(t.name, layer_of(t.name), kind_of(t.name), t.shared, math.sqrt(self.ss),
+                             math.sqrt(self.dd), cosine, self.max_delta,
+                             self.changed / t.shared if t.shared else 0.0)  # fmt: skip
+        self._reset()
+        return result
 
 
 def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectResult:

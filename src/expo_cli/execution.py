@@ -143,7 +143,8 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str]) 
     record = provenance(
         alpha, formula(alpha), *run.sources, __version__, dtype=run.dtype,
         notes=[n for w in run.weights for n in w.plan.notes], rules=[r.to_json() for r in run.rules],
-        shards=checksums, mistral_format=len(run.weights) > 1,
+        shards=checksums, shard_sizes={s.filename: s.size for w in run.weights for s in w.shards},
+        mistral_format=len(run.weights) > 1,
         side_files={"copied": side.copied, "skipped": side.listing()},
     )  # fmt: skip
     write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)

@@ -217,13 +217,44 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     if not REPO_ID.match(repo_id) or "@" in repo_id:
         raise InputError(f"{repo_id!r} is not a Hub repo id; use org/name (the branch goes in --revision)")
     client = api(token)
+    operations = upload_operations(folder)
     with hub_errors(repo_id, revision, action="upload"):
         client.create_repo(repo_id, exist_ok=True, private=private)
         if revision and not create_pr:
             client.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = client.upload_folder(
-            repo_id=repo_id, folder_path=folder, revision=revision, create_pr=create_pr,
+        info = client.create_commit(
+            repo_id, operations, revision=revision, create_pr=create_pr,
             commit_message=commit_message or f"Upload {folder.name} made with expo {__version__}",
-            ignore_patterns=[".cache/**", ".expo-partial-*"],
         )  # fmt: skip
     return str(info.pr_url or info.commit_url)
+
+
+def upload_operations(folder: Path) -> list[Any]:
+    """One `CommitOperationAdd` per file of an output folder, without reading the shards a second time.
+
+    The sha256 of every shard was computed while the merge wrote it and is recorded in config.json: a shard
+    unchanged since (its size as recorded, not modified after config.json was written) is sent with that
+    sha256, so huggingface_hub does not hash it again before uploading. Any other file is hashed as usual.
+    """
+    import json
+
+    from huggingface_hub import CommitOperationAdd
+
+    config = folder / CONFIG_NAME
+    try:
+        record = json.loads(config.read_text(encoding="utf-8")).get("expo") or {}
+    except (OSError, ValueError, AttributeError):
+        record = {}
+    checksums, sizes = record.get("shards") or {}, record.get("shard_sizes") or {}
+    written = config.stat().st_mtime_ns
+    operations = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative.startswith((".cache/", ".expo-partial-")):
+            continue
+        operation = CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path))
+        stat = path.stat()
+        if relative in checksums and sizes.get(relative) == stat.st_size and stat.st_mtime_ns <= written:
+            operation.upload_info.sha256 = bytes.fromhex(checksums[relative])
+        operations.append(operation)
+    return operations

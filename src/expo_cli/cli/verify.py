@@ -27,6 +27,14 @@ def verify(
         float | None,
         typer.Option("--alpha", metavar="ALPHA", help="α to check against (default: the one config.json records)."),
     ] = None,
+    thorough: Annotated[
+        bool,
+        typer.Option(
+            "--thorough",
+            help="Check every element against float64, not only those whose bits differ "
+            "from expo's own arithmetic (about ten times slower).",
+        ),
+    ] = False,
     quiet: QuietOpt = False,
     json: JsonOpt = False,
 ) -> None:
@@ -36,7 +44,8 @@ def verify(
     from ..verification import SHOWN, VerifyFailed
     from ..verification import verify as run_verify
 
-    result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled())
+    result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled(),
+                        thorough=thorough)  # fmt: skip
     for problem in result.checksum_errors:
         out.warning(f"checksum: {problem}")
     for m in result.mismatches[:SHOWN]:
