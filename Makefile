@@ -28,6 +28,7 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_merge.py
+	$(PY) benchmarks/bench_commands.py
 
 # The mutations that once survived the suite, each applied alone: all must be killed.
 mutants: setup
