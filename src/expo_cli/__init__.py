@@ -19,6 +19,8 @@ __all__ = [
     "__version__",
     "inspect",
     "merge",
+    "finish_parts",
+    "merge_part",
     "plan",
     "sweep",
     "verify",
@@ -27,12 +29,12 @@ __all__ = [
 if TYPE_CHECKING:
     from .analysis import inspect
     from .errors import ExpoError
-    from .merging import MergeOptions, MergeResult, Plan, merge, plan, sweep
+    from .merging import MergeOptions, MergeResult, Plan, finish_parts, merge, merge_part, plan, sweep
     from .verification import verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("merge", "sweep", "plan", "MergeOptions", "MergeResult", "Plan"):
+    if name in ("merge", "sweep", "plan", "merge_part", "finish_parts", "MergeOptions", "MergeResult", "Plan"):
         from . import merging
 
         return getattr(merging, name)

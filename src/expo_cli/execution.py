@@ -71,24 +71,25 @@ def execute(run: RunPlan, opts: MergeOptions) -> list[MergeResult]:
         for staging in stagings.values():
             staging.commit(opts.force)
     seconds = time.perf_counter() - started
+    return [result_of(run, alpha, output, seconds) for alpha, output in run.targets.items()]
+
+
+def result_of(run: RunPlan, alpha: float, output: Path, seconds: float) -> MergeResult:
     assert run.side_files is not None, "a run that writes has its inputs on disk"
-    return [
-        MergeResult(
-            output=output.resolve(),
-            alpha=alpha,
-            formula=formula(alpha),
-            device=str(run.device),
-            tensors=sum(len(w.plan.tensors) for w in run.weights),
-            extrapolated=sum(w.plan.extrapolated for w in run.weights),
-            bytes_read=sum(w.plan.bytes_read for w in run.weights),
-            bytes_written=sum(w.bytes_written for w in run.weights),
-            shards=[s.filename for w in run.weights for s in w.shards],
-            seconds=seconds,
-            notes=[n for w in run.weights for n in w.plan.notes],
-            skipped_files=run.side_files.listing(),
-        )
-        for alpha, output in run.targets.items()
-    ]
+    return MergeResult(
+        output=output.resolve(),
+        alpha=alpha,
+        formula=formula(alpha),
+        device=str(run.device),
+        tensors=sum(len(w.plan.tensors) for w in run.weights),
+        extrapolated=sum(w.plan.extrapolated for w in run.weights),
+        bytes_read=sum(w.plan.bytes_read for w in run.weights),
+        bytes_written=sum(w.bytes_written for w in run.weights),
+        shards=[s.filename for w in run.weights for s in w.shards],
+        seconds=seconds,
+        notes=[n for w in run.weights for n in w.plan.notes],
+        skipped_files=run.side_files.listing(),
+    )
 
 
 def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions,

@@ -17,7 +17,7 @@ from .errors import UsageError
 from .execution import MergeResult, execute
 from .planning import MergeOptions, Plan, prepare
 
-__all__ = ["MergeOptions", "MergeResult", "Plan", "merge", "plan", "sweep"]
+__all__ = ["MergeOptions", "MergeResult", "Plan", "finish_parts", "merge", "merge_part", "plan", "sweep"]
 
 
 def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, **options: Any) -> MergeResult:
@@ -48,6 +48,29 @@ def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Seque
     """Validate everything a merge (one α) or sweep (several) would do and describe it; write nothing."""
     targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas)
     return prepare(sft, aligned, targets, MergeOptions(**options), download=False).describe()
+
+
+def merge_part(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, part: str,
+               parts: int | None = None, **options: Any) -> MergeResult | None:  # fmt: skip
+    """Part `I/N` (or `auto`, from Slurm or a Kubernetes Indexed Job) of a merge split over a job array.
+
+    Writes this part's share of the shards beside `output`; the last part to complete finishes the output and
+    returns its result (the others return None). See `expo_cli.parts`.
+    """
+    from .parts import parse_part, run_part
+
+    opts = MergeOptions(**options)
+    which = parse_part(part, parts)
+    return run_part(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts, whole=False), which, opts)
+
+
+def finish_parts(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, parts: int,
+                 **options: Any) -> MergeResult:  # fmt: skip
+    """Finish a merge whose `parts` parts have all run (what the last part does by itself)."""
+    from .parts import finish_parts as finish_all
+
+    opts = MergeOptions(**options)
+    return finish_all(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts, whole=False), parts, opts)
 
 
 def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:

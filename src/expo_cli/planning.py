@@ -242,7 +242,7 @@ class RunPlan:
 
 
 def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions,
-             download: bool = True) -> RunPlan:  # fmt: skip
+             download: bool = True, whole: bool = True) -> RunPlan:  # fmt: skip
     """Every check that can be made before writing a byte: options, inputs, pairing, rules, outputs, space."""
     out_code = dtype_code(opts.dtype)
     rules = parse_rules(opts.alpha_for, opts.include, opts.exclude)
@@ -280,7 +280,8 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
             opts.inform(f"Note: {note}")
     copied = sum((folder / f).stat().st_size for f in side.copied) if side else 0
     needed = len(targets) * (sum(w.bytes_written for w in weights) + copied + HEADROOM)
-    check_space(next(iter(targets.values())), needed)
+    if whole:  # a part of a job array checks the space for its own shards
+        check_space(next(iter(targets.values())), needed)
     leftovers = [p for output in targets.values() for p in stale_partials(output)]
     return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names)
 

@@ -157,7 +157,7 @@ def copy_files(source: Path, files: Sequence[str], target: Path) -> None:
         for parent in reversed(destination.relative_to(target).parents[:-1]):
             if not (target / parent).is_dir():
                 (target / parent).mkdir()
-                created.add(target / parent)
+            created.add(target / parent)
         shutil.copyfile(source / relative, destination)
         fsync_path(destination)
     for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):

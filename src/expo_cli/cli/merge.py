@@ -114,6 +114,31 @@ def merge(
             help="Also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.",
         ),
     ] = False,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part",
+            metavar="I/N|auto",
+            help="Write only part I of N of the output shards (a job array); the last part finishes the "
+            "output. auto: from SLURM_ARRAY_TASK_ID/_COUNT or JOB_COMPLETION_INDEX with --parts.",
+        ),
+    ] = None,
+    parts: Annotated[
+        int | None,
+        typer.Option(
+            "--parts",
+            metavar="N",
+            help="How many parts: for --part auto in a Kubernetes Indexed Job, and for --finish.",
+        ),
+    ] = None,
+    finish: Annotated[
+        bool,
+        typer.Option(
+            "--finish",
+            help="Finish a merge whose --parts N parts have all run (the last part does it "
+            "itself unless it was interrupted).",
+        ),
+    ] = False,
     push_to_hub: Annotated[
         str | None,
         typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
@@ -149,6 +174,12 @@ def merge(
         raise typer.BadParameter(
             "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"
         )
+    if (part or finish) and len(alphas) > 1:
+        raise typer.BadParameter("a job array merges one α; run one array per α", param_hint="--part")
+    if part and finish:
+        raise typer.BadParameter("use one of them: parts finish by themselves", param_hint="--part/--finish")
+    if finish and not parts:
+        raise typer.BadParameter("--finish needs --parts N", param_hint="--finish")
     if dry_run:
         plan = expo_cli.plan(sft, aligned, output, alphas, **options)
         if json:
@@ -157,7 +188,16 @@ def merge(
             for line in plan.describe():
                 out.result(line)
         return
-    if len(alphas) == 1:
+    if part:
+        finished = expo_cli.merge_part(sft, aligned, output, alphas[0], part, parts, **options)
+        if finished is None:  # the other parts are still running, or another one finishes
+            if json:
+                out.result_json({"part": part, "finished": False})
+            return
+        results = [finished]
+    elif finish:
+        results = [expo_cli.finish_parts(sft, aligned, output, alphas[0], parts, **options)]
+    elif len(alphas) == 1:
         results = [expo_cli.merge(sft, aligned, output, alphas[0], **options)]
     else:
         results = expo_cli.sweep(sft, aligned, output, alphas, **options)
