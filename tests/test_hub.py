@@ -262,3 +262,93 @@ def test_push_reuses_the_merge_sha256s_and_rehashes_what_changed(tmp_path, expo,
     assert run.code == 0, run.stderr
     back = snapshot_download("me/rehash", cache_dir=tmp_path / "cache")
     assert (Path(back) / changed).read_bytes() == bytes(data)
+
+
+def mount_tmpfs(point: Path, size: str) -> Path:
+    from _ci import skip_or_fail
+
+    point.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
+    if proc.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    return point
+
+
+@pytest.fixture
+def small_scratch(tmp_path):
+    """A real file system smaller than either input: the streamed merge must never hold an input on it."""
+    point = mount_tmpfs(tmp_path / "scratch", "96k")
+    yield point
+    subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(tmp_path, expo, hub, local_pair, token,
+                                                                   small_scratch):  # fmt: skip
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    assert min(sum(f.stat().st_size for f in p.glob("*.safetensors")) for p in (sft, aligned)) > 96 * 1024
+    publish(hub, "org/stream-sft", sft)
+    publish(hub, "org/stream-dpo", aligned)
+    hub.requests.clear()
+    plan = expo(
+        "merge",
+        "--sft",
+        "org/stream-sft",
+        "--aligned",
+        "org/stream-dpo",
+        "--alpha",
+        "0.5",
+        "--stream",
+        "--push-to-hub",
+        "me/streamed",
+        "--scratch",
+        small_scratch,
+        "--max-shard-size",
+        "20KB",
+        "--dry-run",
+    )
+    assert plan.code == 0 and "in the scratch folder at most" in plan.stdout, plan.stderr  # fmt: skip
+    run = expo("merge", "--sft", "org/stream-sft", "--aligned", "org/stream-dpo", "--alpha", "0.5", "--stream",
+               "--push-to-hub", "me/streamed", "--scratch", small_scratch, "--max-shard-size", "20KB")  # fmt: skip
+    assert run.code == 0, run.stderr
+    assert run.stdout.strip().startswith(os.environ["HF_ENDPOINT"] + "/me/streamed/commit/")
+    weights = [path for method, path, _ in hub.requests if method == "GET" and path.endswith(".safetensors")]
+    ranged = [r for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r]
+    assert weights and len(ranged) == len(weights)  # every weight read was a range request: nothing downloaded
+    assert list(small_scratch.iterdir()) == []
+    local = tmp_path / "local"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, "--alpha", "0.5", "-q",
+                "--max-shard-size", "20KB").code == 0  # fmt: skip
+    back = Path(snapshot_download("me/streamed", cache_dir=tmp_path / "cache"))
+    streamed, merged = files_of(back), files_of(local)
+    streamed.pop(".gitattributes")
+    shards = [name for name in merged if name.endswith(".safetensors")]
+    assert set(shards) <= set(streamed), (sorted(streamed), shards)
+    assert len(shards) > 2 and all(
+        streamed[name] == merged[name] for name in [*shards, "model.safetensors.index.json"]
+    )
+    config = json.loads(streamed["config.json"])["expo"]
+    assert config["aligned"]["repo_id"] == "org/stream-dpo" and config["shards"] == json.loads(
+        merged["config.json"])["expo"]["shards"]  # fmt: skip
+
+
+def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    publish(hub, "org/resume-sft", sft)
+    publish(hub, "org/resume-dpo", aligned)
+    hub.create("me/resumed")
+    repo = hub.repos["me/resumed"]
+    before = dict(repo.refs)
+    repo.uploads_before_drop = 2
+    args = ("merge", "--sft", "org/resume-sft", "--aligned", "org/resume-dpo", "--alpha", "0.5", "--stream",
+            "--push-to-hub", "me/resumed", "--scratch", tmp_path, "--max-shard-size", "20KB")  # fmt: skip
+    run = expo(*args)
+    assert run.code == 7 and "run again to resume" in run.stderr and "Traceback" not in run.stderr
+    assert repo.refs == before  # no commit
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".expo-stream-")]
+    repo.uploads_before_drop = None
+    hub.requests.clear()
+    run = expo(*args)
+    assert run.code == 0, run.stderr
+    puts = [p for m, p, _ in hub.requests if m == "PUT" and p.startswith("/lfs/")]
+    shards = json.loads(files_of(Path(snapshot_download("me/resumed", cache_dir=tmp_path / "c")))["config.json"])
+    assert len(puts) == len(shards["expo"]["shards"]) - 2  # the two that arrived before the drop are not sent again

@@ -21,6 +21,7 @@ __all__ = [
     "merge",
     "finish_parts",
     "merge_part",
+    "merge_to_hub",
     "plan",
     "sweep",
     "verify",
@@ -29,12 +30,13 @@ __all__ = [
 if TYPE_CHECKING:
     from .analysis import inspect
     from .errors import ExpoError
-    from .merging import MergeOptions, MergeResult, Plan, finish_parts, merge, merge_part, plan, sweep
+    from .merging import MergeOptions, MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, sweep
     from .verification import verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("merge", "sweep", "plan", "merge_part", "finish_parts", "MergeOptions", "MergeResult", "Plan"):
+    if name in ("merge", "sweep", "plan", "merge_part", "finish_parts", "merge_to_hub", "MergeOptions", "MergeResult",
+                "Plan"):  # fmt: skip
         from . import merging
 
         return getattr(merging, name)

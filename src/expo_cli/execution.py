@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,10 +92,36 @@ def result_of(run: RunPlan, alpha: float, output: Path, seconds: float) -> Merge
     )
 
 
-def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions,
-                 only: Collection[str] | None = None) -> dict[float, dict[str, str]]:  # fmt: skip
+def execute_to_hub(run: RunPlan, opts: MergeOptions, repo_id: str, *, private: bool = False,
+                   revision: str | None = None, commit_message: str | None = None, create_pr: bool = False,
+                   ) -> tuple[MergeResult, str]:  # fmt: skip
+    """--stream: each shard uploaded as it closes and deleted, then one commit; (result, commit or PR URL)."""
+    from . import hub
+    from .hubstream import Uploader
+
+    started = time.perf_counter()
+    (alpha, folder), = run.targets.items()  # fmt: skip
+    hub.prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=opts.token)
+    opts.inform(formula(alpha))
+    folder.mkdir(parents=True)
+    uploader = Uploader(repo_id, revision, create_pr, opts.token, lambda _: None)
+    try:
+        checksums = write_shards(run, {alpha: folder}, opts, on_shard_closed=uploader.shard_closed)[alpha]
+    finally:
+        uploaded = uploader.close()
+    finish(run, alpha, folder, checksums, uploaded=True)
+    url = hub.commit(repo_id, uploaded + hub.upload_operations(folder), revision=revision, create_pr=create_pr,
+                     token=opts.token, message=commit_message or f"Upload {run.model_names[alpha]} made with expo "
+                     f"{__version__} (streamed)")  # fmt: skip
+    return result_of(run, alpha, folder, time.perf_counter() - started), url
+
+
+def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions, only: Collection[str] | None = None,
+                 on_shard_closed: Callable[[Path, str], None] | None = None,
+                 ) -> dict[float, dict[str, str]]:  # fmt: skip
     """Stream the planned shards of every target (or only the files named in `only`) into its folder.
 
+    `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader takes it).
     Returns, per target, file name -> sha256 of every shard written.
     """
     import torch
@@ -115,7 +141,11 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions,
             tensors = [t for s in shards for t in s.tensors]
             with weights.sft, weights.aligned:
                 pool = BufferPool(shards, pinned=engine.cuda)
-                sinks = {alpha: ShardSink(folder, shards, pool) for alpha, folder in folders.items()}
+                sinks = {
+                    alpha: ShardSink(folder, shards, pool, on_shard_closed and (
+                        lambda name, sha, f=folder: on_shard_closed(f / name, sha)))
+                    for alpha, folder in folders.items()
+                }  # fmt: skip
                 targets = [Target(run.alphas(alpha, weights.plan), sink) for alpha, sink in sinks.items()]
                 try:
                     stream(tensors, weights.sft, weights.aligned, targets, engine, opts.progress,
@@ -131,14 +161,21 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions,
     return checksums
 
 
-def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str]) -> None:
-    """Everything of one output but its shards: indexes, config.json with provenance, side files, model card."""
+def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], uploaded: bool = False) -> None:
+    """Everything of one output but its shards: indexes, config.json with provenance, side files, model card.
+
+    The shards must all be in `folder`, complete (parts written elsewhere), unless they were `uploaded` already.
+    """
     side = run.side_files
     assert side is not None, "a run that writes has its inputs on disk"
     for weights in run.weights:
-        for shard in weights.shards:  # parts written elsewhere must all be here, complete
+        for shard in weights.shards:
             path = folder / shard.filename
-            if shard.filename not in checksums or not path.is_file() or path.stat().st_size != shard.size:
+            if (
+                shard.filename not in checksums
+                or not uploaded
+                and (not path.is_file() or path.stat().st_size != shard.size)
+            ):
                 raise OutputError(f"{path}: missing or incomplete ({shard.size} bytes planned); run that part again")
         write_index(folder, weights.shards, weights.index_name)
     record = provenance(
@@ -149,7 +186,7 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str]) 
         side_files={"copied": side.copied, "skipped": side.listing()},
     )  # fmt: skip
     write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)
-    sidefiles.copy_files(run.main.aligned.path, side.copied, folder)
+    sidefiles.copy_files(run.side_folder or run.main.aligned.path, side.copied, folder)
     write_model_card(folder, record, run.card, run.main.aligned.config, run.model_names[alpha])
 
 

@@ -155,31 +155,36 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"--{role} {source.repo_id}: config.json is not valid JSON ({err})") from err
     tensors: dict[str, TensorInfo] = {}
-    for filename, file_metadata in metadata.files_metadata.items() if metadata else ():
+    # In the order a local copy is read (files by name, tensors by offset), so that both plan the same output.
+    for filename, file_metadata in sorted(metadata.files_metadata.items()) if metadata else ():
+        infos = []
         for name, tensor in file_metadata.tensors.items():
             entry = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": list(tensor.data_offsets)}
-            info = parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry)
+            infos.append(parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry))
+        for info in sorted(infos, key=lambda i: i.offset):
             check_supported(info)
-            if name in tensors:
-                raise InputError(f"{source.repo_id}: tensor {name!r} is stored in two shards")
-            tensors[name] = info
+            if info.name in tensors:
+                raise InputError(f"{source.repo_id}: tensor {info.name!r} is stored in two shards")
+            tensors[info.name] = info
     config = config if isinstance(config, dict) else {}
     return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
-def download(remote: RemoteCheckpoint, token: str | None = None, extra: Sequence[str] = ()) -> Path:
-    """Download the weights of one format, the side files and `extra` patterns through the cache, at the
-    validated commit.
+def download(remote: RemoteCheckpoint, token: str | None = None, extra: Sequence[str] = (),
+             weights: bool = True) -> Path:  # fmt: skip
+    """Download the weights of one format (unless `weights` is False: `--stream` reads them by ranges), the side
+    files and `extra` patterns through the cache, at the validated commit.
 
     Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
     checked to be the commit whose headers were validated.
     """
     from huggingface_hub import snapshot_download
 
+    patterns = [*(remote.weight_patterns if weights else []), *SIDE_FILES, *extra]
     with hub_errors(remote.repo_id, remote.revision):
         folder = Path(snapshot_download(
-            remote.repo_id, revision=remote.revision, allow_patterns=[*remote.weight_patterns, *SIDE_FILES, *extra],
-            token=token, library_name="expo-cli", library_version=__version__,
+            remote.repo_id, revision=remote.revision, allow_patterns=patterns, token=token,
+            library_name="expo-cli", library_version=__version__,
         ))  # fmt: skip
     if folder.name != remote.sha:
         raise HubError(f"{remote.repo_id}@{remote.revision}: the branch moved during the download; run again")
@@ -214,18 +219,29 @@ def push(folder: str | Path, repo_id: str, *, private: bool = False, revision: s
     folder = Path(folder)
     if not (folder / CONFIG_NAME).is_file():
         raise InputError(f"{folder}: not a model folder (no {CONFIG_NAME}); push the output of expo merge")
+    prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=token)
+    return commit(repo_id, upload_operations(folder), revision=revision, create_pr=create_pr, token=token,
+                  message=commit_message or f"Upload {folder.name} made with expo {__version__}")  # fmt: skip
+
+
+def prepare_repo(repo_id: str, *, private: bool = False, revision: str | None = None, create_pr: bool = False,
+                 token: str | None = None) -> None:  # fmt: skip
+    """The target repo (and branch) exists and the token may write to it: checked before any long work."""
     if not REPO_ID.match(repo_id) or "@" in repo_id:
         raise InputError(f"{repo_id!r} is not a Hub repo id; use org/name (the branch goes in --revision)")
     client = api(token)
-    operations = upload_operations(folder)
     with hub_errors(repo_id, revision, action="upload"):
         client.create_repo(repo_id, exist_ok=True, private=private)
         if revision and not create_pr:
             client.create_branch(repo_id, branch=revision, exist_ok=True)
-        info = client.create_commit(
-            repo_id, operations, revision=revision, create_pr=create_pr,
-            commit_message=commit_message or f"Upload {folder.name} made with expo {__version__}",
-        )  # fmt: skip
+
+
+def commit(repo_id: str, operations: list[Any], *, message: str, revision: str | None = None,
+           create_pr: bool = False, token: str | None = None) -> str:  # fmt: skip
+    """One commit of these operations; the commit (or pull request) URL."""
+    with hub_errors(repo_id, revision, action="upload"):
+        info = api(token).create_commit(repo_id, operations, revision=revision, create_pr=create_pr,
+                                        commit_message=message)  # fmt: skip
     return str(info.pr_url or info.commit_url)
 
 

@@ -17,7 +17,9 @@ from .errors import UsageError
 from .execution import MergeResult, execute
 from .planning import MergeOptions, Plan, prepare
 
-__all__ = ["MergeOptions", "MergeResult", "Plan", "finish_parts", "merge", "merge_part", "plan", "sweep"]
+__all__ = [
+    "MergeOptions", "MergeResult", "Plan", "finish_parts", "merge", "merge_part", "merge_to_hub", "plan", "sweep",
+]  # fmt: skip
 
 
 def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, **options: Any) -> MergeResult:
@@ -71,6 +73,33 @@ def finish_parts(sft: str | Path, aligned: str | Path, output: str | Path, alpha
 
     opts = MergeOptions(**options)
     return finish_all(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts, whole=False), parts, opts)
+
+
+def merge_to_hub(sft: str | Path, aligned: str | Path, repo_id: str, alpha: float, *,
+                 scratch: str | Path | None = None, private: bool = False, revision: str | None = None,
+                 commit_message: str | None = None, create_pr: bool = False,
+                 **options: Any) -> tuple[MergeResult, str]:  # fmt: skip
+    """Merge Hub inputs straight into a Hub repo with bounded local disk; return (result, commit or PR URL).
+
+    The inputs are read by range requests, never stored; each output shard is written into a temporary folder in
+    `scratch` (default: the system's), uploaded as soon as it is complete and deleted, so the local disk holds at
+    most two shards (see `--max-shard-size`). One commit at the end; an interrupted run commits nothing, and
+    running it again uploads only what the Hub does not have yet. See `expo_cli.hubstream`.
+    """
+    import shutil
+    import tempfile
+
+    from .execution import execute_to_hub
+
+    opts = MergeOptions(**{**options, "stream": True})
+    work = Path(tempfile.mkdtemp(prefix=".expo-stream-", dir=scratch))
+    try:
+        target = work / repo_id.rsplit("/", 1)[-1]
+        run = prepare(sft, aligned, {check_alpha(alpha): target}, opts)
+        return execute_to_hub(run, opts, repo_id, private=private, revision=revision,
+                              commit_message=commit_message, create_pr=create_pr)  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:

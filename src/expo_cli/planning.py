@@ -61,6 +61,7 @@ class MergeOptions:
         model_name: the card's model_name and title (default: `<aligned name>-expo`; a sweep adds `-alpha-<α>`).
         copy, skip: globs of aligned-folder files to copy, or to leave out, whatever the side-file policy says.
         mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
+        stream: read Hub inputs by range requests instead of downloading them (`merge_to_hub`).
     """
 
     dtype: str | None = None
@@ -84,6 +85,7 @@ class MergeOptions:
     copy: Sequence[str] = ()
     skip: Sequence[str] = ()
     mistral_format: bool = False
+    stream: bool = False
 
     def warning(self, message: str) -> None:
         (self.warn or _stderr_warning)(message)
@@ -112,6 +114,7 @@ class Plan:
     copied_files: list[str] | None  # None: Hub inputs in a dry run, sorted once downloaded
     skipped_files: dict[str, str] | None
     model_names: dict[float, str]
+    streamed: bool = False  # --stream: disk_needed is the scratch folder's peak
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -127,7 +130,9 @@ class Plan:
         lines.append(f"Read: {human_bytes(self.bytes_read)} (each input byte once)")
         lines.append(f"Write: {human_bytes(self.bytes_written)} per output in {len(self.shards)} shard(s):")
         lines += [f"  {name}  {human_bytes(size)}" for name, size in self.shards]
-        lines.append(f"Disk: {human_bytes(self.disk_needed)} needed, {human_bytes(self.disk_free)} free")
+        where = " in the scratch folder at most (--stream: the shard being written and the one uploading)"
+        lines.append(f"Disk: {human_bytes(self.disk_needed)} needed{where if self.streamed else ''}, "
+                     f"{human_bytes(self.disk_free)} free")  # fmt: skip
         lines.append(f"Peak memory (estimate, excluding the page cache): {human_bytes(self.peak_memory)}")
         for alpha, groups in self.alpha_groups.items():
             counts = ", ".join(f"{n} tensors at {g}" for g, n in groups.items())
@@ -174,6 +179,8 @@ class RunPlan:
     side_files: sidefiles.SideFiles | None  # None: header-only Hub inputs (a dry run)
     card: AlignedCard
     model_names: dict[float, str]
+    streamed: bool = False
+    side_folder: Path | None = None  # where the side files come from (with --stream: a download of just those)
 
     @property
     def main(self) -> WeightSet:
@@ -238,6 +245,7 @@ class RunPlan:
             copied_files=self.side_files.copied if self.side_files else None,
             skipped_files=self.side_files.listing() if self.side_files else None,
             model_names=self.model_names,
+            streamed=self.streamed,
         )
 
 
@@ -255,7 +263,7 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
     sft_ckpt, aligned_ckpt = resolve_inputs(
         sft, aligned, sft_revision=opts.sft_revision, aligned_revision=opts.aligned_revision, token=opts.token,
         allow_architecture_mismatch=opts.allow_architecture_mismatch, rules=rules, out_code=out_code,
-        outputs=list(targets.values()), force=opts.force, download=download,
+        outputs=list(targets.values()), force=opts.force, download=download and not opts.stream,
         extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (),
     )  # fmt: skip
     merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
@@ -263,6 +271,12 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
     weights = [WeightSet(sft_ckpt, aligned_ckpt, merge_plan, plan_shards(merge_plan.tensors, max_shard),
                          SAFETENSORS_INDEX_FILE)]  # fmt: skip
     folder = aligned_ckpt.path
+    if opts.stream:
+        if opts.mistral_format:
+            raise UsageError("--stream writes the Hugging Face format only; drop --mistral-format")
+        if download:
+            sft_ckpt, aligned_ckpt, folder = _ranged(sft_ckpt, aligned_ckpt, hub_ids, opts.token)
+            weights[0] = WeightSet(sft_ckpt, aligned_ckpt, merge_plan, weights[0].shards, SAFETENSORS_INDEX_FILE)
     header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
     if opts.mistral_format and not header_only:
         weights.append(_consolidated(sft_ckpt.path, folder, out_code))
@@ -280,10 +294,36 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
             opts.inform(f"Note: {note}")
     copied = sum((folder / f).stat().st_size for f in side.copied) if side else 0
     needed = len(targets) * (sum(w.bytes_written for w in weights) + copied + HEADROOM)
+    if opts.stream:  # the shard being written, the one being uploaded, and the small files of the commit
+        metadata = sum(
+            (folder / name).stat().st_size for name in ("config.json", "README.md") if (folder / name).exists()
+        )
+        shards = weights[0].shards
+        needed = 2 * max((s.size for s in shards), default=0) + copied + metadata + 16_384 + 256 * len(shards)
     if whole:  # a part of a job array checks the space for its own shards
         check_space(next(iter(targets.values())), needed)
     leftovers = [p for output in targets.values() for p in stale_partials(output)]
-    return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names)
+    return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names,
+                   opts.stream, folder)  # fmt: skip
+
+
+def _ranged(sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None],
+            token: str | None) -> tuple[TensorSource, TensorSource, Path]:  # fmt: skip
+    """--stream: Hub inputs read by range requests; only the aligned repo's side files are downloaded."""
+    from .hub import RemoteCheckpoint, download
+    from .hubstream import RangedSource
+
+    pair = {"sft": sft, "aligned": aligned}
+    if not any(isinstance(source, RemoteCheckpoint) for source in pair.values()):
+        raise UsageError("--stream reads Hub inputs by ranges; both inputs are local folders (drop --stream)")
+    for role, source in pair.items():
+        if isinstance(source, RemoteCheckpoint):
+            if not source.tensors:
+                raise UsageError(f"--stream: --{role} {source.repo_id} has no safetensors weights to read by ranges")
+            hub_ids[role] = hub_ids[role] or f"{source.repo_id}@{source.sha}"
+            pair[role] = RangedSource(source, token)
+    folder = download(aligned, token, weights=False) if isinstance(aligned, RemoteCheckpoint) else aligned.path
+    return pair["sft"], pair["aligned"], folder
 
 
 def _hub_id(value: str | None, role: str) -> str | None:

@@ -51,16 +51,16 @@ MERGE_EXAMPLES = [
 def merge(
     sft: SftOpt,
     aligned: AlignedOpt,
+    alpha: AlphaOpt,
     output: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--output",
             "-o",
             metavar="FOLDER",
-            help="Folder to write the merged checkpoint into (a sweep: its parent).",
+            help="Folder to write the merged checkpoint into (a sweep: its parent); not with --stream.",
         ),
-    ],
-    alpha: AlphaOpt,
+    ] = None,
     dtype: DtypeOpt = None,
     device: DeviceOpt = "auto",
     max_shard_size: MaxShardSizeOpt = DEFAULT_MAX_SHARD_SIZE,
@@ -139,6 +139,23 @@ def merge(
             "itself unless it was interrupted).",
         ),
     ] = False,
+    stream: Annotated[
+        bool,
+        typer.Option(
+            "--stream",
+            help="With --push-to-hub and Hub inputs: read the inputs by range requests and "
+            "upload each output shard as it closes; no local copy of either (see --scratch).",
+        ),
+    ] = False,
+    scratch: Annotated[
+        str | None,
+        typer.Option(
+            "--scratch",
+            metavar="DIR",
+            help="Where --stream writes each shard before uploading it "
+            "(default: the system's temporary folder); it holds two shards at most.",
+        ),
+    ] = None,
     push_to_hub: Annotated[
         str | None,
         typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
@@ -174,13 +191,29 @@ def merge(
         raise typer.BadParameter(
             "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"
         )
+    if stream and not push_to_hub:
+        raise typer.BadParameter(
+            "needs --push-to-hub ORG/NAME: the output goes straight to the Hub", param_hint="--stream"
+        )
+    if stream and (len(alphas) > 1 or part or finish or output):
+        raise typer.BadParameter("streams one α to --push-to-hub, with no --output, --part or --finish",
+                                 param_hint="--stream")  # fmt: skip
+    if not stream and not output:
+        raise typer.BadParameter("is required (or --stream with --push-to-hub)", param_hint="--output")
     if (part or finish) and len(alphas) > 1:
         raise typer.BadParameter("a job array merges one α; run one array per α", param_hint="--part")
     if part and finish:
         raise typer.BadParameter("use one of them: parts finish by themselves", param_hint="--part/--finish")
     if finish and not parts:
         raise typer.BadParameter("--finish needs --parts N", param_hint="--finish")
+    if stream:
+        options["stream"] = True
     if dry_run:
+        if stream:  # where the shards would go on their way to the Hub
+            import tempfile
+            from pathlib import Path
+
+            output = str(Path(scratch or tempfile.gettempdir()) / push_to_hub.rsplit("/", 1)[-1])
         plan = expo_cli.plan(sft, aligned, output, alphas, **options)
         if json:
             out.result_json(plan.to_json())
@@ -188,7 +221,15 @@ def merge(
             for line in plan.describe():
                 out.result(line)
         return
-    if part:
+    commit_url = None
+    if stream:
+        options.pop("stream")
+        result, commit_url = expo_cli.merge_to_hub(
+            sft, aligned, push_to_hub, alphas[0], scratch=scratch, private=private, revision=revision,
+            commit_message=commit_message, create_pr=create_pr, **options,
+        )  # fmt: skip
+        results = [result]
+    elif part:
         finished = expo_cli.merge_part(sft, aligned, output, alphas[0], part, parts, **options)
         if finished is None:  # the other parts are still running, or another one finishes
             if json:
@@ -210,19 +251,20 @@ def merge(
     if results and results[0].skipped_files and not quiet:
         shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
         out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")
-    commit_url = None
-    if push_to_hub:
+    if push_to_hub and not stream:
         from .push import upload
 
         commit_url = upload(results[0].output, push_to_hub, quiet, private=private, revision=revision,
                             commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
     if json:
         reports = [r.to_json() for r in results]
+        if stream:
+            reports[0]["output"] = f"hf://{push_to_hub}"  # its temporary folder is gone
         if commit_url:
             reports[0]["commit_url"] = commit_url
         out.result_json(reports[0] if len(reports) == 1 else reports)
     else:
-        for result in results:
+        for result in results if not stream else ():
             out.result(str(result.output))
         if commit_url:
             out.result(commit_url)
