@@ -56,6 +56,7 @@ class Hub:
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
+        self.etags: dict[tuple[str, str, str], str] = {}
 
     def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: bool) -> str:
         """Make a repo (for test setup); returns the commit sha of its main branch."""
@@ -224,7 +225,11 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
             self.end_headers()
             return
-        etag = hashlib.sha256(data).hexdigest() if filename.endswith((".safetensors", ".bin")) else git_blob_sha1(data)
+        key = (repo_id, sha, filename)  # hashed once: ranged reads of a big file come many times
+        if key not in self.hub.etags:
+            lfs = filename.endswith((".safetensors", ".bin"))
+            self.hub.etags[key] = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
+        etag = self.hub.etags[key]
         headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
         status, body = 200, data
         if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):

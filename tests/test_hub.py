@@ -352,3 +352,12 @@ def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, 
     puts = [p for m, p, _ in hub.requests if m == "PUT" and p.startswith("/lfs/")]
     shards = json.loads(files_of(Path(snapshot_download("me/resumed", cache_dir=tmp_path / "c")))["config.json"])
     assert len(puts) == len(shards["expo"]["shards"]) - 2  # the two that arrived before the drop are not sent again
+
+
+def test_quiet_silences_the_hubs_bars_too(tmp_path, expo, hub, local_pair, token):
+    sft, aligned, _ = local_pair
+    publish(hub, "org/quiet-dpo", aligned)
+    run = expo("merge", "--sft", sft, "--aligned", "org/quiet-dpo", "-o", tmp_path / "out", "--alpha", "0.5", "-q")
+    assert run.code == 0 and run.stderr == "", run.stderr
+    run = expo("merge", "--sft", sft, "--aligned", "org/quiet-dpo", "-o", tmp_path / "o2", "--alpha", "0.5")
+    assert run.code == 0 and "Merging" in run.stderr  # and the bars are back for the next command

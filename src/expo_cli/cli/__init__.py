@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Annotated
 
 import typer
@@ -35,10 +37,28 @@ def _epilog(examples: list[str]) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  $ {e}" for e in examples) + "\n\n" + EXIT_CODES_HELP
 
 
-app.command(epilog=_epilog(MERGE_EXAMPLES))(merge)
-app.command(epilog=_epilog(VERIFY_EXAMPLES))(verify)
-app.command(epilog=_epilog(INSPECT_EXAMPLES))(inspect)
-app.command(epilog=_epilog(PUSH_EXAMPLES))(push)
+def _quiet_hub(command: Callable[..., None]) -> Callable[..., None]:
+    """--quiet silences huggingface_hub's own bars too (downloads, header parsing, uploads), for this command only."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+        if not kwargs.get("quiet") or are_progress_bars_disabled():
+            return command(*args, **kwargs)
+        disable_progress_bars()
+        try:
+            return command(*args, **kwargs)
+        finally:
+            enable_progress_bars()
+
+    return run
+
+
+app.command(epilog=_epilog(MERGE_EXAMPLES))(_quiet_hub(merge))
+app.command(epilog=_epilog(VERIFY_EXAMPLES))(_quiet_hub(verify))
+app.command(epilog=_epilog(INSPECT_EXAMPLES))(_quiet_hub(inspect))
+app.command(epilog=_epilog(PUSH_EXAMPLES))(_quiet_hub(push))
 
 _state = {"debug": False}
 
