@@ -100,7 +100,10 @@ class Uploader:
         self._thread.start()
 
     def shard_closed(self, path: Path, sha256: str) -> None:
-        """Queue a complete shard (called on the hashing thread)."""
+        """Queue a complete shard (called on the hashing thread). After a failed upload, raise it there: the
+        writer then stops, instead of filling the scratch folder with shards that will never leave."""
+        if self._error is not None:
+            raise self._error
         self._queue.put((path, sha256))
 
     def _run(self) -> None:
