@@ -24,12 +24,7 @@ MERGE = "tests/test_merge.py::test_every_tensor_matches_the_float64_reference"
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
     "no fsync of shards": ("writer.py", "                os.fsync(self.fd)", "                pass", GUARANTEES),
     "no fsync of config/card/index": ("output.py", "        os.fsync(fh.fileno())", "        pass", GUARANTEES),
-    "no fsync of the staged folder": (
-        "output.py",
-        "        fsync_path(self.path)\n        if self.output.exists():",
-        "        if self.output.exists():",
-        GUARANTEES,
-    ),
+    "no fsync of the staged folder": ("output.py", "    fsync_path(staged)\n", "", GUARANTEES),
     "no fsync of copied side files": ("sidefiles.py", "        fsync_path(destination)", "        pass", GUARANTEES),
     "no fsync of copied side folders": ("sidefiles.py", "        fsync_path(folder)", "        pass", GUARANTEES),
     "--force deletes the old output first": (
@@ -42,8 +37,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "--force replaces with two renames": (
         "output.py",
-        "            if exchange(self.path, self.output):",
-        "            if False:",
+        "        if exchange(staged, output):",
+        "        if False:",
         GUARANTEES,
     ),
     "stream.close() skipped": (

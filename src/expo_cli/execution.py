@@ -141,11 +141,7 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions, o
             tensors = [t for s in shards for t in s.tensors]
             with weights.sft, weights.aligned:
                 pool = BufferPool(shards, pinned=engine.cuda)
-                sinks = {
-                    alpha: ShardSink(folder, shards, pool, on_shard_closed and (
-                        lambda name, sha, f=folder: on_shard_closed(f / name, sha)))
-                    for alpha, folder in folders.items()
-                }  # fmt: skip
+                sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
                 targets = [Target(run.alphas(alpha, weights.plan), sink) for alpha, sink in sinks.items()]
                 try:
                     stream(tensors, weights.sft, weights.aligned, targets, engine, opts.progress,

@@ -185,6 +185,31 @@ def exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def publish(staged: Path, output: Path, force: bool) -> None:
+    """Make a finished folder durable and put it at `output`, the very last step of a run.
+
+    An existing output (`--force`) is swapped with the new one in one atomic step where the system can
+    (Linux's renameat2 RENAME_EXCHANGE), so there is never a moment without an output, then removed.
+    Elsewhere it is renamed aside first: a crash between the two renames leaves it as `<staged>-old`.
+    """
+    fsync_path(staged)
+    trash: Path | None = None
+    if output.exists():
+        if not force and (output.is_file() or any(output.iterdir())):
+            raise OutputError(f"--output {output} appeared during the run; pass --force to replace it")
+        if exchange(staged, output):
+            trash = staged  # now holding the previous output
+        else:
+            trash = staged.parent / f"{staged.name}-old"
+            os.rename(output, trash)
+            os.rename(staged, output)
+    else:
+        os.rename(staged, output)
+    fsync_path(output.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
 class Staging:
     """A temporary folder beside `output`, removed unless `commit()` renames it into place.
 
@@ -218,23 +243,8 @@ class Staging:
         (Linux's renameat2 RENAME_EXCHANGE), so there is never a moment without an output, then removed.
         Elsewhere it is renamed aside first: a crash between the two renames leaves it as `<partial>-old`.
         """
-        fsync_path(self.path)
-        if self.output.exists():
-            if not force and (self.output.is_file() or any(self.output.iterdir())):
-                raise OutputError(f"--output {self.output} appeared during the run; pass --force to replace it")
-            trash: Path | None = self.output.parent / f"{self.path.name}-old"
-            if exchange(self.path, self.output):
-                trash = self.path  # now holding the previous output
-            else:
-                os.rename(self.output, trash)
-                os.rename(self.path, self.output)
-        else:
-            trash = None
-            os.rename(self.path, self.output)
+        publish(self.path, self.output, force)
         self.committed = True
-        fsync_path(self.output.parent)
-        if trash is not None:
-            shutil.rmtree(trash, ignore_errors=True)
         self._release()
 
     def _release(self) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .errors import OutputError, UsageError
 from .execution import MergeResult, finish, result_of, write_shards
-from .output import check_space, fsync_path, write_durably
+from .output import check_space, fsync_path, publish, write_durably
 from .planning import MergeOptions, RunPlan
 from .writer import Shard
 
@@ -134,11 +134,7 @@ def finish_parts(run: RunPlan, count: int, opts: MergeOptions, started: float | 
     if output.exists() and not opts.force:
         raise OutputError(f"--output {output} exists and is not empty; pass --force to replace it")
     finish(run, alpha, shared, checksums)  # refuses a missing or short shard
-    fsync_path(shared)
-    if output.exists():
-        shutil.rmtree(output)
-    os.rename(shared, output)
-    fsync_path(output.parent)
+    publish(shared, output, opts.force)
     shutil.rmtree(control, ignore_errors=True)
     return result_of(run, alpha, output, time.perf_counter() - started)
 

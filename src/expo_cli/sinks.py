@@ -73,7 +73,7 @@ class ShardSink:
     """Writes planned safetensors shards in order (see `writer.ShardStream`) from a pool of host buffers."""
 
     def __init__(self, folder: Path, shards: Sequence[Shard], pool: BufferPool | None = None,
-                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
+                 on_shard_closed: Callable[[Path, str], None] | None = None) -> None:  # fmt: skip
         self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed)
         self.pool = pool or BufferPool(shards)
         self._lent: dict[int, torch.Tensor] = {}

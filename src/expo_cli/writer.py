@@ -132,13 +132,13 @@ class ShardStream:
 
     `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file and hashed,
     so the caller can reuse the buffer. The sha256 of each shard is computed on a third thread, beside the
-    writes rather than before them; `on_shard_closed(name, sha256)` is called there once a shard is complete,
+    writes rather than before them; `on_shard_closed(path, sha256)` is called there once a shard is complete,
     fsync-ed and hashed (an uploader can take it from there). Errors on the threads (disk full) are raised by
     the next `write` or `close`.
     """
 
     def __init__(self, folder: Path, shards: Sequence[Shard], depth: int = 4,
-                 on_shard_closed: Callable[[str, str], None] | None = None) -> None:  # fmt: skip
+                 on_shard_closed: Callable[[Path, str], None] | None = None) -> None:  # fmt: skip
         self.folder = folder
         self.on_shard_closed = on_shard_closed
         self.shards = list(shards)
@@ -202,7 +202,7 @@ class ShardStream:
                 for name, view in pieces:
                     if view is None:  # the writer closed this shard: it is complete and durable
                         if self.on_shard_closed is not None:
-                            self.on_shard_closed(name, self._hashes[name].hexdigest())
+                            self.on_shard_closed(self.folder / name, self._hashes[name].hexdigest())
                         continue
                     if name not in self._hashes:
                         self._hashes[name] = hashlib.sha256()
