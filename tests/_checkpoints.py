@@ -149,3 +149,39 @@ def copy_tree(src: Path, dst: Path) -> Path:
 def snapshot(path: Path) -> dict[str, bytes]:
     """Every file's bytes under a folder, to prove inputs were not modified."""
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def word_tokenizer():
+    """A word-level tokenizer over the tiny models' whole vocabulary (`w4` ... `w95`), with a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ["<unk>", "<s>", "</s>", "<pad>", *(f"w{i}" for i in range(4, VOCAB))]
+    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
+                                  pad_token="<pad>")  # fmt: skip
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ 'w4 ' if m['role'] == 'user' else 'w5 ' }}{{ m['content'] }} "
+        "{% endfor %}{% if add_generation_prompt %}w5 {% endif %}"
+    )
+    return tok
+
+
+def steered_pair(root: Path, dtype=torch.float32) -> tuple[Path, Path]:
+    """A pair whose alignment makes token w7 likelier, more so the further it is extrapolated: every input embedding
+    moves along one direction v and the output row of w7 along v too, so reward = share of w7 grows with α."""
+    config = llama_config(bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    sft_model = build_model(config, seed=0)
+    sft = save(sft_model, root / "sft", dtype)
+    aligned_model = perturb(build_model(config, seed=0), seed=1)
+    generator = torch.Generator().manual_seed(2)
+    v = torch.randn(config.hidden_size, generator=generator)
+    v = 0.15 * v / v.norm()
+    with torch.no_grad():
+        aligned_model.model.embed_tokens.weight.add_(v)
+        aligned_model.lm_head.weight[7].add_(0.25 * v / v.norm())
+    aligned = save(aligned_model, root / "aligned", dtype)
+    for folder in (sft, aligned):
+        word_tokenizer().save_pretrained(folder)
+    return sft, aligned

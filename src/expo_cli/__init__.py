@@ -2,6 +2,7 @@
 
     >>> import expo_cli
     >>> result = expo_cli.merge(sft="./sft", aligned="./dpo", output="./expo", alpha=0.5)
+    >>> tuned = expo_cli.tune("./sft", "./dpo", "prompts.jsonl", reward_model="./rm", alphas=[0.1, 0.3, 0.5])
 
 The heavy modules (torch) load on first use, so `expo --help` stays fast.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "merge_to_hub",
     "plan",
     "sweep",
+    "tune",
     "verify",
 ]
 
@@ -31,6 +33,7 @@ if TYPE_CHECKING:
     from .analysis import inspect
     from .errors import ExpoError
     from .merging import MergeOptions, MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, sweep
+    from .tuning import tune
     from .verification import verify
 
 
@@ -44,6 +47,10 @@ def __getattr__(name: str) -> Any:
         from .analysis import inspect
 
         return inspect
+    if name == "tune":
+        from .tuning import tune
+
+        return tune
     if name == "verify":
         from .verification import verify
 

@@ -145,7 +145,7 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions, o
                 targets = [Target(run.alphas(alpha, weights.plan), sink) for alpha, sink in sinks.items()]
                 try:
                     stream(tensors, weights.sft, weights.aligned, targets, engine, opts.progress,
-                           lambda t, alpha, w=weights: _nonfinite(t, w.sft, w.aligned, alpha, opts))  # fmt: skip
+                           lambda t, a, w=weights: explain_nonfinite(t, w.sft, w.aligned, a, opts))  # fmt: skip
                     for alpha, sink in sinks.items():
                         checksums[alpha].update(sink.close())
                 except BaseException:
@@ -180,13 +180,15 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], 
         shards=checksums, shard_sizes={s.filename: s.size for w in run.weights for s in w.shards},
         mistral_format=len(run.weights) > 1,
         side_files={"copied": side.copied, "skipped": side.listing()},
+        **({"tuning": run.tuning} if run.tuning else {}),
     )  # fmt: skip
     write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)
     sidefiles.copy_files(run.side_folder or run.main.aligned.path, side.copied, folder)
     write_model_card(folder, record, run.card, run.main.aligned.config, run.model_names[alpha])
 
 
-def _nonfinite(t: TensorPlan, sft: TensorSource, aligned: TensorSource, alpha: float, opts: MergeOptions) -> None:
+def explain_nonfinite(t: TensorPlan, sft: TensorSource, aligned: TensorSource, alpha: float,
+                      opts: MergeOptions) -> None:  # fmt: skip
     """Explain an inf/NaN result: inherited from an input (a warning) or made by the arithmetic (an error)."""
     import torch
 

@@ -172,6 +172,7 @@ def write_model_card(folder: Path, record: dict[str, Any], card: AlignedCard, co
     not_copied = "\nNot carried over from the aligned model (expo's side-file policy):\n" + "".join(left_out)
     not_copied = not_copied if left_out else ""
     aligned_text = f"\n## The aligned model's card\n\n{card.text}\n" if card.text else ""
+    tuning = _tuning_section(record["tuning"]) if record.get("tuning") else ""
     body = f"""# {model_name}
 
 This model is an **ExPO** (model extrapolation) of the aligned model `{_label(aligned)}` away from its SFT
@@ -196,5 +197,31 @@ computed in float32 (float64 for float64 tensors) and rounded once to its output
 template, generation config and any custom code are the aligned model's files, copied unchanged.
 
 Handled automatically:
-{notes}{not_copied}{aligned_text}"""
+{notes}{not_copied}{tuning}{aligned_text}"""
     write_durably(folder / REPOCARD_NAME, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())
+
+
+def _tuning_section(tuning: dict[str, Any]) -> str:
+    """How `expo tune` chose α: the candidates' rewards and paired gains against the aligned model (α = 0)."""
+    decoding = tuning.get("decoding", {})
+    rows = "".join(
+        f"| {c['alpha']:g} | {c['reward'][0]:.4g} [{c['reward'][1]:.4g}, {c['reward'][2]:.4g}] | "
+        + ("baseline" if c["alpha"] == 0 else f"{c['gain'][0]:+.4g} [{c['gain'][1]:+.4g}, {c['gain'][2]:+.4g}]"
+           + (" (significant)" if c.get("significant") else ""))
+        + f" | {c['length']:g} |\n"
+        for c in tuning.get("candidates", [])
+    )  # fmt: skip
+    warnings = "".join(f"- {w}\n" for w in tuning.get("warnings", []))
+    return f"""
+## How α was chosen
+
+With `expo tune`: each candidate α generated responses to {tuning.get("prompts")} prompts (temperature
+{decoding.get("temperature")}, top-p {decoding.get("top_p")}, {decoding.get("samples_per_prompt")} sample(s) per
+prompt, the same seeds for every candidate), scored by `{tuning.get("reward")}`. Intervals are 95% paired
+bootstrap intervals over prompts.
+
+| α | mean reward [95% CI] | gain over α = 0 [95% CI] | mean length (tokens) |
+|---|---|---|---|
+{rows}
+α = {tuning.get("chosen_alpha"):g}: {tuning.get("reason")}.
+{warnings}"""

@@ -43,6 +43,18 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file through a temporary name beside it, so that `path` is never seen half-written."""
+    temporary = path.with_name(f".{path.name}.expo-tmp-{os.getpid()}")
+    try:
+        write_durably(temporary, data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent if str(path.parent) else Path("."))
+
+
 def fsync_path(path: Path) -> None:
     """Make a file's data, or a folder's entries (new files, renames), durable."""
     fd = os.open(path, os.O_RDONLY)

@@ -62,6 +62,7 @@ class MergeOptions:
         copy, skip: globs of aligned-folder files to copy, or to leave out, whatever the side-file policy says.
         mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
         stream: read Hub inputs by range requests instead of downloading them (`merge_to_hub`).
+        tuning: how `expo tune` chose α (its summary), recorded in the provenance and the model card.
     """
 
     dtype: str | None = None
@@ -86,6 +87,7 @@ class MergeOptions:
     skip: Sequence[str] = ()
     mistral_format: bool = False
     stream: bool = False
+    tuning: dict[str, Any] | None = None
 
     def warning(self, message: str) -> None:
         (self.warn or _stderr_warning)(message)
@@ -181,6 +183,7 @@ class RunPlan:
     model_names: dict[float, str]
     streamed: bool = False
     side_folder: Path | None = None  # where the side files come from (with --stream: a download of just those)
+    tuning: dict[str, Any] | None = None  # how expo tune chose α
 
     @property
     def main(self) -> WeightSet:
@@ -300,11 +303,11 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
         )
         shards = weights[0].shards
         needed = 2 * max((s.size for s in shards), default=0) + copied + metadata + 16_384 + 256 * len(shards)
-    if whole:  # a part of a job array checks the space for its own shards
+    if whole and targets:  # a part of a job array checks the space for its own shards
         check_space(next(iter(targets.values())), needed)
     leftovers = [p for output in targets.values() for p in stale_partials(output)]
     return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names,
-                   opts.stream, folder)  # fmt: skip
+                   opts.stream, folder, opts.tuning)  # fmt: skip
 
 
 def _ranged(sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None],

@@ -100,3 +100,30 @@ class ShardSink:
 
     def abort(self) -> None:
         self.stream.abort()
+
+
+class ParameterSink:
+    """Writes θ(α) straight into a loaded model's parameters (expo tune): the buffers it lends are the
+    parameters' own memory, so a candidate costs no copy of the model and nothing is written to disk."""
+
+    def __init__(self, targets: dict[str, torch.Tensor]) -> None:
+        self.targets = targets  # tensor name -> the contiguous parameter (or buffer) it is loaded into
+
+    def buffer(self, t: TensorSpec, start: int, stop: int) -> torch.Tensor:
+        return self.targets[t.name].view(-1)[start:stop]
+
+    def put(self, t: TensorSpec, start: int, stop: int, data: torch.Tensor | memoryview,
+            ready: Callable[[], object] | None = None) -> None:  # fmt: skip
+        if ready is not None:
+            ready()
+        if isinstance(data, memoryview):  # bit for bit an input block
+            import torch
+
+            target = self.targets[t.name].view(-1)[start:stop]
+            target.view(torch.uint8).copy_(torch.frombuffer(data, dtype=torch.uint8))
+
+    def close(self) -> dict[str, str]:
+        return {}
+
+    def abort(self) -> None:
+        pass

@@ -17,6 +17,7 @@ from . import _output as out
 from .inspect import INSPECT_EXAMPLES, inspect
 from .merge import MERGE_EXAMPLES, merge
 from .push import PUSH_EXAMPLES, push
+from .tune import TUNE_EXAMPLES, tune
 from .verify import VERIFY_EXAMPLES, verify
 
 app = typer.Typer(
@@ -58,6 +59,7 @@ def _quiet_hub(command: Callable[..., None]) -> Callable[..., None]:
 app.command(epilog=_epilog(MERGE_EXAMPLES))(_quiet_hub(merge))
 app.command(epilog=_epilog(VERIFY_EXAMPLES))(_quiet_hub(verify))
 app.command(epilog=_epilog(INSPECT_EXAMPLES))(_quiet_hub(inspect))
+app.command(epilog=_epilog(TUNE_EXAMPLES))(_quiet_hub(tune))
 app.command(epilog=_epilog(PUSH_EXAMPLES))(_quiet_hub(push))
 
 _state = {"debug": False}

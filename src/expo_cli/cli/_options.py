@@ -93,3 +93,27 @@ CommitMessageOpt = Annotated[
     str | None, typer.Option("--commit-message", metavar="TEXT", help="Message of the Hub commit.")
 ]
 CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")]
+SftIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--sft-id", metavar="ORG/NAME[@REV]", help="The Hub repo a local --sft folder came from (for the card's "
+        "base_model).",
+    ),
+]  # fmt: skip
+AlignedIdOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--aligned-id", metavar="ORG/NAME[@REV]", help="The Hub repo a local --aligned folder came from (for the "
+        "card's base_model).",
+    ),
+]  # fmt: skip
+ModelNameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-name", metavar="NAME", help="The card's model_name and title (default: <aligned name>-expo)."
+    ),
+]
+PushToHubOpt = Annotated[
+    str | None,
+    typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
+]

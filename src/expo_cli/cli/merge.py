@@ -13,6 +13,7 @@ import typer
 from ..constants import DEFAULT_MAX_SHARD_SIZE
 from . import _output as out
 from ._options import (
+    AlignedIdOpt,
     AlignedOpt,
     AlignedRevisionOpt,
     AllowArchOpt,
@@ -28,9 +29,12 @@ from ._options import (
     IncludeOpt,
     JsonOpt,
     MaxShardSizeOpt,
+    ModelNameOpt,
     PrivateOpt,
+    PushToHubOpt,
     QuietOpt,
     RevisionOpt,
+    SftIdOpt,
     SftOpt,
     SftRevisionOpt,
     StrictOpt,
@@ -73,28 +77,9 @@ def merge(
     allow_architecture_mismatch: AllowArchOpt = False,
     sft_revision: SftRevisionOpt = None,
     aligned_revision: AlignedRevisionOpt = None,
-    sft_id: Annotated[
-        str | None,
-        typer.Option(
-            "--sft-id",
-            metavar="ORG/NAME[@REV]",
-            help="The Hub repo a local --sft folder came from (for the card's base_model).",
-        ),
-    ] = None,
-    aligned_id: Annotated[
-        str | None,
-        typer.Option(
-            "--aligned-id",
-            metavar="ORG/NAME[@REV]",
-            help="The Hub repo a local --aligned folder came from (for the card's base_model).",
-        ),
-    ] = None,
-    model_name: Annotated[
-        str | None,
-        typer.Option(
-            "--model-name", metavar="NAME", help="The card's model_name and title (default: <aligned name>-expo)."
-        ),
-    ] = None,
+    sft_id: SftIdOpt = None,
+    aligned_id: AlignedIdOpt = None,
+    model_name: ModelNameOpt = None,
     copy: Annotated[
         list[str] | None,
         typer.Option(
@@ -156,10 +141,7 @@ def merge(
             "(default: the system's temporary folder); it holds two shards at most.",
         ),
     ] = None,
-    push_to_hub: Annotated[
-        str | None,
-        typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
-    ] = None,
+    push_to_hub: PushToHubOpt = None,
     private: PrivateOpt = False,
     revision: RevisionOpt = None,
     commit_message: CommitMessageOpt = None,

@@ -1,0 +1,213 @@
+"""expo tune: choose α by generating with each candidate and scoring the responses, as the paper did.
+
+Usage:
+    expo tune --sft ./sft --aligned ./dpo --prompts prompts.jsonl --reward-model ./rm --alpha 0.1,0.3,0.5
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from . import _output as out
+from ._options import (
+    AlignedIdOpt,
+    AlignedOpt,
+    AlignedRevisionOpt,
+    AllowArchOpt,
+    AlphaForOpt,
+    CommitMessageOpt,
+    CreatePrOpt,
+    DeviceOpt,
+    DtypeOpt,
+    ExcludeOpt,
+    ForceOpt,
+    IncludeOpt,
+    JsonOpt,
+    ModelNameOpt,
+    PrivateOpt,
+    PushToHubOpt,
+    QuietOpt,
+    RevisionOpt,
+    SftIdOpt,
+    SftOpt,
+    SftRevisionOpt,
+    TokenOpt,
+)
+
+TUNE_EXAMPLES = [
+    "expo tune --sft ./sft --aligned ./dpo --prompts prompts.jsonl --reward-model ./rm --alpha 0.1,0.3,0.5",
+    "expo tune --sft ./sft --aligned ./dpo --prompts HuggingFaceH4/ultrafeedback_binarized --split test_gen "
+    "--limit 200 --reward-model weqweasdas/RM-Mistral-7B --alpha 0.1,0.3,0.5 --search --budget 8",
+    "expo tune --sft ./sft --aligned ./dpo --prompts tasks.jsonl --reward-fn graders.py:exact_match "
+    "--alpha 1,2,4,8 --plot tune.png --save-responses responses.jsonl --json",
+    "expo tune --sft ./sft --aligned ./dpo --prompts prompts.txt --reward-model ./rm --output ./dpo-expo "
+    "--push-to-hub me/dpo-expo",
+]
+
+
+def tune(
+    sft: SftOpt,
+    aligned: AlignedOpt,
+    prompts: Annotated[
+        str,
+        typer.Option(
+            "--prompts",
+            metavar="FILE|ORG/NAME",
+            help="Prompts: a .jsonl, .json, .txt or .parquet file, or a Hub "
+            "dataset (with --split; needs the datasets library).",
+        ),
+    ],  # fmt: skip
+    reward_model: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-model",
+            metavar="FOLDER|ORG/NAME",
+            help="A sequence-classification reward model (one label: "
+            "its raw logit is the reward), applied with its own chat template.",
+        ),
+    ] = None,  # fmt: skip
+    reward_fn: Annotated[
+        str | None,
+        typer.Option(
+            "--reward-fn",
+            metavar="MODULE:FUNCTION",
+            help="A Python function (prompt, response) -> float, e.g. graders.py:exact_match or mypkg.rewards:score.",
+        ),
+    ] = None,  # fmt: skip
+    alpha: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alpha",
+            metavar="ALPHA[,ALPHA...]",
+            help="Candidate α (default 0.1,0.3,0.5); α = 0, the aligned model, is always evaluated as the baseline.",
+        ),
+    ] = None,  # fmt: skip
+    search: Annotated[
+        bool, typer.Option("--search", help="Then refine around the best grid point (golden-section), see --budget.")
+    ] = False,
+    budget: Annotated[
+        int | None,
+        typer.Option("--budget", metavar="N", help="With --search: candidates in all, the grid included."),
+    ] = None,
+    prompt_field: Annotated[
+        str | None,
+        typer.Option(
+            "--prompt-field",
+            metavar="FIELD",
+            help="The field holding the prompt (default: prompt, or the first user turn of a messages list).",
+        ),
+    ] = None,  # fmt: skip
+    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Split of a Hub dataset.")] = "test",
+    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Use the first N prompts.")] = None,
+    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sampling and the bootstrap.")] = 42,
+    no_chat_template: Annotated[
+        bool, typer.Option("--no-chat-template", help="Generate from the raw prompt text (a base model).")
+    ] = False,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", metavar="N", help="Longest response, in tokens.")
+    ] = 256,
+    temperature: Annotated[
+        float, typer.Option("--temperature", metavar="T", help="Sampling temperature (0: greedy).")
+    ] = 0.7,
+    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Nucleus sampling.")] = 0.9,
+    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling (0: off).")] = 50,
+    samples_per_prompt: Annotated[
+        int, typer.Option("--samples-per-prompt", metavar="N", help="Responses per prompt (averaged per prompt).")
+    ] = 1,
+    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Prompts per generation batch.")] = 8,
+    reward_batch_size: Annotated[
+        int, typer.Option("--reward-batch-size", metavar="N", help="Responses per reward-model batch.")
+    ] = 8,
+    dtype: DtypeOpt = None,
+    device: DeviceOpt = "auto",
+    alpha_for: AlphaForOpt = None,
+    include: IncludeOpt = None,
+    exclude: ExcludeOpt = None,
+    plot: Annotated[
+        str | None,
+        typer.Option("--plot", metavar="FILE.png", help="Draw reward (with intervals) and length against α."),
+    ] = None,
+    save_responses: Annotated[
+        str | None,
+        typer.Option("--save-responses", metavar="FILE.jsonl", help="Keep every prompt, response and reward."),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FOLDER",
+            help="Then write the chosen α's checkpoint here (with the tuning summary in its provenance and card).",
+        ),
+    ] = None,  # fmt: skip
+    force: ForceOpt = False,
+    allow_architecture_mismatch: AllowArchOpt = False,
+    sft_revision: SftRevisionOpt = None,
+    aligned_revision: AlignedRevisionOpt = None,
+    sft_id: SftIdOpt = None,
+    aligned_id: AlignedIdOpt = None,
+    model_name: ModelNameOpt = None,
+    push_to_hub: PushToHubOpt = None,
+    private: PrivateOpt = False,
+    revision: RevisionOpt = None,
+    commit_message: CommitMessageOpt = None,
+    create_pr: CreatePrOpt = False,
+    token: TokenOpt = None,
+    quiet: QuietOpt = False,
+    json: JsonOpt = False,
+) -> None:
+    """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    import expo_cli
+
+    from ..alpha import parse_alphas
+    from ..generation import Decoding
+    from ..tuning import DEFAULT_ALPHAS
+
+    if push_to_hub and not output:
+        raise typer.BadParameter("needs --output FOLDER for the chosen checkpoint", param_hint="--push-to-hub")
+    options = {
+        "dtype": dtype, "device": device, "force": force, "alpha_for": alpha_for or (), "include": include or (),
+        "exclude": exclude or (), "allow_architecture_mismatch": allow_architecture_mismatch,
+        "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
+        "info": out.ignore if quiet else out.info, "sft_revision": sft_revision,
+        "aligned_revision": aligned_revision, "token": token,
+    }  # fmt: skip
+    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed)  # fmt: skip
+    result = expo_cli.tune(
+        sft, aligned, prompts, reward_model=reward_model, reward_fn=reward_fn,
+        alphas=parse_alphas(alpha) if alpha else DEFAULT_ALPHAS, search=search, budget=budget, decoding=decoding,
+        prompt_field=prompt_field, split=split, limit=limit, chat_template=not no_chat_template,
+        reward_batch_size=reward_batch_size, output=output, **options,
+    )  # fmt: skip
+    for warning in result.recommendation.warnings:
+        out.warning(warning)
+    if save_responses:
+        result.save_responses(save_responses)
+    if plot:
+        result.plot(plot)
+    report = result.to_json()
+    merged = None
+    if output and result.alpha == 0:
+        out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
+    elif output:
+        merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), sft_id=sft_id,
+                                aligned_id=aligned_id, model_name=model_name, **options)  # fmt: skip
+        report["output"] = str(merged.output)
+    if merged and push_to_hub:
+        from .push import upload
+
+        report["commit_url"] = upload(merged.output, push_to_hub, quiet, private=private, revision=revision,
+                                      commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
+    if json:
+        out.result_json(report)
+        return
+    for line in result.table():
+        out.result(line)
+    for key in ("output", "commit_url"):
+        if key in report:
+            out.result(str(report[key]))

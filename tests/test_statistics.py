@@ -1,0 +1,176 @@
+"""The statistics and the search of expo tune, on constructed data whose answers are known."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from expo_cli.errors import InputError, UsageError
+from expo_cli.prompts import load_prompts
+from expo_cli.search import Search
+from expo_cli.statistics import Bootstrap, compare, per_prompt, recommend, win_credit
+
+
+def test_a_constant_paired_gain_has_a_zero_width_interval():
+    base = np.random.default_rng(0).normal(size=300)
+    stats = compare({0.0: base, 0.5: base + 0.25, 1.0: base - 0.1}, {0.0: np.ones(300), 0.5: np.ones(300),
+                                                                      1.0: np.ones(300)}, draws=500)  # fmt: skip
+    gain = {s.alpha: s.gain for s in stats}
+    assert gain[0.5].estimate == pytest.approx(0.25) and gain[0.5].low == pytest.approx(0.25)
+    assert gain[0.5].high == pytest.approx(0.25)
+    assert gain[1.0].high == pytest.approx(-0.1) and not stats[2].significant and stats[1].significant
+    assert {s.alpha: s.win_rate.estimate for s in stats} == {0.0: 0.5, 0.5: 1.0, 1.0: 0.0}
+
+
+def test_the_interval_of_a_mean_has_the_width_theory_gives():
+    rng = np.random.default_rng(1)
+    n, sigma = 2000, 3.0
+    values = rng.normal(10.0, sigma, size=n)
+    interval = Bootstrap(n, draws=4000, seed=2).mean(values)
+    half_width = (interval.high - interval.low) / 2
+    assert half_width == pytest.approx(1.96 * sigma / np.sqrt(n), rel=0.08)
+    assert interval.low < values.mean() < interval.high
+
+
+def test_the_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(3)
+    covered = 0
+    for trial in range(200):
+        values = rng.exponential(2.0, size=200)  # skewed: the true mean is 2
+        interval = Bootstrap(200, draws=1000, seed=trial).mean(values)
+        covered += interval.low <= 2.0 <= interval.high
+    assert 0.90 <= covered / 200 <= 0.99
+
+
+def test_win_credit_counts_ties_as_half():
+    assert win_credit(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])).tolist() == [1.0, 0.5, 0.0]
+
+
+def test_per_prompt_averages_the_samples_of_each_prompt():
+    assert per_prompt([1, 3, 10, 20, 5], [0, 0, 1, 1, 2], 3).tolist() == [2.0, 15.0, 5.0]
+
+
+def test_the_gain_at_equal_length_is_the_intercept_of_the_length_regression():
+    rng = np.random.default_rng(4)
+    n = 400
+    length_gain = rng.normal(0, 5, size=n)
+    x = np.tanh(length_gain / length_gain.std())
+    boot = Bootstrap(n, draws=2000, seed=0)
+    exact = boot.length_adjusted(0.3 + 0.5 * x, length_gain)
+    assert (exact.estimate, exact.low, exact.high) == pytest.approx((0.3, 0.3, 0.3))
+    only_length = boot.length_adjusted(0.5 * x + rng.normal(0, 0.05, size=n), length_gain)
+    assert only_length.low < 0 < only_length.high
+    no_length_change = boot.length_adjusted(np.full(n, 0.2), np.zeros(n))
+    assert no_length_change.estimate == pytest.approx(0.2)
+
+
+def test_a_gain_bought_by_length_is_flagged():
+    rng = np.random.default_rng(5)
+    n = 500
+    base_len = rng.integers(50, 100, size=n).astype(float)
+    longer = base_len + rng.normal(40, 20, size=n)  # +~50% longer
+    base = rng.normal(0, 1, size=n)
+    gains = 0.8 * np.tanh((longer - base_len - 40) / 20) + 0.8  # all of the gain goes with length
+    stats = compare({0.0: base, 1.0: base + gains}, {0.0: base_len, 1.0: longer}, draws=2000)
+    choice = recommend(stats)
+    assert choice.alpha == 1.0
+    assert any("longer responses may explain" in w for w in choice.warnings)
+    assert any("% longer than α=0" in w for w in choice.warnings)
+
+
+def test_the_recommendation_is_the_best_significant_candidate_or_the_aligned_model():
+    rng = np.random.default_rng(6)
+    n = 300
+    base = rng.normal(0, 1, size=n)
+    lengths = {a: np.full(n, 10.0) for a in (0.0, 0.3, 0.5, 3.0)}
+    rewards = {
+        0.0: base,
+        0.3: base + 0.2 + rng.normal(0, 0.1, size=n),  # significant
+        0.5: base + 0.3 + rng.normal(0, 0.1, size=n),  # significant and best
+        3.0: base + rng.normal(0.35, 8.0, size=n),  # highest mean, but noise: not significant
+    }
+    stats = compare(rewards, lengths, draws=2000)
+    choice = recommend(stats)
+    assert choice.alpha == 0.5 and "2 candidate(s) whose gain over α=0 is significant" in choice.reason
+    assert not [s for s in stats if s.alpha == 3.0][0].significant
+    worse = {0.0: base, 0.3: base - 0.01 + rng.normal(0, 0.2, size=n)}
+    none = recommend(compare(worse, {0.0: np.ones(n), 0.3: np.ones(n)}, draws=1000))
+    assert none.alpha == 0.0 and none.reason.startswith("no candidate beats the aligned model")
+
+
+@pytest.mark.parametrize("peak", [0.37, 2.7, 7.9])
+def test_the_search_finds_the_peak_of_a_concave_curve(peak):
+    search = Search([0.0, 0.1, 0.3, 1.0, 3.0, 10.0], budget=14)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, -((alpha - peak) ** 2))
+    best = max(search.scores, key=search.scores.get)
+    assert len(evaluated) <= 14 and evaluated[:6] == [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
+    assert abs(best - peak) < 0.05 * max(peak, 1)
+
+
+def test_the_search_looks_further_out_while_the_reward_still_rises():
+    search = Search([0.0, 0.5, 1.0], budget=6)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, alpha)
+    assert evaluated == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_the_grid_alone_is_the_whole_search_without_a_budget():
+    search = Search([0.0, 1.0, 2.0])
+    for alpha in (0.0, 1.0, 2.0):
+        assert search.next() == alpha
+        search.record(alpha, 1.0)
+    assert search.next() is None
+
+
+def test_prompts_from_every_format(tmp_path):
+    records = [{"prompt": "p1"}, {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "p2"},
+                                               {"role": "assistant", "content": "a"}]}, "p3"]  # fmt: skip
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
+    (tmp_path / "a.json").write_text(json.dumps({"data": records}))
+    (tmp_path / "a.txt").write_text("p1\n\np2\np3\n")
+    for name in ("a.jsonl", "a.json", "a.txt"):
+        assert load_prompts(str(tmp_path / name)) == ["p1", "p2", "p3"], name
+    assert load_prompts(str(tmp_path / "a.jsonl"), limit=2) == ["p1", "p2"]
+    (tmp_path / "f.jsonl").write_text(json.dumps({"question": "q1", "prompt": "x"}) + "\n")
+    assert load_prompts(str(tmp_path / "f.jsonl"), field="question") == ["q1"]
+    import pyarrow
+    import pyarrow.parquet
+
+    pyarrow.parquet.write_table(pyarrow.table({"prompt": ["p1", "p2"], "other": [1, 2]}), tmp_path / "a.parquet")
+    assert load_prompts(str(tmp_path / "a.parquet")) == ["p1", "p2"]
+    folder = tmp_path / "dataset"  # a dataset folder, read by the datasets library as a Hub dataset would be
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"prompt": "train only"}) + "\n")
+    (folder / "test.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("p1", "p2", "p3")))
+    assert load_prompts(str(folder), split="test") == ["p1", "p2", "p3"]
+    assert load_prompts(str(folder), split="train") == ["train only"]
+    with pytest.raises(InputError, match="--split nope: cannot load it"):
+        load_prompts(str(folder), split="nope")
+
+
+def test_bad_prompt_files_name_the_record(tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "empty.jsonl").write_text('{"prompt": ""}\n')
+    (tmp_path / "a.csv").write_text("prompt\nx\n")
+    cases = [
+        ("bad.jsonl", InputError, "bad.jsonl record 2: no 'prompt' field or 'messages' list (it has 'text')"),
+        ("broken.jsonl", InputError, "broken.jsonl line 2: not valid JSON"),
+        ("empty.txt", InputError, "no prompts in it"),
+        ("empty.jsonl", InputError, "record 1: the prompt is empty"),
+        ("a.csv", UsageError, "use a .jsonl, .json, .txt, .parquet file"),
+        ("missing.jsonl", InputError, "no such file"),
+    ]
+    for name, error, message in cases:
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
+            load_prompts(str(tmp_path / name))
+    with pytest.raises(InputError, match="no field 'question'"):
+        load_prompts(str(tmp_path / "bad.jsonl"), field="question")

@@ -1,0 +1,278 @@
+"""expo tune: candidates bit for bit equal to expo merge, the same generations, the workflow, and its errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification
+
+from expo_cli.candidates import CandidateModel
+from expo_cli.generation import Decoding, encode_prompts, generate
+from expo_cli.planning import MergeOptions, prepare
+from expo_cli.rewards import RewardModel
+
+from _checkpoints import VOCAB, make_pair, read_all, steered_pair, word_tokenizer
+
+PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
+W7_SHARE = """def w7_share(prompt, response):
+    words = response.split()
+    return words.count('w7') / max(len(words), 1)
+"""
+
+
+@pytest.fixture(scope="module")
+def steered(tmp_path_factory) -> tuple[Path, Path]:
+    return steered_pair(tmp_path_factory.mktemp("steered"))
+
+
+@pytest.fixture
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return path
+
+
+@pytest.fixture
+def grader(tmp_path) -> Path:
+    path = tmp_path / "grader.py"
+    path.write_text(W7_SHARE)
+    return path
+
+
+def candidate_for(sft: Path, aligned: Path, **options) -> CandidateModel:
+    run = prepare(sft, aligned, {}, MergeOptions(progress=False, **options))
+    dtype = getattr(torch, run.main.plan.dominant_dtype())
+    return CandidateModel.attach(AutoModelForCausalLM.from_pretrained(aligned, dtype=dtype).eval(), run)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2-tied"])
+def test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint(tmp_path, expo, arch):
+    sft, aligned = make_pair(tmp_path, arch="llama" if arch == "llama" else "gpt2", dtype=torch.bfloat16)
+    candidate = candidate_for(sft, aligned, alpha_for=["mlp=0.25"])
+    for alpha in (0.5, 0.0, -1.0, 2.5, 0.3):  # in place, in any order: no state carries over
+        candidate.set_alpha(alpha, MergeOptions())
+        out = tmp_path / f"merged-{alpha:g}"
+        assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", alpha, "--alpha-for",
+                    "mlp=0.25", "-q").code == 0  # fmt: skip
+        merged = read_all(out)
+        state = candidate.model.state_dict()
+        assert merged, "the merge wrote tensors"
+        for name, tensor in merged.items():
+            assert torch.equal(state[name], tensor), f"α={alpha}: {name} differs from expo merge's output"
+            assert state[name].dtype == tensor.dtype
+
+
+def test_a_dtype_option_computes_candidates_as_the_merge_would_in_that_dtype(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    run = prepare(sft, aligned, {}, MergeOptions(progress=False, dtype="float32"))
+    model = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.float32).eval()
+    candidate = CandidateModel.attach(model, run)
+    candidate.set_alpha(0.7, MergeOptions())
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "m", "--alpha", "0.7", "--dtype",
+                "float32", "-q").code == 0  # fmt: skip
+    for name, tensor in read_all(tmp_path / "m").items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+
+def test_a_model_loaded_in_another_dtype_is_refused(llama_pair):
+    sft, aligned = llama_pair
+    run = prepare(sft, aligned, {}, MergeOptions(progress=False))
+    model = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.float32)
+    with pytest.raises(Exception, match="pass --dtype"):
+        CandidateModel.attach(model, run)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
+def test_generations_equal_those_of_the_merged_checkpoint_loaded_with_transformers(tmp_path, expo, steered,
+                                                                                   temperature):  # fmt: skip
+    sft, aligned = steered
+    tokenizer = word_tokenizer()
+    ids = encode_prompts(tokenizer, PROMPTS[:10], chat_template=True)
+    decoding = Decoding(max_new_tokens=12, temperature=temperature, samples_per_prompt=1 if not temperature else 3,
+                        batch_size=4, seed=7)  # fmt: skip
+    candidate = candidate_for(sft, aligned)
+    for alpha in (1.5, 0.4):
+        candidate.set_alpha(alpha, MergeOptions())
+        tuned = generate(candidate.model, tokenizer, ids, decoding)
+        out = tmp_path / f"merged-{alpha:g}"
+        assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", alpha, "-q").code == 0
+        loaded = AutoModelForCausalLM.from_pretrained(out).eval()
+        reference = generate(loaded, tokenizer, ids, decoding)
+        assert [r.text for r in tuned] == [r.text for r in reference]
+        assert [r.tokens for r in tuned] == [r.tokens for r in reference]
+        assert any(r.tokens > 0 for r in tuned)
+
+
+def test_the_same_seed_gives_the_same_responses_and_alpha_changes_them(steered):
+    sft, aligned = steered
+    tokenizer = word_tokenizer()
+    ids = encode_prompts(tokenizer, PROMPTS, chat_template=True)
+    decoding = Decoding(max_new_tokens=10, temperature=1.0, batch_size=8)
+    candidate = candidate_for(sft, aligned)
+    candidate.set_alpha(0.0, MergeOptions())
+    first = generate(candidate.model, tokenizer, ids, decoding)
+    candidate.set_alpha(3.0, MergeOptions())
+    other = generate(candidate.model, tokenizer, ids, decoding)
+    candidate.set_alpha(0.0, MergeOptions())
+    again = generate(candidate.model, tokenizer, ids, decoding)
+    assert first == again
+    assert first != other
+    share = [sum(r.text.split().count("w7") for r in rs) / sum(r.tokens for r in rs) for rs in (first, other)]
+    assert share[1] > share[0] + 0.2, share  # the constructed alignment direction, amplified
+
+
+def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, expo, steered, prompts_file, grader):
+    sft, aligned = steered
+    out = tmp_path / "chosen"
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
+               f"{grader}:w7_share", "--alpha", "0.5,2", "--max-new-tokens", "10", "--samples-per-prompt", "2",
+               "--temperature", "1", "--json", "--plot", tmp_path / "tune.png", "--save-responses",
+               tmp_path / "responses.jsonl", "--output", out)  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert [c["alpha"] for c in report["candidates"]] == [0.0, 0.5, 2.0]
+    assert report["alpha"] == 2.0
+    best = report["candidates"][2]
+    assert best["significant"] and best["gain"]["low"] > 0
+    assert best["reward"]["estimate"] > report["candidates"][0]["reward"]["estimate"]
+    assert "largest α tried" in run.stderr  # the peak may lie further out
+    for c in report["candidates"]:
+        assert c["update_seconds"] >= 0 and c["generate_seconds"] > 0
+    assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * len(PROMPTS) * 2
+    assert {line["alpha"] for line in lines} == {0.0, 0.5, 2.0}
+    assert all(line["prompt"] == PROMPTS[line["prompt_index"]] for line in lines)
+    # The chosen checkpoint is expo merge's output at that α, with how α was chosen recorded.
+    assert report["output"] == str(out.resolve())
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "plain", "--alpha", "2", "-q").code == 0
+    plain, chosen = read_all(tmp_path / "plain"), read_all(out)
+    assert all(torch.equal(plain[name], chosen[name]) for name in plain)
+    record = json.loads((out / "config.json").read_text())["expo"]
+    assert record["alpha"] == 2.0 and record["tuning"]["chosen_alpha"] == 2.0
+    assert record["tuning"]["reward"] == "grader.py:w7_share"
+    card = (out / "README.md").read_text()
+    assert "## How α was chosen" in card and "(significant)" in card
+    for text in (card, (out / "config.json").read_text()):
+        assert str(tmp_path) not in text
+
+
+def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prompts_file, grader):
+    sft, aligned = steered
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
+               f"{grader}:w7_share", "--alpha", "1", "--search", "--budget", "4", "--max-new-tokens", "6",
+               "--temperature", "1", "--limit", "8", "--json", "-q")  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["prompts"] == 8
+    assert len(report["evaluated_order"]) == 4 and report["evaluated_order"][:2] == [0.0, 1.0]
+    assert report["evaluated_order"][2] == 2.0  # still rising at the grid's end: the search looks further out
+
+
+def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadded(tmp_path):
+    torch.manual_seed(3)
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    tokenizer = word_tokenizer()
+    tokenizer.save_pretrained(tmp_path / "rm")
+    rm = RewardModel(str(tmp_path / "rm"), batch_size=3)
+    prompts = ["w9 w10", "w11", "w12 w13 w14 w15", "w16", "w17 w18"]
+    responses = ["w20 w21 w22", "w23", "w24 w25", "w26 w27 w28 w29 w30", ""]
+    scores = rm.score(prompts, responses)
+    for prompt, response, score in zip(prompts, responses, scores, strict=True):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
+                                              {"role": "assistant", "content": response}], tokenize=False)  # fmt: skip
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        assert ids[0, 0].item() == tokenizer.bos_token_id and (ids == tokenizer.bos_token_id).sum() == 1
+        with torch.no_grad():
+            alone = rm.model(input_ids=ids).logits[0, 0].item()
+        assert score == pytest.approx(alone, abs=1e-5)
+    assert len(set(scores)) == len(scores)
+
+
+def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_file):
+    sft, aligned = steered
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    word_tokenizer().save_pretrained(tmp_path / "rm")
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-model",
+               tmp_path / "rm", "--alpha", "1", "--max-new-tokens", "5", "--limit", "6")  # fmt: skip
+    assert run.code == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0].split()[:3] == ["α", "reward", "[95%"]
+    assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]
+    assert lines[-1].startswith("Chosen α = ")
+    assert "α=1" in run.stderr  # one progress bar per candidate
+
+
+def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, grader):
+    sft, aligned = steered
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
+               f"{grader}:w7_share", "--alpha", "0.1", "--max-new-tokens", "3", "--limit", "4", "-q")  # fmt: skip
+    assert run.code == 0
+    assert run.stderr == ""
+    assert run.stdout.splitlines()[-1].startswith("Chosen α = 0: no candidate beats the aligned model")
+
+
+def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file, grader, llama_pair):
+    sft, aligned = steered
+    base = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file]
+    fn = ["--reward-fn", f"{grader}:w7_share"]
+    cases = [
+        (base, 2, "pass one of --reward-model or --reward-fn"),
+        (base + fn + ["--reward-model", "x"], 2, "pass one of"),
+        (base + ["--reward-fn", f"{grader}:missing"], 3, "has no function 'missing'"),
+        (base + ["--reward-fn", "nonexistent_module_xyz:f"], 3, "cannot import nonexistent_module_xyz"),
+        (base + ["--reward-fn", "no-colon"], 2, "module:function"),
+        (base + ["--reward-model", tmp_path / "nowhere"], 3, "cannot load a sequence-classification model"),
+        (base + fn + ["--budget", "9"], 2, "--budget needs --search"),
+        (base + fn + ["--search", "--budget", "2", "--alpha", "1,2"], 2, "the grid alone has 3"),
+        (base + fn + ["--alpha", "0.5,0.5"], 2, "repeated"),
+        (base + fn + ["--temperature", "0", "--samples-per-prompt", "2"], 2, "needs sampling"),
+        (base + fn + ["--limit", "0"], 2, "--limit 0"),
+        (["tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "none.jsonl", *fn], 3, "no such file"),
+        (["tune", "--sft", llama_pair[0], "--aligned", llama_pair[1], "--prompts", prompts_file, *fn], 3,
+         "cannot load its tokenizer"),
+        (base + fn + ["--output", aligned], 5, ""),
+        (base + fn + ["--push-to-hub", "me/x"], 2, "needs --output"),
+    ]  # fmt: skip
+    for args, code, message in cases:
+        run = expo(*args)
+        assert run.code == code, (args, run.stderr)
+        assert message in run.stderr, (args, run.stderr)
+        assert "Traceback" not in run.stderr and "α=0:" not in run.stderr  # nothing was generated
+        last = run.stderr.strip().splitlines()[-1]
+        assert last.startswith("Error:") and message in last, run.stderr  # ends with one clear line
+
+
+def test_a_model_without_a_chat_template_needs_the_option(tmp_path, expo, steered, prompts_file, grader):
+    sft, aligned = steered
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for f in aligned.iterdir():
+        if f.name != "chat_template.jinja":
+            (bare / f.name).write_bytes(f.read_bytes())
+    config = json.loads((bare / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(config))
+    args = ["tune", "--sft", sft, "--aligned", bare, "--prompts", prompts_file, "--reward-fn", f"{grader}:w7_share",
+            "--alpha", "1", "--max-new-tokens", "3", "--limit", "3", "-q"]  # fmt: skip
+    run = expo(*args)
+    assert run.code == 3 and "--no-chat-template" in run.stderr
+    assert expo(*args, "--no-chat-template").code == 0
+
+
+def test_a_failing_reward_function_names_itself(tmp_path, expo, steered, prompts_file):
+    sft, aligned = steered
+    (tmp_path / "bad.py").write_text(
+        "def nan(p, r):\n    return float('nan')\n\n\ndef boom(p, r):\n    raise KeyError(r)\n"
+    )
+    for name, message in (("nan", "returned nan; it must return a finite number"), ("boom", "raised KeyError")):
+        run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
+                   f"{tmp_path / 'bad.py'}:{name}", "--max-new-tokens", "2", "--limit", "2", "-q")  # fmt: skip
+        assert run.code == 3 and f"--reward-fn bad.py:{name}" in run.stderr and message in run.stderr
