@@ -8,14 +8,14 @@ model, 4 candidates (α = 0 and three more) and 32 prompts:
 - a larger Llama built here (default 12 layers of width 768: 85M parameters, float32), where the weight update
   has real bytes to move.
 For each: wall time, the per-candidate update / generation / scoring seconds (from the command's own timings),
-the update's share of a candidate's time, and the peak RSS against the size of one model.
+the update's share of a candidate's time, and the peak anonymous memory (RssAnon, polled: the memory-mapped
+inputs' page cache is not counted) against the size of one model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -66,26 +66,40 @@ def model_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def tune(sft: Path, aligned: Path, rm: Path, prompts: Path, alphas: str, max_new_tokens: int) -> tuple[dict, float]:
+def tune(sft: Path, aligned: Path, rm: Path, prompts: Path, alphas: str,
+         max_new_tokens: int) -> tuple[dict, float, int]:  # fmt: skip
+    """Run expo tune; return its report, wall time, and peak anonymous memory (RssAnon: not the mapped inputs)."""
     started = time.perf_counter()
-    run = subprocess.run(
+    process = subprocess.Popen(
         [sys.executable, "-m", "expo_cli", "tune", "--sft", str(sft), "--aligned", str(aligned), "--prompts",
          str(prompts), "--reward-model", str(rm), "--alpha", alphas, "--max-new-tokens", str(max_new_tokens),
          "--temperature", "1", "--device", "cpu", "--json", "--quiet"],
-        capture_output=True, text=True, check=True,
+        stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    return json.loads(run.stdout), time.perf_counter() - started
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(status.split("RssAnon:")[1].split()[0]) * 1024)
+        except (OSError, IndexError):
+            pass
+        time.sleep(0.02)
+    stdout = process.stdout.read()
+    if process.returncode:
+        raise SystemExit(f"expo tune failed with exit code {process.returncode}")
+    return json.loads(stdout), time.perf_counter() - started, peak
 
 
 def report(name: str, size: int, result: dict, wall: float, peak: int) -> None:
     print(f"\n{name}: one model = {size / 1e6:.1f} MB; expo tune wall time {wall:.1f} s "
-          f"({result['prompts']} prompts, {len(result['candidates'])} candidates); peak RSS {peak / 1e6:.0f} MB "
-          f"= {peak / size:.1f}× one model")  # fmt: skip
+          f"({result['prompts']} prompts, {len(result['candidates'])} candidates); peak anonymous memory "
+          f"(RssAnon) {peak / 1e6:.0f} MB = {peak / size:.1f}× one model")  # fmt: skip
     print(f"{'α':>6} {'update s':>9} {'generate s':>11} {'score s':>8} {'update share':>13} {'mean reward':>12}")
     for c in result["candidates"]:
         total = c["update_seconds"] + c["generate_seconds"] + c["score_seconds"]
-        print(f"{c['alpha']:>6g} {c['update_seconds']:>9.3f} {c['generate_seconds']:>11.2f} {c['score_seconds']:>8.2f} "
-              f"{c['update_seconds'] / total:>12.1%} {c['reward']['estimate']:>12.4f}")  # fmt: skip
+        print(f"{c['alpha']:>6g} {c['update_seconds']:>9.3f} {c['generate_seconds']:>11.2f} "
+              f"{c['score_seconds']:>8.2f} {c['update_seconds'] / total:>12.1%} "
+              f"{c['reward']['estimate']:>12.4f}")  # fmt: skip
 
 
 def main() -> None:
@@ -110,11 +124,7 @@ def main() -> None:
             f"Llama {args.layers}×{args.hidden}, float32": build_large_pair(root / "large", args.hidden, args.layers),
         }
         for name, (sft, aligned) in pairs.items():
-            before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            result, wall = tune(sft, aligned, rm, prompts, args.alphas, args.max_new_tokens)
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
-            if peak <= before * 1024:
-                peak = 0  # an earlier, bigger child holds the maximum: not measurable here
+            result, wall, peak = tune(sft, aligned, rm, prompts, args.alphas, args.max_new_tokens)
             report(name, model_bytes(aligned), result, wall, peak)
 
 
