@@ -86,9 +86,9 @@ class InspectResult:
         return data
 
 
-def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: str | None = None,
-            progress: bool = True, allow_architecture_mismatch: bool = False,
-            token: str | None = None) -> InspectResult:  # fmt: skip
+def inspect(sft: str | Path | None, aligned: str | Path, alpha: float = 0.5, *, dtype: str | None = None,
+            progress: bool = True, allow_architecture_mismatch: bool = False, token: str | None = None,
+            base: str | None = None, adapter_stack: str | None = None) -> InspectResult:  # fmt: skip
     """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written."""
     import torch
     from huggingface_hub.utils import tqdm
@@ -96,7 +96,7 @@ def inspect(sft: str | Path, aligned: str | Path, alpha: float = 0.5, *, dtype: 
     from .extrapolate import Extrapolator
 
     out_code = dtype_code(dtype)
-    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token,
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token, base=base, adapter_stack=adapter_stack,
                                             allow_architecture_mismatch=allow_architecture_mismatch)  # fmt: skip
     plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
     extrapolate = Extrapolator(alpha)

@@ -8,6 +8,7 @@ place as the very last step (`output.Staging`).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Collection
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, sidefiles
+from .adapters import ADAPTER_CONFIG
 from .alpha import formula
 from .constants import CHUNK_ELEMENTS
 from .errors import NonFiniteError, OutputError
 from .metadata import provenance, write_config, write_model_card
-from .output import Staging, remove_partial
+from .output import Staging, remove_partial, write_durably
 from .pairing import TensorPlan
 from .planning import MergeOptions, RunPlan
 from .sinks import BufferPool, ShardSink
@@ -139,6 +141,8 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions, o
         for weights in run.weights:
             shards = [s for s in weights.shards if only is None or s.filename in only]
             tensors = [t for s in shards for t in s.tensors]
+            if hasattr(weights.aligned, "set_alpha"):  # a combined adapter (--as-adapter): one α per run
+                weights.aligned.set_alpha(next(iter(folders)))
             with weights.sft, weights.aligned:
                 pool = BufferPool(shards, pinned=engine.cuda)
                 sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
@@ -181,10 +185,16 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], 
         mistral_format=len(run.weights) > 1,
         side_files={"copied": side.copied, "skipped": side.listing()},
         **({"tuning": run.tuning} if run.tuning else {}),
+        **({"output": "peft-adapter"} if run.adapter_config else {}),
     )  # fmt: skip
-    write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)
-    sidefiles.copy_files(run.side_folder or run.main.aligned.path, side.copied, folder)
-    write_model_card(folder, record, run.card, run.main.aligned.config, run.model_names[alpha])
+    if run.adapter_config is None:
+        write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)
+    else:  # a PEFT adapter: its config (unchanged unless two adapters were combined); no config.json
+        write_durably(folder / ADAPTER_CONFIG, (json.dumps(run.adapter_config, indent=2) + "\n").encode())
+    sidefiles.copy_all(side, run.side_folder or run.main.aligned.path, folder)
+    adapter = run.adapter_config is not None
+    write_model_card(folder, record, run.card, (run.main.sft if adapter else run.main.aligned).config,
+                     run.model_names[alpha], adapter=adapter)  # fmt: skip
 
 
 def explain_nonfinite(t: TensorPlan, sft: TensorSource, aligned: TensorSource, alpha: float,

@@ -170,6 +170,31 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
+def adapter_snapshot(source: HubInput, token: str | None = None, offline: bool = False) -> Path | None:
+    """The local copy of a Hub repo holding a PEFT adapter (downloaded whole at one commit: adapters are small),
+    or None when the repo holds a full model."""
+    from huggingface_hub import snapshot_download
+
+    from .adapters import ADAPTER_CONFIG
+
+    full = {SAFETENSORS_SINGLE_FILE, SAFETENSORS_INDEX_FILE, "pytorch_model.bin", PYTORCH_INDEX_FILE}
+    patterns = ["adapter_model.safetensors", "adapter_model.bin", *SIDE_FILES]
+    with hub_errors(source.repo_id, source.revision):
+        if offline:
+            try:
+                folder = Path(snapshot_download(source.repo_id, revision=source.revision, local_files_only=True,
+                                                allow_patterns=patterns))  # fmt: skip
+            except Exception:  # noqa: BLE001 - not cached as an adapter: let the full-model path say why
+                return None
+            return folder if (folder / ADAPTER_CONFIG).is_file() else None
+        info = api(token).model_info(source.repo_id, revision=source.revision)
+        files = {s.rfilename for s in info.siblings or []}
+        if ADAPTER_CONFIG not in files or files & full:
+            return None
+        return Path(snapshot_download(source.repo_id, revision=info.sha, allow_patterns=patterns, token=token,
+                                      library_name="expo-cli", library_version=__version__))  # fmt: skip
+
+
 def download(remote: RemoteCheckpoint, token: str | None = None, extra: Sequence[str] = (),
              weights: bool = True) -> Path:  # fmt: skip
     """Download the weights of one format (unless `weights` is False: `--stream` reads them by ranges), the side

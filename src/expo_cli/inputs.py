@@ -8,8 +8,9 @@ headers were validated.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from .alpha import AlphaRule, check_rules_match
 from .checkpoint import load_checkpoint
@@ -19,21 +20,147 @@ from .pairing import check_configs, plan_merge
 from .sources import TensorSource
 
 
-def resolve_inputs(sft: str | Path, aligned: str | Path, *, sft_revision: str | None = None,
+def resolve_inputs(sft: str | Path | None, aligned: str | Path, *, sft_revision: str | None = None,
                    aligned_revision: str | None = None, token: str | None = None,
                    allow_architecture_mismatch: bool = False, rules: Sequence[AlphaRule] = (),
                    out_code: str | None = None, outputs: Sequence[Path] = (), force: bool = False,
-                   download: bool = True,
-                   extra_patterns: Sequence[str] = ()) -> tuple[TensorSource, TensorSource]:  # fmt: skip
+                   download: bool = True, extra_patterns: Sequence[str] = (), base: str | None = None,
+                   adapter_stack: str | None = None,
+                   warn: Callable[[str], None] | None = None) -> tuple[TensorSource, TensorSource]:  # fmt: skip
     """The two checkpoints, read and validated, configs checked against each other.
 
     Args:
         sft, aligned: local folders or Hub repo ids (`org/name[@revision]`); an existing local folder wins.
+            Either may be a PEFT LoRA adapter (then served by `adapters.LoraSource` over its base); `sft` may be
+            None when `aligned` is an adapter whose config names its base model.
         outputs: folders a merge will write, refused here if they are inputs or exist without `force`.
         rules, out_code: checked against Hub headers before downloading (a local pair is planned by the caller).
         download: False (a dry run) keeps Hub inputs as header-only views: enough to plan, nothing to read.
         extra_patterns: more files to download with Hub weights (Mistral-format weights).
+        base: the base model of an `sft` adapter (default: its config's base_model_name_or_path).
+        adapter_stack: for two adapters, "on-sft" (the aligned adapter was trained on the merged SFT model) or
+            "continued" (both are relative to the base); default: told from their configs.
+        warn: called with warnings (a base-model mismatch).
     """
+    from .adapters import read_adapter
+
+    if adapter_stack not in (None, "on-sft", "continued"):
+        raise UsageError(f"--adapter-stack {adapter_stack!r}: choose on-sft or continued")
+    aligned_adapter = _adapter(str(aligned), aligned_revision, token, "aligned", read_adapter)
+    if sft is None:
+        if aligned_adapter is None or aligned_adapter.base_model is None:
+            why = " (the adapter's config names no base model)" if aligned_adapter else ""
+            raise UsageError(f"--sft is required{why}")
+        sft = aligned_adapter.base_model
+    sft_adapter = _adapter(str(sft), sft_revision, token, "sft", read_adapter)
+    if aligned_adapter is None and sft_adapter is None:
+        return _resolve_pair(sft, aligned, sft_revision=sft_revision, aligned_revision=aligned_revision, token=token,
+                             allow_architecture_mismatch=allow_architecture_mismatch, rules=rules,
+                             out_code=out_code, outputs=outputs, force=force, download=download,
+                             extra_patterns=extra_patterns)  # fmt: skip
+    from .adapters import LoraSource, check_against
+
+    if Path(str(sft)).exists() and Path(str(aligned)).exists() and same_path(Path(str(sft)), Path(str(aligned))):
+        raise MismatchError(f"--sft and --aligned are both {sft}: pass the SFT model the adapter was trained from")
+    for output in outputs:
+        check_apart(output, {role: a.path for role, a in (("sft", sft_adapter), ("aligned", aligned_adapter)) if a})
+        check_output(output, force)
+
+    def full(spec: str, revision: str | None, role: str) -> TensorSource:
+        return _resolve_one(spec, revision, role, token, download, outputs)
+
+    if sft_adapter is None:
+        sft_source = full(str(sft), sft_revision, "sft")
+        base_source = sft_source
+    else:
+        base = base or sft_adapter.base_model
+        if base is None:
+            raise UsageError(f"--sft {sft_adapter.path.name} is a LoRA adapter whose config names no base model: "
+                             "pass --base")  # fmt: skip
+        base_source = full(base, None, "base")
+        check_against(sft_adapter, base_source, "sft", f"--base {Path(base).name}")
+        sft_source = LoraSource(base_source, sft_adapter)
+    if aligned_adapter is None:
+        aligned_source = full(str(aligned), aligned_revision, "aligned")
+    else:
+        if sft_adapter is None:
+            under, label = sft_source, f"--sft {Path(str(sft)).name}"
+            if aligned_adapter.base_model and not _same_model(aligned_adapter.base_model, str(sft)) and warn:
+                warn(f"--aligned {aligned_adapter.path.name} was trained on {aligned_adapter.base_model} (its "
+                     f"adapter_config.json) but --sft is {sft}; make sure they are the same model")  # fmt: skip
+        else:
+            stack = adapter_stack or _stack(aligned_adapter, sft_adapter, str(sft))
+            under, label = (sft_source, "--sft") if stack == "on-sft" else (base_source, "--base")
+        check_against(aligned_adapter, under, "aligned", label)
+        aligned_source = LoraSource(under, aligned_adapter)
+    check_configs(sft_source, aligned_source, allow_architecture_mismatch)
+    return sft_source, aligned_source
+
+
+def _adapter(spec: str, revision: str | None, token: str | None, role: str, read: Callable) -> Any:
+    """The PEFT adapter a spec names (a local folder, or a Hub repo downloaded whole: adapters are small), or None."""
+    from . import hub
+    from .adapters import is_adapter
+
+    path = Path(spec)
+    if path.is_dir():
+        return read(path, role) if is_adapter(path) else None
+    remote = hub.parse_input(spec, revision)
+    if remote is None:
+        return None
+    from huggingface_hub import constants
+
+    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    folder = hub.adapter_snapshot(remote, token, offline)
+    return read(folder, role) if folder is not None else None
+
+
+def _same_model(declared: str, given: str) -> bool:
+    """Whether a config's base_model_name_or_path and a --sft value name the same model (paths by folder name)."""
+    return declared == given or Path(declared.rstrip("/")).name == Path(given.rstrip("/")).name
+
+
+def _stack(aligned: Any, sft: Any, sft_spec: str) -> str:
+    """How two adapters relate, from their configs: the aligned one names the SFT adapter as its base ("on-sft"),
+    or both name the same base ("continued"); otherwise the user must say it."""
+    if aligned.base_model and _same_model(aligned.base_model, sft_spec):
+        return "on-sft"
+    if aligned.base_model and sft.base_model and _same_model(aligned.base_model, sft.base_model):
+        return "continued"
+    raise UsageError(f"--aligned {aligned.path.name} and --sft {sft.path.name} are both adapters and their configs "
+                     "do not tell how: pass --adapter-stack on-sft (trained on the merged SFT model) or continued "
+                     "(it continued the SFT adapter; both relative to the base)")  # fmt: skip
+
+
+def _resolve_one(spec: str, revision: str | None, role: str, token: str | None, download: bool,
+                 outputs: Sequence[Path]) -> TensorSource:  # fmt: skip
+    """One full checkpoint: a local folder, or a Hub repo validated from its headers, then downloaded."""
+    from . import hub
+
+    remote_id = hub.parse_input(spec, revision)
+    if remote_id is None:
+        ckpt = load_checkpoint(Path(spec), role)
+        for output in outputs:
+            check_apart(output, {role: ckpt.path})
+        return ckpt
+    from huggingface_hub import constants
+
+    if constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE:
+        return load_checkpoint(hub.cached(remote_id), role)
+    remote = hub.fetch_headers(remote_id, role, token)
+    if not download:
+        return remote
+    path = hub.download(remote, token)
+    for output in outputs:
+        check_apart(output, {role: path})
+    return load_checkpoint(path, role)
+
+
+def _resolve_pair(sft: str | Path, aligned: str | Path, *, sft_revision: str | None, aligned_revision: str | None,
+                  token: str | None, allow_architecture_mismatch: bool, rules: Sequence[AlphaRule],
+                  out_code: str | None, outputs: Sequence[Path], force: bool, download: bool,
+                  extra_patterns: Sequence[str]) -> tuple[TensorSource, TensorSource]:  # fmt: skip
+    """Two full checkpoints, validated as a pair (from Hub headers before any download)."""
     from . import hub
 
     specs = {"sft": (str(sft), sft_revision), "aligned": (str(aligned), aligned_revision)}

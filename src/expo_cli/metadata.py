@@ -135,6 +135,8 @@ def reproduce_command(record: dict[str, Any], output: str) -> str:
             parts += [option, value]
     if record.get("mistral_format"):
         parts.append("--mistral-format")
+    if record.get("output") == "peft-adapter":
+        parts.append("--as-adapter")
     return shlex.join(parts)
 
 
@@ -144,21 +146,28 @@ def _label(source: dict[str, str]) -> str:
 
 
 def write_model_card(folder: Path, record: dict[str, Any], card: AlignedCard, config: dict[str, Any],
-                     model_name: str) -> None:  # fmt: skip
-    """README.md: the aligned card's metadata with the merge's lineage, an ExPO section, then the aligned text."""
+                     model_name: str, adapter: bool = False) -> None:  # fmt: skip
+    """README.md: the aligned card's metadata with the merge's lineage, an ExPO section, then the aligned text.
+    An adapter output (`adapter`) is a PEFT adapter of the SFT model, and says so."""
     from huggingface_hub import ModelCard, ModelCardData
 
     inherited = {k: v for k, v in card.data.items() if k not in NOT_INHERITED and v not in (None, [], "")}
-    base_models = [s["repo_id"] for s in (record["aligned"], record["sft"]) if s.get("repo_id")]
+    base_models = [s["repo_id"] for s in ((record["sft"],) if adapter else (record["aligned"], record["sft"]))
+                   if s.get("repo_id")]  # fmt: skip
     tags = inherited.pop("tags", None)
-    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    # "base_model:..." tags (PEFT writes them) describe the aligned model's lineage, maybe with a local path.
+    tags = (
+        [t for t in tags if isinstance(t, str) and not t.startswith("base_model:")] if isinstance(tags, list) else []
+    )
+    if adapter:
+        inherited["library_name"] = "peft"
     inherited.setdefault("library_name", "transformers")
     if inherited.get("pipeline_tag") is None and (tag := pipeline_tag(config)):
         inherited["pipeline_tag"] = tag
     data = ModelCardData(
         model_name=model_name,
         base_model=base_models or None,
-        base_model_relation="merge" if base_models else None,
+        base_model_relation=("adapter" if adapter else "merge") if base_models else None,
         tags=list(dict.fromkeys([*tags, *EXPO_TAGS])),
         **inherited,
     )
@@ -173,12 +182,20 @@ def write_model_card(folder: Path, record: dict[str, Any], card: AlignedCard, co
     not_copied = not_copied if left_out else ""
     aligned_text = f"\n## The aligned model's card\n\n{card.text}\n" if card.text else ""
     tuning = _tuning_section(record["tuning"]) if record.get("tuning") else ""
+    what = (
+        (
+            f"\nIt is a **PEFT LoRA adapter** for the SFT model `{_label(sft)}`: load it with "
+            "`PeftModel.from_pretrained` on that model.\n"
+        )
+        if adapter
+        else ""
+    )
     body = f"""# {model_name}
 
 This model is an **ExPO** (model extrapolation) of the aligned model `{_label(aligned)}` away from its SFT
 starting point `{_label(sft)}`, made with expo {record["expo_version"]} and no training
 ([Zheng et al., "Model Extrapolation Expedites Alignment", ACL 2025](https://arxiv.org/abs/2404.16792)).
-
+{what}
     {record["formula"]}
 
 | | |

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import sidefiles
+from .adapters import ADAPTER_CONFIG, LoraSource, changed_tensors, input_folders, own_tensors
 from .alpha import AlphaRule, alpha_for, check_rules_match, parse_rules
 from .checkpoint import load_consolidated
 from .constants import (
@@ -63,6 +64,9 @@ class MergeOptions:
         mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
         stream: read Hub inputs by range requests instead of downloading them (`merge_to_hub`).
         tuning: how `expo tune` chose α (its summary), recorded in the provenance and the model card.
+        base: the base model when `sft` is a LoRA adapter (default: its config's base_model_name_or_path).
+        adapter_stack: "on-sft" or "continued" when both inputs are adapters and their configs do not tell.
+        as_adapter: write a PEFT adapter for the same SFT model instead of a full checkpoint (aligned adapters).
     """
 
     dtype: str | None = None
@@ -88,6 +92,9 @@ class MergeOptions:
     mistral_format: bool = False
     stream: bool = False
     tuning: dict[str, Any] | None = None
+    base: str | None = None
+    adapter_stack: str | None = None
+    as_adapter: bool = False
 
     def warning(self, message: str) -> None:
         (self.warn or _stderr_warning)(message)
@@ -184,6 +191,7 @@ class RunPlan:
     streamed: bool = False
     side_folder: Path | None = None  # where the side files come from (with --stream: a download of just those)
     tuning: dict[str, Any] | None = None  # how expo tune chose α
+    adapter_config: dict[str, Any] | None = None  # --as-adapter: the output is a PEFT adapter with this config
 
     @property
     def main(self) -> WeightSet:
@@ -267,7 +275,8 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
         sft, aligned, sft_revision=opts.sft_revision, aligned_revision=opts.aligned_revision, token=opts.token,
         allow_architecture_mismatch=opts.allow_architecture_mismatch, rules=rules, out_code=out_code,
         outputs=list(targets.values()), force=opts.force, download=download and not opts.stream,
-        extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (),
+        extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (), base=opts.base,
+        adapter_stack=opts.adapter_stack, warn=opts.warning,
     )  # fmt: skip
     merge_plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
     check_rules_match(rules, [t.name for t in merge_plan.tensors if t.sft is not None])
@@ -285,17 +294,34 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
         weights.append(_consolidated(sft_ckpt.path, folder, out_code))
     if not header_only and not opts.force and _identical(weights[0]):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
+    adapter_config = None
+    if opts.as_adapter:
+        from .adapter_output import CombinedSource, adapter_weight_set, publishable_base
+
+        adapter_set, adapter_config = adapter_weight_set(sft_ckpt, aligned_ckpt, bool(rules))
+        adapter_config = publishable_base(adapter_config, hub_ids["sft"] or Source.of(
+            sft_ckpt.path, None).repo_id or sft_ckpt.path.name)  # fmt: skip
+        if isinstance(adapter_set.aligned, CombinedSource) and len(targets) > 1:
+            raise UsageError("--as-adapter: two continued adapters combine for one α at a time; run one per α")
+        if opts.mistral_format:
+            raise UsageError("--as-adapter writes a PEFT adapter; drop --mistral-format")
+        weights = [adapter_set]
     own = [SAFETENSORS_INDEX_FILE, PYTORCH_INDEX_FILE, *(t.file.name for t in aligned_ckpt.tensors.values())]
+    if isinstance(aligned_ckpt, LoraSource):  # the adapter's own files are the input, not side files
+        own += [ADAPTER_CONFIG, *(f.name for f in aligned_ckpt.adapter.weights.weight_files)]
     side = None if header_only else sidefiles.select(folder, own, opts.copy, opts.skip, opts.mistral_format)
-    sources = (Source.of(sft_ckpt.path, layout_sha256(sft_ckpt.tensors), hub_ids["sft"]),
-               Source.of(folder, layout_sha256(aligned_ckpt.tensors), hub_ids["aligned"]))  # fmt: skip
+    if side is not None and isinstance(aligned_ckpt, LoraSource) and not opts.as_adapter:  # missing: from the base
+        for fallback in input_folders(sft_ckpt):
+            sidefiles.borrow(side, fallback)
+    sources = (Source.of(sft_ckpt.path, layout_sha256(own_tensors(sft_ckpt)), hub_ids["sft"]),
+               Source.of(folder, layout_sha256(own_tensors(aligned_ckpt)), hub_ids["aligned"]))  # fmt: skip
     card = AlignedCard.read(folder) if not header_only else AlignedCard({}, "")
     base_name = opts.model_name or default_model_name(card, sources[1])
     names = {a: base_name if len(targets) == 1 else f"{base_name}-alpha-{a:g}" for a in targets}
     for weight_set in weights:
         for note in weight_set.plan.notes:
             opts.inform(f"Note: {note}")
-    copied = sum((folder / f).stat().st_size for f in side.copied) if side else 0
+    copied = sum((side.borrowed.get(f, folder) / f).stat().st_size for f in side.copied) if side else 0
     needed = len(targets) * (sum(w.bytes_written for w in weights) + copied + HEADROOM)
     if opts.stream:  # the shard being written, the one being uploaded, and the small files of the commit
         metadata = sum(
@@ -307,7 +333,7 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
         check_space(next(iter(targets.values())), needed)
     leftovers = [p for output in targets.values() for p in stale_partials(output)]
     return RunPlan(weights, targets, rules, opts.dtype, run_device, needed, leftovers, sources, side, card, names,
-                   opts.stream, folder, opts.tuning)  # fmt: skip
+                   opts.stream, folder, opts.tuning, adapter_config)  # fmt: skip
 
 
 def _ranged(sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None],
@@ -358,9 +384,10 @@ def _identical(weights: WeightSet) -> bool:
 
     from .extrapolate import compute_dtype
 
+    changed = changed_tensors(weights.sft, weights.aligned)
     with weights.sft, weights.aligned:
         for t in weights.plan.tensors:
-            if t.sft is None:
+            if t.sft is None or changed is not None and t.name not in changed:
                 continue
             if t.shared != t.numel:
                 return False  # a grown vocabulary

@@ -68,6 +68,7 @@ class SideFiles:
 
     copied: list[str] = field(default_factory=list)  # relative POSIX paths, copied byte for byte
     skipped: dict[str, str] = field(default_factory=dict)  # relative POSIX path -> reason
+    borrowed: dict[str, Path] = field(default_factory=dict)  # copied from another folder: path -> that folder
 
     def listing(self) -> dict[str, str]:
         """The skipped files for people and the provenance: a skipped folder as one entry, log names hidden
@@ -146,6 +147,24 @@ def select(folder: Path, own: Sequence[str] = (), copy: Sequence[str] = (), skip
         else:
             result.skipped[path] = OTHER_REASON
     return result
+
+
+def borrow(side: SideFiles, folder: Path) -> None:
+    """Add the loader files of `folder` that the selection lacks (an adapter folder without a tokenizer or a
+    generation config gets its base model's), so the merged output loads like a full model."""
+    present = set(side.copied)
+    for path in select(folder).copied:
+        if path not in present:
+            present.add(path)
+            side.copied.append(path)
+            side.borrowed[path] = folder
+
+
+def copy_all(side: SideFiles, default: Path, target: Path) -> None:
+    """Copy every selected file from where it comes from (the aligned folder, or the folder it was borrowed from)."""
+    copy_files(default, [p for p in side.copied if p not in side.borrowed], target)
+    for folder in dict.fromkeys(side.borrowed.values()):
+        copy_files(folder, [p for p, origin in side.borrowed.items() if origin == folder], target)
 
 
 def copy_files(source: Path, files: Sequence[str], target: Path) -> None:

@@ -58,8 +58,9 @@ class VerifyResult:
         return {**asdict(self), "output": str(self.output), "ok": self.ok}
 
 
-def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: float | None = None,
-           progress: bool = True, token: str | None = None, thorough: bool = False) -> VerifyResult:  # fmt: skip
+def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alpha: float | None = None,
+           progress: bool = True, token: str | None = None, thorough: bool = False, base: str | None = None,
+           adapter_stack: str | None = None) -> VerifyResult:  # fmt: skip
     """Check `output` against θ_aligned + α·(θ_aligned − θ_sft); α defaults to the one its provenance records.
 
     `sft` and `aligned` may be Hub repo ids, as for a merge; the per-tensor rules recorded in the provenance apply.
@@ -84,7 +85,8 @@ def verify(output: str | Path, sft: str | Path, aligned: str | Path, alpha: floa
     # The shards' sha256 on a thread of its own, beside the element check (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(1, thread_name_prefix="expo-verify-hash").submit(_check_checksums, folder, recorded)
 
-    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token, allow_architecture_mismatch=True)
+    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token, allow_architecture_mismatch=True, base=base,
+                                            adapter_stack=adapter_stack)  # fmt: skip
     sets = [(out, sft_ckpt, aligned_ckpt)]
     if record.get("mistral_format"):  # the consolidated files hold the same model in Mistral's format
         sets.append(tuple(load_consolidated(c.path, role) for c, role in

@@ -8,16 +8,35 @@ import typer
 
 CHECKPOINT = "FOLDER|ORG/NAME[@REV]"
 SftOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--sft", metavar=CHECKPOINT, help="The SFT checkpoint the aligned model was trained from (θ_sft): a local "
-        "folder or a Hub repo id.",
+        "folder or a Hub repo id, or a LoRA adapter over --base. Required unless --aligned is a LoRA adapter whose "
+        "config names its base model.",
     ),
 ]  # fmt: skip
 AlignedOpt = Annotated[
     str,
-    typer.Option("--aligned", metavar=CHECKPOINT, help="The aligned (DPO/RLHF) checkpoint (θ_aligned)."),
-]
+    typer.Option(
+        "--aligned", metavar=CHECKPOINT, help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter "
+        "trained on --sft.",
+    ),
+]  # fmt: skip
+BaseOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--base", metavar=CHECKPOINT, help="When --sft is a LoRA adapter: its base model (default: the adapter "
+        "config's base_model_name_or_path).",
+    ),
+]  # fmt: skip
+AdapterStackOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--adapter-stack", metavar="on-sft|continued", help="When both are adapters and their configs do not tell: "
+        "on-sft (the aligned adapter was trained on the merged SFT model) or continued (it continued the SFT "
+        "adapter; both are relative to --base).",
+    ),
+]  # fmt: skip
 AlphaOpt = Annotated[
     list[str],
     typer.Option(

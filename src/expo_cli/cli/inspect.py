@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from . import _output as out
-from ._options import AlignedOpt, AllowArchOpt, DtypeOpt, JsonOpt, QuietOpt, SftOpt
+from ._options import AdapterStackOpt, AlignedOpt, AllowArchOpt, BaseOpt, DtypeOpt, JsonOpt, QuietOpt, SftOpt
 
 INSPECT_EXAMPLES = [
     "expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo",
@@ -21,8 +21,10 @@ INSPECT_EXAMPLES = [
 
 
 def inspect(
-    sft: SftOpt,
     aligned: AlignedOpt,
+    sft: SftOpt = None,
+    base: BaseOpt = None,
+    adapter_stack: AdapterStackOpt = None,
     alpha: Annotated[
         float, typer.Option("--alpha", metavar="ALPHA", help="α whose survival after rounding to report.")
     ] = 0.5,
@@ -44,7 +46,7 @@ def inspect(
 
     result = run_inspect(
         sft, aligned, check_alpha(alpha), dtype=dtype, progress=not quiet and not are_progress_bars_disabled(),
-        allow_architecture_mismatch=allow_architecture_mismatch,
+        allow_architecture_mismatch=allow_architecture_mismatch, base=base, adapter_stack=adapter_stack,
     )  # fmt: skip
     for warning in result.warnings:
         out.warning(warning)

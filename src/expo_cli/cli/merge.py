@@ -13,12 +13,14 @@ import typer
 from ..constants import DEFAULT_MAX_SHARD_SIZE
 from . import _output as out
 from ._options import (
+    AdapterStackOpt,
     AlignedIdOpt,
     AlignedOpt,
     AlignedRevisionOpt,
     AllowArchOpt,
     AlphaForOpt,
     AlphaOpt,
+    BaseOpt,
     CommitMessageOpt,
     CreatePrOpt,
     DeviceOpt,
@@ -53,9 +55,11 @@ MERGE_EXAMPLES = [
 
 
 def merge(
-    sft: SftOpt,
     aligned: AlignedOpt,
     alpha: AlphaOpt,
+    sft: SftOpt = None,
+    base: BaseOpt = None,
+    adapter_stack: AdapterStackOpt = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -124,6 +128,14 @@ def merge(
             "itself unless it was interrupted).",
         ),
     ] = False,
+    as_adapter: Annotated[
+        bool,
+        typer.Option(
+            "--as-adapter",
+            help="--aligned is a LoRA adapter: write a PEFT adapter for the same SFT model whose "
+            "update is (1+α) times the original (tiny and instant; not for DoRA), instead of a full checkpoint.",
+        ),
+    ] = False,  # fmt: skip
     stream: Annotated[
         bool,
         typer.Option(
@@ -165,9 +177,10 @@ def merge(
         "allow_architecture_mismatch": allow_architecture_mismatch, "strict": strict,
         "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
         "info": out.ignore if quiet or dry_run else out.info,
-        "sft_revision": sft_revision, "aligned_revision": aligned_revision, "token": token,
+        "sft_revision": sft_revision, "aligned_revision": aligned_revision, "token": token, "base": base,
+        "adapter_stack": adapter_stack,
         "sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name, "copy": copy or (),
-        "skip": skip or (), "mistral_format": mistral_format,
+        "skip": skip or (), "mistral_format": mistral_format, "as_adapter": as_adapter,
     }  # fmt: skip
     if push_to_hub and len(alphas) > 1:
         raise typer.BadParameter(

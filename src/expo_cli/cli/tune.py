@@ -12,11 +12,13 @@ import typer
 
 from . import _output as out
 from ._options import (
+    AdapterStackOpt,
     AlignedIdOpt,
     AlignedOpt,
     AlignedRevisionOpt,
     AllowArchOpt,
     AlphaForOpt,
+    BaseOpt,
     CommitMessageOpt,
     CreatePrOpt,
     DeviceOpt,
@@ -48,7 +50,6 @@ TUNE_EXAMPLES = [
 
 
 def tune(
-    sft: SftOpt,
     aligned: AlignedOpt,
     prompts: Annotated[
         str,
@@ -59,6 +60,9 @@ def tune(
             "dataset (with --split; needs the datasets library).",
         ),
     ],  # fmt: skip
+    sft: SftOpt = None,
+    base: BaseOpt = None,
+    adapter_stack: AdapterStackOpt = None,
     reward_model: Annotated[
         str | None,
         typer.Option(
@@ -174,7 +178,7 @@ def tune(
         "exclude": exclude or (), "allow_architecture_mismatch": allow_architecture_mismatch,
         "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
         "info": out.ignore if quiet else out.info, "sft_revision": sft_revision,
-        "aligned_revision": aligned_revision, "token": token,
+        "aligned_revision": aligned_revision, "token": token, "base": base, "adapter_stack": adapter_stack,
     }  # fmt: skip
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed)  # fmt: skip

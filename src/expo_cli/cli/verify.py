@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from . import _output as out
-from ._options import AlignedOpt, JsonOpt, QuietOpt, SftOpt
+from ._options import AdapterStackOpt, AlignedOpt, BaseOpt, JsonOpt, QuietOpt, SftOpt
 
 VERIFY_EXAMPLES = [
     "expo verify ./zephyr-expo --sft ./zephyr-sft --aligned ./zephyr-dpo",
@@ -21,8 +21,10 @@ VERIFY_EXAMPLES = [
 
 def verify(
     output: Annotated[str, typer.Argument(metavar="OUTPUT", help="The merged checkpoint folder to check.")],
-    sft: SftOpt,
     aligned: AlignedOpt,
+    sft: SftOpt = None,
+    base: BaseOpt = None,
+    adapter_stack: AdapterStackOpt = None,
     alpha: Annotated[
         float | None,
         typer.Option("--alpha", metavar="ALPHA", help="α to check against (default: the one config.json records)."),
@@ -45,7 +47,7 @@ def verify(
     from ..verification import verify as run_verify
 
     result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled(),
-                        thorough=thorough)  # fmt: skip
+                        thorough=thorough, base=base, adapter_stack=adapter_stack)  # fmt: skip
     for problem in result.checksum_errors:
         out.warning(f"checksum: {problem}")
     for m in result.mismatches[:SHOWN]:

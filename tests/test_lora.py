@@ -1,0 +1,269 @@
+"""LoRA adapters as inputs: every merged tensor and every --as-adapter output against PEFT's own merge in float64."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
+
+from _checkpoints import build_model, gpt2_config, llama_config, read_all, save
+
+ALPHA = 0.7
+EPS32 = torch.finfo(torch.float32).eps
+
+ADAPTERS = {
+    "llama-embed-patterns-modules-to-save": ("llama", {
+        "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj", "embed_tokens"],
+        "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"v_proj": 3}, "modules_to_save": ["lm_head"]}),
+    "llama-all-linear-rslora": ("llama", {
+        "r": 8, "lora_alpha": 16, "target_modules": "all-linear", "use_rslora": True}),
+    "gpt2-conv1d-lora-bias-all-biases": ("gpt2", {
+        "r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_proj"], "lora_bias": True, "bias": "all"}),
+    "llama-dora": ("llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"], "use_dora": True}),
+}  # fmt: skip
+
+
+def config_of(arch: str):
+    return llama_config() if arch == "llama" else gpt2_config(vocab_size=96, bos_token_id=1, eos_token_id=2)
+
+
+def randomize(model, seed: int, scale: float = 0.05):
+    """What training does to an adapter: non-zero B (PEFT starts it at zero), moved whole modules and biases."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=generator) * scale)
+    return model
+
+
+def make_adapter(folder: Path, base: Path, arch: str, settings: dict, seed: int = 5, base_name: str | None = None):
+    model = build_model(config_of(arch), 0)
+    model.load_state_dict(read_all(base), strict=False)
+    peft_model = randomize(get_peft_model(model, LoraConfig(**settings)), seed)
+    peft_model.save_pretrained(folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = base_name if base_name is not None else str(base)
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def peft_merged(base: dict[str, torch.Tensor], arch: str, *adapters: Path) -> dict[str, torch.Tensor]:
+    """θ as PEFT merges it, in float64: each adapter loaded on the previous merge and merged in."""
+    model = build_model(config_of(arch), 0).double()
+    model.load_state_dict({k: v.double() for k, v in base.items()}, strict=False)
+    for adapter in adapters:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.tie_weights()
+    return {k: v.double() for k, v in model.state_dict().items()}
+
+
+def assert_extrapolated(out: dict[str, torch.Tensor], sft: dict[str, torch.Tensor],
+                        aligned: dict[str, torch.Tensor], alpha: float = ALPHA) -> None:  # fmt: skip
+    """Every tensor within float32 arithmetic (and one rounding to its dtype) of θ_sft + (1+α)·(θ_aligned − θ_sft)."""
+    assert out
+    changed = 0
+    for name, tensor in out.items():
+        s, a = sft[name].double(), aligned[name].double()
+        reference = s + (1 + alpha) * (a - s)
+        # float32 arithmetic: elementwise on θ_sft, and on the scale of the products of factors (a matrix
+        # product's error is relative to its terms, and an SFT adapter's θ_sft is itself computed).
+        scale = s.abs() + (1 + abs(alpha)) * (a - s).abs().max() + s.abs().max() / 4
+        bound = 16 * EPS32 * scale
+        if tensor.dtype != torch.float32:
+            bound = bound + torch.finfo(tensor.dtype).eps * reference.abs()
+        error = (tensor.double() - reference).abs()
+        assert (error <= bound).all(), f"{name}: off by {error.max():.3g}"
+        changed += int(not torch.equal(a, s))
+    assert changed, "the adapter changed something"
+
+
+@pytest.fixture(scope="module")
+def bases(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bases")
+    return {arch: save(build_model(config_of(arch), 0), root / arch, torch.float32) for arch in ("llama", "gpt2")}
+
+
+@pytest.mark.parametrize("kind", list(ADAPTERS))
+def test_a_merged_adapter_matches_peft_in_float64(tmp_path, expo, bases, kind):
+    arch, settings = ADAPTERS[kind]
+    sft = bases[arch]
+    adapter = make_adapter(tmp_path / "adapter", sft, arch, settings)
+    assert expo("merge", "--sft", sft, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q").code == 0
+    sft_tensors = read_all(sft)
+    assert_extrapolated(read_all(tmp_path / "out"), sft_tensors, peft_merged(sft_tensors, arch, adapter))
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert "adapter_config.json" not in files and "config.json" in files
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["expo"]
+    assert record["aligned"]["name"] == "adapter" and str(tmp_path) not in json.dumps(record)
+
+
+@pytest.mark.parametrize("kind", [k for k in ADAPTERS if "dora" not in k])
+def test_as_adapter_is_the_same_extrapolation_through_peft(tmp_path, expo, bases, kind):
+    arch, settings = ADAPTERS[kind]
+    sft = bases[arch]
+    adapter = make_adapter(tmp_path / "adapter", sft, arch, settings)
+    run = expo("merge", "--sft", sft, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "--as-adapter")
+    assert run.code == 0, run.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "adapter_config.json",
+                                                                    "adapter_model.safetensors"]  # fmt: skip
+    sft_tensors = read_all(sft)
+    through_peft = peft_merged(sft_tensors, arch, tmp_path / "out")
+    assert_extrapolated(
+        {k: through_peft[k] for k in sft_tensors}, sft_tensors, peft_merged(sft_tensors, arch, adapter)
+    )
+    config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "llama" if arch == "llama" else "gpt2"  # no local path
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "library_name: peft" in card and "--as-adapter" in card and str(tmp_path) not in card
+
+
+def test_dora_as_adapter_is_refused_and_writes_nothing(tmp_path, expo, bases):
+    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])
+    run = expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1",
+               "--as-adapter")  # fmt: skip
+    assert run.code == 2 and "DoRA" in run.stderr and "drop --as-adapter" in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_sft_comes_from_the_adapter_config_and_a_mismatch_is_reported(tmp_path, expo, bases):
+    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-all-linear-rslora"][1])
+    run = expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "0.5", "-q")
+    assert run.code == 0, run.stderr
+    other = tmp_path / "other-sft"
+    other.symlink_to(bases["llama"])
+    run = expo("merge", "--sft", other, "--aligned", adapter, "-o", tmp_path / "out2", "--alpha", "0.5", "-q")
+    assert run.code == 0 and "was trained on" in run.stderr and "other-sft" in run.stderr
+    no_base = make_adapter(tmp_path / "nobase", bases["llama"], "llama", ADAPTERS["llama-dora"][1], base_name="")
+    run = expo("merge", "--aligned", no_base, "-o", tmp_path / "out3", "--alpha", "0.5")
+    assert run.code == 2 and "--sft is required (the adapter's config names no base model)" in run.stderr
+
+
+@pytest.mark.parametrize("stack", ["on-sft", "continued"])
+def test_an_sft_adapter_under_the_aligned_one(tmp_path, expo, bases, stack):
+    base = bases["llama"]
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"], "modules_to_save": ["lm_head"]}
+    sft_adapter = make_adapter(tmp_path / "sft-adapter", base, "llama", lora, seed=11)
+    base_tensors = read_all(base)
+    sft_tensors = peft_merged(base_tensors, "llama", sft_adapter)
+    if stack == "on-sft":  # DPO trained on the merged SFT model: its config names the SFT adapter
+        start = tmp_path / "merged-sft"
+        save(_model_from(sft_tensors), start, torch.float32)
+        other = {**lora, "r": 2, "lora_alpha": 4, "target_modules": ["q_proj", "o_proj"]}
+        aligned = make_adapter(tmp_path / "dpo", start, "llama", other, seed=12, base_name=str(sft_adapter))
+        aligned_tensors = peft_merged(sft_tensors, "llama", aligned)
+    else:  # DPO continued the SFT adapter: both relative to the base
+        aligned = make_adapter(tmp_path / "dpo", base, "llama", lora, seed=13)
+        aligned_tensors = peft_merged(base_tensors, "llama", aligned)
+    pair = ["--sft", sft_adapter, "--aligned", aligned, "--alpha", ALPHA, "-q"]
+    assert expo("merge", *pair, "-o", tmp_path / "full").code == 0
+    assert_extrapolated(read_all(tmp_path / "full"), sft_tensors, aligned_tensors)
+    assert expo("verify", tmp_path / "full", "--sft", sft_adapter, "--aligned", aligned, "-q").code == 0
+    run = expo("merge", *pair, "-o", tmp_path / "adapter", "--as-adapter")
+    assert run.code == 0, run.stderr
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    if stack == "on-sft":  # the output applies to the merged SFT model, like the DPO adapter did
+        through_peft = peft_merged(sft_tensors, "llama", tmp_path / "adapter")
+    else:  # one adapter of rank 4 + 4 over the base
+        assert set(written["rank_pattern"].values()) == {8}
+        through_peft = peft_merged(base_tensors, "llama", tmp_path / "adapter")
+    assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
+
+
+def _model_from(tensors: dict[str, torch.Tensor]):
+    model = build_model(llama_config(), 0)
+    model.load_state_dict({k: v.float() for k, v in tensors.items()})
+    return model
+
+
+def test_two_adapters_whose_configs_do_not_tell_need_the_option(tmp_path, expo, bases):
+    settings = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"]}
+    first = make_adapter(tmp_path / "a1", bases["llama"], "llama", settings, seed=1, base_name="")
+    second = make_adapter(tmp_path / "a2", bases["llama"], "llama", settings, seed=2, base_name="")
+    args = ["merge", "--sft", first, "--aligned", second, "--base", bases["llama"], "-o", tmp_path / "o", "--alpha", 1]
+    run = expo(*args)
+    assert run.code == 2 and "pass --adapter-stack on-sft" in run.stderr
+    assert expo(*args, "--adapter-stack", "continued", "-q").code == 0
+    assert expo(*args[:-2], "-o", tmp_path / "o2", "--alpha", 1, "--adapter-stack", "sideways").code == 2
+
+
+def test_inspect_dry_run_and_verify_take_adapters(tmp_path, expo, bases):
+    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])
+    run = expo("inspect", "--aligned", adapter, "--alpha", "1", "--json", "-q")
+    assert run.code == 0, run.stderr
+    changed = {t["name"] for t in json.loads(run.stdout)["tensors"] if t["relative_change"] > 0}
+    assert changed == {f"model.layers.{i}.self_attn.{m}.weight" for i in (0, 1) for m in ("q_proj", "o_proj")}
+    run = expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1", "--dry-run", "--json")
+    assert run.code == 0 and not (tmp_path / "out").exists()
+    assert json.loads(run.stdout)["tensors"] == len(read_all(bases["llama"]))
+    assert expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1", "-q").code == 0
+    assert expo("verify", tmp_path / "out", "--aligned", adapter, "-q").code == 0
+
+
+def _broken(tmp_path: Path, bases: dict[str, Path], how: str) -> Path:
+    folder = make_adapter(
+        tmp_path / how, bases["llama"], "llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    )
+    config = json.loads((folder / "adapter_config.json").read_text())
+    if how == "rank":
+        config["r"] = 8
+    elif how == "pissa":
+        config["init_lora_weights"] = "pissa"
+    elif how == "tokens":
+        config["trainable_token_indices"] = [3, 4]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_bad_adapters_give_one_line_and_no_output(tmp_path, expo, bases):
+    gpt2_adapter = make_adapter(tmp_path / "gpt2-adapter", bases["gpt2"], "gpt2", ADAPTERS[
+        "gpt2-conv1d-lora-bias-all-biases"][1])  # fmt: skip
+    ia3 = tmp_path / "ia3"
+    get_peft_model(build_model(llama_config(), 0), IA3Config(target_modules=["q_proj"], feedforward_modules=[])
+                   ).save_pretrained(ia3)  # fmt: skip
+    prompt = tmp_path / "prompt"
+    get_peft_model(build_model(llama_config(), 0), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+                   ).save_pretrained(prompt)  # fmt: skip
+    no_b = _broken(tmp_path, bases, "no-b")
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(no_b / "adapter_model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "lora_B" not in k}, no_b / "adapter_model.safetensors")
+    cases = [
+        (gpt2_adapter, 4, "which --sft llama does not have"),
+        (_broken(tmp_path, bases, "rank"), 4, "has rank 4 but its config (r, rank_pattern) says 8"),
+        (ia3, 3, "is a PEFT IA3 adapter; expo reads LoRA adapters only"),
+        (prompt, 3, "is a PEFT PROMPT_TUNING adapter"),
+        (_broken(tmp_path, bases, "pissa"), 3, "rewrites the base weights"),
+        (_broken(tmp_path, bases, "tokens"), 3, "trainable tokens"),
+        (no_b, 3, "has no lora_B tensor"),
+    ]
+    for adapter, code, message in cases:
+        run = expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
+        assert run.code == code, (adapter.name, run.stderr)
+        lines = run.stderr.strip().splitlines()
+        assert lines[-1].startswith("Error:") and message in lines[-1], (adapter.name, run.stderr)
+        assert "Traceback" not in run.stderr
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
+    from test_hub import files_of
+
+    monkeypatch.setenv("HF_TOKEN", "write-token")
+    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-all-linear-rslora"][1],
+                           base_name="org/tiny-base")  # fmt: skip
+    hub.create("org/tiny-base", files_of(bases["llama"]))
+    hub.create("org/tiny-dpo-lora", files_of(adapter))
+    run = expo("merge", "--aligned", "org/tiny-dpo-lora", "-o", tmp_path / "out", "--alpha", ALPHA, "-q")
+    assert run.code == 0, run.stderr
+    sft_tensors = read_all(bases["llama"])
+    assert_extrapolated(read_all(tmp_path / "out"), sft_tensors, peft_merged(sft_tensors, "llama", adapter))
+    record = json.loads((tmp_path / "out" / "config.json").read_text())["expo"]
+    assert record["sft"]["repo_id"] == "org/tiny-base" and record["aligned"]["repo_id"] == "org/tiny-dpo-lora"
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "- org/tiny-dpo-lora" in card and "- org/tiny-base" in card
