@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO := examples/out
 
-.PHONY: setup demo test lint bench mutants mutation clean
+.PHONY: setup demo test lint reproduce bench mutants mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -26,6 +26,10 @@ lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks dev
 	$(VENV)/bin/ruff format --check src tests examples benchmarks dev
 
+# The paper's controlled result on a toy SFT -> DPO pair trained here (examples/reproduce; ~10 min on 2 cores).
+reproduce: setup
+	$(PY) examples/reproduce/run.py --out runs/reproduce
+
 bench: setup
 	$(PY) benchmarks/bench_merge.py
 	$(PY) benchmarks/bench_commands.py
@@ -43,4 +47,4 @@ mutation: setup
 	$(VENV)/bin/mutmut export-cicd-stats && cat mutants/mutmut-cicd-stats.json
 
 clean:
-	rm -rf $(DEMO) benchmarks/.cache mutants
+	rm -rf $(DEMO) benchmarks/.cache mutants runs

@@ -117,7 +117,9 @@ def test_as_adapter_is_the_same_extrapolation_through_peft(tmp_path, expo, bases
         {k: through_peft[k] for k in sft_tensors}, sft_tensors, peft_merged(sft_tensors, arch, adapter)
     )
     config = json.loads((tmp_path / "out" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "llama" if arch == "llama" else "gpt2"  # no local path
+    assert config["base_model_name_or_path"] == ("llama" if arch == "llama" else "gpt2")  # no local path
+    run = expo("verify", tmp_path / "out", "--sft", sft, "--aligned", adapter)
+    assert run.code == 2 and "is a PEFT adapter (--as-adapter)" in run.stderr
     card = (tmp_path / "out" / "README.md").read_text()
     assert "library_name: peft" in card and "--as-adapter" in card and str(tmp_path) not in card
 
@@ -267,3 +269,42 @@ def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
     assert record["sft"]["repo_id"] == "org/tiny-base" and record["aligned"]["repo_id"] == "org/tiny-dpo-lora"
     card = (tmp_path / "out" / "README.md").read_text()
     assert "- org/tiny-dpo-lora" in card and "- org/tiny-base" in card
+
+
+def test_tune_takes_an_adapter_and_its_candidates_are_the_merged_model(tmp_path, expo, bases):
+    from transformers import AutoModelForCausalLM
+
+    from expo_cli.candidates import CandidateModel
+    from expo_cli.planning import MergeOptions, prepare
+
+    from _checkpoints import word_tokenizer
+
+    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])
+    word_tokenizer().save_pretrained(adapter)  # as TRL saves it beside the adapter
+    run = prepare(bases["llama"], adapter, {}, MergeOptions(progress=False))
+    candidate = CandidateModel.attach(AutoModelForCausalLM.from_pretrained(bases["llama"]).eval(), run)
+    candidate.set_alpha(0.7, MergeOptions())
+    assert expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "0.7", "-q").code == 0
+    state = candidate.model.state_dict()
+    assert all(torch.equal(state[name], tensor) for name, tensor in read_all(tmp_path / "out").items())
+    (tmp_path / "p.txt").write_text("w9 w10\nw11\n")
+    (tmp_path / "g.py").write_text("def n(prompt, response):\n    return float(len(response.split()))\n")
+    tuned = expo("tune", "--aligned", adapter, "--prompts", tmp_path / "p.txt", "--reward-fn",
+                 f"{tmp_path / 'g.py'}:n", "--alpha", "1", "--max-new-tokens", "4", "--json", "-q")  # fmt: skip
+    assert tuned.code == 0, tuned.stderr
+    assert [c["alpha"] for c in json.loads(tuned.stdout)["candidates"]] == [0.0, 1.0]
+
+
+def test_a_bin_adapter_reads_like_a_safetensors_one(tmp_path, expo, bases):
+    settings = ADAPTERS["llama-embed-patterns-modules-to-save"][1]
+    adapter = make_adapter(tmp_path / "st", bases["llama"], "llama", settings)
+    binary = tmp_path / "bin"
+    binary.mkdir()
+    from safetensors.torch import load_file
+
+    torch.save(load_file(adapter / "adapter_model.safetensors"), binary / "adapter_model.bin")
+    (binary / "adapter_config.json").write_bytes((adapter / "adapter_config.json").read_bytes())
+    for name, folder in (("from-st", adapter), ("from-bin", binary)):
+        assert expo("merge", "--aligned", folder, "-o", tmp_path / name, "--alpha", "0.4", "-q").code == 0
+    assert (tmp_path / "from-st" / "model.safetensors").read_bytes() == (
+        tmp_path / "from-bin" / "model.safetensors").read_bytes()  # fmt: skip

@@ -276,3 +276,19 @@ def test_a_failing_reward_function_names_itself(tmp_path, expo, steered, prompts
         run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
                    f"{tmp_path / 'bad.py'}:{name}", "--max-new-tokens", "2", "--limit", "2", "-q")  # fmt: skip
         assert run.code == 3 and f"--reward-fn bad.py:{name}" in run.stderr and message in run.stderr
+
+
+def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, prompts_file, grader, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "write-token")
+    sft, aligned = steered
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
+               f"{grader}:w7_share", "--alpha", "2", "--max-new-tokens", "8", "--temperature", "1", "--output",
+               tmp_path / "chosen", "--push-to-hub", "me/tuned", "--json", "-q")  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["alpha"] == 2.0 and "commit_url" in report
+    from huggingface_hub import snapshot_download
+
+    back = Path(snapshot_download("me/tuned", cache_dir=tmp_path / "cache"))
+    assert (back / "model.safetensors").read_bytes() == (tmp_path / "chosen" / "model.safetensors").read_bytes()
+    assert json.loads((back / "config.json").read_text())["expo"]["tuning"]["chosen_alpha"] == 2.0

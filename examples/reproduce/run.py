@@ -58,8 +58,8 @@ class Settings:
     layers: int = 4
 
 
-QUICK = Settings(sft_examples=8_000, pairs=2_000, dpo_steps=100, dpo_lr=1e-5, dev=96, test=96, samples=2,
-                 grid=(1, 3, 6), budget=4, hidden=128, layers=2)  # fmt: skip
+QUICK = Settings(sft_examples=20_000, pairs=3_000, dpo_steps=100, dpo_lr=1e-5, dev=128, test=128, samples=2,
+                 grid=(1, 3, 6), budget=4)  # fmt: skip
 
 
 def prompts(rng: random.Random, count: int, exclude: set[str]) -> list[str]:

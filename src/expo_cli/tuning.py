@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from .adapters import input_folders
 from .alpha import check_alpha
 from .errors import InputError, OutputError, UsageError
 from .generation import Decoding, Response, encode_prompts, generate
@@ -238,8 +239,11 @@ def _tune(sft: str | Path, aligned: str | Path, prompts: str, *, reward_model: s
     if scorer is None:
         assert reward_model is not None
         scorer = RewardModel(reward_model, str(device), reward_batch_size, token=opts.token, warn=opts.warning)
-    model, tokenizer = _load_policy(run.main.aligned.path, run.side_folder or run.main.aligned.path, dominant,
-                                    device)  # fmt: skip
+    # An adapter input: the model is built from its base's folder (every parameter is then written in place);
+    # the tokenizer is the adapter's own when it ships one.
+    folders = input_folders(run.main.aligned)
+    tokenizer_folder = next((f for f in folders if (f / "tokenizer_config.json").is_file()), folders[0])
+    model, tokenizer = _load_policy(folders[-1], tokenizer_folder, dominant, device)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
     from .candidates import CandidateModel
 

@@ -70,6 +70,13 @@ def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alph
     """
     started = time.perf_counter()
     folder = Path(output)
+    from .adapters import is_adapter
+
+    if is_adapter(folder):
+        raise UsageError(
+            f"{output} is a PEFT adapter (--as-adapter): expo verify checks merged checkpoints; "
+            "load it with PeftModel, or verify the merged output (the command without --as-adapter)"
+        )
     config = read_config(folder, "output")
     record = config.get("expo") if isinstance(config.get("expo"), dict) else {}
     if alpha is None:
