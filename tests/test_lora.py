@@ -308,3 +308,23 @@ def test_a_bin_adapter_reads_like_a_safetensors_one(tmp_path, expo, bases):
         assert expo("merge", "--aligned", folder, "-o", tmp_path / name, "--alpha", "0.4", "-q").code == 0
     assert (tmp_path / "from-st" / "model.safetensors").read_bytes() == (
         tmp_path / "from-bin" / "model.safetensors").read_bytes()  # fmt: skip
+
+
+def test_an_untrained_adapter_changes_nothing_and_is_refused_unless_forced(tmp_path, expo, bases):
+    fresh = tmp_path / "fresh"  # PEFT starts lora_B at zero: θ_aligned = θ_sft
+    get_peft_model(build_model(llama_config(), 0), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])
+                   ).save_pretrained(fresh)  # fmt: skip
+    args = ["merge", "--sft", bases["llama"], "--aligned", fresh, "-o", tmp_path / "out", "--alpha", "1"]
+    run = expo(*args)
+    assert run.code == 4 and "identical" in run.stderr and not (tmp_path / "out").exists()
+    assert expo(*args, "--force", "-q").code == 0
+    base = read_all(bases["llama"])
+    assert all(torch.equal(t, base[n]) for n, t in read_all(tmp_path / "out").items())
+
+
+def test_dora_on_a_conv1d_layer_is_refused(tmp_path, expo, bases):
+    settings = {"r": 2, "lora_alpha": 4, "target_modules": ["c_fc"], "use_dora": True}
+    adapter = make_adapter(tmp_path / "dora", bases["gpt2"], "gpt2", settings)
+    run = expo("merge", "--sft", bases["gpt2"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 3 and "DoRA on 'transformer.h.0.mlp.c_fc.weight'" in run.stderr
+    assert not (tmp_path / "out").exists()

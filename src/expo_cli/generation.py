@@ -1,10 +1,10 @@
 """Sampling responses from a causal LM the same way for every candidate, so that differences between α are paired.
 
-Prompts are rendered with the model's chat template and a generation prompt (as the paper did), left-padded into
-fixed batches, and each batch is seeded with `seed + batch number` before `generate`: every candidate sees the
-same prompts, in the same batches, with the same random numbers. Every decoding setting is passed explicitly
-(the model's own generation_config may carry others); the response is cut at the first end-of-sequence token,
-and its length is counted in tokens.
+Prompts are rendered with the model's chat template and a generation prompt (as the paper did), grouped by length
+into fixed left-padded batches, and each batch is seeded with `seed + batch number` before `generate`: every
+candidate sees the same prompts, in the same batches, with the same random numbers. Every decoding setting is
+passed explicitly (the model's own generation_config may carry others); the response is cut at the first
+end-of-sequence token, and its length is counted in tokens.
 """
 
 from __future__ import annotations
@@ -92,9 +92,12 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], de
         top_k=decoding.top_k if sampling else None, eos_token_id=eos, pad_token_id=pad,
     )  # fmt: skip
     device = next(model.parameters()).device
+    # Batches of prompts of similar length (less padding), the same batches for every candidate.
+    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
     responses = []
-    for number, start in enumerate(range(0, len(prompt_ids), decoding.batch_size)):
-        batch = prompt_ids[start : start + decoding.batch_size]
+    for number, start in enumerate(range(0, len(order), decoding.batch_size)):
+        members = order[start : start + decoding.batch_size]
+        batch = [prompt_ids[i] for i in members]
         width = max(len(ids) for ids in batch)
         input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in batch], device=device)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
@@ -105,7 +108,7 @@ def generate(model: Any, tokenizer: Any, prompt_ids: Sequence[Sequence[int]], de
             cut = next((i for i, token in enumerate(tokens) if token in eos), len(tokens))
             kept = tokens[:cut]
             prompt, sample = divmod(row, decoding.samples_per_prompt)
-            responses.append(Response(start + prompt, sample, tokenizer.decode(kept, skip_special_tokens=True),
+            responses.append(Response(members[prompt], sample, tokenizer.decode(kept, skip_special_tokens=True),
                                       len(kept)))  # fmt: skip
         advance(len(batch))
-    return responses
+    return sorted(responses, key=lambda r: (r.prompt, r.sample))

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -196,26 +197,34 @@ def tune(sft: str | Path, aligned: str | Path, prompts: str, *, reward_model: st
         output: checked to be writable before the work starts (the caller merges the chosen α into it).
         **options: the fields of `MergeOptions` (dtype, device, alpha_for, revisions, token, progress, ...).
     """
-    from transformers.utils import logging as transformers_logging
-
-    if not options.get("progress", True):  # --quiet: transformers' own loading bars too
-        transformers_logging.disable_progress_bar()
-    try:
+    with _transformers_bars(options.get("progress", True)):
         return _tune(sft, aligned, prompts, reward_model=reward_model, reward_fn=reward_fn, alphas=alphas,
-                     search=search, budget=budget, decoding=decoding, prompt_field=prompt_field, split=split,
-                     limit=limit, chat_template=chat_template, reward_batch_size=reward_batch_size, output=output,
-                     **options)  # fmt: skip
+                     search=search, budget=budget, decoding=decoding or Decoding(), prompt_field=prompt_field,
+                     split=split, limit=limit, chat_template=chat_template, reward_batch_size=reward_batch_size,
+                     output=output, **options)  # fmt: skip
+
+
+@contextmanager
+def _transformers_bars(shown: bool) -> Iterator[None]:
+    """--quiet silences transformers' own loading bars too, for the call only."""
+    from transformers.utils import logging
+
+    if shown:
+        yield
+        return
+    logging.disable_progress_bar()
+    try:
+        yield
     finally:
-        transformers_logging.enable_progress_bar()
+        logging.enable_progress_bar()
 
 
 def _tune(sft: str | Path, aligned: str | Path, prompts: str, *, reward_model: str | None, reward_fn: str | None,
-          alphas: Sequence[float], search: bool, budget: int | None, decoding: Decoding | None,
-          prompt_field: str | None, split: str, limit: int | None, chat_template: bool, reward_batch_size: int,
-          output: str | Path | None, **options: Any) -> TuneResult:  # fmt: skip
+          alphas: Sequence[float], search: bool, budget: int | None, decoding: Decoding, prompt_field: str | None,
+          split: str, limit: int | None, chat_template: bool, reward_batch_size: int, output: str | Path | None,
+          **options: Any) -> TuneResult:  # fmt: skip
     import torch
 
-    decoding = decoding or Decoding()
     decoding.check()
     if (reward_model is None) == (reward_fn is None):
         raise UsageError("pass one of --reward-model or --reward-fn")
