@@ -324,7 +324,7 @@ def test_identical_weights_are_refused_unless_forced(tmp_path, expo, pair):
 
 
 # 7. Help and messages.
-@pytest.mark.parametrize("command", ["merge", "verify", "inspect", "push"])
+@pytest.mark.parametrize("command", ["merge", "verify", "inspect", "tune", "push"])
 def test_help_reads_right(expo, command):
     run = expo(command, "--help")
     assert run.code == 0
