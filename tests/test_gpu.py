@@ -29,3 +29,25 @@ def test_cuda_mixed_dtypes_and_override(tmp_path):
     sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16, sft_dtype=torch.float32)
     expo_cli.merge(sft, aligned, tmp_path / "out", 2.5, device="cuda", dtype="float32", progress=False)
     assert_merged(tmp_path / "out", sft, aligned, 2.5, dtype=torch.float32)
+
+
+def test_cuda_tune_candidates_are_the_cpu_merge_bit_for_bit(tmp_path):
+    """expo tune on a GPU: θ(α) computed on the device straight into the parameters equals the CPU merge's
+    output where the arithmetic is one rounding (bfloat16 lerp), and the raw α = 0 copy is exact."""
+    from transformers import AutoModelForCausalLM
+
+    from expo_cli.candidates import CandidateModel
+    from expo_cli.planning import MergeOptions, prepare
+
+    from _checkpoints import read_all
+
+    sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16)
+    run = prepare(sft, aligned, {}, MergeOptions(progress=False, device="cuda"))
+    model = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.bfloat16).to("cuda")
+    candidate = CandidateModel.attach(model, run)
+    for alpha in (0.5, 0.0):
+        candidate.set_alpha(alpha, MergeOptions())
+        expo_cli.merge(sft, aligned, tmp_path / f"cpu-{alpha}", alpha, device="cpu", progress=False)
+        state = model.state_dict()
+        for name, tensor in read_all(tmp_path / f"cpu-{alpha}").items():
+            assert torch.equal(state[name].cpu(), tensor), name
