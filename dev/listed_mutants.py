@@ -116,6 +116,55 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        return False\n",
         GUARANTEES,
     ),
+    # expo tune, LoRA: what the new guarantees rest on.
+    "tune: computed blocks land in a copy, not the parameter": (
+        "sinks.py",
+        "        return self.targets[t.name].view(-1)[start:stop]",
+        "        return self.targets[t.name].view(-1)[start:stop].clone()",
+        "tests/test_tune.py::test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint",
+    ),
+    "tune: raw α = 0 blocks not copied into the model": (
+        "sinks.py",
+        "            target.view(torch.uint8).copy_(torch.frombuffer(data, dtype=torch.uint8))",
+        "            pass",
+        "tests/test_tune.py::test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint",
+    ),
+    "tune: candidates not reseeded (differences between α no longer paired)": (
+        "generation.py",
+        "        set_seed(decoding.seed + number)",
+        "        pass",
+        "tests/test_tune.py::test_the_same_seed_gives_the_same_responses_and_alpha_changes_them",
+    ),
+    "statistics: ties count as losses": (
+        "statistics.py",
+        "np.where(candidate == baseline, 0.5, 0.0)",
+        "np.where(candidate == baseline, 0.0, 0.0)",
+        "tests/test_statistics.py",
+    ),
+    "lora: rslora scaled like plain LoRA": (
+        "adapters.py",
+        'alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank',
+        "alpha / rank",
+        "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
+    ),
+    "lora: Conv1D factors not transposed": (
+        "adapters.py",
+        "            update = LowRank(update.a, update.b, update.scale, True, update.magnitude)  # GPT-2 Conv1D",
+        "            pass",
+        "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
+    ),
+    "lora: a trained bias replaces instead of adding the LoRA bias": (
+        "adapters.py",
+        "            return base.to(wide) + scale * self.adapter.weights.flat(bias, start, stop).to(wide)",
+        "            return base.to(wide)",
+        "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
+    ),
+    "lora: --as-adapter B factors not scaled": (
+        "adapter_output.py",
+        '            against: TensorInfo | None = TensorInfo(key, "F32", info.shape, ZEROS)',
+        "            against = None",
+        "tests/test_lora.py::test_as_adapter_is_the_same_extrapolation_through_peft",
+    ),
 }
 
 
