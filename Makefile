@@ -26,7 +26,7 @@ lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks dev
 	$(VENV)/bin/ruff format --check src tests examples benchmarks dev
 
-# The paper's controlled result on a toy SFT -> DPO pair trained here (examples/reproduce; ~10 min on 2 cores).
+# The paper's controlled result on a toy SFT -> DPO pair trained here (examples/reproduce; ~6 min on 2 cores).
 reproduce: setup
 	$(PY) examples/reproduce/run.py --out runs/reproduce
 

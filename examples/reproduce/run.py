@@ -1,8 +1,8 @@
 """Reproduce the paper's controlled result on a model trained here: DPO with 20% of its steps + ExPO vs full DPO.
 
     pip install -e '.[reproduce]'                      # trl, datasets, matplotlib (not needed by expo itself)
-    python examples/reproduce/run.py --out runs/reproduce           # two seeds, ~10 minutes on 2 CPU cores
-    python examples/reproduce/run.py --out runs/quick --quick       # the small variant CI runs (~1 minute)
+    python examples/reproduce/run.py --out runs/reproduce           # two seeds, ~6 minutes on 2 CPU cores
+    python examples/reproduce/run.py --out runs/quick --quick       # the small variant CI runs (~1.5 minutes)
 
 The task has a gold reward nothing can game by length: the prompt is 4-8 random digits, the ideal response the
 digits reversed; the reward is the share of positions right, over the longer of response and target (wrong,
