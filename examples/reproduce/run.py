@@ -97,9 +97,9 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN00
     demonstrations = train_prompts[: settings.sft_examples]
     sft_rows = [{"prompt": f"{p}>", "completion": noisy(rng, target(p))} for p in demonstrations]
     started = time.perf_counter()
-    SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(sft_rows), args=SFTConfig(
-        output_dir=str(out / "trainer"), num_train_epochs=1, learning_rate=settings.sft_lr, lr_scheduler_type="cosine",
-        max_length=32, **common)).train()  # fmt: skip
+    quiet(SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(sft_rows),
+        args=SFTConfig(output_dir=str(out / "trainer"), num_train_epochs=1, learning_rate=settings.sft_lr,
+                       lr_scheduler_type="cosine", max_length=32, **common))).train()  # fmt: skip
     model.save_pretrained(out / "sft")
     tokenizer.save_pretrained(out / "sft")
     say(f"seed {seed}: SFT on {len(sft_rows)} noisy demonstrations in {time.perf_counter() - started:.0f} s")
@@ -121,12 +121,20 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN00
 
     started = time.perf_counter()
     policy = LlamaForCausalLM.from_pretrained(out / "sft")
-    DPOTrainer(model=policy, processing_class=tokenizer, train_dataset=Dataset.from_list(pairs), args=DPOConfig(
+    quiet(DPOTrainer(model=policy, processing_class=tokenizer, train_dataset=Dataset.from_list(pairs), args=DPOConfig(
         output_dir=str(out / "trainer"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_lr,
         lr_scheduler_type="cosine", warmup_steps=settings.dpo_steps // 10, beta=settings.beta,
-        precompute_ref_log_probs=True, max_length=32, **common), callbacks=[Snapshots()]).train()  # fmt: skip
+        precompute_ref_log_probs=True, max_length=32, **common), callbacks=[Snapshots()])).train()  # fmt: skip
     say(f"seed {seed}: DPO on {len(pairs)} pairs, {settings.dpo_steps} steps in {time.perf_counter() - started:.0f} s")
     return out
+
+
+def quiet(trainer):  # noqa: ANN001, ANN201
+    """Without its progress bar a Trainer prints every log dict on stdout; the tables go there instead."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict:  # noqa: ANN001
