@@ -328,3 +328,23 @@ def test_dora_on_a_conv1d_layer_is_refused(tmp_path, expo, bases):
     run = expo("merge", "--sft", bases["gpt2"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
     assert run.code == 3 and "DoRA on 'transformer.h.0.mlp.c_fc.weight'" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_an_adapter_saved_without_the_peft_prefix(tmp_path, expo, bases):
+    """transformers' own adapter integration saves the keys without `base_model.model.`: read alike."""
+    from safetensors.torch import load_file, save_file
+
+    settings = ADAPTERS["llama-embed-patterns-modules-to-save"][1]
+    adapter = make_adapter(tmp_path / "peft", bases["llama"], "llama", settings)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({k.removeprefix("base_model.model."): v for k, v in tensors.items()}, bare / "adapter_model.safetensors")
+    (bare / "adapter_config.json").write_bytes((adapter / "adapter_config.json").read_bytes())
+    for name, folder in (("from-peft", adapter), ("from-bare", bare)):
+        assert expo("merge", "--aligned", folder, "-o", tmp_path / name, "--alpha", "0.4", "-q").code == 0
+    assert (tmp_path / "from-peft" / "model.safetensors").read_bytes() == (
+        tmp_path / "from-bare" / "model.safetensors").read_bytes()  # fmt: skip
+    assert expo("merge", "--aligned", bare, "-o", tmp_path / "as-adapter", "--alpha", "0.4", "--as-adapter").code == 0
+    written = load_file(tmp_path / "as-adapter" / "adapter_model.safetensors")
+    assert set(written) == {k.removeprefix("base_model.model.") for k in tensors}

@@ -89,7 +89,7 @@ def adapter_weight_set(sft: TensorSource, aligned: TensorSource, alpha_rules: bo
         return _combined(sft, aligned)
     plans = []
     for key, info in adapter.weights.tensors.items():
-        name = key[len(PREFIX) :]
+        name = key[len(adapter.prefix) :]
         if name.endswith(B_FACTORS):
             against: TensorInfo | None = TensorInfo(key, "F32", info.shape, ZEROS)
         elif ".lora_" in name or _is_base_layer_of_update(name, adapter):

@@ -69,6 +69,7 @@ class Adapter:
     low_rank: dict[str, LowRank] = field(default_factory=dict)  # base tensor name -> update
     bias_updates: dict[str, tuple[TensorInfo, float]] = field(default_factory=dict)  # base bias -> (lora_B.bias, s)
     whole: dict[str, TensorInfo] = field(default_factory=dict)  # base tensor name -> tensor saved whole
+    prefix: str = PREFIX  # what the file's keys carry before the base model's names
 
     @property
     def base_model(self) -> str | None:
@@ -150,11 +151,14 @@ def scaling(config: dict[str, Any], module: str) -> tuple[int, float]:
 def _classify(adapter: Adapter, role: str) -> None:
     """Sort the adapter's tensors by what they do to which base tensor (shapes are checked against the base later)."""
     parts: dict[str, dict[str, TensorInfo]] = {}
+    prefixed = [key.startswith(PREFIX) for key in adapter.weights.tensors]
+    if any(prefixed) and not all(prefixed):  # PEFT writes the prefix; transformers' adapter integration does not
+        key = next(k for k in adapter.weights.tensors if not k.startswith(PREFIX))
+        raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} lacks the {PREFIX!r} prefix the others "
+                         "have; not a PEFT adapter file")  # fmt: skip
+    adapter.prefix = PREFIX if any(prefixed) else ""
     for key, info in adapter.weights.tensors.items():
-        if not key.startswith(PREFIX):
-            raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} does not start with {PREFIX!r}; not a "
-                             "PEFT adapter file")  # fmt: skip
-        name = key[len(PREFIX) :]
+        name = key[len(adapter.prefix) :]
         if not info.is_float:
             raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} is {info.dtype}, not floating")
         for suffix, part in ((".lora_A.weight", "A"), (".lora_B.weight", "B"), (".lora_embedding_A", "A"),
