@@ -292,3 +292,37 @@ def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, pro
     back = Path(snapshot_download("me/tuned", cache_dir=tmp_path / "cache"))
     assert (back / "model.safetensors").read_bytes() == (tmp_path / "chosen" / "model.safetensors").read_bytes()
     assert json.loads((back / "config.json").read_text())["expo"]["tuning"]["chosen_alpha"] == 2.0
+
+
+def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(tmp_path, expo, hub, steered, prompts_file,
+                                                                  monkeypatch):  # fmt: skip
+    """The RM by repo id (through the test Hub); a checkpoint whose norms are float32 and the rest bfloat16 is
+    tuned in the dtype the model loads in (bfloat16), as `expo merge --dtype bfloat16` would write it."""
+    from safetensors.torch import load_file, save_file
+
+    from test_hub import files_of
+
+    monkeypatch.setenv("HF_TOKEN", "write-token")
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
+    word_tokenizer().save_pretrained(tmp_path / "rm")
+    hub.create("org/tiny-rm", files_of(tmp_path / "rm"))
+    pair = {}
+    for side, folder in zip(("sft", "aligned"), steered, strict=True):
+        pair[side] = tmp_path / side
+        pair[side].mkdir()
+        for f in folder.iterdir():
+            (pair[side] / f.name).write_bytes(f.read_bytes())
+        tensors = load_file(folder / "model.safetensors")
+        mixed = {k: v if "norm" in k else v.to(torch.bfloat16) for k, v in tensors.items()}
+        save_file(mixed, pair[side] / "model.safetensors", metadata={"format": "pt"})
+        settings = json.loads((pair[side] / "config.json").read_text())
+        (pair[side] / "config.json").write_text(json.dumps({**settings, "dtype": "bfloat16"}))
+    run = expo("tune", "--sft", pair["sft"], "--aligned", pair["aligned"], "--prompts", prompts_file,
+               "--reward-model", "org/tiny-rm", "--alpha", "1", "--max-new-tokens", "4", "--limit", "4", "--json",
+               "-q")  # fmt: skip
+    assert run.code == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["model_dtype"] == "bfloat16" and report["reward"] == "org/tiny-rm"
+    assert [c["alpha"] for c in report["candidates"]] == [0.0, 1.0]
