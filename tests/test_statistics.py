@@ -174,3 +174,18 @@ def test_bad_prompt_files_name_the_record(tmp_path):
             load_prompts(str(tmp_path / name))
     with pytest.raises(InputError, match="no field 'question'"):
         load_prompts(str(tmp_path / "bad.jsonl"), field="question")
+
+
+def test_the_search_stops_at_the_noise_floor():
+    asked = []
+
+    def indistinguishable(a: float, b: float) -> bool:
+        asked.append((a, b))
+        return True  # the prompts cannot tell the best point from its neighbour
+
+    search = Search([0.0, 1.0, 2.0, 4.0], budget=10, indistinguishable=indistinguishable)
+    for alpha, score in ((0.0, 0.0), (1.0, 0.5), (2.0, 0.6), (4.0, 0.1)):
+        assert search.next() == alpha
+        search.record(alpha, score)
+    assert search.next() is None
+    assert asked == [(2.0, 1.0)]  # the best and its better neighbour

@@ -30,7 +30,7 @@ from .prompts import load_prompts
 from .rewards import Reward, RewardFunction, RewardModel
 from .search import Search
 from .sources import dtype_name
-from .statistics import CandidateStats, Recommendation, compare, per_prompt, recommend
+from .statistics import Bootstrap, CandidateStats, Recommendation, compare, per_prompt, recommend
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
 
@@ -257,8 +257,15 @@ def _tune(sft: str | Path, aligned: str | Path, prompts: str, *, reward_model: s
     from .candidates import CandidateModel
 
     candidate = CandidateModel.attach(model, run)
-    finder = Search(grid, budget if search else len(grid))
     evaluated: dict[float, Candidate] = {}
+
+    def indistinguishable(a: float, b: float) -> bool:  # the noise floor: their paired gain interval contains 0
+        gain = Bootstrap(len(texts), draws=2000, seed=decoding.seed).mean(
+            per_prompt(evaluated[a].rewards, [r.prompt for r in evaluated[a].responses], len(texts))
+            - per_prompt(evaluated[b].rewards, [r.prompt for r in evaluated[b].responses], len(texts)))  # fmt: skip
+        return not gain.excludes_zero()
+
+    finder = Search(grid, budget if search else len(grid), indistinguishable=indistinguishable)
     while (alpha := finder.next()) is not None:
         evaluated[alpha] = result = _evaluate(candidate, alpha, tokenizer, texts, prompt_ids, decoding, scorer, opts)
         finder.record(alpha, float(np.mean(per_prompt(result.rewards, [r.prompt for r in result.responses],
