@@ -1,8 +1,8 @@
-"""Options shared by several commands, defined once."""
+"""Options shared by several commands, defined once, and how their values become the library's options."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -136,3 +136,19 @@ PushToHubOpt = Annotated[
     str | None,
     typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
 ]
+
+
+def run_options(quiet: bool, **values: Any) -> dict[str, Any]:
+    """`MergeOptions` keyword arguments from a command's flags: repeatable options defaulted to (), the progress bar
+    and the informational messages silenced by --quiet (and HF_HUB_DISABLE_PROGRESS_BARS), warnings always shown."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    from . import _output as out
+
+    repeatable = ("alpha_for", "include", "exclude", "copy", "skip")
+    return {
+        **{name: (value or ()) if name in repeatable else value for name, value in values.items()},
+        "progress": not quiet and not are_progress_bars_disabled(),
+        "warn": out.warning,
+        "info": out.ignore if quiet else out.info,
+    }

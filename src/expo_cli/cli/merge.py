@@ -41,6 +41,7 @@ from ._options import (
     SftRevisionOpt,
     StrictOpt,
     TokenOpt,
+    run_options,
 )
 
 MERGE_EXAMPLES = [
@@ -163,7 +164,6 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-    from huggingface_hub.utils import are_progress_bars_disabled
 
     import expo_cli
 
@@ -171,17 +171,13 @@ def merge(
     from ..output import human_bytes
 
     alphas = parse_alphas(alpha)
-    options = {
-        "dtype": dtype, "device": device, "max_shard_size": max_shard_size, "force": force,
-        "alpha_for": alpha_for or (), "include": include or (), "exclude": exclude or (),
-        "allow_architecture_mismatch": allow_architecture_mismatch, "strict": strict,
-        "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
-        "info": out.ignore if quiet or dry_run else out.info,
-        "sft_revision": sft_revision, "aligned_revision": aligned_revision, "token": token, "base": base,
-        "adapter_stack": adapter_stack,
-        "sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name, "copy": copy or (),
-        "skip": skip or (), "mistral_format": mistral_format, "as_adapter": as_adapter,
-    }  # fmt: skip
+    options = run_options(
+        quiet or dry_run, dtype=dtype, device=device, max_shard_size=max_shard_size, force=force, alpha_for=alpha_for,
+        include=include, exclude=exclude, allow_architecture_mismatch=allow_architecture_mismatch, strict=strict,
+        sft_revision=sft_revision, aligned_revision=aligned_revision, token=token, base=base,
+        adapter_stack=adapter_stack, sft_id=sft_id, aligned_id=aligned_id, model_name=model_name, copy=copy,
+        skip=skip, mistral_format=mistral_format, as_adapter=as_adapter,
+    )  # fmt: skip
     if push_to_hub and len(alphas) > 1:
         raise typer.BadParameter(
             "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"

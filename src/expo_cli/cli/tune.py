@@ -36,6 +36,7 @@ from ._options import (
     SftOpt,
     SftRevisionOpt,
     TokenOpt,
+    run_options,
 )
 
 TUNE_EXAMPLES = [
@@ -163,7 +164,6 @@ def tune(
     json: JsonOpt = False,
 ) -> None:
     """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0."""
-    from huggingface_hub.utils import are_progress_bars_disabled
 
     import expo_cli
 
@@ -173,13 +173,11 @@ def tune(
 
     if push_to_hub and not output:
         raise typer.BadParameter("needs --output FOLDER for the chosen checkpoint", param_hint="--push-to-hub")
-    options = {
-        "dtype": dtype, "device": device, "force": force, "alpha_for": alpha_for or (), "include": include or (),
-        "exclude": exclude or (), "allow_architecture_mismatch": allow_architecture_mismatch,
-        "progress": not quiet and not are_progress_bars_disabled(), "warn": out.warning,
-        "info": out.ignore if quiet else out.info, "sft_revision": sft_revision,
-        "aligned_revision": aligned_revision, "token": token, "base": base, "adapter_stack": adapter_stack,
-    }  # fmt: skip
+    options = run_options(
+        quiet, dtype=dtype, device=device, force=force, alpha_for=alpha_for, include=include, exclude=exclude,
+        allow_architecture_mismatch=allow_architecture_mismatch, sft_revision=sft_revision,
+        aligned_revision=aligned_revision, token=token, base=base, adapter_stack=adapter_stack,
+    )  # fmt: skip
     decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                         samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed)  # fmt: skip
     result = expo_cli.tune(
