@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,8 +71,10 @@ class AgainstSource:
             self.sft.prefetch(info, start, stop)
 
 
-def adapter_weight_set(sft: TensorSource, aligned: TensorSource, alpha_rules: bool) -> tuple[WeightSet, dict]:
-    """What `--as-adapter` writes (adapter_model.safetensors, planned for the streaming core) and its config."""
+def adapter_weight_set(sft: TensorSource, aligned: TensorSource, alphas: Sequence[float],
+                       alpha_rules: bool) -> tuple[WeightSet, dict]:  # fmt: skip
+    """What `--as-adapter` writes at `alphas` (adapter_model.safetensors, planned for the streaming core) and its
+    config."""
     from .planning import WeightSet
 
     if not isinstance(aligned, LoraSource):
@@ -86,7 +89,9 @@ def adapter_weight_set(sft: TensorSource, aligned: TensorSource, alpha_rules: bo
                                  "rescaled adapter is exact; drop --as-adapter to write the merged model")  # fmt: skip
             source = source.base
     if isinstance(sft, LoraSource) and aligned.base is not sft:  # it continued the SFT adapter
-        return _combined(sft, aligned)
+        if len(alphas) != 1:
+            raise UsageError("--as-adapter: two continued adapters combine for one α at a time; run one per α")
+        return _combined(sft, aligned, alphas[0])
     plans = []
     for key, info in adapter.weights.tensors.items():
         name = key[len(adapter.prefix) :]
@@ -106,22 +111,22 @@ def _is_base_layer_of_update(name: str, adapter: Adapter) -> bool:
     return ".base_layer." in name and name.replace(".base_layer.", ".") in adapter.low_rank
 
 
-def _combined(sft: LoraSource, aligned: LoraSource) -> tuple[WeightSet, dict]:
-    """One adapter of rank r₁ + r₂ per module for (1+α)·Δ₂ − α·Δ₁, both relative to the base: computed at
-    execution time for the run's α (see `CombinedSource`)."""
+def _combined(sft: LoraSource, aligned: LoraSource, alpha: float) -> tuple[WeightSet, dict]:
+    """One adapter of rank r₁ + r₂ per module for (1+α)·Δ₂ − α·Δ₁, both relative to the base (`CombinedSource`)."""
     from .planning import WeightSet
 
-    source = CombinedSource(sft, aligned)
+    source = CombinedSource(sft, aligned, alpha)
     plans = [TensorPlan(name, info, None, info.dtype, 0) for name, info in source.tensors.items()]
     weights = WeightSet(source, source, MergePlan(plans, []), mirror_shards(plans, [ADAPTER_FILE] * len(plans)), None)
     return weights, source.adapter_config()
 
 
 class CombinedSource:
-    """The combined adapter's tensors: shapes from the headers, values computed (small: factors and the modules
-    saved whole) once the run's α is known."""
+    """The combined adapter's tensors at one α: shapes from the headers, values computed when it is opened for
+    streaming (small: factors and the modules saved whole)."""
 
-    def __init__(self, sft: LoraSource, aligned: LoraSource) -> None:
+    def __init__(self, sft: LoraSource, aligned: LoraSource, alpha: float) -> None:
+        self.alpha = alpha
         self.sft_source, self.aligned_source = sft, aligned
         self.first, self.second = sft.adapter, aligned.adapter
         self.path, self.config = aligned.path, aligned.config
@@ -165,6 +170,8 @@ class CombinedSource:
         return True
 
     def __enter__(self) -> CombinedSource:
+        if not self.values:
+            self._compute(self.alpha)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -181,7 +188,7 @@ class CombinedSource:
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         pass
 
-    def set_alpha(self, alpha: float) -> None:
+    def _compute(self, alpha: float) -> None:
         """Compute every tensor for this α in float32 (float64 for whole tensors), rounded once to its dtype."""
         import torch
 

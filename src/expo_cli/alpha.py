@@ -42,9 +42,15 @@ def parse_alphas(values: Iterable[str | float]) -> list[float]:
                 raise UsageError(f"--alpha: {part.strip()!r} is not a number") from err
     if not alphas:
         raise UsageError("--alpha is required")
-    if len(set(alphas)) != len(alphas):
-        raise UsageError(f"--alpha: a value is repeated in {', '.join(f'{a:g}' for a in alphas)}")
-    return alphas
+    return check_alphas(alphas)
+
+
+def check_alphas(alphas: Iterable[float]) -> list[float]:
+    """Finite and distinct: a repeated α would write (or evaluate) the same thing twice."""
+    checked = [check_alpha(a) for a in alphas]
+    if len(set(checked)) != len(checked):
+        raise UsageError(f"--alpha: a value is repeated in {', '.join(f'{a:g}' for a in checked)}")
+    return checked
 
 
 @dataclass(frozen=True)

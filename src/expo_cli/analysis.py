@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
 from .inputs import resolve_inputs
 from .pairing import IDENTICAL, TensorPlan, plan_merge
 from .sources import dtype_code, itemsize, torch_dtype
@@ -207,13 +206,9 @@ def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectRes
 
 def plot(result: InspectResult, path: str | Path, say: Callable[[str], None] | None = None) -> int:
     """Draw the relative change per layer, one bar per layer and module kind; return how many bars."""
-    try:
-        import matplotlib
+    from .plotting import pyplot, save_png
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as err:
-        raise UsageError("--plot needs matplotlib: pip install 'expo-cli[plot]'") from err
+    plt = pyplot()
     kinds = [k for k, _ in KINDS] + ["other"]
     present = [k for k in kinds if any(g.kind == k for g in result.groups)]
     columns = sorted({g.layer for g in result.groups if g.layer is not None})
@@ -234,6 +229,5 @@ def plot(result: InspectResult, path: str | Path, say: Callable[[str], None] | N
     ax.set_title(f"What alignment changed (α={result.alpha:g} would extrapolate it)")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, format="png")
-    plt.close(fig)
+    save_png(fig, path)
     return bars

@@ -141,8 +141,6 @@ def write_shards(run: RunPlan, folders: dict[float, Path], opts: MergeOptions, o
         for weights in run.weights:
             shards = [s for s in weights.shards if only is None or s.filename in only]
             tensors = [t for s in shards for t in s.tensors]
-            if hasattr(weights.aligned, "set_alpha"):  # a combined adapter (--as-adapter): one α per run
-                weights.aligned.set_alpha(next(iter(folders)))
             with weights.sft, weights.aligned:
                 pool = BufferPool(shards, pinned=engine.cuda)
                 sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}

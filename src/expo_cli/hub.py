@@ -170,7 +170,14 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
-def adapter_snapshot(source: HubInput, token: str | None = None, offline: bool = False) -> Path | None:
+def offline() -> bool:
+    """HF_HUB_OFFLINE, as huggingface_hub reads it (a function in recent versions, a constant before)."""
+    from huggingface_hub import constants
+
+    return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
+
+
+def adapter_snapshot(source: HubInput, token: str | None = None) -> Path | None:
     """The local copy of a Hub repo holding a PEFT adapter (downloaded whole at one commit: adapters are small),
     or None when the repo holds a full model."""
     from huggingface_hub import snapshot_download
@@ -180,7 +187,7 @@ def adapter_snapshot(source: HubInput, token: str | None = None, offline: bool =
     full = {SAFETENSORS_SINGLE_FILE, SAFETENSORS_INDEX_FILE, "pytorch_model.bin", PYTORCH_INDEX_FILE}
     patterns = ["adapter_model.safetensors", "adapter_model.bin", *SIDE_FILES]
     with hub_errors(source.repo_id, source.revision):
-        if offline:
+        if offline():
             try:
                 folder = Path(snapshot_download(source.repo_id, revision=source.revision, local_files_only=True,
                                                 allow_patterns=patterns))  # fmt: skip

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .alpha import AlphaRule, check_rules_match
 from .checkpoint import load_checkpoint
@@ -18,6 +18,9 @@ from .errors import MismatchError, UsageError
 from .output import check_apart, check_output, same_path
 from .pairing import check_configs, plan_merge
 from .sources import TensorSource
+
+if TYPE_CHECKING:
+    from .adapters import Adapter
 
 
 def resolve_inputs(sft: str | Path | None, aligned: str | Path, *, sft_revision: str | None = None,
@@ -42,17 +45,15 @@ def resolve_inputs(sft: str | Path | None, aligned: str | Path, *, sft_revision:
             "continued" (both are relative to the base); default: told from their configs.
         warn: called with warnings (a base-model mismatch).
     """
-    from .adapters import read_adapter
-
     if adapter_stack not in (None, "on-sft", "continued"):
         raise UsageError(f"--adapter-stack {adapter_stack!r}: choose on-sft or continued")
-    aligned_adapter = _adapter(str(aligned), aligned_revision, token, "aligned", read_adapter)
+    aligned_adapter = _adapter(str(aligned), aligned_revision, token, "aligned")
     if sft is None:
         if aligned_adapter is None or aligned_adapter.base_model is None:
             why = " (the adapter's config names no base model)" if aligned_adapter else ""
             raise UsageError(f"--sft is required{why}")
         sft = aligned_adapter.base_model
-    sft_adapter = _adapter(str(sft), sft_revision, token, "sft", read_adapter)
+    sft_adapter = _adapter(str(sft), sft_revision, token, "sft")
     if aligned_adapter is None and sft_adapter is None:
         return _resolve_pair(sft, aligned, sft_revision=sft_revision, aligned_revision=aligned_revision, token=token,
                              allow_architecture_mismatch=allow_architecture_mismatch, rules=rules,
@@ -97,22 +98,17 @@ def resolve_inputs(sft: str | Path | None, aligned: str | Path, *, sft_revision:
     return sft_source, aligned_source
 
 
-def _adapter(spec: str, revision: str | None, token: str | None, role: str, read: Callable) -> Any:
+def _adapter(spec: str, revision: str | None, token: str | None, role: str) -> Adapter | None:
     """The PEFT adapter a spec names (a local folder, or a Hub repo downloaded whole: adapters are small), or None."""
     from . import hub
-    from .adapters import is_adapter
+    from .adapters import is_adapter, read_adapter
 
     path = Path(spec)
     if path.is_dir():
-        return read(path, role) if is_adapter(path) else None
+        return read_adapter(path, role) if is_adapter(path) else None
     remote = hub.parse_input(spec, revision)
-    if remote is None:
-        return None
-    from huggingface_hub import constants
-
-    offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
-    folder = hub.adapter_snapshot(remote, token, offline)
-    return read(folder, role) if folder is not None else None
+    folder = hub.adapter_snapshot(remote, token) if remote is not None else None
+    return read_adapter(folder, role) if folder is not None else None
 
 
 def _same_model(declared: str, given: str) -> bool:
@@ -120,7 +116,7 @@ def _same_model(declared: str, given: str) -> bool:
     return declared == given or Path(declared.rstrip("/")).name == Path(given.rstrip("/")).name
 
 
-def _stack(aligned: Any, sft: Any, sft_spec: str) -> str:
+def _stack(aligned: Adapter, sft: Adapter, sft_spec: str) -> str:
     """How two adapters relate, from their configs: the aligned one names the SFT adapter as its base ("on-sft"),
     or both name the same base ("continued"); otherwise the user must say it."""
     if aligned.base_model and _same_model(aligned.base_model, sft_spec):
@@ -143,9 +139,7 @@ def _resolve_one(spec: str, revision: str | None, role: str, token: str | None, 
         for output in outputs:
             check_apart(output, {role: ckpt.path})
         return ckpt
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE:
+    if hub.offline():
         return load_checkpoint(hub.cached(remote_id), role)
     remote = hub.fetch_headers(remote_id, role, token)
     if not download:
@@ -181,9 +175,7 @@ def _resolve_pair(sft: str | Path, aligned: str | Path, *, sft_revision: str | N
         pair = load_checkpoint(local["sft"], "sft"), load_checkpoint(local["aligned"], "aligned")
         check_configs(*pair, allow_architecture_mismatch)
         return pair
-    from huggingface_hub import constants
-
-    if constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE:
+    if hub.offline():
         paths = {role: hub.cached(r) if r else local[role] for role, r in remote_ids.items()}
         pair = load_checkpoint(paths["sft"], "sft"), load_checkpoint(paths["aligned"], "aligned")
         check_configs(*pair, allow_architecture_mismatch)

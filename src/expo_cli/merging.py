@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .alpha import check_alpha
-from .errors import UsageError
+from .alpha import check_alpha, check_alphas
 from .execution import MergeResult, execute
 from .planning import MergeOptions, Plan, prepare
 
@@ -103,7 +102,4 @@ def merge_to_hub(sft: str | Path, aligned: str | Path, repo_id: str, alpha: floa
 
 
 def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:
-    targets = {check_alpha(a): Path(output) / f"alpha-{a:g}" for a in alphas}
-    if len(targets) != len(alphas):
-        raise UsageError(f"--alpha: a value is repeated in {', '.join(f'{a:g}' for a in alphas)}")
-    return targets
+    return {a: Path(output) / f"alpha-{a:g}" for a in check_alphas(alphas)}

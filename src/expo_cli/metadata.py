@@ -182,14 +182,8 @@ def write_model_card(folder: Path, record: dict[str, Any], card: AlignedCard, co
     not_copied = not_copied if left_out else ""
     aligned_text = f"\n## The aligned model's card\n\n{card.text}\n" if card.text else ""
     tuning = _tuning_section(record["tuning"]) if record.get("tuning") else ""
-    what = (
-        (
-            f"\nIt is a **PEFT LoRA adapter** for the SFT model `{_label(sft)}`: load it with "
-            "`PeftModel.from_pretrained` on that model.\n"
-        )
-        if adapter
-        else ""
-    )
+    what = f"\nIt is a **PEFT LoRA adapter** for `{_label(sft)}`: load it with `PeftModel.from_pretrained`.\n"
+    what = what if adapter else ""
     body = f"""# {model_name}
 
 This model is an **ExPO** (model extrapolation) of the aligned model `{_label(aligned)}` away from its SFT

@@ -294,17 +294,16 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
         weights.append(_consolidated(sft_ckpt.path, folder, out_code))
     if not header_only and not opts.force and _identical(weights[0]):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
+    sources = (Source.of(sft_ckpt.path, layout_sha256(own_tensors(sft_ckpt)), hub_ids["sft"]),
+               Source.of(folder, layout_sha256(own_tensors(aligned_ckpt)), hub_ids["aligned"]))  # fmt: skip
     adapter_config = None
     if opts.as_adapter:
-        from .adapter_output import CombinedSource, adapter_weight_set, publishable_base
+        from .adapter_output import adapter_weight_set, publishable_base
 
-        adapter_set, adapter_config = adapter_weight_set(sft_ckpt, aligned_ckpt, bool(rules))
-        adapter_config = publishable_base(adapter_config, hub_ids["sft"] or Source.of(
-            sft_ckpt.path, None).repo_id or sft_ckpt.path.name)  # fmt: skip
-        if isinstance(adapter_set.aligned, CombinedSource) and len(targets) > 1:
-            raise UsageError("--as-adapter: two continued adapters combine for one α at a time; run one per α")
         if opts.mistral_format:
             raise UsageError("--as-adapter writes a PEFT adapter; drop --mistral-format")
+        adapter_set, adapter_config = adapter_weight_set(sft_ckpt, aligned_ckpt, list(targets), bool(rules))
+        adapter_config = publishable_base(adapter_config, sources[0].name)
         weights = [adapter_set]
     own = [SAFETENSORS_INDEX_FILE, PYTORCH_INDEX_FILE, *(t.file.name for t in aligned_ckpt.tensors.values())]
     if isinstance(aligned_ckpt, LoraSource):  # the adapter's own files are the input, not side files
@@ -313,8 +312,6 @@ def prepare(sft: str | Path, aligned: str | Path, targets: dict[float, Path], op
     if side is not None and isinstance(aligned_ckpt, LoraSource) and not opts.as_adapter:  # missing: from the base
         for fallback in input_folders(sft_ckpt):
             sidefiles.borrow(side, fallback)
-    sources = (Source.of(sft_ckpt.path, layout_sha256(own_tensors(sft_ckpt)), hub_ids["sft"]),
-               Source.of(folder, layout_sha256(own_tensors(aligned_ckpt)), hub_ids["aligned"]))  # fmt: skip
     card = AlignedCard.read(folder) if not header_only else AlignedCard({}, "")
     base_name = opts.model_name or default_model_name(card, sources[1])
     names = {a: base_name if len(targets) == 1 else f"{base_name}-alpha-{a:g}" for a in targets}

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .adapters import input_folders
-from .alpha import check_alpha
+from .alpha import check_alphas
 from .errors import InputError, OutputError, UsageError
 from .generation import Decoding, Response, encode_prompts, generate
 from .planning import MergeOptions, prepare
@@ -133,17 +133,9 @@ class TuneResult:
 
     def plot(self, path: str | Path) -> None:
         """Mean reward (with 95% intervals) and mean length against α."""
-        from .output import write_atomically
+        from .plotting import pyplot, save_png
 
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError as err:
-            raise UsageError("--plot needs matplotlib: pip install 'expo-cli[plot]'") from err
-        import io
-
+        plt = pyplot()
         alphas = [s.alpha for s in self.stats]
         means = [s.reward.estimate for s in self.stats]
         errors = [[s.reward.estimate - s.reward.low for s in self.stats],
@@ -160,13 +152,7 @@ class TuneResult:
         handles = ax.get_legend_handles_labels()[0] + lengths.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="best", fontsize="small")
         fig.tight_layout()
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png")
-        plt.close(fig)
-        try:
-            write_atomically(Path(path), buffer.getvalue())
-        except OSError as err:
-            raise OutputError(f"--plot {path}: cannot write it ({err.strerror})") from err
+        save_png(fig, path)
 
 
 def _round(interval: Any) -> list[float]:
@@ -175,10 +161,7 @@ def _round(interval: Any) -> list[float]:
 
 def candidate_alphas(alphas: Sequence[float]) -> list[float]:
     """The grid with α = 0 (the aligned model, every comparison's baseline) always in it."""
-    grid = [check_alpha(a) for a in alphas]
-    if len(set(grid)) != len(grid):
-        raise UsageError(f"--alpha: a value is repeated in {', '.join(f'{a:g}' for a in grid)}")
-    return [0.0, *(a for a in grid if a != 0)]
+    return [0.0, *(a for a in check_alphas(alphas) if a != 0)]
 
 
 def tune(sft: str | Path, aligned: str | Path, prompts: str, *, reward_model: str | None = None,
