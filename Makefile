@@ -25,6 +25,7 @@ test: setup
 lint: setup
 	$(VENV)/bin/ruff check src tests examples benchmarks dev
 	$(VENV)/bin/ruff format --check src tests examples benchmarks dev
+	$(VENV)/bin/lint-imports
 
 # The paper's controlled result on a toy SFT -> DPO pair trained here (examples/reproduce; ~6 min on 2 cores).
 reproduce: setup
@@ -39,7 +40,7 @@ mutants: setup
 	$(PY) dev/listed_mutants.py
 
 # mutmut over the modules that carry the guarantees ([tool.mutmut] in pyproject.toml). Hours on 2 cores:
-# MUTATE='src/expo_cli/extrapolate.py*' narrows it (mutmut's own name globs, e.g. 'expo_cli.output*').
+# MUTATE='src/expo_cli/core/extrapolate.py*' narrows it (mutmut's own name globs, e.g. 'expo_cli.fsutil*').
 MUTATE ?=
 mutation: setup
 	$(PY) -m pip install -q -c constraints.txt 'mutmut>=3.3'

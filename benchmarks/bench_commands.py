@@ -49,8 +49,12 @@ def main() -> None:
     parser.add_argument("--thorough", action="store_true", help="also time `expo verify --thorough` (once each)")
     args = parser.parse_args()
     hub, server = serve()
-    os.environ.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_TOKEN=WRITE_TOKEN,
-                      HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_PROGRESS_BARS="1")  # fmt: skip
+    os.environ.update(
+        HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}",
+        HF_TOKEN=WRITE_TOKEN,
+        HF_HUB_DISABLE_XET="1",
+        HF_HUB_DISABLE_PROGRESS_BARS="1",
+    )
     sft, aligned = build_pair(args.size)
     versions = {"": None, **({f" [baseline {args.baseline.parent.name}]": args.baseline} if args.baseline else {})}
     runs: dict[str, list[dict]] = {}
@@ -72,15 +76,19 @@ def main() -> None:
                     if name == "push":
                         hub.lfs.clear()
                         hub.repos.clear()
-    print(f"| command ({args.size}, α = {args.alpha:g}) | wall s (median [min–max]) | × merge | peak RSS MiB | "
-          "peak RssAnon MiB |\n|---|---|---|---|---|")  # fmt: skip
+    print(
+        f"| command ({args.size}, α = {args.alpha:g}) | wall s (median [min–max]) | × merge | peak RSS MiB | "
+        "peak RssAnon MiB |\n|---|---|---|---|---|"
+    )
     for name, results in runs.items():
         walls = [r["wall"] for r in results]
         label = name[name.index(" [") :] if " [" in name else ""
         merge = statistics.median(r["wall"] for r in runs["merge" + label])
-        print(f"| expo {name} | {statistics.median(walls):.2f} [{min(walls):.2f}–{max(walls):.2f}] | "
-              f"{statistics.median(walls) / merge:.2f} | {max(r['rss_mib'] for r in results):.0f} | "
-              f"{max(r['anon_mib'] for r in results):.0f} |")  # fmt: skip
+        print(
+            f"| expo {name} | {statistics.median(walls):.2f} [{min(walls):.2f}–{max(walls):.2f}] | "
+            f"{statistics.median(walls) / merge:.2f} | {max(r['rss_mib'] for r in results):.0f} | "
+            f"{max(r['anon_mib'] for r in results):.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -53,9 +53,14 @@ def build_pair(name: str) -> tuple[Path, Path]:
     shutil.rmtree(root, ignore_errors=True)
     hidden, intermediate, layers, heads, vocab, sft_shard, aligned_shard = SIZES[name]
     config = LlamaConfig(
-        hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers, num_attention_heads=heads,
-        num_key_value_heads=heads, vocab_size=vocab, tie_word_embeddings=False,
-    )  # fmt: skip
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=vocab,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
@@ -172,17 +177,56 @@ def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
     return {"exact": equal / total, "max_ulp": worst}
 
 
-def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None,
-          baseline: Path | None = None) -> dict:  # fmt: skip
+def tools(
+    sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None, baseline: Path | None = None
+) -> dict:
     """name -> (command, needs a sync to be durable)."""
     found = {
-        "expo merge": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
-                        "-o", str(out), "--alpha", str(alpha), "--quiet", "--device", "cpu"], False),  # fmt: skip
-        "expo merge, sweep of 3 (α = 0.1,0.3,0.5)": ([sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft),
-            "--aligned", str(aligned), "-o", str(out), "--alpha", "0.1,0.3,0.5", "--quiet", "--device", "cpu"], False),
+        "expo merge": (
+            [
+                sys.executable,
+                "-m",
+                "expo_cli",
+                "merge",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "-o",
+                str(out),
+                "--alpha",
+                str(alpha),
+                "--quiet",
+                "--device",
+                "cpu",
+            ],
+            False,
+        ),
+        "expo merge, sweep of 3 (α = 0.1,0.3,0.5)": (
+            [
+                sys.executable,
+                "-m",
+                "expo_cli",
+                "merge",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "-o",
+                str(out),
+                "--alpha",
+                "0.1,0.3,0.5",
+                "--quiet",
+                "--device",
+                "cpu",
+            ],
+            False,
+        ),
         "official ExPO (transformers, bf16)": (
-            [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)], True),
-    }  # fmt: skip
+            [sys.executable, str(HERE / "official_expo.py"), str(sft), str(aligned), str(out), str(alpha)],
+            True,
+        ),
+    }
     if baseline:  # another expo (e.g. a checkout of the previous commit's src/), interleaved with this one
         for name in [n for n in found if n.startswith("expo")]:
             command, sync = found[name]
@@ -198,8 +242,15 @@ def tools(sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergeki
     return found
 
 
-def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str | None, expo_only: bool,
-               baseline: Path | None = None) -> list[dict]:  # fmt: skip
+def bench_pair(
+    name: str,
+    alpha: float,
+    repeat: int,
+    work: Path,
+    mergekit: str | None,
+    expo_only: bool,
+    baseline: Path | None = None,
+) -> list[dict]:
     """Floor and expo runs interleaved (floor, merge, sweep, floor, ...) so that all see the same disk: a cloud disk's
     speed drifts over minutes. Peers are slow and run once, after."""
     sft, aligned = build_pair(name)
@@ -227,15 +278,31 @@ def bench_pair(name: str, alpha: float, repeat: int, work: Path, mergekit: str |
     shutil.rmtree(out, ignore_errors=True)
     floors = [r["durable"] for r in runs["floor"]]
     floor = statistics.median(floors)
-    rows = [{"pair": name, "tool": "I/O floor (read inputs, write+fsync output)", "durable": floors,
-             "ratio": 1.0, "rss_mib": None, "anon_mib": None, "exact": None}]  # fmt: skip
+    rows = [
+        {
+            "pair": name,
+            "tool": "I/O floor (read inputs, write+fsync output)",
+            "durable": floors,
+            "ratio": 1.0,
+            "rss_mib": None,
+            "anon_mib": None,
+            "exact": None,
+        }
+    ]
     for tool in [*ours, *peers]:
         durable = [r["durable"] for r in runs[tool]]
-        rows.append({
-            "pair": name, "tool": tool, "durable": durable, "ratio": statistics.median(durable) / floor,
-            "rss_mib": max(r["rss_mib"] for r in runs[tool]), "anon_mib": max(r["anon_mib"] for r in runs[tool]),
-            "exact": checks[tool]["exact"], "max_ulp": checks[tool]["max_ulp"],
-        })  # fmt: skip
+        rows.append(
+            {
+                "pair": name,
+                "tool": tool,
+                "durable": durable,
+                "ratio": statistics.median(durable) / floor,
+                "rss_mib": max(r["rss_mib"] for r in runs[tool]),
+                "anon_mib": max(r["anon_mib"] for r in runs[tool]),
+                "exact": checks[tool]["exact"],
+                "max_ulp": checks[tool]["max_ulp"],
+            }
+        )
     for row in rows:
         row["model_gb"] = size / 1e9
     return rows

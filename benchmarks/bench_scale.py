@@ -49,17 +49,39 @@ def streamed(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> 
     hub, server = serve()
     for repo, folder in (("bench/sft", sft), ("bench/aligned", aligned)):
         hub.create(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
-    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}", "HF_TOKEN": WRITE_TOKEN,
-           "HF_HUB_DISABLE_XET": "1", "HF_HOME": str(work / "hf-home")}  # fmt: skip
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "HF_TOKEN": WRITE_TOKEN,
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HOME": str(work / "hf-home"),
+    }
     scratch = work / "scratch"
     scratch.mkdir()
     done, peak = threading.Event(), [0]
     sampler = threading.Thread(target=peak_size, args=(scratch, done, peak), daemon=True)
     sampler.start()
     started = time.perf_counter()
-    subprocess.run([*EXPO, "--sft", "bench/sft", "--aligned", "bench/aligned", "--alpha", str(alpha), "--stream",
-                    "--push-to-hub", "bench/out", "--scratch", str(scratch), "--max-shard-size", shard],
-                   check=True, env=env)  # fmt: skip
+    subprocess.run(
+        [
+            *EXPO,
+            "--sft",
+            "bench/sft",
+            "--aligned",
+            "bench/aligned",
+            "--alpha",
+            str(alpha),
+            "--stream",
+            "--push-to-hub",
+            "bench/out",
+            "--scratch",
+            str(scratch),
+            "--max-shard-size",
+            shard,
+        ],
+        check=True,
+        env=env,
+    )
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
@@ -71,14 +93,45 @@ def array(sft: Path, aligned: Path, alpha: float, work: Path, parts: int) -> tup
     single, split = work / "single", work / "split"
     warm(sft, aligned)
     started = time.perf_counter()
-    subprocess.run([*EXPO, "--sft", str(sft), "--aligned", str(aligned), "-o", str(single), "--alpha", str(alpha),
-                    "--max-shard-size", "200MB"], check=True)  # fmt: skip
+    subprocess.run(
+        [
+            *EXPO,
+            "--sft",
+            str(sft),
+            "--aligned",
+            str(aligned),
+            "-o",
+            str(single),
+            "--alpha",
+            str(alpha),
+            "--max-shard-size",
+            "200MB",
+        ],
+        check=True,
+    )
     one = time.perf_counter() - started
     warm(sft, aligned)
     started = time.perf_counter()
-    procs = [subprocess.Popen([*EXPO, "--sft", str(sft), "--aligned", str(aligned), "-o", str(split), "--alpha",
-                               str(alpha), "--max-shard-size", "200MB", "--part", f"{i}/{parts}"])
-             for i in range(1, parts + 1)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [
+                *EXPO,
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "-o",
+                str(split),
+                "--alpha",
+                str(alpha),
+                "--max-shard-size",
+                "200MB",
+                "--part",
+                f"{i}/{parts}",
+            ]
+        )
+        for i in range(1, parts + 1)
+    ]
     if any(p.wait() for p in procs):
         raise RuntimeError("a part failed")
     many = time.perf_counter() - started
@@ -99,12 +152,16 @@ def main() -> None:
     largest = max(sum(f.stat().st_size for f in weight_files(p)) for p in (sft, aligned))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         seconds, peak = streamed(sft, aligned, args.alpha, Path(tmp), args.max_shard_size)
-        print(f"streamed Hub-to-Hub merge ({args.size}, --max-shard-size {args.max_shard_size}): {seconds:.1f} s, "
-              f"peak scratch {peak / 1e6:.0f} MB (one input: {largest / 1e6:.0f} MB)")  # fmt: skip
+        print(
+            f"streamed Hub-to-Hub merge ({args.size}, --max-shard-size {args.max_shard_size}): {seconds:.1f} s, "
+            f"peak scratch {peak / 1e6:.0f} MB (one input: {largest / 1e6:.0f} MB)"
+        )
         shutil.rmtree(Path(tmp) / "scratch", ignore_errors=True)
         one, many, same = array(sft, aligned, args.alpha, Path(tmp), args.parts)
-        print(f"job array of {args.parts} parts at once: {many:.1f} s against one process: {one:.1f} s "
-              f"({many / one:.2f}×), outputs byte-identical: {same}")  # fmt: skip
+        print(
+            f"job array of {args.parts} parts at once: {many:.1f} s against one process: {one:.1f} s "
+            f"({many / one:.2f}×), outputs byte-identical: {same}"
+        )
 
 
 if __name__ == "__main__":

@@ -35,9 +35,17 @@ def build_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=hidden, intermediate_size=hidden * 8 // 3, num_hidden_layers=layers,
-                         num_attention_heads=hidden // 64, num_key_value_heads=hidden // 64, vocab_size=len(WORDS),
-                         max_position_embeddings=512, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 8 // 3,
+        num_hidden_layers=layers,
+        num_attention_heads=hidden // 64,
+        num_key_value_heads=hidden // 64,
+        vocab_size=len(WORDS),
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(root / "sft")
     with torch.no_grad():
@@ -53,8 +61,16 @@ def build_reward_model(folder: Path) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     torch.manual_seed(1)
-    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=len(WORDS), num_labels=1, pad_token_id=0)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(WORDS),
+        num_labels=1,
+        pad_token_id=0,
+    )
     LlamaForSequenceClassification(config).save_pretrained(folder)
     tok = tokenizer()
     tok.pad_token = "<unk>"
@@ -66,16 +82,39 @@ def model_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
-def tune(sft: Path, aligned: Path, rm: Path, prompts: Path, alphas: str,
-         max_new_tokens: int) -> tuple[dict, float, int]:  # fmt: skip
+def tune(
+    sft: Path, aligned: Path, rm: Path, prompts: Path, alphas: str, max_new_tokens: int
+) -> tuple[dict, float, int]:
     """Run expo tune; return its report, wall time, and peak anonymous memory (RssAnon: not the mapped inputs)."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "expo_cli", "tune", "--sft", str(sft), "--aligned", str(aligned), "--prompts",
-         str(prompts), "--reward-model", str(rm), "--alpha", alphas, "--max-new-tokens", str(max_new_tokens),
-         "--temperature", "1", "--device", "cpu", "--json", "--quiet"],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "expo_cli",
+            "tune",
+            "--sft",
+            str(sft),
+            "--aligned",
+            str(aligned),
+            "--prompts",
+            str(prompts),
+            "--reward-model",
+            str(rm),
+            "--alpha",
+            alphas,
+            "--max-new-tokens",
+            str(max_new_tokens),
+            "--temperature",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            "--quiet",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     peak = 0
     while process.poll() is None:
         try:
@@ -91,15 +130,19 @@ def tune(sft: Path, aligned: Path, rm: Path, prompts: Path, alphas: str,
 
 
 def report(name: str, size: int, result: dict, wall: float, peak: int) -> None:
-    print(f"\n{name}: one model = {size / 1e6:.1f} MB; expo tune wall time {wall:.1f} s "
-          f"({result['prompts']} prompts, {len(result['candidates'])} candidates); peak anonymous memory "
-          f"(RssAnon) {peak / 1e6:.0f} MB = {peak / size:.1f}× one model")  # fmt: skip
+    print(
+        f"\n{name}: one model = {size / 1e6:.1f} MB; expo tune wall time {wall:.1f} s "
+        f"({result['prompts']} prompts, {len(result['candidates'])} candidates); peak anonymous memory "
+        f"(RssAnon) {peak / 1e6:.0f} MB = {peak / size:.1f}× one model"
+    )
     print(f"{'α':>6} {'update s':>9} {'generate s':>11} {'score s':>8} {'update share':>13} {'mean reward':>12}")
     for c in result["candidates"]:
         total = c["update_seconds"] + c["generate_seconds"] + c["score_seconds"]
-        print(f"{c['alpha']:>6g} {c['update_seconds']:>9.3f} {c['generate_seconds']:>11.2f} "
-              f"{c['score_seconds']:>8.2f} {c['update_seconds'] / total:>12.1%} "
-              f"{c['reward']['estimate']:>12.4f}")  # fmt: skip
+        print(
+            f"{c['alpha']:>6g} {c['update_seconds']:>9.3f} {c['generate_seconds']:>11.2f} "
+            f"{c['score_seconds']:>8.2f} {c['update_seconds'] / total:>12.1%} "
+            f"{c['reward']['estimate']:>12.4f}"
+        )
 
 
 def main() -> None:
@@ -115,8 +158,12 @@ def main() -> None:
         root = Path(tmp)
         prompts = root / "prompts.jsonl"
         words = WORDS[3:]
-        prompts.write_text("".join(json.dumps({"prompt": " ".join(words[(i + k) % len(words)] for k in range(3))})
-                                   + "\n" for i in range(args.prompts)))  # fmt: skip
+        prompts.write_text(
+            "".join(
+                json.dumps({"prompt": " ".join(words[(i + k) % len(words)] for k in range(3))}) + "\n"
+                for i in range(args.prompts)
+            )
+        )
         rm = build_reward_model(root / "rm")
         make_tiny_pair(root / "tiny")
         pairs = {

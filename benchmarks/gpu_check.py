@@ -37,8 +37,11 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--devices", default="cpu,cuda")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}: "
-          f"{torch.cuda.get_device_name() if torch.cuda.is_available() else '-'}", flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}: "
+        f"{torch.cuda.get_device_name() if torch.cuda.is_available() else '-'}",
+        flush=True,
+    )
     sft, aligned = build_pair(args.size)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     moved = 3 * size  # bytes read (two inputs) and written
@@ -46,23 +49,43 @@ def main() -> None:
         outs = {}
         for device in args.devices.split(","):
             out = Path(tmp) / device
-            command = [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
-                       "-o", str(out), "--alpha", str(args.alpha), "--quiet", "--device", device]  # fmt: skip
+            command = [
+                sys.executable,
+                "-m",
+                "expo_cli",
+                "merge",
+                "--sft",
+                str(sft),
+                "--aligned",
+                str(aligned),
+                "-o",
+                str(out),
+                "--alpha",
+                str(args.alpha),
+                "--quiet",
+                "--device",
+                device,
+            ]
             times = []
             for _ in range(3):
                 shutil.rmtree(out, ignore_errors=True)
                 warm(sft, aligned)
                 times.append(run_tool(command, durable_sync=False))
             best = min(t["wall"] for t in times)
-            print(f"{device}: wall {[round(t['wall'], 2) for t in times]} s, best {moved / best / 1e9:.2f} GB/s, "
-                  f"peak RssAnon {max(t['anon_mib'] for t in times):.0f} MiB", flush=True)  # fmt: skip
+            print(
+                f"{device}: wall {[round(t['wall'], 2) for t in times]} s, best {moved / best / 1e9:.2f} GB/s, "
+                f"peak RssAnon {max(t['anon_mib'] for t in times):.0f} MiB",
+                flush=True,
+            )
             outs[device] = out
         if {"cpu", "cuda"} <= outs.keys():
             print(f"GPU output bit-identical to CPU output: {100 * bit_identical(outs['cpu'], outs['cuda']):.4f}%")
         for device, out in outs.items():
             check = check_output(out, sft, aligned, args.alpha)
-            print(f"{device} vs float64 reference: {100 * check['exact']:.4f}% correctly rounded, "
-                  f"max error {check['max_ulp']:.2f} rounding steps")  # fmt: skip
+            print(
+                f"{device} vs float64 reference: {100 * check['exact']:.4f}% correctly rounded, "
+                f"max error {check['max_ulp']:.2f} rounding steps"
+            )
 
 
 if __name__ == "__main__":

@@ -22,13 +22,23 @@ MERGE = "tests/test_merge.py::test_every_tensor_matches_the_float64_reference"
 
 # name: (file, text, replacement, tests expected to kill it)
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
-    "no fsync of shards": ("writer.py", "                os.fsync(self.fd)", "                pass", GUARANTEES),
-    "no fsync of config/card/index": ("output.py", "        os.fsync(fh.fileno())", "        pass", GUARANTEES),
-    "no fsync of the staged folder": ("output.py", "    fsync_path(staged)\n", "", GUARANTEES),
-    "no fsync of copied side files": ("sidefiles.py", "        fsync_path(destination)", "        pass", GUARANTEES),
-    "no fsync of copied side folders": ("sidefiles.py", "        fsync_path(folder)", "        pass", GUARANTEES),
+    "no fsync of shards": ("core/writer.py", "                os.fsync(self.fd)", "                pass", GUARANTEES),
+    "no fsync of config/card/index": ("fsutil.py", "        os.fsync(fh.fileno())", "        pass", GUARANTEES),
+    "no fsync of the staged folder": ("merging/staging.py", "    fsync_path(staged)\n", "", GUARANTEES),
+    "no fsync of copied side files": (
+        "merging/sidefiles.py",
+        "        fsync_path(destination)",
+        "        pass",
+        GUARANTEES,
+    ),
+    "no fsync of copied side folders": (
+        "merging/sidefiles.py",
+        "        fsync_path(folder)",
+        "        pass",
+        GUARANTEES,
+    ),
     "--force deletes the old output first": (
-        "execution.py",
+        "merging/execution.py",
         "    for alpha in run.targets:\n",
         "    for o in run.targets.values():\n"
         "        __import__('shutil').rmtree(o, ignore_errors=True) if opts.force else None\n"
@@ -36,13 +46,13 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         GUARANTEES,
     ),
     "--force replaces with two renames": (
-        "output.py",
+        "merging/staging.py",
         "        if exchange(staged, output):",
         "        if False:",
         GUARANTEES,
     ),
     "stream.close() skipped": (
-        "execution.py",
+        "merging/execution.py",
         "                    for alpha, sink in sinks.items():\n"
         "                        checksums[alpha].update(sink.close())",
         "                    pass",
@@ -86,81 +96,81 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "verify: missing shard not checked first": ("verification.py", "    if missing:", "    if False:", VERIFY),
     "float32 output nudged by 2 ulp": (
-        "extrapolate.py",
+        "core/extrapolate.py",
         "            return torch.add(aligned, delta, alpha=self.alpha, out=out)",
         "            torch.add(aligned, delta, alpha=self.alpha, out=out)\n            inf = torch.full_like(out, "
         "float('inf'))\n            return out.copy_(torch.nextafter(torch.nextafter(out, inf), inf))",
         MERGE,
     ),
     "float32 through lerp": (
-        "extrapolate.py",
+        "core/extrapolate.py",
         "        if sft.dtype == aligned.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):",
         "        if sft.dtype == aligned.dtype == out.dtype:",
         MERGE,
     ),
     "writer: bytes-short check removed": (
-        "writer.py",
+        "core/writer.py",
         '                    raise RuntimeError(f"{current.path}: {current.remaining} bytes short")',
         "                    pass",
         "tests/test_writer.py",
     ),
     "hub: branch-moved check removed": (
-        "hub.py",
+        "inputs/hub.py",
         "    if folder.name != remote.sha:",
         "    if False:",
         "tests/test_hub.py::test_a_branch_that_moves_between_validation_and_download_is_refused",
     ),
     "leftovers: liveness check removed": (
-        "output.py",
+        "merging/staging.py",
         "        return _alive(pid)\n",
         "        return False\n",
         GUARANTEES,
     ),
     # expo tune, LoRA: what the new guarantees rest on.
     "tune: computed blocks land in a copy, not the parameter": (
-        "sinks.py",
+        "core/sinks.py",
         "        return self.targets[t.name].view(-1)[start:stop]",
         "        return self.targets[t.name].view(-1)[start:stop].clone()",
         "tests/test_tune.py::test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint",
     ),
     "tune: raw α = 0 blocks not copied into the model": (
-        "sinks.py",
+        "core/sinks.py",
         "            target.view(torch.uint8).copy_(torch.frombuffer(data, dtype=torch.uint8))",
         "            pass",
         "tests/test_tune.py::test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint",
     ),
     "tune: candidates not reseeded (differences between α no longer paired)": (
-        "generation.py",
+        "tuning/generation.py",
         "        set_seed(decoding.seed + number)",
         "        pass",
         "tests/test_tune.py::test_the_same_seed_gives_the_same_responses_and_alpha_changes_them",
     ),
     "statistics: ties count as losses": (
-        "statistics.py",
+        "tuning/statistics.py",
         "np.where(candidate == baseline, 0.5, 0.0)",
         "np.where(candidate == baseline, 0.0, 0.0)",
         "tests/test_statistics.py",
     ),
     "lora: rslora scaled like plain LoRA": (
-        "adapters.py",
+        "inputs/adapters.py",
         'alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank',
         "alpha / rank",
         "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
     ),
     "lora: Conv1D factors not transposed": (
-        "adapters.py",
+        "inputs/adapters.py",
         "            update = LowRank(update.a, update.b, update.scale, True, update.magnitude)  # GPT-2 Conv1D",
         "            pass",
         "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
     ),
     "lora: a trained bias replaces instead of adding the LoRA bias": (
-        "adapters.py",
+        "inputs/adapters.py",
         "            return base.to(wide) + scale * self.adapter.weights.flat(bias, start, stop).to(wide)",
         "            return base.to(wide)",
         "tests/test_lora.py::test_a_merged_adapter_matches_peft_in_float64",
     ),
     "lora: --as-adapter B factors not scaled": (
-        "adapter_output.py",
+        "merging/adapter_output.py",
         '            against: TensorInfo | None = TensorInfo(key, "F32", info.shape, ZEROS)',
         "            against = None",
         "tests/test_lora.py::test_as_adapter_is_the_same_extrapolation_through_peft",
@@ -175,8 +185,13 @@ def run(name: str, file: str, text: str, replacement: str, tests: str) -> tuple[
         return False, f"mutation text not found once in {file}"
     path.write_text(original.replace(text, replacement))
     try:
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()],
-                              cwd=ROOT, capture_output=True, text=True, timeout=900)  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     finally:
         path.write_text(original)
     failed = re.findall(r"^FAILED (\S+)", proc.stdout, re.MULTILINE)

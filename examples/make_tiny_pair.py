@@ -29,9 +29,16 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def main(root: Path) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=len(WORDS), max_position_embeddings=128, bos_token_id=1, eos_token_id=2,
-    )  # fmt: skip
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(WORDS),
+        max_position_embeddings=128,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(root / "sft")
     tokenizer().save_pretrained(root / "sft")

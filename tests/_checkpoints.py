@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from expo_cli.checkpoint import load_checkpoint
+from expo_cli.inputs.checkpoint import load_checkpoint
 
 VOCAB = 96
 
@@ -64,9 +64,19 @@ def add_tokenizer_files(path: Path) -> None:
     (path / "modeling_custom.py").write_text("# custom code travels with the model\n")
 
 
-def make_pair(root: Path, arch: str = "llama", dtype=torch.bfloat16, sft_dtype=None, sft_shards=None,
-              aligned_shards="30KB", sft_tied=None, aligned_tied=None, aligned_vocab=None, sft_fmt="safetensors",
-              aligned_fmt="safetensors") -> tuple[Path, Path]:  # fmt: skip
+def make_pair(
+    root: Path,
+    arch: str = "llama",
+    dtype=torch.bfloat16,
+    sft_dtype=None,
+    sft_shards=None,
+    aligned_shards="30KB",
+    sft_tied=None,
+    aligned_tied=None,
+    aligned_vocab=None,
+    sft_fmt="safetensors",
+    aligned_fmt="safetensors",
+) -> tuple[Path, Path]:
     """An SFT checkpoint and an aligned one a small step away, saved by transformers."""
     make_config = llama_config if arch == "llama" else gpt2_config
     sft_kwargs = {} if sft_tied is None else {"tie_word_embeddings": sft_tied}
@@ -159,8 +169,9 @@ def word_tokenizer():
     words = ["<unk>", "<s>", "</s>", "<pad>", *(f"w{i}" for i in range(4, VOCAB))]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
-                                  pad_token="<pad>")  # fmt: skip
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
     tok.chat_template = (
         "{{ bos_token }}{% for m in messages %}{{ 'w4 ' if m['role'] == 'user' else 'w5 ' }}{{ m['content'] }} "
         "{% endfor %}{% if add_generation_prompt %}w5 {% endif %}"

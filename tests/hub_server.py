@@ -88,8 +88,14 @@ class Handler(BaseHTTPRequestHandler):
                 self.rfile.readline()
         return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-    def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None, head: bool = False,
-              cut: bool = False) -> None:  # fmt: skip
+    def _send(
+        self,
+        status: int,
+        body: bytes = b"",
+        headers: dict[str, str] | None = None,
+        head: bool = False,
+        cut: bool = False,
+    ) -> None:
         self.send_response(status)
         for key, value in (headers or {}).items():
             self.send_header(key, value)
@@ -128,16 +134,16 @@ class Handler(BaseHTTPRequestHandler):
         return repo
 
     # -- routes ------------------------------------------------------------------------------------------------
-    def do_HEAD(self) -> None:  # noqa: N802
+    def do_HEAD(self) -> None:
         self._route("HEAD")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._route("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._route("POST")
 
-    def do_PUT(self) -> None:  # noqa: N802
+    def do_PUT(self) -> None:
         self._route("PUT")
 
     def _route(self, method: str) -> None:
@@ -192,8 +198,17 @@ class Handler(BaseHTTPRequestHandler):
         repo, sha = found
         files = repo.commits[sha]
         siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(files.items())]
-        self._json(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": repo.private,
-                         "gated": "manual" if repo.gated else False, "siblings": siblings})  # fmt: skip
+        self._json(
+            200,
+            {
+                "id": repo_id,
+                "modelId": repo_id,
+                "sha": sha,
+                "private": repo.private,
+                "gated": "manual" if repo.gated else False,
+                "siblings": siblings,
+            },
+        )
 
     def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
         if (found := self._revision(repo_id, revision)) is None:
@@ -281,8 +296,11 @@ class Handler(BaseHTTPRequestHandler):
                 href = f"{self.endpoint}/lfs/{repo_id}/{obj['oid']}"
                 entry["actions"] = {"upload": {"href": href}, "verify": {"href": href}}
             objects.append(entry)
-        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
-                   {"Content-Type": "application/vnd.git-lfs+json"})  # fmt: skip
+        self._send(
+            200,
+            json.dumps({"transfer": "basic", "objects": objects}).encode(),
+            {"Content-Type": "application/vnd.git-lfs+json"},
+        )
 
     def _lfs_put(self, repo_id: str, oid: str, body: bytes) -> None:
         repo = self.hub.repos.get(repo_id)

@@ -20,8 +20,21 @@ def pair(tmp_path_factory):
 
 def test_sweep_outputs_equal_single_merges_bit_for_bit(tmp_path, expo, pair):
     sft, aligned = pair
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "sweep", "--alpha", "0.1,0.3",
-               "--alpha", "0.5", "--max-shard-size", "30KB")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "-o",
+        tmp_path / "sweep",
+        "--alpha",
+        "0.1,0.3",
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        "30KB",
+    )
     assert run.code == 0, run.stderr
     outputs = [tmp_path / "sweep" / f"alpha-{a}" for a in ("0.1", "0.3", "0.5")]
     assert run.stdout.split() == [str(p.resolve()) for p in outputs]
@@ -87,13 +100,16 @@ def test_include_and_exclude(tmp_path, expo, pair):
     assert all(torch.equal(merged[n].view(torch.int16), a[n].view(torch.int16)) for n in merged if "norm" in n)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--alpha-for", "embd=0"], "--alpha-for embd=0: matches no tensor"),
-    (["--exclude", "nothing_like_this"], "--exclude nothing_like_this: matches no tensor"),
-    (["--alpha-for", "embed"], "write REGEX=VALUE"),
-    (["--alpha-for", "(=1"], "is not a regular expression"),
-    (["--alpha-for", "embed=inf"], "is not a finite number"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--alpha-for", "embd=0"], "--alpha-for embd=0: matches no tensor"),
+        (["--exclude", "nothing_like_this"], "--exclude nothing_like_this: matches no tensor"),
+        (["--alpha-for", "embed"], "write REGEX=VALUE"),
+        (["--alpha-for", "(=1"], "is not a regular expression"),
+        (["--alpha-for", "embed=inf"], "is not a finite number"),
+    ],
+)
 def test_rule_errors_stop_before_any_work(tmp_path, expo, pair, args, message):
     sft, aligned = pair
     run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5", *args)
@@ -104,8 +120,23 @@ def test_rule_errors_stop_before_any_work(tmp_path, expo, pair, args, message):
 def test_dry_run_writes_nothing_and_describes_the_plan(tmp_path, expo, pair):
     sft, aligned = pair
     before = snapshot(sft), snapshot(aligned), sorted(tmp_path.iterdir())
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.3,0.6",
-               "--dry-run", "--json", "--exclude", "norm", "--max-shard-size", "20KB")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.3,0.6",
+        "--dry-run",
+        "--json",
+        "--exclude",
+        "norm",
+        "--max-shard-size",
+        "20KB",
+    )
     assert run.code == 0, run.stderr
     assert (snapshot(sft), snapshot(aligned), sorted(tmp_path.iterdir())) == before
     plan = json.loads(run.stdout)

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from expo_cli import __version__
+from expo_cli.constants import VERSION as __version__
 
 
 def test_help_lists_examples_and_exit_codes(expo):
@@ -60,10 +60,24 @@ def test_progress_bars_honour_the_hub_switch(tmp_path, llama_pair):
     sft, aligned = llama_pair
     env = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_OFFLINE": "1", "PATH": ""}
     proc = subprocess.run(
-        [sys.executable, "-m", "expo_cli", "merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "o",
-         "--alpha", "0.5"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "expo_cli",
+            "merge",
+            "--sft",
+            sft,
+            "--aligned",
+            aligned,
+            "-o",
+            tmp_path / "o",
+            "--alpha",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Merging" not in proc.stderr and "Merged 21 tensors" in proc.stderr
 

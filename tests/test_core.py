@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import expo_cli
+from expo_cli.core.sources import blocks
+from expo_cli.core.streaming import Target, stream
 from expo_cli.errors import OutputError
-from expo_cli.execution import finish, write_shards
-from expo_cli.planning import MergeOptions, prepare
-from expo_cli.sources import blocks
-from expo_cli.streaming import Target, stream
+from expo_cli.merging.execution import finish, write_shards
+from expo_cli.merging.planning import prepare
+from expo_cli.options import MergeOptions
 
 from _checkpoints import read_all
 
@@ -87,8 +88,8 @@ class TensorsSink:
 
 
 def test_a_sink_of_ones_own_gets_what_the_shards_get(tmp_path, llama_pair):
-    from expo_cli.engine import ChunkEngine
-    from expo_cli.sources import torch_dtype
+    from expo_cli.core.engine import ChunkEngine
+    from expo_cli.core.sources import torch_dtype
 
     sft, aligned = llama_pair
     merged = expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, dtype="float32", progress=False)
@@ -96,8 +97,15 @@ def test_a_sink_of_ones_own_gets_what_the_shards_get(tmp_path, llama_pair):
     weights = run.main
     sink = TensorsSink([(t, torch_dtype(t.out_dtype)) for t in weights.plan.tensors])
     with weights.sft, weights.aligned:
-        stream(weights.plan.tensors, weights.sft, weights.aligned, [Target(run.alphas(0.3, weights.plan), sink)],
-               ChunkEngine(torch.device("cpu")), False, lambda t, a: None)  # fmt: skip
+        stream(
+            weights.plan.tensors,
+            weights.sft,
+            weights.aligned,
+            [Target(run.alphas(0.3, weights.plan), sink)],
+            ChunkEngine(torch.device("cpu")),
+            False,
+            lambda t, a: None,
+        )
     on_disk = read_all(merged.output)
     for t in weights.plan.tensors:
         assert torch.equal(sink.tensors[t.name].view(t.shape), on_disk[t.name]), t.name

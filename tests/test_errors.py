@@ -221,7 +221,8 @@ def test_disk_full_while_writing_removes_the_partial_output(tmp_path, expo, tmpf
     sft, aligned = make_pair(tmp_path, dtype=torch.float32)
     before = snapshot(sft), snapshot(aligned)
     small = tmpfs("64k")
-    monkeypatch.setattr("expo_cli.planning.check_space", lambda *_: None)  # as if the disk filled after the check
+    # as if the disk filled after the check
+    monkeypatch.setattr("expo_cli.merging.planning.check_space", lambda *_: None)
     run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", small / "out", "--alpha", "0.5")
     assert run.code == 5, run.stderr
     assert f"Error: disk full writing {small}" in run.stderr and "free space and run again" in run.stderr

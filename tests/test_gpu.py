@@ -19,7 +19,7 @@ pytestmark = [
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_cuda_merge_matches_the_reference(tmp_path, dtype, monkeypatch):
     sft, aligned = make_pair(tmp_path, dtype=dtype, sft_shards="25KB")
-    monkeypatch.setattr("expo_cli.streaming.CHUNK_ELEMENTS", 1000)  # many chunks: exercises the pinned ring
+    monkeypatch.setattr("expo_cli.core.streaming.CHUNK_ELEMENTS", 1000)  # many chunks: exercises the pinned ring
     result = expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, device="cuda", progress=False)
     assert result.device.startswith("cuda")
     assert_merged(tmp_path / "out", sft, aligned, 0.3)
@@ -36,8 +36,9 @@ def test_cuda_tune_candidates_are_the_cpu_merge_bit_for_bit(tmp_path):
     output where the arithmetic is one rounding (bfloat16 lerp), and the raw α = 0 copy is exact."""
     from transformers import AutoModelForCausalLM
 
-    from expo_cli.candidates import CandidateModel
-    from expo_cli.planning import MergeOptions, prepare
+    from expo_cli.merging.planning import prepare
+    from expo_cli.options import MergeOptions
+    from expo_cli.tuning.candidates import CandidateModel
 
     from _checkpoints import read_all
 

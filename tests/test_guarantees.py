@@ -29,9 +29,32 @@ def traced_merge(tmp_path: Path, sft: Path, aligned: Path, out: Path, *extra: st
     if STRACE is None:
         skip_or_fail("strace is not installed")
     log = tmp_path / "strace.log"
-    command = [STRACE, "-f", "-qq", "-y", "-o", str(log), "-e", "trace=fsync,fdatasync,rename,renameat,renameat2",
-               sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned), "-o", str(out),
-               "--alpha", "0.5", "--max-shard-size", "20KB", "--quiet", *extra]  # fmt: skip
+    command = [
+        STRACE,
+        "-f",
+        "-qq",
+        "-y",
+        "-o",
+        str(log),
+        "-e",
+        "trace=fsync,fdatasync,rename,renameat,renameat2",
+        sys.executable,
+        "-m",
+        "expo_cli",
+        "merge",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "-o",
+        str(out),
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        "20KB",
+        "--quiet",
+        *extra,
+    ]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     return [line for line in log.read_text().splitlines() if "resumed>" not in line or "fsync" in line]
@@ -67,8 +90,14 @@ def test_every_file_and_folder_is_fsynced_before_the_output_appears(tmp_path, ll
     out = tmp_path / "out"
     calls = traced_merge(tmp_path, sft, aligned, out)
     names = {p.relative_to(out).as_posix() for p in out.rglob("*")}
-    assert {"model.safetensors.index.json", "config.json", "README.md", "tokenizer_config.json",
-            "additional_chat_templates/tools.jinja", "additional_chat_templates"} <= names  # fmt: skip
+    assert {
+        "model.safetensors.index.json",
+        "config.json",
+        "README.md",
+        "tokenizer_config.json",
+        "additional_chat_templates/tools.jinja",
+        "additional_chat_templates",
+    } <= names
     assert sum(name.startswith("model-") for name in names) > 1
     assert_all_durable_before_publishing(calls, out)
 
@@ -91,8 +120,9 @@ def test_a_failed_force_run_keeps_the_previous_output(tmp_path, expo, llama_pair
     out = tmp_path / "out"
     assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.5", "-q").code == 0
     before = snapshot(out)
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "1e8", "--dtype", "float16",
-               "--force", "-q")  # fmt: skip
+    run = expo(
+        "merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "1e8", "--dtype", "float16", "--force", "-q"
+    )
     assert run.code == 6, run.stderr  # float16 overflow, found mid-stream
     assert snapshot(out) == before
     assert not list(tmp_path.glob(".expo-partial-*"))
@@ -138,7 +168,7 @@ def test_a_partial_folder_of_another_host_is_judged_by_its_heartbeat(tmp_path, e
     import json
     import time
 
-    from expo_cli.output import STALE_AFTER_SECONDS
+    from expo_cli.merging.staging import STALE_AFTER_SECONDS
 
     sft, aligned = llama_pair
     running, dead = tmp_path / ".expo-partial-out-1-aaaa0000", tmp_path / ".expo-partial-out-2-bbbb0000"

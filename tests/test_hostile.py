@@ -32,10 +32,21 @@ GOOD = {"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2, 2],
     [
         (GOOD, b"\0" * 16, 10**9, "header length 1000000000 exceeds the file"),
         (GOOD, b"\0" * 8, None, "truncated: its header needs 16 data bytes, the file has 8"),
-        ({"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}}, b"\0" * 16, None,
-         "data_offsets span 12 bytes but F32[2, 2] needs 16"),
-        ({"w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-          "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}}, b"\0" * 16, None, "overlaps"),
+        (
+            {"w": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}},
+            b"\0" * 16,
+            None,
+            "data_offsets span 12 bytes but F32[2, 2] needs 16",
+        ),
+        (
+            {
+                "w": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                "v": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+            },
+            b"\0" * 16,
+            None,
+            "overlaps",
+        ),
         ({"w": {"dtype": "Q4", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, None, "unknown dtype 'Q4'"),
         ({"w": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}}, b"\0" * 2, None, "is quantized"),
         ({"w": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}, b"", None, "not a list of non-negative"),
@@ -43,7 +54,7 @@ GOOD = {"__metadata__": {"format": "pt"}, "w": {"dtype": "F32", "shape": [2, 2],
         ({"w": [1, 2]}, b"", None, "entry is not an object"),
         ([1, 2], b"", None, "header is not a JSON object"),
     ],
-)  # fmt: skip
+)
 def test_bad_safetensors_headers(tmp_path, expo, llama_pair, header, data, length, message):
     sft, aligned = pair_with(tmp_path, llama_pair, header, data, length=length)
     error = run_failing(expo, tmp_path, sft, aligned, code=3)

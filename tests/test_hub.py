@@ -47,8 +47,19 @@ def test_merge_from_two_repo_ids_at_given_revisions(tmp_path, expo, hub, local_p
     repo = hub.repos["org/dpo-a"]
     v2 = repo.commit(files_of(aligned_v2), repo.refs["main"], "second DPO run")
     repo.refs["v2"] = v2
-    run = expo("merge", "--sft", f"org/sft-a@{sft_sha}", "--aligned", "org/dpo-a", "--aligned-revision", "v2",
-               "-o", tmp_path / "out", "--alpha", "0.5")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        f"org/sft-a@{sft_sha}",
+        "--aligned",
+        "org/dpo-a",
+        "--aligned-revision",
+        "v2",
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.5",
+    )
     assert run.code == 0, run.stderr
     assert_merged(tmp_path / "out", sft, aligned_v2, 0.5)  # the v2 weights, not main's
     expo_block = json.loads((tmp_path / "out" / "config.json").read_text())["expo"]
@@ -75,8 +86,19 @@ def test_dry_run_on_repo_ids_downloads_no_weights(tmp_path, expo, hub, local_pai
     publish(hub, "org/sft-d", sft)
     publish(hub, "org/dpo-d", aligned)
     hub.requests.clear()
-    run = expo("merge", "--sft", "org/sft-d", "--aligned", "org/dpo-d", "-o", tmp_path / "out", "--alpha", "0.5",
-               "--dry-run", "--json")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        "org/sft-d",
+        "--aligned",
+        "org/dpo-d",
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.5",
+        "--dry-run",
+        "--json",
+    )
     assert run.code == 0, run.stderr
     assert json.loads(run.stdout)["tensors"] == 21
     weight_gets = [r for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors")]
@@ -99,8 +121,21 @@ def test_a_mismatched_pair_is_refused_before_any_weight_is_downloaded(tmp_path, 
 
 def test_push_then_download_back_byte_identical(tmp_path, expo, hub, local_pair, token):
     sft, aligned, _ = local_pair
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.3",
-               "--push-to-hub", "me/expo-model", "--json", "--quiet")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.3",
+        "--push-to-hub",
+        "me/expo-model",
+        "--json",
+        "--quiet",
+    )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["commit_url"].startswith(os.environ["HF_ENDPOINT"] + "/me/expo-model/commit/")
@@ -155,8 +190,20 @@ def test_hub_input_errors(tmp_path, expo, hub, local_pair, token, setup, args, m
 def test_read_only_token_cannot_push_and_the_output_is_kept(tmp_path, expo, local_pair, monkeypatch):
     sft, aligned, _ = local_pair
     monkeypatch.setenv("HF_TOKEN", READ_TOKEN)
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "0.5",
-               "--push-to-hub", "me/nope", "-q")  # fmt: skip
+    run = expo(
+        "merge",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.5",
+        "--push-to-hub",
+        "me/nope",
+        "-q",
+    )
     assert run.code == 7 and "set HF_TOKEN to a token with write access" in run.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()  # the local result is kept
 
@@ -186,10 +233,24 @@ def test_offline_with_nothing_cached(tmp_path, local_pair):
     sft, _, _ = local_pair
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-home")}
     proc = subprocess.run(
-        [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", "org/never-cached",
-         "-o", str(tmp_path / "out"), "--alpha", "0.5"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "expo_cli",
+            "merge",
+            "--sft",
+            str(sft),
+            "--aligned",
+            "org/never-cached",
+            "-o",
+            str(tmp_path / "out"),
+            "--alpha",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 7, proc.stderr
     assert "offline (HF_HUB_OFFLINE=1) and not in the cache" in proc.stderr
 
@@ -201,10 +262,25 @@ def test_offline_uses_the_cache(tmp_path, expo, hub, local_pair, token):
     assert expo("merge", "--sft", sft, "--aligned", "org/cached-dpo", "-o", tmp_path / "a", "--alpha", "0.5").code == 0
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", "org/cached-dpo",
-         "-o", str(tmp_path / "b"), "--alpha", "0.5", "--quiet"],
-        capture_output=True, text=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "expo_cli",
+            "merge",
+            "--sft",
+            str(sft),
+            "--aligned",
+            "org/cached-dpo",
+            "-o",
+            str(tmp_path / "b"),
+            "--alpha",
+            "0.5",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     a, b = read_all(tmp_path / "a"), read_all(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -212,7 +288,7 @@ def test_offline_uses_the_cache(tmp_path, expo, hub, local_pair, token):
 
 
 def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair, monkeypatch):
-    from expo_cli.hub import parse_input
+    from expo_cli.inputs.hub import parse_input
 
     assert parse_input("org/name") is not None and parse_input("org/name@v1").revision == "v1"
     for spec in ("./org/name", "/abs/path", "with space/x", "a+b/c", "dir\\\\sub", "~/models/x", "one-word"):
@@ -225,8 +301,8 @@ def test_local_paths_are_never_mistaken_for_repo_ids(tmp_path, expo, local_pair,
 
 def test_a_branch_that_moves_between_validation_and_download_is_refused(tmp_path, hub, local_pair, token):
     """The weights downloaded must be the commit whose headers were validated."""
-    from expo_cli import hub as expo_hub
     from expo_cli.errors import HubError
+    from expo_cli.inputs import hub as expo_hub
 
     _, aligned, aligned_v2 = local_pair
     publish(hub, "org/moving", aligned)
@@ -240,12 +316,16 @@ def test_a_branch_that_moves_between_validation_and_download_is_refused(tmp_path
 def test_push_reuses_the_merge_sha256s_and_rehashes_what_changed(tmp_path, expo, hub, local_pair, token):
     """The shards are hashed once, while merging; a shard changed since is hashed again, never sent mislabelled
     (the server, like the Hub, refuses an LFS object whose content does not match its sha256)."""
-    from expo_cli.hub import upload_operations
+    from expo_cli.merging.upload import upload_operations
 
     sft, aligned, _ = local_pair
     out = tmp_path / "out"
-    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.3", "-q",
-                "--max-shard-size", "30KB").code == 0  # fmt: skip
+    assert (
+        expo(
+            "merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.3", "-q", "--max-shard-size", "30KB"
+        ).code
+        == 0
+    )
     recorded = json.loads((out / "config.json").read_text())["expo"]["shards"]
     operations = {op.path_in_repo: op for op in upload_operations(out)}
     assert len(recorded) > 1 and set(recorded) < set(operations)
@@ -282,8 +362,9 @@ def small_scratch(tmp_path):
     subprocess.run(["umount", "-l", str(point)], check=False)
 
 
-def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(tmp_path, expo, hub, local_pair, token,
-                                                                   small_scratch):  # fmt: skip
+def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(
+    tmp_path, expo, hub, local_pair, token, small_scratch
+):
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
     assert min(sum(f.stat().st_size for f in p.glob("*.safetensors")) for p in (sft, aligned)) > 96 * 1024
     publish(hub, "org/stream-sft", sft)
@@ -306,9 +387,23 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(tmp_path, exp
         "20KB",
         "--dry-run",
     )
-    assert plan.code == 0 and "in the scratch folder at most" in plan.stdout, plan.stderr  # fmt: skip
-    run = expo("merge", "--sft", "org/stream-sft", "--aligned", "org/stream-dpo", "--alpha", "0.5", "--stream",
-               "--push-to-hub", "me/streamed", "--scratch", small_scratch, "--max-shard-size", "20KB")  # fmt: skip
+    assert plan.code == 0 and "in the scratch folder at most" in plan.stdout, plan.stderr
+    run = expo(
+        "merge",
+        "--sft",
+        "org/stream-sft",
+        "--aligned",
+        "org/stream-dpo",
+        "--alpha",
+        "0.5",
+        "--stream",
+        "--push-to-hub",
+        "me/streamed",
+        "--scratch",
+        small_scratch,
+        "--max-shard-size",
+        "20KB",
+    )
     assert run.code == 0, run.stderr
     assert run.stdout.strip().startswith(os.environ["HF_ENDPOINT"] + "/me/streamed/commit/")
     weights = [path for method, path, _ in hub.requests if method == "GET" and path.endswith(".safetensors")]
@@ -316,8 +411,23 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(tmp_path, exp
     assert weights and len(ranged) == len(weights)  # every weight read was a range request: nothing downloaded
     assert list(small_scratch.iterdir()) == []
     local = tmp_path / "local"
-    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, "--alpha", "0.5", "-q",
-                "--max-shard-size", "20KB").code == 0  # fmt: skip
+    assert (
+        expo(
+            "merge",
+            "--sft",
+            sft,
+            "--aligned",
+            aligned,
+            "-o",
+            local,
+            "--alpha",
+            "0.5",
+            "-q",
+            "--max-shard-size",
+            "20KB",
+        ).code
+        == 0
+    )
     back = Path(snapshot_download("me/streamed", cache_dir=tmp_path / "cache"))
     streamed, merged = files_of(back), files_of(local)
     streamed.pop(".gitattributes")
@@ -327,8 +437,10 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(tmp_path, exp
         streamed[name] == merged[name] for name in [*shards, "model.safetensors.index.json"]
     )
     config = json.loads(streamed["config.json"])["expo"]
-    assert config["aligned"]["repo_id"] == "org/stream-dpo" and config["shards"] == json.loads(
-        merged["config.json"])["expo"]["shards"]  # fmt: skip
+    assert (
+        config["aligned"]["repo_id"] == "org/stream-dpo"
+        and config["shards"] == json.loads(merged["config.json"])["expo"]["shards"]
+    )
 
 
 def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, local_pair, token):
@@ -339,8 +451,22 @@ def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, 
     repo = hub.repos["me/resumed"]
     before = dict(repo.refs)
     repo.uploads_before_drop = 2
-    args = ("merge", "--sft", "org/resume-sft", "--aligned", "org/resume-dpo", "--alpha", "0.5", "--stream",
-            "--push-to-hub", "me/resumed", "--scratch", tmp_path, "--max-shard-size", "20KB")  # fmt: skip
+    args = (
+        "merge",
+        "--sft",
+        "org/resume-sft",
+        "--aligned",
+        "org/resume-dpo",
+        "--alpha",
+        "0.5",
+        "--stream",
+        "--push-to-hub",
+        "me/resumed",
+        "--scratch",
+        tmp_path,
+        "--max-shard-size",
+        "20KB",
+    )
     run = expo(*args)
     assert run.code == 7 and "run again to resume" in run.stderr and "Traceback" not in run.stderr
     assert repo.refs == before  # no commit

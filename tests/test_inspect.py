@@ -34,8 +34,10 @@ def test_statistics_match_a_direct_computation(expo, pair):
         assert row["max_abs_delta"] == pytest.approx(float((y - x).abs().max()))
         rounded = (y + 0.5 * (y - x)).to(torch.bfloat16)
         assert row["survives"] == pytest.approx(float((rounded != a[name]).double().mean()), abs=0.02)
-    total = math.sqrt(sum(float((a[n].double() - s[n].double()).square().sum()) for n in a)
-                      / sum(float(s[n].double().square().sum()) for n in a))  # fmt: skip
+    total = math.sqrt(
+        sum(float((a[n].double() - s[n].double()).square().sum()) for n in a)
+        / sum(float(s[n].double().square().sum()) for n in a)
+    )
     assert report["relative_change"] == pytest.approx(total, rel=1e-9)
     layers = {(g["layer"], g["kind"]) for g in report["groups"]}
     assert {(0, "attention"), (0, "mlp"), (0, "norms"), (1, "attention"), (None, "embeddings")} <= layers
@@ -87,7 +89,7 @@ def test_plot_is_a_png_with_one_bar_per_layer_and_kind(tmp_path, expo, pair):
     with Image.open(png) as image:
         assert image.format == "PNG" and image.width > 100
     import expo_cli
-    from expo_cli.analysis import InspectResult, plot  # the count the plot reports equals the groups drawn
+    from expo_cli.inspection import InspectResult, plot  # the count the plot reports equals the groups drawn
 
     result = expo_cli.inspect(sft, aligned, progress=False)
     assert isinstance(result, InspectResult)

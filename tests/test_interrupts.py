@@ -35,8 +35,24 @@ def big_pair(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def start(sft: Path, aligned: Path, out: Path, *extra: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", str(sft), "--aligned", str(aligned),
-               "-o", str(out), "--alpha", "0.5", "--max-shard-size", "40MB", "--quiet", *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "expo_cli",
+        "merge",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "-o",
+        str(out),
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        "40MB",
+        "--quiet",
+        *extra,
+    ]
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -15,15 +15,27 @@ ALPHA = 0.7
 EPS32 = torch.finfo(torch.float32).eps
 
 ADAPTERS = {
-    "llama-embed-patterns-modules-to-save": ("llama", {
-        "r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "down_proj", "embed_tokens"],
-        "rank_pattern": {"down_proj": 2}, "alpha_pattern": {"v_proj": 3}, "modules_to_save": ["lm_head"]}),
-    "llama-all-linear-rslora": ("llama", {
-        "r": 8, "lora_alpha": 16, "target_modules": "all-linear", "use_rslora": True}),
-    "gpt2-conv1d-lora-bias-all-biases": ("gpt2", {
-        "r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_proj"], "lora_bias": True, "bias": "all"}),
+    "llama-embed-patterns-modules-to-save": (
+        "llama",
+        {
+            "r": 4,
+            "lora_alpha": 8,
+            "target_modules": ["q_proj", "v_proj", "down_proj", "embed_tokens"],
+            "rank_pattern": {"down_proj": 2},
+            "alpha_pattern": {"v_proj": 3},
+            "modules_to_save": ["lm_head"],
+        },
+    ),
+    "llama-all-linear-rslora": (
+        "llama",
+        {"r": 8, "lora_alpha": 16, "target_modules": "all-linear", "use_rslora": True},
+    ),
+    "gpt2-conv1d-lora-bias-all-biases": (
+        "gpt2",
+        {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn", "c_proj"], "lora_bias": True, "bias": "all"},
+    ),
     "llama-dora": ("llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "o_proj"], "use_dora": True}),
-}  # fmt: skip
+}
 
 
 def config_of(arch: str):
@@ -62,8 +74,9 @@ def peft_merged(base: dict[str, torch.Tensor], arch: str, *adapters: Path) -> di
     return {k: v.double() for k, v in model.state_dict().items()}
 
 
-def assert_extrapolated(out: dict[str, torch.Tensor], sft: dict[str, torch.Tensor],
-                        aligned: dict[str, torch.Tensor], alpha: float = ALPHA) -> None:  # fmt: skip
+def assert_extrapolated(
+    out: dict[str, torch.Tensor], sft: dict[str, torch.Tensor], aligned: dict[str, torch.Tensor], alpha: float = ALPHA
+) -> None:
     """Every tensor within float32 arithmetic (and one rounding to its dtype) of θ_sft + (1+α)·(θ_aligned − θ_sft)."""
     assert out
     changed = 0
@@ -109,8 +122,11 @@ def test_as_adapter_is_the_same_extrapolation_through_peft(tmp_path, expo, bases
     adapter = make_adapter(tmp_path / "adapter", sft, arch, settings)
     run = expo("merge", "--sft", sft, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "--as-adapter")
     assert run.code == 0, run.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "adapter_config.json",
-                                                                    "adapter_model.safetensors"]  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     sft_tensors = read_all(sft)
     through_peft = peft_merged(sft_tensors, arch, tmp_path / "out")
     assert_extrapolated(
@@ -126,8 +142,9 @@ def test_as_adapter_is_the_same_extrapolation_through_peft(tmp_path, expo, bases
 
 def test_dora_as_adapter_is_refused_and_writes_nothing(tmp_path, expo, bases):
     adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])
-    run = expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1",
-               "--as-adapter")  # fmt: skip
+    run = expo(
+        "merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1", "--as-adapter"
+    )
     assert run.code == 2 and "DoRA" in run.stderr and "drop --as-adapter" in run.stderr
     assert not (tmp_path / "out").exists()
 
@@ -222,14 +239,17 @@ def _broken(tmp_path: Path, bases: dict[str, Path], how: str) -> Path:
 
 
 def test_bad_adapters_give_one_line_and_no_output(tmp_path, expo, bases):
-    gpt2_adapter = make_adapter(tmp_path / "gpt2-adapter", bases["gpt2"], "gpt2", ADAPTERS[
-        "gpt2-conv1d-lora-bias-all-biases"][1])  # fmt: skip
+    gpt2_adapter = make_adapter(
+        tmp_path / "gpt2-adapter", bases["gpt2"], "gpt2", ADAPTERS["gpt2-conv1d-lora-bias-all-biases"][1]
+    )
     ia3 = tmp_path / "ia3"
-    get_peft_model(build_model(llama_config(), 0), IA3Config(target_modules=["q_proj"], feedforward_modules=[])
-                   ).save_pretrained(ia3)  # fmt: skip
+    get_peft_model(
+        build_model(llama_config(), 0), IA3Config(target_modules=["q_proj"], feedforward_modules=[])
+    ).save_pretrained(ia3)
     prompt = tmp_path / "prompt"
-    get_peft_model(build_model(llama_config(), 0), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
-                   ).save_pretrained(prompt)  # fmt: skip
+    get_peft_model(
+        build_model(llama_config(), 0), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
+    ).save_pretrained(prompt)
     no_b = _broken(tmp_path, bases, "no-b")
     from safetensors.torch import load_file, save_file
 
@@ -257,8 +277,13 @@ def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
     from test_hub import files_of
 
     monkeypatch.setenv("HF_TOKEN", "write-token")
-    adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-all-linear-rslora"][1],
-                           base_name="org/tiny-base")  # fmt: skip
+    adapter = make_adapter(
+        tmp_path / "adapter",
+        bases["llama"],
+        "llama",
+        ADAPTERS["llama-all-linear-rslora"][1],
+        base_name="org/tiny-base",
+    )
     hub.create("org/tiny-base", files_of(bases["llama"]))
     hub.create("org/tiny-dpo-lora", files_of(adapter))
     run = expo("merge", "--aligned", "org/tiny-dpo-lora", "-o", tmp_path / "out", "--alpha", ALPHA, "-q")
@@ -274,8 +299,9 @@ def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
 def test_tune_takes_an_adapter_and_its_candidates_are_the_merged_model(tmp_path, expo, bases):
     from transformers import AutoModelForCausalLM
 
-    from expo_cli.candidates import CandidateModel
-    from expo_cli.planning import MergeOptions, prepare
+    from expo_cli.merging.planning import prepare
+    from expo_cli.options import MergeOptions
+    from expo_cli.tuning.candidates import CandidateModel
 
     from _checkpoints import word_tokenizer
 
@@ -289,8 +315,21 @@ def test_tune_takes_an_adapter_and_its_candidates_are_the_merged_model(tmp_path,
     assert all(torch.equal(state[name], tensor) for name, tensor in read_all(tmp_path / "out").items())
     (tmp_path / "p.txt").write_text("w9 w10\nw11\n")
     (tmp_path / "g.py").write_text("def n(prompt, response):\n    return float(len(response.split()))\n")
-    tuned = expo("tune", "--aligned", adapter, "--prompts", tmp_path / "p.txt", "--reward-fn",
-                 f"{tmp_path / 'g.py'}:n", "--alpha", "1", "--max-new-tokens", "4", "--json", "-q")  # fmt: skip
+    tuned = expo(
+        "tune",
+        "--aligned",
+        adapter,
+        "--prompts",
+        tmp_path / "p.txt",
+        "--reward-fn",
+        f"{tmp_path / 'g.py'}:n",
+        "--alpha",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "-q",
+    )
     assert tuned.code == 0, tuned.stderr
     assert [c["alpha"] for c in json.loads(tuned.stdout)["candidates"]] == [0.0, 1.0]
 
@@ -307,13 +346,15 @@ def test_a_bin_adapter_reads_like_a_safetensors_one(tmp_path, expo, bases):
     for name, folder in (("from-st", adapter), ("from-bin", binary)):
         assert expo("merge", "--aligned", folder, "-o", tmp_path / name, "--alpha", "0.4", "-q").code == 0
     assert (tmp_path / "from-st" / "model.safetensors").read_bytes() == (
-        tmp_path / "from-bin" / "model.safetensors").read_bytes()  # fmt: skip
+        tmp_path / "from-bin" / "model.safetensors"
+    ).read_bytes()
 
 
 def test_an_untrained_adapter_changes_nothing_and_is_refused_unless_forced(tmp_path, expo, bases):
     fresh = tmp_path / "fresh"  # PEFT starts lora_B at zero: θ_aligned = θ_sft
-    get_peft_model(build_model(llama_config(), 0), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])
-                   ).save_pretrained(fresh)  # fmt: skip
+    get_peft_model(
+        build_model(llama_config(), 0), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj"])
+    ).save_pretrained(fresh)
     args = ["merge", "--sft", bases["llama"], "--aligned", fresh, "-o", tmp_path / "out", "--alpha", "1"]
     run = expo(*args)
     assert run.code == 4 and "identical" in run.stderr and not (tmp_path / "out").exists()
@@ -344,7 +385,8 @@ def test_an_adapter_saved_without_the_peft_prefix(tmp_path, expo, bases):
     for name, folder in (("from-peft", adapter), ("from-bare", bare)):
         assert expo("merge", "--aligned", folder, "-o", tmp_path / name, "--alpha", "0.4", "-q").code == 0
     assert (tmp_path / "from-peft" / "model.safetensors").read_bytes() == (
-        tmp_path / "from-bare" / "model.safetensors").read_bytes()  # fmt: skip
+        tmp_path / "from-bare" / "model.safetensors"
+    ).read_bytes()
     assert expo("merge", "--aligned", bare, "-o", tmp_path / "as-adapter", "--alpha", "0.4", "--as-adapter").code == 0
     written = load_file(tmp_path / "as-adapter" / "adapter_model.safetensors")
     assert set(written) == {k.removeprefix("base_model.model.") for k in tensors}

@@ -57,7 +57,7 @@ def test_huge_tensors_are_processed_in_chunks(tmp_path, llama_pair, monkeypatch)
     """Chunk boundaries anywhere inside a tensor must not change a single bit."""
     sft, aligned = llama_pair
     expo_cli.merge(sft, aligned, tmp_path / "whole", 0.7, progress=False)
-    monkeypatch.setattr("expo_cli.streaming.CHUNK_ELEMENTS", 999)
+    monkeypatch.setattr("expo_cli.core.streaming.CHUNK_ELEMENTS", 999)
     expo_cli.merge(sft, aligned, tmp_path / "chunked", 0.7, progress=False)
     whole, chunked = read_all(tmp_path / "whole"), read_all(tmp_path / "chunked")
     assert all(torch.equal(whole[k], chunked[k]) for k in whole)

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from expo_cli.errors import UsageError
-from expo_cli.parts import Part, deal, folders, parse_part
-from expo_cli.planning import MergeOptions, prepare
+from expo_cli.merging.parts import Part, deal, folders, parse_part
+from expo_cli.merging.planning import prepare
+from expo_cli.options import MergeOptions
 from test_interrupts import big_pair  # noqa: F401 - a fixture
 
 from _checkpoints import snapshot
@@ -26,13 +27,21 @@ SHARD = "40MB"
     ("value", "parts", "environ", "expected"),
     [
         ("2/8", None, {}, Part(2, 8)),
-        ("auto", None, {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"},
-         Part(5, 8)),
-        ("auto", None, {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3"},
-         Part(4, 4)),
+        (
+            "auto",
+            None,
+            {"SLURM_ARRAY_TASK_ID": "5", "SLURM_ARRAY_TASK_MIN": "1", "SLURM_ARRAY_TASK_COUNT": "8"},
+            Part(5, 8),
+        ),
+        (
+            "auto",
+            None,
+            {"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "3"},
+            Part(4, 4),
+        ),
         ("auto", 4, {"JOB_COMPLETION_INDEX": "0"}, Part(1, 4)),
     ],
-)  # fmt: skip
+)
 def test_parts_from_the_option_or_the_scheduler(value, parts, environ, expected):
     assert parse_part(value, parts, environ) == expected
 
@@ -66,17 +75,51 @@ def test_shards_are_dealt_by_bytes_the_same_way_every_time(big_pair):  # noqa: F
 
 def part(pair, out: Path, index: int, count: int, *extra: str) -> subprocess.Popen:
     """`expo merge --part auto` as a Kubernetes Indexed Job would start it."""
-    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", str(pair[0]), "--aligned", str(pair[1]),
-               "-o", str(out), "--alpha", "0.5", "--max-shard-size", SHARD, "--quiet", "--part", "auto",
-               "--parts", str(count), *extra]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "expo_cli",
+        "merge",
+        "--sft",
+        str(pair[0]),
+        "--aligned",
+        str(pair[1]),
+        "-o",
+        str(out),
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        SHARD,
+        "--quiet",
+        "--part",
+        "auto",
+        "--parts",
+        str(count),
+        *extra,
+    ]
     env = {**os.environ, "JOB_COMPLETION_INDEX": str(index - 1)}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def test_a_job_array_with_a_killed_part_gives_the_single_process_result(tmp_path, expo, big_pair):  # noqa: F811
     single = tmp_path / "single"
-    assert expo("merge", "--sft", big_pair[0], "--aligned", big_pair[1], "-o", single, "--alpha", "0.5", "-q",
-                "--max-shard-size", SHARD).code == 0  # fmt: skip
+    assert (
+        expo(
+            "merge",
+            "--sft",
+            big_pair[0],
+            "--aligned",
+            big_pair[1],
+            "-o",
+            single,
+            "--alpha",
+            "0.5",
+            "-q",
+            "--max-shard-size",
+            SHARD,
+        ).code
+        == 0
+    )
     out = tmp_path / "out"
     others = [part(big_pair, out, i, 4) for i in (1, 2, 4)]  # at once, as an array's tasks run
     for proc in others:
@@ -94,8 +137,22 @@ def test_a_job_array_with_a_killed_part_gives_the_single_process_result(tmp_path
     os.kill(killed.pid, signal.SIGKILL)
     killed.communicate(timeout=60)
     assert not out.exists()
-    refused = expo("merge", "--sft", big_pair[0], "--aligned", big_pair[1], "-o", out, "--alpha", "0.5",
-                   "--max-shard-size", SHARD, "--finish", "--parts", "4")  # fmt: skip
+    refused = expo(
+        "merge",
+        "--sft",
+        big_pair[0],
+        "--aligned",
+        big_pair[1],
+        "-o",
+        out,
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        SHARD,
+        "--finish",
+        "--parts",
+        "4",
+    )
     assert refused.code == 5 and "part 3/4 has not finished" in refused.stderr and not out.exists()
 
     again = part(big_pair, out, 3, 4)

@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard, snapshot_download
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlavaConfig
 
-from expo_cli.metadata import pipeline_tag
+from expo_cli.merging.card import pipeline_tag
 
 from _checkpoints import assert_correct, make_pair, read_all, snapshot
 
@@ -80,20 +80,43 @@ def test_training_leftovers_are_skipped_listed_and_recorded(tmp_path, expo, pair
     out = tmp_path / "out"
     run = merge(expo, sft, aligned, out)
     assert files(out) == [
-        "README.md", "chat_template.jinja", "config.json", "generation_config.json", "model.safetensors",
-        "special_tokens_map.json", "tokenizer_config.json",
-    ]  # fmt: skip
+        "README.md",
+        "chat_template.jinja",
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "special_tokens_map.json",
+        "tokenizer_config.json",
+    ]
     line = next(li for li in run.stderr.splitlines() if li.startswith("Not copied from the aligned folder"))
-    for shown in ("checkpoint-500/ (training checkpoint", "runs/ (training logs", "optimizer.pt (training state",
-                  "notes.txt (not needed to load the model)", "modeling_custom.py"):  # fmt: skip
+    for shown in (
+        "checkpoint-500/ (training checkpoint",
+        "runs/ (training logs",
+        "optimizer.pt (training state",
+        "notes.txt (not needed to load the model)",
+        "modeling_custom.py",
+    ):
         assert shown in line, shown
     skipped = expo_block(out)["side_files"]["skipped"]
     assert skipped["checkpoint-500/"].endswith("3 files") and skipped["runs/"].startswith("training logs")
     assert "gpu-node-17" not in json.dumps(expo_block(out))  # TensorBoard's file names carry the host name
     card = (out / "README.md").read_text()
     assert "`checkpoint-500/`: training checkpoint" in card
-    plan = json.loads(expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "dry", "--alpha", "0.5",
-                           "--dry-run", "--json").stdout)  # fmt: skip
+    plan = json.loads(
+        expo(
+            "merge",
+            "--sft",
+            sft,
+            "--aligned",
+            aligned,
+            "-o",
+            tmp_path / "dry",
+            "--alpha",
+            "0.5",
+            "--dry-run",
+            "--json",
+        ).stdout
+    )
     assert plan["skipped_files"] == skipped and "tokenizer_config.json" in plan["copied_files"]
 
 
@@ -131,8 +154,11 @@ def test_custom_code_named_by_auto_map_travels_with_its_relative_imports(tmp_pat
 def mistral_layout(folder: Path, seed: int) -> dict[str, torch.Tensor]:
     """Mistral-format weights beside the HF shards: the same model under consolidated names."""
     hf = read_all(folder)
-    names = {"model.embed_tokens.weight": "tok_embeddings.weight", "lm_head.weight": "output.weight",
-             "model.norm.weight": "norm.weight"}  # fmt: skip
+    names = {
+        "model.embed_tokens.weight": "tok_embeddings.weight",
+        "lm_head.weight": "output.weight",
+        "model.norm.weight": "norm.weight",
+    }
     consolidated = {names.get(k, k.removeprefix("model.")): v.clone() for k, v in hf.items()}
     save_file(consolidated, folder / "consolidated.safetensors", metadata={"format": "pt"})
     (folder / "params.json").write_text(json.dumps({"dim": 32, "n_layers": 2, "seed": seed}))
@@ -330,7 +356,8 @@ def test_help_reads_right(expo, command):
     assert run.code == 0
     text = " ".join(run.stdout.split())
     assert "<str>" not in text.split("Arguments:")[-1].split("Examples:")[0].replace("OUTPUT <str>", "").replace(
-        "FOLDER <str>", "").replace("ORG/NAME <str>", "")  # fmt: skip
+        "FOLDER <str>", ""
+    ).replace("ORG/NAME <str>", "")
     assert "<list" not in text and "<float>" not in text and "<int>" not in text
     assert "mirrors" not in text
     assert "5 output cannot be written (exists, no space, read-only, inside an input)" in text

@@ -32,8 +32,9 @@ def test_the_tokenizer_round_trips_and_renders_prompts_as_training_saw_them():
     import random
 
     tokenizer = build_tokenizer()
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "90817"}], add_generation_prompt=True,
-                                         tokenize=False)  # fmt: skip
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "90817"}], add_generation_prompt=True, tokenize=False
+    )
     assert text == "90817>"
     ids = tokenizer(text + "71809$")["input_ids"]
     assert len(ids) == 12 and ids[-1] == tokenizer.eos_token_id
@@ -49,8 +50,12 @@ def test_the_tokenizer_round_trips_and_renders_prompts_as_training_saw_them():
 
 @pytest.mark.slow
 def test_the_quick_reproduction_runs_and_extrapolating_a_partial_checkpoint_helps(tmp_path):
-    run = subprocess.run([sys.executable, str(EXAMPLE / "run.py"), "--out", str(tmp_path), "--quick"],
-                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLE / "run.py"), "--out", str(tmp_path), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
     (result,) = summary["results"]

@@ -8,15 +8,18 @@ import numpy as np
 import pytest
 
 from expo_cli.errors import InputError, UsageError
-from expo_cli.prompts import load_prompts
-from expo_cli.search import Search
-from expo_cli.statistics import Bootstrap, compare, per_prompt, recommend, win_credit
+from expo_cli.tuning.prompts import load_prompts
+from expo_cli.tuning.search import Search
+from expo_cli.tuning.statistics import Bootstrap, compare, per_prompt, recommend, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():
     base = np.random.default_rng(0).normal(size=300)
-    stats = compare({0.0: base, 0.5: base + 0.25, 1.0: base - 0.1}, {0.0: np.ones(300), 0.5: np.ones(300),
-                                                                      1.0: np.ones(300)}, draws=500)  # fmt: skip
+    stats = compare(
+        {0.0: base, 0.5: base + 0.25, 1.0: base - 0.1},
+        {0.0: np.ones(300), 0.5: np.ones(300), 1.0: np.ones(300)},
+        draws=500,
+    )
     gain = {s.alpha: s.gain for s in stats}
     assert gain[0.5].estimate == pytest.approx(0.25) and gain[0.5].low == pytest.approx(0.25)
     assert gain[0.5].high == pytest.approx(0.25)
@@ -130,8 +133,17 @@ def test_the_grid_alone_is_the_whole_search_without_a_budget():
 
 
 def test_prompts_from_every_format(tmp_path):
-    records = [{"prompt": "p1"}, {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "p2"},
-                                               {"role": "assistant", "content": "a"}]}, "p3"]  # fmt: skip
+    records = [
+        {"prompt": "p1"},
+        {
+            "messages": [
+                {"role": "system", "content": "s"},
+                {"role": "user", "content": "p2"},
+                {"role": "assistant", "content": "a"},
+            ]
+        },
+        "p3",
+    ]
     (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     (tmp_path / "a.json").write_text(json.dumps({"data": records}))
     (tmp_path / "a.txt").write_text("p1\n\np2\np3\n")

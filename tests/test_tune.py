@@ -9,10 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification
 
-from expo_cli.candidates import CandidateModel
-from expo_cli.generation import Decoding, encode_prompts, generate
-from expo_cli.planning import MergeOptions, prepare
-from expo_cli.rewards import RewardModel
+from expo_cli.merging.planning import prepare
+from expo_cli.options import MergeOptions
+from expo_cli.tuning.candidates import CandidateModel
+from expo_cli.tuning.generation import Decoding, encode_prompts, generate
+from expo_cli.tuning.rewards import RewardModel
 
 from _checkpoints import VOCAB, make_pair, read_all, steered_pair, word_tokenizer
 
@@ -55,8 +56,23 @@ def test_candidate_parameters_are_bit_identical_to_the_merged_checkpoint(tmp_pat
     for alpha in (0.5, 0.0, -1.0, 2.5, 0.3):  # in place, in any order: no state carries over
         candidate.set_alpha(alpha, MergeOptions())
         out = tmp_path / f"merged-{alpha:g}"
-        assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", alpha, "--alpha-for",
-                    "mlp=0.25", "-q").code == 0  # fmt: skip
+        assert (
+            expo(
+                "merge",
+                "--sft",
+                sft,
+                "--aligned",
+                aligned,
+                "-o",
+                out,
+                "--alpha",
+                alpha,
+                "--alpha-for",
+                "mlp=0.25",
+                "-q",
+            ).code
+            == 0
+        )
         merged = read_all(out)
         state = candidate.model.state_dict()
         assert merged, "the merge wrote tensors"
@@ -71,8 +87,23 @@ def test_a_dtype_option_computes_candidates_as_the_merge_would_in_that_dtype(tmp
     model = AutoModelForCausalLM.from_pretrained(aligned, dtype=torch.float32).eval()
     candidate = CandidateModel.attach(model, run)
     candidate.set_alpha(0.7, MergeOptions())
-    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "m", "--alpha", "0.7", "--dtype",
-                "float32", "-q").code == 0  # fmt: skip
+    assert (
+        expo(
+            "merge",
+            "--sft",
+            sft,
+            "--aligned",
+            aligned,
+            "-o",
+            tmp_path / "m",
+            "--alpha",
+            "0.7",
+            "--dtype",
+            "float32",
+            "-q",
+        ).code
+        == 0
+    )
     for name, tensor in read_all(tmp_path / "m").items():
         assert torch.equal(model.state_dict()[name], tensor), name
 
@@ -86,13 +117,19 @@ def test_a_model_loaded_in_another_dtype_is_refused(llama_pair):
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0], ids=["greedy", "sampled"])
-def test_generations_equal_those_of_the_merged_checkpoint_loaded_with_transformers(tmp_path, expo, steered,
-                                                                                   temperature):  # fmt: skip
+def test_generations_equal_those_of_the_merged_checkpoint_loaded_with_transformers(
+    tmp_path, expo, steered, temperature
+):
     sft, aligned = steered
     tokenizer = word_tokenizer()
     ids = encode_prompts(tokenizer, PROMPTS[:10], chat_template=True)
-    decoding = Decoding(max_new_tokens=12, temperature=temperature, samples_per_prompt=1 if not temperature else 3,
-                        batch_size=4, seed=7)  # fmt: skip
+    decoding = Decoding(
+        max_new_tokens=12,
+        temperature=temperature,
+        samples_per_prompt=1 if not temperature else 3,
+        batch_size=4,
+        seed=7,
+    )
     candidate = candidate_for(sft, aligned)
     for alpha in (1.5, 0.4):
         candidate.set_alpha(alpha, MergeOptions())
@@ -127,10 +164,32 @@ def test_the_same_seed_gives_the_same_responses_and_alpha_changes_them(steered):
 def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
     out = tmp_path / "chosen"
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
-               f"{grader}:w7_share", "--alpha", "0.5,2", "--max-new-tokens", "10", "--samples-per-prompt", "2",
-               "--temperature", "1", "--json", "--plot", tmp_path / "tune.png", "--save-responses",
-               tmp_path / "responses.jsonl", "--output", out)  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-fn",
+        f"{grader}:w7_share",
+        "--alpha",
+        "0.5,2",
+        "--max-new-tokens",
+        "10",
+        "--samples-per-prompt",
+        "2",
+        "--temperature",
+        "1",
+        "--json",
+        "--plot",
+        tmp_path / "tune.png",
+        "--save-responses",
+        tmp_path / "responses.jsonl",
+        "--output",
+        out,
+    )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert [c["alpha"] for c in report["candidates"]] == [0.0, 0.5, 2.0]
@@ -162,9 +221,30 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
 
 def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
-               f"{grader}:w7_share", "--alpha", "1", "--search", "--budget", "4", "--max-new-tokens", "6",
-               "--temperature", "1", "--limit", "8", "--json", "-q")  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-fn",
+        f"{grader}:w7_share",
+        "--alpha",
+        "1",
+        "--search",
+        "--budget",
+        "4",
+        "--max-new-tokens",
+        "6",
+        "--temperature",
+        "1",
+        "--limit",
+        "8",
+        "--json",
+        "-q",
+    )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["prompts"] == 8
@@ -174,8 +254,16 @@ def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prom
 
 def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadded(tmp_path):
     torch.manual_seed(3)
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        num_labels=1,
+        pad_token_id=3,
+    )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer = word_tokenizer()
     tokenizer.save_pretrained(tmp_path / "rm")
@@ -184,8 +272,9 @@ def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadd
     responses = ["w20 w21 w22", "w23", "w24 w25", "w26 w27 w28 w29 w30", ""]
     scores = rm.score(prompts, responses)
     for prompt, response, score in zip(prompts, responses, scores, strict=True):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt},
-                                              {"role": "assistant", "content": response}], tokenize=False)  # fmt: skip
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}], tokenize=False
+        )
         ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
         assert ids[0, 0].item() == tokenizer.bos_token_id and (ids == tokenizer.bos_token_id).sum() == 1
         with torch.no_grad():
@@ -196,12 +285,35 @@ def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadd
 
 def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_file):
     sft, aligned = steered
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        num_labels=1,
+        pad_token_id=3,
+    )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     word_tokenizer().save_pretrained(tmp_path / "rm")
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-model",
-               tmp_path / "rm", "--alpha", "1", "--max-new-tokens", "5", "--limit", "6")  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-model",
+        tmp_path / "rm",
+        "--alpha",
+        "1",
+        "--max-new-tokens",
+        "5",
+        "--limit",
+        "6",
+    )
     assert run.code == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[0].split()[:3] == ["α", "reward", "[95%"]
@@ -212,8 +324,24 @@ def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_fi
 
 def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
-               f"{grader}:w7_share", "--alpha", "0.1", "--max-new-tokens", "3", "--limit", "4", "-q")  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-fn",
+        f"{grader}:w7_share",
+        "--alpha",
+        "0.1",
+        "--max-new-tokens",
+        "3",
+        "--limit",
+        "4",
+        "-q",
+    )
     assert run.code == 0
     assert run.stderr == ""
     assert run.stdout.splitlines()[-1].startswith("Chosen α = 0: no candidate beats the aligned model")
@@ -236,11 +364,14 @@ def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file
         (base + fn + ["--temperature", "0", "--samples-per-prompt", "2"], 2, "needs sampling"),
         (base + fn + ["--limit", "0"], 2, "--limit 0"),
         (["tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "none.jsonl", *fn], 3, "no such file"),
-        (["tune", "--sft", llama_pair[0], "--aligned", llama_pair[1], "--prompts", prompts_file, *fn], 3,
-         "cannot load its tokenizer"),
+        (
+            ["tune", "--sft", llama_pair[0], "--aligned", llama_pair[1], "--prompts", prompts_file, *fn],
+            3,
+            "cannot load its tokenizer",
+        ),
         (base + fn + ["--output", aligned], 5, ""),
         (base + fn + ["--push-to-hub", "me/x"], 2, "needs --output"),
-    ]  # fmt: skip
+    ]
     for args, code, message in cases:
         run = expo(*args)
         assert run.code == code, (args, run.stderr)
@@ -260,8 +391,24 @@ def test_a_model_without_a_chat_template_needs_the_option(tmp_path, expo, steere
     config = json.loads((bare / "tokenizer_config.json").read_text())
     config.pop("chat_template", None)
     (bare / "tokenizer_config.json").write_text(json.dumps(config))
-    args = ["tune", "--sft", sft, "--aligned", bare, "--prompts", prompts_file, "--reward-fn", f"{grader}:w7_share",
-            "--alpha", "1", "--max-new-tokens", "3", "--limit", "3", "-q"]  # fmt: skip
+    args = [
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        bare,
+        "--prompts",
+        prompts_file,
+        "--reward-fn",
+        f"{grader}:w7_share",
+        "--alpha",
+        "1",
+        "--max-new-tokens",
+        "3",
+        "--limit",
+        "3",
+        "-q",
+    ]
     run = expo(*args)
     assert run.code == 3 and "--no-chat-template" in run.stderr
     assert expo(*args, "--no-chat-template").code == 0
@@ -273,17 +420,51 @@ def test_a_failing_reward_function_names_itself(tmp_path, expo, steered, prompts
         "def nan(p, r):\n    return float('nan')\n\n\ndef boom(p, r):\n    raise KeyError(r)\n"
     )
     for name, message in (("nan", "returned nan; it must return a finite number"), ("boom", "raised KeyError")):
-        run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
-                   f"{tmp_path / 'bad.py'}:{name}", "--max-new-tokens", "2", "--limit", "2", "-q")  # fmt: skip
+        run = expo(
+            "tune",
+            "--sft",
+            sft,
+            "--aligned",
+            aligned,
+            "--prompts",
+            prompts_file,
+            "--reward-fn",
+            f"{tmp_path / 'bad.py'}:{name}",
+            "--max-new-tokens",
+            "2",
+            "--limit",
+            "2",
+            "-q",
+        )
         assert run.code == 3 and f"--reward-fn bad.py:{name}" in run.stderr and message in run.stderr
 
 
 def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, prompts_file, grader, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "write-token")
     sft, aligned = steered
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-fn",
-               f"{grader}:w7_share", "--alpha", "2", "--max-new-tokens", "8", "--temperature", "1", "--output",
-               tmp_path / "chosen", "--push-to-hub", "me/tuned", "--json", "-q")  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-fn",
+        f"{grader}:w7_share",
+        "--alpha",
+        "2",
+        "--max-new-tokens",
+        "8",
+        "--temperature",
+        "1",
+        "--output",
+        tmp_path / "chosen",
+        "--push-to-hub",
+        "me/tuned",
+        "--json",
+        "-q",
+    )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["alpha"] == 2.0 and "commit_url" in report
@@ -294,8 +475,9 @@ def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, pro
     assert json.loads((back / "config.json").read_text())["expo"]["tuning"]["chosen_alpha"] == 2.0
 
 
-def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(tmp_path, expo, hub, steered, prompts_file,
-                                                                  monkeypatch):  # fmt: skip
+def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(
+    tmp_path, expo, hub, steered, prompts_file, monkeypatch
+):
     """The RM by repo id (through the test Hub); a checkpoint whose norms are float32 and the rest bfloat16 is
     tuned in the dtype the model loads in (bfloat16), as `expo merge --dtype bfloat16` would write it."""
     from safetensors.torch import load_file, save_file
@@ -303,8 +485,16 @@ def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(tmp_path, expo
     from test_hub import files_of
 
     monkeypatch.setenv("HF_TOKEN", "write-token")
-    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                         num_key_value_heads=2, vocab_size=VOCAB, num_labels=1, pad_token_id=3)  # fmt: skip
+    config = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        num_labels=1,
+        pad_token_id=3,
+    )
     LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     word_tokenizer().save_pretrained(tmp_path / "rm")
     hub.create("org/tiny-rm", files_of(tmp_path / "rm"))
@@ -319,9 +509,25 @@ def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(tmp_path, expo
         save_file(mixed, pair[side] / "model.safetensors", metadata={"format": "pt"})
         settings = json.loads((pair[side] / "config.json").read_text())
         (pair[side] / "config.json").write_text(json.dumps({**settings, "dtype": "bfloat16"}))
-    run = expo("tune", "--sft", pair["sft"], "--aligned", pair["aligned"], "--prompts", prompts_file,
-               "--reward-model", "org/tiny-rm", "--alpha", "1", "--max-new-tokens", "4", "--limit", "4", "--json",
-               "-q")  # fmt: skip
+    run = expo(
+        "tune",
+        "--sft",
+        pair["sft"],
+        "--aligned",
+        pair["aligned"],
+        "--prompts",
+        prompts_file,
+        "--reward-model",
+        "org/tiny-rm",
+        "--alpha",
+        "1",
+        "--max-new-tokens",
+        "4",
+        "--limit",
+        "4",
+        "--json",
+        "-q",
+    )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["model_dtype"] == "bfloat16" and report["reward"] == "org/tiny-rm"

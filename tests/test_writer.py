@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from expo_cli.writer import ShardStream, parse_size, plan_shards, write_index
+from expo_cli.core.writer import ShardStream, parse_size, plan_shards, write_index
 
 
 @dataclass(frozen=True)

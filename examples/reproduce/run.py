@@ -34,8 +34,8 @@ sys.path.insert(0, str(HERE))
 from task import DIGITS, build_tokenizer, gold_reward, noisy, target  # noqa: E402
 
 import expo_cli  # noqa: E402
-from expo_cli.generation import Decoding  # noqa: E402
-from expo_cli.statistics import Bootstrap  # noqa: E402
+from expo_cli.tuning.generation import Decoding  # noqa: E402
+from expo_cli.tuning.statistics import Bootstrap  # noqa: E402
 
 FRACTIONS = (0.1, 0.2, 0.4, 1.0)
 
@@ -58,8 +58,17 @@ class Settings:
     layers: int = 4
 
 
-QUICK = Settings(sft_examples=20_000, pairs=3_000, dpo_steps=100, dpo_lr=1e-5, dev=128, test=128, samples=2,
-                 grid=(1, 3, 6), budget=4)  # fmt: skip
+QUICK = Settings(
+    sft_examples=20_000,
+    pairs=3_000,
+    dpo_steps=100,
+    dpo_lr=1e-5,
+    dev=128,
+    test=128,
+    samples=2,
+    grid=(1, 3, 6),
+    budget=4,
+)
 
 
 def prompts(rng: random.Random, count: int, exclude: set[str]) -> list[str]:
@@ -72,7 +81,7 @@ def prompts(rng: random.Random, count: int, exclude: set[str]) -> list[str]:
     return found
 
 
-def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN001
+def train(out: Path, seed: int, settings: Settings, say) -> Path:
     """SFT, then DPO with snapshots; returns the folder holding sft/ and dpo-<pct>/."""
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, set_seed
@@ -85,21 +94,50 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN00
         (out / f"{name}.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in items))
     tokenizer = build_tokenizer()
     set_seed(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=settings.hidden, intermediate_size=3 * settings.hidden,
-                         num_hidden_layers=settings.layers, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=64, tie_word_embeddings=False, bos_token_id=None,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=settings.hidden,
+        intermediate_size=3 * settings.hidden,
+        num_hidden_layers=settings.layers,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     model = LlamaForCausalLM(config)
-    common = {"use_cpu": True, "bf16": False, "gradient_checkpointing": False, "report_to": [], "save_strategy": "no",
-              "per_device_train_batch_size": settings.batch, "logging_steps": 1_000_000, "disable_tqdm": True,
-              "seed": seed}  # fmt: skip
+    common = {
+        "use_cpu": True,
+        "bf16": False,
+        "gradient_checkpointing": False,
+        "report_to": [],
+        "save_strategy": "no",
+        "per_device_train_batch_size": settings.batch,
+        "logging_steps": 1_000_000,
+        "disable_tqdm": True,
+        "seed": seed,
+    }
     train_prompts = prompts(rng, settings.sft_examples + settings.pairs, set(held_out))
     demonstrations = train_prompts[: settings.sft_examples]
     sft_rows = [{"prompt": f"{p}>", "completion": noisy(rng, target(p))} for p in demonstrations]
     started = time.perf_counter()
-    quiet(SFTTrainer(model=model, processing_class=tokenizer, train_dataset=Dataset.from_list(sft_rows),
-        args=SFTConfig(output_dir=str(out / "trainer"), num_train_epochs=1, learning_rate=settings.sft_lr,
-                       lr_scheduler_type="cosine", max_length=32, **common))).train()  # fmt: skip
+    quiet(
+        SFTTrainer(
+            model=model,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(sft_rows),
+            args=SFTConfig(
+                output_dir=str(out / "trainer"),
+                num_train_epochs=1,
+                learning_rate=settings.sft_lr,
+                lr_scheduler_type="cosine",
+                max_length=32,
+                **common,
+            ),
+        )
+    ).train()
     model.save_pretrained(out / "sft")
     tokenizer.save_pretrained(out / "sft")
     say(f"seed {seed}: SFT on {len(sft_rows)} noisy demonstrations in {time.perf_counter() - started:.0f} s")
@@ -113,7 +151,7 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN00
     snapshots = {round(f * settings.dpo_steps): f for f in FRACTIONS}
 
     class Snapshots(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
+        def on_step_end(self, args, state, control, **kwargs):
             if state.global_step in snapshots:
                 folder = out / f"dpo-{round(100 * snapshots[state.global_step])}"
                 kwargs["model"].save_pretrained(folder)
@@ -121,15 +159,30 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:  # noqa: ANN00
 
     started = time.perf_counter()
     policy = LlamaForCausalLM.from_pretrained(out / "sft")
-    quiet(DPOTrainer(model=policy, processing_class=tokenizer, train_dataset=Dataset.from_list(pairs), args=DPOConfig(
-        output_dir=str(out / "trainer"), max_steps=settings.dpo_steps, learning_rate=settings.dpo_lr,
-        lr_scheduler_type="cosine", warmup_steps=settings.dpo_steps // 10, beta=settings.beta,
-        precompute_ref_log_probs=True, max_length=32, **common), callbacks=[Snapshots()])).train()  # fmt: skip
+    quiet(
+        DPOTrainer(
+            model=policy,
+            processing_class=tokenizer,
+            train_dataset=Dataset.from_list(pairs),
+            args=DPOConfig(
+                output_dir=str(out / "trainer"),
+                max_steps=settings.dpo_steps,
+                learning_rate=settings.dpo_lr,
+                lr_scheduler_type="cosine",
+                warmup_steps=settings.dpo_steps // 10,
+                beta=settings.beta,
+                precompute_ref_log_probs=True,
+                max_length=32,
+                **common,
+            ),
+            callbacks=[Snapshots()],
+        )
+    ).train()
     say(f"seed {seed}: DPO on {len(pairs)} pairs, {settings.dpo_steps} steps in {time.perf_counter() - started:.0f} s")
     return out
 
 
-def quiet(trainer):  # noqa: ANN001, ANN201
+def quiet(trainer):
     """Without its progress bar a Trainer prints every log dict on stdout; the tables go there instead."""
     from transformers import PrinterCallback
 
@@ -137,10 +190,17 @@ def quiet(trainer):  # noqa: ANN001, ANN201
     return trainer
 
 
-def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict:  # noqa: ANN001
+def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict:
     """expo tune picks α per snapshot on dev; every model is then scored on test with paired intervals."""
-    decoding = Decoding(max_new_tokens=12, temperature=1.0, top_p=1.0, top_k=0, samples_per_prompt=settings.samples,
-                        batch_size=200, seed=1234)  # fmt: skip
+    decoding = Decoding(
+        max_new_tokens=12,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        samples_per_prompt=settings.samples,
+        batch_size=200,
+        seed=1234,
+    )
     quiet = {"progress": False, "info": lambda _: None, "warn": lambda _: None}
     test_rewards: dict[str, np.ndarray] = {}
     lengths: dict[str, float] = {}
@@ -149,41 +209,73 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
     for fraction in FRACTIONS:
         name = f"dpo-{round(100 * fraction)}"
         started = time.perf_counter()
-        tuned = expo_cli.tune(out / "sft", out / name, str(out / "dev.jsonl"), reward_fn=grader,
-                              alphas=settings.grid, search=True, budget=settings.budget, decoding=decoding,
-                              **quiet)  # fmt: skip
+        tuned = expo_cli.tune(
+            out / "sft",
+            out / name,
+            str(out / "dev.jsonl"),
+            reward_fn=grader,
+            alphas=settings.grid,
+            search=True,
+            budget=settings.budget,
+            decoding=decoding,
+            **quiet,
+        )
         chosen[name] = tuned.alpha
         best = next(s for s in tuned.stats if s.alpha == tuned.alpha)
-        dev_gain[name] = {"alpha": tuned.alpha, "gain": best.gain.__dict__, "tried": sorted(tuned.candidates),
-                          "reason": tuned.recommendation.reason}  # fmt: skip
+        dev_gain[name] = {
+            "alpha": tuned.alpha,
+            "gain": best.gain.__dict__,
+            "tried": sorted(tuned.candidates),
+            "reason": tuned.recommendation.reason,
+        }
         alphas = [a for a in (tuned.alpha,) if a != 0] + ([-1.0] if fraction == FRACTIONS[0] else [])
-        tested = expo_cli.tune(out / "sft", out / name, str(out / "test.jsonl"), reward_fn=grader, alphas=alphas,
-                               decoding=decoding, **quiet)  # fmt: skip
+        tested = expo_cli.tune(
+            out / "sft",
+            out / name,
+            str(out / "test.jsonl"),
+            reward_fn=grader,
+            alphas=alphas,
+            decoding=decoding,
+            **quiet,
+        )
         for stat in tested.stats:
             label = {0.0: name, -1.0: "sft"}.get(stat.alpha, f"{name} + ExPO")
             test_rewards[label] = _per_prompt(tested.candidates[stat.alpha], settings.test)
             lengths[label] = stat.length
         if tuned.alpha == 0:  # no α beat the snapshot on dev: ExPO leaves it as it is
             test_rewards[f"{name} + ExPO"], lengths[f"{name} + ExPO"] = test_rewards[name], lengths[name]
-        say(f"seed {seed}: {name}: α* = {tuned.alpha:g} on dev ({len(tuned.candidates)} candidates), "
-            f"{time.perf_counter() - started:.0f} s")  # fmt: skip
+        say(
+            f"seed {seed}: {name}: α* = {tuned.alpha:g} on dev ({len(tuned.candidates)} candidates), "
+            f"{time.perf_counter() - started:.0f} s"
+        )
     boot = Bootstrap(settings.test, draws=5000, seed=seed)
     full = test_rewards["dpo-100"]
     rows = []
     for label, rewards in test_rewards.items():
         mean = boot.mean(rewards)
         versus = boot.mean(rewards - full)
-        rows.append({"model": label, "alpha": chosen.get(label.split(" ")[0]) if "ExPO" in label else None,
-                     "reward": mean.__dict__, "vs_dpo_100": versus.__dict__, "length": lengths[label]})  # fmt: skip
+        rows.append(
+            {
+                "model": label,
+                "alpha": chosen.get(label.split(" ")[0]) if "ExPO" in label else None,
+                "reward": mean.__dict__,
+                "vs_dpo_100": versus.__dict__,
+                "length": lengths[label],
+            }
+        )
     order = ["sft", *(f"dpo-{round(100 * f)}{s}" for f in FRACTIONS for s in ("", " + ExPO"))]
     rows.sort(key=lambda r: order.index(r["model"]))
     twenty = boot.mean(test_rewards.get("dpo-20 + ExPO", test_rewards["dpo-20"]) - full)
-    return {"seed": seed, "rows": rows, "dev": dev_gain,
-            "20%+ExPO >= 100%": {"holds": twenty.estimate >= 0, "difference": twenty.__dict__}}  # fmt: skip
+    return {
+        "seed": seed,
+        "rows": rows,
+        "dev": dev_gain,
+        "20%+ExPO >= 100%": {"holds": twenty.estimate >= 0, "difference": twenty.__dict__},
+    }
 
 
-def _per_prompt(candidate, prompts: int) -> np.ndarray:  # noqa: ANN001
-    from expo_cli.statistics import per_prompt
+def _per_prompt(candidate, prompts: int) -> np.ndarray:
+    from expo_cli.tuning.statistics import per_prompt
 
     return per_prompt(candidate.rewards, [r.prompt for r in candidate.responses], prompts)
 
@@ -199,8 +291,10 @@ def table(result: dict) -> list[str]:
         lines.append(f"| {row['model']} | {alpha} | {reward} | {versus} | {row['length']:.2f} |")
     claim = result["20%+ExPO >= 100%"]
     d = claim["difference"]
-    lines.append(f"20% + ExPO ≥ 100%: {'yes' if claim['holds'] else 'no'} ({d['estimate']:+.3f} [{d['low']:+.3f}, "
-                 f"{d['high']:+.3f}])")  # fmt: skip
+    lines.append(
+        f"20% + ExPO ≥ 100%: {'yes' if claim['holds'] else 'no'} ({d['estimate']:+.3f} [{d['low']:+.3f}, "
+        f"{d['high']:+.3f}])"
+    )
     return lines
 
 
@@ -215,8 +309,13 @@ def plot(results: list[dict], path: Path) -> None:
         rows = {r["model"]: r["reward"]["estimate"] for r in result["rows"]}
         xs = [100 * f for f in FRACTIONS]
         ax.plot(xs, [rows[f"dpo-{round(x)}"] for x in xs], "o-", color=color, label=f"DPO, seed {result['seed']}")
-        ax.plot(xs, [rows.get(f"dpo-{round(x)} + ExPO", rows[f"dpo-{round(x)}"]) for x in xs], "s--", color=color,
-                label=f"DPO + ExPO (α* from dev), seed {result['seed']}")  # fmt: skip
+        ax.plot(
+            xs,
+            [rows.get(f"dpo-{round(x)} + ExPO", rows[f"dpo-{round(x)}"]) for x in xs],
+            "s--",
+            color=color,
+            label=f"DPO + ExPO (α* from dev), seed {result['seed']}",
+        )
         ax.axhline(rows["sft"], color=color, linestyle=":", linewidth=1)
     ax.set_xlabel("DPO training steps (% of the full run)")
     ax.set_ylabel("gold reward on test (sampled)")

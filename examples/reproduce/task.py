@@ -36,7 +36,7 @@ def noisy(rng: random.Random, text: str, flip: float = 0.35, edge: float = 0.1) 
     return "".join(out)
 
 
-def build_tokenizer():  # noqa: ANN201 - a transformers PreTrainedTokenizerFast
+def build_tokenizer():  # a transformers PreTrainedTokenizerFast
     """One token per character (digits, `>`, the end `$`, padding `_`), with a chat template that renders a prompt
     as its digits followed by `>`, as training saw it."""
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers

@@ -9,54 +9,56 @@ The heavy modules (torch) load on first use, so `expo --help` stays fast.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from .constants import VERSION as __version__
+
+# Public name -> the module that defines it, imported on first use (torch loads only when work starts).
+_EXPORTS = {
+    "ExpoError": "errors",
+    "MergeOptions": "options",
+    "MergeResult": "merging.api",
+    "Plan": "merging.api",
+    "finish_parts": "merging.api",
+    "merge": "merging.api",
+    "merge_part": "merging.api",
+    "merge_to_hub": "merging.api",
+    "plan": "merging.api",
+    "push": "merging.api",
+    "sweep": "merging.api",
+    "inspect": "inspection",
+    "tune": "tuning.api",
+    "verify": "verification",
+}
 __all__ = [
     "ExpoError",
     "MergeOptions",
     "MergeResult",
     "Plan",
     "__version__",
+    "finish_parts",
     "inspect",
     "merge",
-    "finish_parts",
     "merge_part",
     "merge_to_hub",
     "plan",
+    "push",
     "sweep",
     "tune",
     "verify",
 ]
 
 if TYPE_CHECKING:
-    from .analysis import inspect
     from .errors import ExpoError
-    from .merging import MergeOptions, MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, sweep
-    from .tuning import tune
+    from .inspection import inspect
+    from .merging.api import MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, push, sweep
+    from .options import MergeOptions
+    from .tuning.api import tune
     from .verification import verify
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("merge", "sweep", "plan", "merge_part", "finish_parts", "merge_to_hub", "MergeOptions", "MergeResult",
-                "Plan"):  # fmt: skip
-        from . import merging
-
-        return getattr(merging, name)
-    if name == "inspect":
-        from .analysis import inspect
-
-        return inspect
-    if name == "tune":
-        from .tuning import tune
-
-        return tune
-    if name == "verify":
-        from .verification import verify
-
-        return verify
-    if name == "ExpoError":
-        from .errors import ExpoError
-
-        return ExpoError
-    raise AttributeError(f"module 'expo_cli' has no attribute {name!r}")
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'expo_cli' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -10,6 +10,7 @@ from huggingface_hub.constants import (
     SAFETENSORS_SINGLE_FILE,
 )
 
+VERSION = "0.1.0"
 PYTORCH_INDEX_FILE = PYTORCH_WEIGHTS_NAME + ".index.json"
 MISTRAL_INDEX_FILE = "consolidated.safetensors.index.json"  # Mistral-format weights beside the HF ones
 OUTPUT_FILENAME_PATTERN = "model{suffix}.safetensors"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import OutputError, UsageError
+from .fsutil import write_atomically
 
 
 def pyplot() -> Any:
@@ -23,8 +24,6 @@ def pyplot() -> Any:
 
 def save_png(fig: Any, path: str | Path) -> None:
     """Render the figure, close it, and write the PNG through a temporary file beside `path`."""
-    from .output import write_atomically
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     pyplot().close(fig)

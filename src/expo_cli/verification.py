@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
-from .checkpoint import Checkpoint, load_checkpoint, load_consolidated, read_config
+from .core.extrapolate import Extrapolator
+from .core.pairing import plan_merge
+from .core.sources import TensorSource
+from .core.streaming import Block, walk
 from .errors import ExpoError, UsageError
-from .extrapolate import Extrapolator
-from .inputs import resolve_inputs
-from .pairing import plan_merge
-from .sources import TensorSource
-from .streaming import Block, walk
+from .inputs.adapters import is_adapter
+from .inputs.checkpoint import Checkpoint, load_checkpoint, load_consolidated, read_config
+from .inputs.resolve import resolve_inputs
 
 SHOWN = 10  # mismatching tensors listed
 
@@ -58,9 +59,17 @@ class VerifyResult:
         return {**asdict(self), "output": str(self.output), "ok": self.ok}
 
 
-def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alpha: float | None = None,
-           progress: bool = True, token: str | None = None, thorough: bool = False, base: str | None = None,
-           adapter_stack: str | None = None) -> VerifyResult:  # fmt: skip
+def verify(
+    output: str | Path,
+    sft: str | Path | None,
+    aligned: str | Path,
+    alpha: float | None = None,
+    progress: bool = True,
+    token: str | None = None,
+    thorough: bool = False,
+    base: str | None = None,
+    adapter_stack: str | None = None,
+) -> VerifyResult:
     """Check `output` against θ_aligned + α·(θ_aligned − θ_sft); α defaults to the one its provenance records.
 
     `sft` and `aligned` may be Hub repo ids, as for a merge; the per-tensor rules recorded in the provenance apply.
@@ -70,7 +79,6 @@ def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alph
     """
     started = time.perf_counter()
     folder = Path(output)
-    from .adapters import is_adapter
 
     if is_adapter(folder):
         raise UsageError(
@@ -92,20 +100,24 @@ def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alph
     # The shards' sha256 on a thread of its own, beside the element check (hashlib releases the GIL).
     hashing = ThreadPoolExecutor(1, thread_name_prefix="expo-verify-hash").submit(_check_checksums, folder, recorded)
 
-    sft_ckpt, aligned_ckpt = resolve_inputs(sft, aligned, token=token, allow_architecture_mismatch=True, base=base,
-                                            adapter_stack=adapter_stack)  # fmt: skip
+    sft_ckpt, aligned_ckpt = resolve_inputs(
+        sft, aligned, token=token, allow_architecture_mismatch=True, base=base, adapter_stack=adapter_stack
+    )
     sets = [(out, sft_ckpt, aligned_ckpt)]
     if record.get("mistral_format"):  # the consolidated files hold the same model in Mistral's format
-        sets.append(tuple(load_consolidated(c.path, role) for c, role in
-                          ((out, "output"), (sft_ckpt, "sft"), (aligned_ckpt, "aligned"))))  # fmt: skip
+        sets.append(
+            tuple(
+                load_consolidated(c.path, role)
+                for c, role in ((out, "output"), (sft_ckpt, "sft"), (aligned_ckpt, "aligned"))
+            )
+        )
     rules = [AlphaRule(r["pattern"], r["alpha"], r["rule"]) for r in record.get("rules") or []]
 
     from huggingface_hub.utils import tqdm
 
     total = sum(t.nbytes for o, _, _ in sets for t in o.tensors.values())
     result.tensors = sum(len(o.tensors) for o, _, _ in sets)
-    with tqdm(total=total, unit="B", unit_scale=True, desc="Verifying", disable=not progress,
-              file=sys.stderr) as bar:  # fmt: skip
+    with tqdm(total=total, unit="B", unit_scale=True, desc="Verifying", disable=not progress, file=sys.stderr) as bar:
         for checkpoints in sets:
             _verify_set(*checkpoints, float(alpha), rules, result, bar, _Recompute(thorough))
     result.checksum_errors = hashing.result()
@@ -113,8 +125,16 @@ def verify(output: str | Path, sft: str | Path | None, aligned: str | Path, alph
     return result
 
 
-def _verify_set(out: Checkpoint, sft: Checkpoint, aligned: Checkpoint, alpha: float, rules: list[AlphaRule],
-                result: VerifyResult, bar: Any, recompute: _Recompute) -> None:  # fmt: skip
+def _verify_set(
+    out: Checkpoint,
+    sft: Checkpoint,
+    aligned: Checkpoint,
+    alpha: float,
+    rules: list[AlphaRule],
+    result: VerifyResult,
+    bar: Any,
+    recompute: _Recompute,
+) -> None:
     """Compare every tensor of one set of output files with what its inputs give."""
     plans = {t.name: t for t in plan_merge(sft, aligned).tensors}
     if set(plans) != set(out.tensors):
@@ -133,8 +153,14 @@ def _verify_set(out: Checkpoint, sft: Checkpoint, aligned: Checkpoint, alpha: fl
     with out, sft, aligned:
         for block in walk(tensors, sft, aligned):
             t = block.tensor
-            found, error = _compare(out.flat(out.tensors[t.name], block.start, block.stop), block, sft, aligned,
-                                    alpha_for(t.name, rules, alpha), recompute)  # fmt: skip
+            found, error = _compare(
+                out.flat(out.tensors[t.name], block.start, block.stop),
+                block,
+                sft,
+                aligned,
+                alpha_for(t.name, rules, alpha),
+                recompute,
+            )
             bad, worst = bad + found, max(worst, error)
             if block.last:
                 result.elements += t.numel
@@ -154,7 +180,7 @@ class _Recompute:
         self._extrapolators: dict[float, Extrapolator] = {}
         self._scratch: Any = None
 
-    def differing(self, got, sft, aligned, alpha: float):  # noqa: ANN001, ANN202
+    def differing(self, got, sft, aligned, alpha: float):
         """The elements of `got` whose bits differ from a merge's result: None when none do, else an index
         (all of them, `slice(None)`, when thorough)."""
         import torch
@@ -192,8 +218,9 @@ def _check_checksums(folder: Path, recorded: Any) -> list[str]:
     return errors
 
 
-def _compare(got, block: Block, sft: TensorSource, aligned: TensorSource, alpha: float,
-             recompute: _Recompute) -> tuple[int, float]:  # noqa: ANN001  # fmt: skip
+def _compare(
+    got, block: Block, sft: TensorSource, aligned: TensorSource, alpha: float, recompute: _Recompute
+) -> tuple[int, float]:
     """(elements outside the tolerance, largest absolute error) of one block of an output tensor."""
     t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
     bad, worst = 0, 0.0
@@ -219,7 +246,7 @@ def _compare(got, block: Block, sft: TensorSource, aligned: TensorSource, alpha:
     return bad, worst
 
 
-def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:  # noqa: ANN001
+def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:
     """The largest |value − ref| a correct merge can show at each element, derived from extrapolate.py.
 
     `value` is the output, `ref` the float64 reference θ_aligned + α·Δ, `delta` = |Δ| = |θ_aligned − θ_sft|.
@@ -250,7 +277,7 @@ def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:  # 
     return bound
 
 
-def ulp(values, dtype):  # noqa: ANN001, ANN201
+def ulp(values, dtype):
     """The spacing of `dtype` at each value's magnitude: one rounding step (subnormals included)."""
     import torch
 

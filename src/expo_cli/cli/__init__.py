@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from .. import __version__
+from ..constants import VERSION
 from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
 from . import _output as out
 from .inspect import INSPECT_EXAMPLES, inspect
@@ -67,7 +67,7 @@ _state = {"debug": False}
 
 def _version(value: bool) -> None:
     if value:
-        out.result(f"expo {__version__}")
+        out.result(f"expo {VERSION}")
         raise typer.Exit()
 
 

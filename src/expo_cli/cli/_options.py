@@ -10,33 +10,39 @@ CHECKPOINT = "FOLDER|ORG/NAME[@REV]"
 SftOpt = Annotated[
     str | None,
     typer.Option(
-        "--sft", metavar=CHECKPOINT, help="The SFT checkpoint the aligned model was trained from (θ_sft): a local "
+        "--sft",
+        metavar=CHECKPOINT,
+        help="The SFT checkpoint the aligned model was trained from (θ_sft): a local "
         "folder or a Hub repo id, or a LoRA adapter over --base. Required unless --aligned is a LoRA adapter whose "
         "config names its base model.",
     ),
-]  # fmt: skip
+]
 AlignedOpt = Annotated[
     str,
     typer.Option(
-        "--aligned", metavar=CHECKPOINT, help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter "
-        "trained on --sft.",
+        "--aligned",
+        metavar=CHECKPOINT,
+        help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter trained on --sft.",
     ),
-]  # fmt: skip
+]
 BaseOpt = Annotated[
     str | None,
     typer.Option(
-        "--base", metavar=CHECKPOINT, help="When --sft is a LoRA adapter: its base model (default: the adapter "
-        "config's base_model_name_or_path).",
+        "--base",
+        metavar=CHECKPOINT,
+        help="When --sft is a LoRA adapter: its base model (default: the adapter config's base_model_name_or_path).",
     ),
-]  # fmt: skip
+]
 AdapterStackOpt = Annotated[
     str | None,
     typer.Option(
-        "--adapter-stack", metavar="on-sft|continued", help="When both are adapters and their configs do not tell: "
+        "--adapter-stack",
+        metavar="on-sft|continued",
+        help="When both are adapters and their configs do not tell: "
         "on-sft (the aligned adapter was trained on the merged SFT model) or continued (it continued the SFT "
         "adapter; both are relative to --base).",
     ),
-]  # fmt: skip
+]
 AlphaOpt = Annotated[
     list[str],
     typer.Option(
@@ -115,17 +121,19 @@ CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull requ
 SftIdOpt = Annotated[
     str | None,
     typer.Option(
-        "--sft-id", metavar="ORG/NAME[@REV]", help="The Hub repo a local --sft folder came from (for the card's "
-        "base_model).",
+        "--sft-id",
+        metavar="ORG/NAME[@REV]",
+        help="The Hub repo a local --sft folder came from (for the card's base_model).",
     ),
-]  # fmt: skip
+]
 AlignedIdOpt = Annotated[
     str | None,
     typer.Option(
-        "--aligned-id", metavar="ORG/NAME[@REV]", help="The Hub repo a local --aligned folder came from (for the "
-        "card's base_model).",
+        "--aligned-id",
+        metavar="ORG/NAME[@REV]",
+        help="The Hub repo a local --aligned folder came from (for the card's base_model).",
     ),
-]  # fmt: skip
+]
 ModelNameOpt = Annotated[
     str | None,
     typer.Option(

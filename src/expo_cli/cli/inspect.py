@@ -41,13 +41,19 @@ def inspect(
     from huggingface_hub.utils import are_progress_bars_disabled
 
     from ..alpha import check_alpha
-    from ..analysis import inspect as run_inspect
-    from ..analysis import plot as draw
+    from ..inspection import inspect as run_inspect
+    from ..inspection import plot as draw
 
     result = run_inspect(
-        sft, aligned, check_alpha(alpha), dtype=dtype, progress=not quiet and not are_progress_bars_disabled(),
-        allow_architecture_mismatch=allow_architecture_mismatch, base=base, adapter_stack=adapter_stack,
-    )  # fmt: skip
+        sft,
+        aligned,
+        check_alpha(alpha),
+        dtype=dtype,
+        progress=not quiet and not are_progress_bars_disabled(),
+        allow_architecture_mismatch=allow_architecture_mismatch,
+        base=base,
+        adapter_stack=adapter_stack,
+    )
     for warning in result.warnings:
         out.warning(warning)
     if plot:
@@ -60,12 +66,16 @@ def inspect(
     out.result(f"{'layer':>6}  {'module':<10}  {'tensors':>7}  {'‖Δ‖/‖θ_sft‖':>12}  {'share of ‖Δ‖²':>13}")
     for g in result.groups:
         layer = "-" if g.layer is None else str(g.layer)
-        out.result(f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {100 * g.relative_change:>11.4f}%  "
-                   f"{100 * g.share_of_change:>12.2f}%")  # fmt: skip
+        out.result(
+            f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {100 * g.relative_change:>11.4f}%  "
+            f"{100 * g.share_of_change:>12.2f}%"
+        )
     out.result("")
     out.result(f"Most changed tensors (survives = share of elements that differ from aligned at α={alpha:g}):")
     for t in sorted(result.tensors, key=lambda t: t.relative_change, reverse=True)[:top]:
-        out.result(f"  {t.name}: ‖Δ‖/‖θ_sft‖ {100 * t.relative_change:.4f}%, cosine {t.cosine:.6f}, "
-                   f"max |Δ| {t.max_abs_delta:.3g}, survives {100 * t.survives:.1f}%")  # fmt: skip
+        out.result(
+            f"  {t.name}: ‖Δ‖/‖θ_sft‖ {100 * t.relative_change:.4f}%, cosine {t.cosine:.6f}, "
+            f"max |Δ| {t.max_abs_delta:.3g}, survives {100 * t.survives:.1f}%"
+        )
     out.result("")
     out.result(result.summary)

@@ -136,7 +136,7 @@ def merge(
             help="--aligned is a LoRA adapter: write a PEFT adapter for the same SFT model whose "
             "update is (1+α) times the original (tiny and instant; not for DoRA), instead of a full checkpoint.",
         ),
-    ] = False,  # fmt: skip
+    ] = False,
     stream: Annotated[
         bool,
         typer.Option(
@@ -168,16 +168,33 @@ def merge(
     import expo_cli
 
     from ..alpha import parse_alphas
-    from ..output import human_bytes
+    from ..fsutil import human_bytes
 
     alphas = parse_alphas(alpha)
     options = run_options(
-        quiet or dry_run, dtype=dtype, device=device, max_shard_size=max_shard_size, force=force, alpha_for=alpha_for,
-        include=include, exclude=exclude, allow_architecture_mismatch=allow_architecture_mismatch, strict=strict,
-        sft_revision=sft_revision, aligned_revision=aligned_revision, token=token, base=base,
-        adapter_stack=adapter_stack, sft_id=sft_id, aligned_id=aligned_id, model_name=model_name, copy=copy,
-        skip=skip, mistral_format=mistral_format, as_adapter=as_adapter,
-    )  # fmt: skip
+        quiet or dry_run,
+        dtype=dtype,
+        device=device,
+        max_shard_size=max_shard_size,
+        force=force,
+        alpha_for=alpha_for,
+        include=include,
+        exclude=exclude,
+        allow_architecture_mismatch=allow_architecture_mismatch,
+        strict=strict,
+        sft_revision=sft_revision,
+        aligned_revision=aligned_revision,
+        token=token,
+        base=base,
+        adapter_stack=adapter_stack,
+        sft_id=sft_id,
+        aligned_id=aligned_id,
+        model_name=model_name,
+        copy=copy,
+        skip=skip,
+        mistral_format=mistral_format,
+        as_adapter=as_adapter,
+    )
     if push_to_hub and len(alphas) > 1:
         raise typer.BadParameter(
             "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"
@@ -187,8 +204,9 @@ def merge(
             "needs --push-to-hub ORG/NAME: the output goes straight to the Hub", param_hint="--stream"
         )
     if stream and (len(alphas) > 1 or part or finish or output):
-        raise typer.BadParameter("streams one α to --push-to-hub, with no --output, --part or --finish",
-                                 param_hint="--stream")  # fmt: skip
+        raise typer.BadParameter(
+            "streams one α to --push-to-hub, with no --output, --part or --finish", param_hint="--stream"
+        )
     if not stream and not output:
         raise typer.BadParameter("is required (or --stream with --push-to-hub)", param_hint="--output")
     if (part or finish) and len(alphas) > 1:
@@ -216,9 +234,17 @@ def merge(
     if stream:
         options.pop("stream")
         result, commit_url = expo_cli.merge_to_hub(
-            sft, aligned, push_to_hub, alphas[0], scratch=scratch, private=private, revision=revision,
-            commit_message=commit_message, create_pr=create_pr, **options,
-        )  # fmt: skip
+            sft,
+            aligned,
+            push_to_hub,
+            alphas[0],
+            scratch=scratch,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            **options,
+        )
         results = [result]
     elif part:
         finished = expo_cli.merge_part(sft, aligned, output, alphas[0], part, parts, **options)
@@ -245,8 +271,16 @@ def merge(
     if push_to_hub and not stream:
         from .push import upload
 
-        commit_url = upload(results[0].output, push_to_hub, quiet, private=private, revision=revision,
-                            commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
+        commit_url = upload(
+            results[0].output,
+            push_to_hub,
+            quiet,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+        )
     if json:
         reports = [r.to_json() for r in results]
         if stream:

@@ -35,8 +35,16 @@ def push(
     json: JsonOpt = False,
 ) -> None:
     """Upload FOLDER to REPO_ID in one commit; print the commit URL. Run again to resume an interrupted upload."""
-    url = upload(folder, repo_id, quiet, private=private, revision=revision, commit_message=commit_message,
-                 create_pr=create_pr, token=token)  # fmt: skip
+    url = upload(
+        folder,
+        repo_id,
+        quiet,
+        private=private,
+        revision=revision,
+        commit_message=commit_message,
+        create_pr=create_pr,
+        token=token,
+    )
     if json:
         out.result_json({"folder": folder, "repo_id": repo_id, "commit_url": url})
     else:
@@ -45,7 +53,7 @@ def push(
 
 def upload(folder: str | Path, repo_id: str, quiet: bool, **options: Any) -> str:
     """Push with a line on stderr first: shared by `expo push` and `expo merge --push-to-hub`."""
-    from ..hub import push as run_push
+    from ..merging.api import push as run_push
 
     if not quiet:
         out.info(f"Uploading {folder} to {repo_id}")

@@ -60,7 +60,7 @@ def tune(
             help="Prompts: a .jsonl, .json, .txt or .parquet file, or a Hub "
             "dataset (with --split; needs the datasets library).",
         ),
-    ],  # fmt: skip
+    ],
     sft: SftOpt = None,
     base: BaseOpt = None,
     adapter_stack: AdapterStackOpt = None,
@@ -72,7 +72,7 @@ def tune(
             help="A sequence-classification reward model (one label: "
             "its raw logit is the reward), applied with its own chat template.",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     reward_fn: Annotated[
         str | None,
         typer.Option(
@@ -80,7 +80,7 @@ def tune(
             metavar="MODULE:FUNCTION",
             help="A Python function (prompt, response) -> float, e.g. graders.py:exact_match or mypkg.rewards:score.",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     alpha: Annotated[
         list[str] | None,
         typer.Option(
@@ -88,7 +88,7 @@ def tune(
             metavar="ALPHA[,ALPHA...]",
             help="Candidate α (default 0.1,0.3,0.5); α = 0, the aligned model, is always evaluated as the baseline.",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     search: Annotated[
         bool, typer.Option("--search", help="Then refine around the best grid point (golden-section), see --budget.")
     ] = False,
@@ -103,7 +103,7 @@ def tune(
             metavar="FIELD",
             help="The field holding the prompt (default: prompt, or the first user turn of a messages list).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Split of a Hub dataset.")] = "test",
     limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Use the first N prompts.")] = None,
     seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sampling and the bootstrap.")] = 42,
@@ -146,7 +146,7 @@ def tune(
             metavar="FOLDER",
             help="Then write the chosen α's checkpoint here (with the tuning summary in its provenance and card).",
         ),
-    ] = None,  # fmt: skip
+    ] = None,
     force: ForceOpt = False,
     allow_architecture_mismatch: AllowArchOpt = False,
     sft_revision: SftRevisionOpt = None,
@@ -168,24 +168,52 @@ def tune(
     import expo_cli
 
     from ..alpha import parse_alphas
-    from ..generation import Decoding
-    from ..tuning import DEFAULT_ALPHAS
+    from ..tuning.api import DEFAULT_ALPHAS, Decoding
 
     if push_to_hub and not output:
         raise typer.BadParameter("needs --output FOLDER for the chosen checkpoint", param_hint="--push-to-hub")
     options = run_options(
-        quiet, dtype=dtype, device=device, force=force, alpha_for=alpha_for, include=include, exclude=exclude,
-        allow_architecture_mismatch=allow_architecture_mismatch, sft_revision=sft_revision,
-        aligned_revision=aligned_revision, token=token, base=base, adapter_stack=adapter_stack,
-    )  # fmt: skip
-    decoding = Decoding(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                        samples_per_prompt=samples_per_prompt, batch_size=batch_size, seed=seed)  # fmt: skip
+        quiet,
+        dtype=dtype,
+        device=device,
+        force=force,
+        alpha_for=alpha_for,
+        include=include,
+        exclude=exclude,
+        allow_architecture_mismatch=allow_architecture_mismatch,
+        sft_revision=sft_revision,
+        aligned_revision=aligned_revision,
+        token=token,
+        base=base,
+        adapter_stack=adapter_stack,
+    )
+    decoding = Decoding(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        samples_per_prompt=samples_per_prompt,
+        batch_size=batch_size,
+        seed=seed,
+    )
     result = expo_cli.tune(
-        sft, aligned, prompts, reward_model=reward_model, reward_fn=reward_fn,
-        alphas=parse_alphas(alpha) if alpha else DEFAULT_ALPHAS, search=search, budget=budget, decoding=decoding,
-        prompt_field=prompt_field, split=split, limit=limit, chat_template=not no_chat_template,
-        reward_batch_size=reward_batch_size, output=output, **options,
-    )  # fmt: skip
+        sft,
+        aligned,
+        prompts,
+        reward_model=reward_model,
+        reward_fn=reward_fn,
+        alphas=parse_alphas(alpha) if alpha else DEFAULT_ALPHAS,
+        search=search,
+        budget=budget,
+        decoding=decoding,
+        prompt_field=prompt_field,
+        split=split,
+        limit=limit,
+        chat_template=not no_chat_template,
+        reward_batch_size=reward_batch_size,
+        output=output,
+        **options,
+    )
     for warning in result.recommendation.warnings:
         out.warning(warning)
     if save_responses:
@@ -197,14 +225,31 @@ def tune(
     if output and result.alpha == 0:
         out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
     elif output:
-        merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), sft_id=sft_id,
-                                aligned_id=aligned_id, model_name=model_name, **options)  # fmt: skip
+        merged = expo_cli.merge(
+            sft,
+            aligned,
+            output,
+            result.alpha,
+            tuning=result.summary(),
+            sft_id=sft_id,
+            aligned_id=aligned_id,
+            model_name=model_name,
+            **options,
+        )
         report["output"] = str(merged.output)
     if merged and push_to_hub:
         from .push import upload
 
-        report["commit_url"] = upload(merged.output, push_to_hub, quiet, private=private, revision=revision,
-                                      commit_message=commit_message, create_pr=create_pr, token=token)  # fmt: skip
+        report["commit_url"] = upload(
+            merged.output,
+            push_to_hub,
+            quiet,
+            private=private,
+            revision=revision,
+            commit_message=commit_message,
+            create_pr=create_pr,
+            token=token,
+        )
     if json:
         out.result_json(report)
         return

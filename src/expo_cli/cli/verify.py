@@ -46,8 +46,16 @@ def verify(
     from ..verification import SHOWN, VerifyFailed
     from ..verification import verify as run_verify
 
-    result = run_verify(output, sft, aligned, alpha, progress=not quiet and not are_progress_bars_disabled(),
-                        thorough=thorough, base=base, adapter_stack=adapter_stack)  # fmt: skip
+    result = run_verify(
+        output,
+        sft,
+        aligned,
+        alpha,
+        progress=not quiet and not are_progress_bars_disabled(),
+        thorough=thorough,
+        base=base,
+        adapter_stack=adapter_stack,
+    )
     for problem in result.checksum_errors:
         out.warning(f"checksum: {problem}")
     for m in result.mismatches[:SHOWN]:
@@ -61,7 +69,9 @@ def verify(
             f"checksum problem(s) at α={result.alpha:g}"
         )
     if not quiet:
-        out.info(f"OK: {result.tensors} tensors, {result.elements} elements match α={result.alpha:g} "
-                 f"({result.seconds:.1f} s)")  # fmt: skip
+        out.info(
+            f"OK: {result.tensors} tensors, {result.elements} elements match α={result.alpha:g} "
+            f"({result.seconds:.1f} s)"
+        )
     if not json:
         out.result(str(result.output))

@@ -1,0 +1,160 @@
+"""The streaming core: one walk over (tensor, block) shared by merge, verify and inspect, and the merge loop that
+drives any number of sinks from it.
+
+`walk` yields every tensor's row blocks in order and asks the sources to read the next block ahead. Each block
+splits at `shared_stop`: elements before it are extrapolated, those after it (a grown vocabulary's new rows, or a
+tensor with no SFT counterpart) are copied from the aligned model. `stream` reads each block of both inputs once
+and hands every target (α per tensor, and a sink) its result: raw bytes where the result is bit for bit an input
+(α = 0 or −1 at the input's dtype), otherwise the engine's arithmetic into the sink's buffer, with one finiteness
+check per tensor and target.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..constants import CHUNK_ELEMENTS
+from ..errors import NonFiniteError
+from .pairing import TensorPlan
+from .sinks import TensorSink
+from .sources import TensorSource, blocks, dtype_name, itemsize
+
+if TYPE_CHECKING:
+    from .engine import ChunkEngine
+
+
+@dataclass(frozen=True)
+class Block:
+    """Elements [start, stop) of one tensor: [start, shared_stop) extrapolated, [shared_stop, stop) copied."""
+
+    tensor: TensorPlan
+    start: int
+    stop: int
+    shared_stop: int
+    last: bool  # the tensor's last block
+
+
+def tensor_blocks(t: TensorPlan, limit: int) -> list[tuple[int, int]]:
+    return list(blocks(t.numel, t.aligned.row_numel, limit))
+
+
+def walk(
+    tensors: Sequence[TensorPlan], sft: TensorSource, aligned: TensorSource, limit: int | None = None
+) -> Iterator[Block]:
+    """Every block of every tensor, in order, each read ahead of its turn."""
+    limit = limit or CHUNK_ELEMENTS
+    for count, t in enumerate(tensors):
+        spans = tensor_blocks(t, limit)
+        for i, (start, stop) in enumerate(spans):
+            if i + 1 < len(spans):
+                _prefetch(t, sft, aligned, *spans[i + 1])
+            elif count + 1 < len(tensors):
+                following = tensors[count + 1]
+                _prefetch(following, sft, aligned, *tensor_blocks(following, limit)[0])
+            shared_stop = min(stop, t.shared) if t.sft is not None else start
+            yield Block(t, start, stop, max(start, shared_stop), i + 1 == len(spans))
+
+
+def _prefetch(t: TensorPlan, sft: TensorSource, aligned: TensorSource, start: int, stop: int) -> None:
+    aligned.prefetch(t.aligned, start, stop)
+    if t.sft is not None and start < t.shared:
+        sft.prefetch(t.sft, start, min(stop, t.shared))
+
+
+@dataclass
+class Target:
+    """One output of a run: the α of every tensor, and the sink its blocks go to."""
+
+    alphas: dict[str, float]
+    sink: TensorSink
+
+
+def stream(
+    tensors: Sequence[TensorPlan],
+    sft: TensorSource,
+    aligned: TensorSource,
+    targets: Sequence[Target],
+    engine: ChunkEngine,
+    progress: bool,
+    nonfinite: Callable[[TensorPlan, float], None],
+    limit: int | None = None,
+) -> None:
+    """Read every block of both inputs once and hand every target its result.
+
+    `nonfinite(t, α)` is called for a tensor whose result at α holds inf/NaN (it explains, warns or raises).
+    """
+    from huggingface_hub.utils import tqdm
+
+    total = sum(t.nbytes for t in tensors) * len(targets)
+    probes: list[list] = [[] for _ in targets]
+    with tqdm(
+        total=total,
+        unit="B",
+        unit_scale=True,
+        desc="Merging",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        done = 0
+        for block in walk(tensors, sft, aligned, limit):
+            t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
+            if shared_stop > start:
+                computed = []
+                for i, target in enumerate(targets):
+                    alpha = target.alphas[t.name]
+                    if alpha == 0 and t.out_dtype == t.aligned.dtype:  # bit for bit the aligned tensor
+                        target.sink.put(t, start, shared_stop, aligned.raw(t.aligned, start, shared_stop))
+                    elif alpha == -1 and t.out_dtype == t.sft.dtype:  # bit for bit the SFT tensor
+                        target.sink.put(t, start, shared_stop, sft.raw(t.sft, start, shared_stop))
+                    else:
+                        computed.append((i, alpha, target.sink))
+                if computed:
+                    found = engine.extrapolate(
+                        sft.flat(t.sft, start, shared_stop),
+                        aligned.flat(t.aligned, start, shared_stop),
+                        t,
+                        start,
+                        shared_stop,
+                        [(alpha, sink) for _, alpha, sink in computed],
+                    )
+                    for (i, _, _), probe in zip(computed, found, strict=True):
+                        probes[i].append(probe)
+            if stop > shared_stop:  # copied unchanged: non-floating tensors, grown vocabulary rows
+                for target in targets:
+                    if t.out_dtype == t.aligned.dtype:
+                        target.sink.put(t, shared_stop, stop, aligned.raw(t.aligned, shared_stop, stop))
+                    else:
+                        engine.convert(aligned.flat(t.aligned, shared_stop, stop), t, shared_stop, stop, target.sink)
+            bar.update((stop - start) * itemsize(t.out_dtype) * len(targets))
+            if block.last:
+                for i, target in enumerate(targets):
+                    if probes[i] and not engine.finite(probes[i]):
+                        nonfinite(t, target.alphas[t.name])
+                    probes[i] = []
+                done += 1
+                bar.set_postfix_str(f"{done}/{len(tensors)} tensors", refresh=False)
+
+
+def explain_nonfinite(
+    t: TensorPlan, sft: TensorSource, aligned: TensorSource, alpha: float, *, strict: bool, warn: Callable[[str], None]
+) -> None:
+    """Explain an inf/NaN result: inherited from an input (a warning) or made by the arithmetic (an error)."""
+    import torch
+
+    assert t.sft is not None
+    for role, ckpt, info in (("aligned", aligned, t.aligned), ("sft", sft, t.sft)):
+        for start, end in blocks(t.shared, t.aligned.row_numel, CHUNK_ELEMENTS):
+            if not bool(torch.isfinite(ckpt.flat(info, start, end)).all()):
+                message = f"tensor {t.name!r}: the {role} input already holds inf/NaN, so the output does too"
+                if strict:
+                    raise NonFiniteError(f"{message} (--strict)")
+                warn(message)
+                return
+    hint = "; try --dtype float32 or a smaller --alpha" if t.out_dtype != "F32" else "; try a smaller --alpha"
+    raise NonFiniteError(
+        f"tensor {t.name!r}: α={alpha:g} overflows {dtype_name(t.out_dtype)} (inf/NaN in the result){hint}"
+    )

@@ -1,0 +1,139 @@
+"""The output folder: checked before any work, built in a temporary folder beside it, renamed into place last.
+
+A run writes into `.expo-partial-<name>-<pid>-<random>` next to the target. Only when every file is written
+and fsync-ed is it renamed to the target, so a killed run never leaves something that looks finished, and
+the next run finds and removes what a dead run left.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from .constants import PARTIAL_PREFIX
+from .errors import OutputError
+
+HEADROOM = 1024 * 1024  # config.json, the model card and folder entries, beyond what is counted
+
+
+def human_bytes(n: float) -> str:
+    """Decimal units, like huggingface_hub's sizes: 5.00 GB is 5e9 bytes."""
+    if abs(n) < 1000:
+        return f"{n:.0f} B"
+    for unit in ("kB", "MB", "GB"):
+        n /= 1000
+        if abs(n) < 1000:
+            return f"{n:.2f} {unit}"
+    return f"{n / 1000:.2f} TB"
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Write a small file and fsync it."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write a file through a temporary name beside it, so that `path` is never seen half-written."""
+    temporary = path.with_name(f".{path.name}.expo-tmp-{os.getpid()}")
+    try:
+        write_durably(temporary, data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    fsync_path(path.parent if str(path.parent) else Path("."))
+
+
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or a folder's entries (new files, renames), durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_or_inside(child: Path, parent: Path) -> bool:
+    child, parent = Path(os.path.realpath(child)), Path(os.path.realpath(parent))
+    return child == parent or parent in child.parents
+
+
+def same_path(a: Path, b: Path) -> bool:
+    return Path(os.path.realpath(a)) == Path(os.path.realpath(b))
+
+
+def check_apart(output: Path, inputs: dict[str, Path]) -> None:
+    """Refuse an output that would overwrite, sit inside, or contain an input."""
+    for role, path in inputs.items():
+        if same_path(output, path):
+            raise OutputError(f"--output {output} is the --{role} folder; inputs are never overwritten")
+        if same_or_inside(output, path):
+            raise OutputError(f"--output {output} is inside --{role} {path}; choose a folder outside the inputs")
+        if same_or_inside(path, output):
+            raise OutputError(f"--output {output} contains --{role} {path}; choose another output folder")
+
+
+def check_output(output: Path, force: bool) -> None:
+    """Refuse an output that is a file, exists without --force, or cannot be written."""
+    if output.exists() and not output.is_dir():
+        raise OutputError(f"--output {output} is a file; choose a folder path")
+    if output.is_dir() and any(output.iterdir()) and not force:
+        raise OutputError(f"--output {output} exists and is not empty; pass --force to replace it")
+    parent = existing_parent(output)
+    try:  # a real write: os.access says yes to root on a read-only file system
+        probe = tempfile.mkdtemp(prefix=f"{PARTIAL_PREFIX}probe-", dir=parent)
+    except OSError as err:
+        raise OutputError(f"cannot write into {parent}: {err.strerror}; choose a writable --output") from err
+    os.rmdir(probe)
+
+
+def existing_parent(path: Path) -> Path:
+    path = Path(os.path.abspath(path))
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def free_space(output: Path) -> int:
+    return shutil.disk_usage(existing_parent(output)).free
+
+
+def check_space(output: Path, needed: int) -> None:
+    """Refuse early when the output's file system cannot hold the result."""
+    free = free_space(output)
+    if needed > free:
+        raise OutputError(
+            f"not enough space for {output}: needs {human_bytes(needed)}, "
+            f"{human_bytes(free)} free; free space or choose another --output"
+        )
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).renameat2
+    except (OSError, AttributeError):  # no libc, or a glibc older than 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # the file system cannot swap
+        return False
+    raise OSError(err, os.strerror(err), str(b))

@@ -1,0 +1,133 @@
+"""`expo_cli.merge`, `expo_cli.sweep` and `expo_cli.plan`: the library API the CLI is a thin shell over.
+
+Order of work: `planning.prepare` reads and validates both checkpoints' headers, pairs them, resolves α per
+tensor, checks the outputs and the free space; only then does `execution.execute` stream every tensor (read
+once, extrapolated at each α, written) into temporary folders, add config, card and the aligned model's side
+files, fsync, and rename each output into place as the last step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..alpha import check_alpha, check_alphas
+from ..options import MergeOptions
+from .execution import MergeResult, execute, execute_to_hub
+from .parts import finish_parts as finish_all
+from .parts import parse_part, run_part
+from .planning import Plan, RunPlan, prepare
+from .upload import push
+
+__all__ = [
+    "MergeOptions",
+    "MergeResult",
+    "Plan",
+    "RunPlan",
+    "finish_parts",
+    "merge",
+    "merge_part",
+    "merge_to_hub",
+    "plan",
+    "prepare",
+    "push",
+    "sweep",
+]
+
+
+def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, **options: Any) -> MergeResult:
+    """Write θ_aligned + α·(θ_aligned − θ_sft) as a new checkpoint folder at `output`.
+
+    Args:
+        sft, aligned: local checkpoint folders (safetensors or .bin, single file or sharded) or Hub repo ids
+            (`org/name`, `org/name@revision`); an existing local folder wins over a repo id.
+        output: the folder to create.
+        alpha: the paper's α; 0 returns the aligned model, −1 the SFT model.
+        **options: the fields of `MergeOptions`.
+
+    Raises:
+        ExpoError: a subclass naming what is wrong; the output never exists half-written.
+    """
+    opts = MergeOptions(**options)
+    return execute(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts), opts)[0]
+
+
+def sweep(
+    sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any
+) -> list[MergeResult]:
+    """One complete checkpoint per α in `output`/alpha-<α>, reading each input tensor once for all of them."""
+    opts = MergeOptions(**options)
+    return execute(prepare(sft, aligned, _sweep_targets(output, alphas), opts), opts)
+
+
+def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any) -> Plan:
+    """Validate everything a merge (one α) or sweep (several) would do and describe it; write nothing."""
+    targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas)
+    return prepare(sft, aligned, targets, MergeOptions(**options), download=False).describe()
+
+
+def merge_part(
+    sft: str | Path,
+    aligned: str | Path,
+    output: str | Path,
+    alpha: float,
+    part: str,
+    parts: int | None = None,
+    **options: Any,
+) -> MergeResult | None:
+    """Part `I/N` (or `auto`, from Slurm or a Kubernetes Indexed Job) of a merge split over a job array.
+
+    Writes this part's share of the shards beside `output`; the last part to complete finishes the output and
+    returns its result (the others return None). See `expo_cli.parts`.
+    """
+    opts = MergeOptions(**options)
+    which = parse_part(part, parts)
+    return run_part(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts, whole=False), which, opts)
+
+
+def finish_parts(
+    sft: str | Path, aligned: str | Path, output: str | Path, alpha: float, parts: int, **options: Any
+) -> MergeResult:
+    """Finish a merge whose `parts` parts have all run (what the last part does by itself)."""
+    opts = MergeOptions(**options)
+    return finish_all(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts, whole=False), parts, opts)
+
+
+def merge_to_hub(
+    sft: str | Path,
+    aligned: str | Path,
+    repo_id: str,
+    alpha: float,
+    *,
+    scratch: str | Path | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    create_pr: bool = False,
+    **options: Any,
+) -> tuple[MergeResult, str]:
+    """Merge Hub inputs straight into a Hub repo with bounded local disk; return (result, commit or PR URL).
+
+    The inputs are read by range requests, never stored; each output shard is written into a temporary folder in
+    `scratch` (default: the system's), uploaded as soon as it is complete and deleted, so the local disk holds at
+    most two shards (see `--max-shard-size`). One commit at the end; an interrupted run commits nothing, and
+    running it again uploads only what the Hub does not have yet. See `expo_cli.hubstream`.
+    """
+    import shutil
+    import tempfile
+
+    opts = MergeOptions(**{**options, "stream": True})
+    work = Path(tempfile.mkdtemp(prefix=".expo-stream-", dir=scratch))
+    try:
+        target = work / repo_id.rsplit("/", 1)[-1]
+        run = prepare(sft, aligned, {check_alpha(alpha): target}, opts)
+        return execute_to_hub(
+            run, opts, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:
+    return {a: Path(output) / f"alpha-{a:g}" for a in check_alphas(alphas)}

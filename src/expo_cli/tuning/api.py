@@ -1,0 +1,387 @@
+"""`expo_cli.tune`: choose α as the paper did: generate with each candidate, score, compare with honest statistics.
+
+Order of work, so that every error comes before the long part: options, prompts, the reward function, both
+checkpoints (validated as for a merge), the output folder, the reward model, the policy model. Then one model is
+loaded once and each candidate α is written into its parameters in place (`candidates.CandidateModel`: bit for bit
+what `expo merge` writes), generates a response to every prompt with the same seeds (`generation`), and is scored
+(`rewards`). α = 0, the aligned model itself, is always a candidate: every other is judged by its paired
+difference from it (`statistics`). The grid can be refined around its best point (`search`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..alpha import check_alphas
+from ..core.sources import dtype_name
+from ..errors import InputError, OutputError, UsageError
+from ..fsutil import write_atomically
+from ..inputs.adapters import input_folders
+from ..merging.api import prepare
+from ..options import MergeOptions
+from ..plotting import pyplot, save_png
+from .candidates import CandidateModel
+from .generation import Decoding, Response, encode_prompts, generate
+from .prompts import load_prompts
+from .rewards import Reward, RewardFunction, RewardModel
+from .search import Search
+from .statistics import Bootstrap, CandidateStats, Recommendation, compare, per_prompt, recommend
+
+DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
+
+
+@dataclass
+class Candidate:
+    """One α as evaluated: every response with its reward, and where the time went."""
+
+    alpha: float
+    responses: list[Response]
+    rewards: list[float]
+    update_seconds: float  # writing θ(α) into the model
+    generate_seconds: float
+    score_seconds: float
+
+
+@dataclass
+class TuneResult:
+    prompts: list[str]
+    candidates: dict[float, Candidate]  # in the order evaluated
+    stats: list[CandidateStats]  # sorted by α
+    recommendation: Recommendation
+    decoding: Decoding
+    reward: str
+    model_dtype: str
+    device: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def alpha(self) -> float:
+        return self.recommendation.alpha
+
+    def summary(self) -> dict[str, Any]:
+        """What the chosen checkpoint's provenance and card record about how α was chosen."""
+        return {
+            "chosen_alpha": self.alpha,
+            "reason": self.recommendation.reason,
+            "warnings": self.recommendation.warnings,
+            "reward": self.reward,
+            "prompts": len(self.prompts),
+            "decoding": self.decoding.to_json(),
+            "model_dtype": self.model_dtype,
+            "candidates": [
+                {
+                    "alpha": s.alpha,
+                    "reward": _round(s.reward),
+                    "gain": _round(s.gain),
+                    "win_rate": _round(s.win_rate),
+                    "length": round(s.length, 2),
+                    "significant": s.significant,
+                }
+                for s in self.stats
+            ],
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        timing = {
+            f"{c.alpha:g}": {
+                "update_seconds": c.update_seconds,
+                "generate_seconds": c.generate_seconds,
+                "score_seconds": c.score_seconds,
+            }
+            for c in self.candidates.values()
+        }
+        return {
+            "alpha": self.alpha,
+            "recommendation": self.recommendation.to_json(),
+            "candidates": [{**s.to_json(), **timing[f"{s.alpha:g}"]} for s in self.stats],
+            "evaluated_order": list(self.candidates),
+            "prompts": len(self.prompts),
+            "decoding": self.decoding.to_json(),
+            "reward": self.reward,
+            "model_dtype": self.model_dtype,
+            "device": self.device,
+            "notes": self.notes,
+        }
+
+    def table(self) -> list[str]:
+        lines = [
+            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [95% CI]':<32}{'win rate':>9}  {'length':>7}  "
+            f"{'gain at equal length':<30}"
+        ]
+        for s in self.stats:
+            reward = f"{s.reward.estimate:.4g} [{s.reward.low:.4g}, {s.reward.high:.4g}]"
+            if s.alpha == 0:
+                lines.append(f"{0:>8g}  {reward:<28}{'(baseline)':<32}{'':>9}  {s.length:>7.1f}")
+                continue
+            mark = "*" if s.significant else ""
+            lines.append(
+                f"{s.alpha:>8g}  {reward:<28}{str(s.gain) + mark:<32}{s.win_rate.estimate:>9.0%}  "
+                f"{s.length:>7.1f}  {s.gain_at_equal_length!s:<30}"
+            )
+        lines.append("* significant: the 95% interval of the paired gain excludes 0")
+        lines.append(f"Chosen α = {self.alpha:g}: {self.recommendation.reason}")
+        return lines
+
+    def save_responses(self, path: str | Path) -> None:
+        """Every prompt, response and reward as JSON lines, written atomically."""
+        lines = []
+        for c in self.candidates.values():
+            for response, reward in zip(c.responses, c.rewards, strict=True):
+                lines.append(
+                    json.dumps(
+                        {
+                            "alpha": c.alpha,
+                            "prompt_index": response.prompt,
+                            "sample": response.sample,
+                            "prompt": self.prompts[response.prompt],
+                            "response": response.text,
+                            "tokens": response.tokens,
+                            "reward": reward,
+                        },
+                        ensure_ascii=False,
+                    )
+                )
+        try:
+            write_atomically(Path(path), ("\n".join(lines) + "\n").encode())
+        except OSError as err:
+            raise OutputError(f"--save-responses {path}: cannot write it ({err.strerror})") from err
+
+    def plot(self, path: str | Path) -> None:
+        """Mean reward (with 95% intervals) and mean length against α."""
+        plt = pyplot()
+        alphas = [s.alpha for s in self.stats]
+        means = [s.reward.estimate for s in self.stats]
+        errors = [
+            [s.reward.estimate - s.reward.low for s in self.stats],
+            [s.reward.high - s.reward.estimate for s in self.stats],
+        ]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.errorbar(alphas, means, yerr=errors, marker="o", capsize=3, color="tab:blue", label="mean reward (95% CI)")
+        ax.axvline(self.alpha, color="tab:green", linestyle=":", label=f"chosen α = {self.alpha:g}")
+        ax.set_xlabel("α")
+        ax.set_ylabel("reward", color="tab:blue")
+        lengths = ax.twinx()
+        lengths.plot(alphas, [s.length for s in self.stats], marker="s", color="tab:orange", label="mean length")
+        lengths.set_ylabel("response length (tokens)", color="tab:orange")
+        ax.set_title(f"expo tune: {len(self.prompts)} prompts, reward {Path(self.reward).name}")
+        handles = ax.get_legend_handles_labels()[0] + lengths.get_legend_handles_labels()[0]
+        ax.legend(handles=handles, loc="best", fontsize="small")
+        fig.tight_layout()
+        save_png(fig, path)
+
+
+def _round(interval: Any) -> list[float]:
+    return [round(interval.estimate, 6), round(interval.low, 6), round(interval.high, 6)]
+
+
+def candidate_alphas(alphas: Sequence[float]) -> list[float]:
+    """The grid with α = 0 (the aligned model, every comparison's baseline) always in it."""
+    return [0.0, *(a for a in check_alphas(alphas) if a != 0)]
+
+
+def tune(
+    sft: str | Path,
+    aligned: str | Path,
+    prompts: str,
+    *,
+    reward_model: str | None = None,
+    reward_fn: str | None = None,
+    alphas: Sequence[float] = DEFAULT_ALPHAS,
+    search: bool = False,
+    budget: int | None = None,
+    decoding: Decoding | None = None,
+    prompt_field: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    chat_template: bool = True,
+    reward_batch_size: int = 8,
+    output: str | Path | None = None,
+    **options: Any,
+) -> TuneResult:
+    """Evaluate candidate α by generating and scoring; return the statistics and the recommended α.
+
+    Args:
+        sft, aligned: as for `merge` (local folders or Hub repo ids).
+        prompts: a .jsonl/.json/.txt/.parquet file or a Hub dataset `org/name` (`split`, `prompt_field`, `limit`).
+        reward_model: a sequence-classification model (folder or Hub id); or `reward_fn`: `module:function`.
+        alphas: the grid; α = 0 is always added. `search`: refine around the best point, `budget` candidates in all.
+        decoding: sampling settings (seeded identically for every candidate).
+        output: checked to be writable before the work starts (the caller merges the chosen α into it).
+        **options: the fields of `MergeOptions` (dtype, device, alpha_for, revisions, token, progress, ...).
+    """
+    with _transformers_bars(options.get("progress", True)):
+        return _tune(
+            sft,
+            aligned,
+            prompts,
+            reward_model=reward_model,
+            reward_fn=reward_fn,
+            alphas=alphas,
+            search=search,
+            budget=budget,
+            decoding=decoding or Decoding(),
+            prompt_field=prompt_field,
+            split=split,
+            limit=limit,
+            chat_template=chat_template,
+            reward_batch_size=reward_batch_size,
+            output=output,
+            **options,
+        )
+
+
+@contextmanager
+def _transformers_bars(shown: bool) -> Iterator[None]:
+    """--quiet silences transformers' own loading bars too, for the call only."""
+    from transformers.utils import logging
+
+    if shown:
+        yield
+        return
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        logging.enable_progress_bar()
+
+
+def _tune(
+    sft: str | Path,
+    aligned: str | Path,
+    prompts: str,
+    *,
+    reward_model: str | None,
+    reward_fn: str | None,
+    alphas: Sequence[float],
+    search: bool,
+    budget: int | None,
+    decoding: Decoding,
+    prompt_field: str | None,
+    split: str,
+    limit: int | None,
+    chat_template: bool,
+    reward_batch_size: int,
+    output: str | Path | None,
+    **options: Any,
+) -> TuneResult:
+    import torch
+
+    decoding.check()
+    if (reward_model is None) == (reward_fn is None):
+        raise UsageError("pass one of --reward-model or --reward-fn")
+    grid = candidate_alphas(alphas)
+    if budget is not None and budget < len(grid):
+        raise UsageError(f"--budget {budget}: the grid alone has {len(grid)} candidates (α = 0 included)")
+    if budget is not None and not search:
+        raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
+    opts = MergeOptions(**options)
+    texts = load_prompts(prompts, prompt_field, split, limit, opts.token)
+    scorer: Reward | None = RewardFunction(reward_fn) if reward_fn else None
+    targets = {0.0: Path(output)} if output is not None else {}
+    run = prepare(sft, aligned, targets, opts)
+    dominant = run.main.plan.dominant_dtype() or "float32"  # a name
+    if opts.dtype is None and any(
+        dtype_name(t.out_dtype) != dominant for t in run.main.plan.tensors if t.aligned.is_float
+    ):  # the model is loaded in one dtype: candidates are computed in it
+        opts = replace(opts, dtype=dominant)
+        run = prepare(sft, aligned, targets, opts)
+    device = run.device
+    if scorer is None:
+        assert reward_model is not None
+        scorer = RewardModel(reward_model, str(device), reward_batch_size, token=opts.token, warn=opts.warning)
+    # An adapter input: the model is built from its base's folder (every parameter is then written in place);
+    # the tokenizer is the adapter's own when it ships one.
+    folders = input_folders(run.main.aligned)
+    tokenizer_folder = next((f for f in folders if (f / "tokenizer_config.json").is_file()), folders[0])
+    model, tokenizer = _load_policy(folders[-1], tokenizer_folder, dominant, device)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template)
+
+    candidate = CandidateModel.attach(model, run)
+    evaluated: dict[float, Candidate] = {}
+
+    def indistinguishable(a: float, b: float) -> bool:  # the noise floor: their paired gain interval contains 0
+        gain = Bootstrap(len(texts), draws=2000, seed=decoding.seed).mean(
+            per_prompt(evaluated[a].rewards, [r.prompt for r in evaluated[a].responses], len(texts))
+            - per_prompt(evaluated[b].rewards, [r.prompt for r in evaluated[b].responses], len(texts))
+        )
+        return not gain.excludes_zero()
+
+    finder = Search(grid, budget if search else len(grid), indistinguishable=indistinguishable)
+    while (alpha := finder.next()) is not None:
+        evaluated[alpha] = result = _evaluate(candidate, alpha, tokenizer, texts, prompt_ids, decoding, scorer, opts)
+        finder.record(
+            alpha, float(np.mean(per_prompt(result.rewards, [r.prompt for r in result.responses], len(texts))))
+        )
+    rewards = {a: per_prompt(c.rewards, [r.prompt for r in c.responses], len(texts)) for a, c in evaluated.items()}
+    lengths = {
+        a: per_prompt([r.tokens for r in c.responses], [r.prompt for r in c.responses], len(texts))
+        for a, c in evaluated.items()
+    }
+    stats = compare(rewards, lengths, seed=decoding.seed)
+    notes = list(run.main.plan.notes)
+    del model, candidate
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return TuneResult(texts, evaluated, stats, recommend(stats), decoding, scorer.name, dominant, str(device), notes)
+
+
+def _load_policy(weights: Path, side_files: Path, dtype: str, device: Any) -> tuple[Any, Any]:
+    """The aligned model (once, for every candidate) and its tokenizer, left-padding for batched generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(side_files)
+    except Exception as err:  # missing or broken tokenizer files
+        raise InputError(f"--aligned {side_files.name}: cannot load its tokenizer ({_first_line(err)})") from err
+    try:
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype))
+    except Exception as err:  # an architecture transformers cannot build
+        raise InputError(
+            f"--aligned {weights.name}: transformers cannot load it as a causal LM ({_first_line(err)})"
+        ) from err
+    return model.to(device).eval(), tokenizer
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _evaluate(
+    candidate: Any,
+    alpha: float,
+    tokenizer: Any,
+    texts: list[str],
+    prompt_ids: list[list[int]],
+    decoding: Decoding,
+    scorer: Reward,
+    opts: MergeOptions,
+) -> Candidate:
+    from huggingface_hub.utils import tqdm
+
+    update = candidate.set_alpha(alpha, opts)
+    with tqdm(
+        total=len(texts),
+        unit="prompt",
+        desc=f"α={alpha:g}",
+        disable=not opts.progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+        started = time.perf_counter()
+        responses = generate(candidate.model, tokenizer, prompt_ids, decoding, bar.update)
+        generated = time.perf_counter()
+        bar.set_postfix_str("scoring")
+        rewards = scorer.score([texts[r.prompt] for r in responses], [r.text for r in responses])
+        bar.set_postfix_str(f"mean reward {np.mean(rewards):.4g}")
+    return Candidate(alpha, responses, rewards, update, generated - started, time.perf_counter() - generated)

@@ -1,0 +1,132 @@
+"""Sampling responses from a causal LM the same way for every candidate, so that differences between α are paired.
+
+Prompts are rendered with the model's chat template and a generation prompt (as the paper did), grouped by length
+into fixed left-padded batches, and each batch is seeded with `seed + batch number` before `generate`: every
+candidate sees the same prompts, in the same batches, with the same random numbers. Every decoding setting is
+passed explicitly (the model's own generation_config may carry others); the response is cut at the first
+end-of-sequence token, and its length is counted in tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import InputError, UsageError
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How responses are sampled; temperature 0 is greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.9
+    top_k: int = 50
+    samples_per_prompt: int = 1
+    batch_size: int = 8
+    seed: int = 42
+
+    def check(self) -> None:
+        if self.max_new_tokens < 1:
+            raise UsageError(f"--max-new-tokens {self.max_new_tokens}: must be at least 1")
+        if self.temperature < 0:
+            raise UsageError(f"--temperature {self.temperature:g}: must be 0 (greedy) or more")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p {self.top_p:g}: must be in (0, 1]")
+        if self.samples_per_prompt < 1 or self.batch_size < 1:
+            raise UsageError("--samples-per-prompt and --batch-size must be at least 1")
+        if self.temperature == 0 and self.samples_per_prompt > 1:
+            raise UsageError(
+                "--samples-per-prompt > 1 needs sampling: greedy decoding (--temperature 0) gives "
+                "the same response every time"
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Response:
+    prompt: int  # index into the prompts
+    sample: int
+    text: str
+    tokens: int
+
+
+def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
+    """Token ids of each prompt: the chat template with a generation prompt, or the plain text."""
+    if not chat_template:
+        return [tokenizer(p)["input_ids"] for p in prompts]
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            "the aligned model's tokenizer has no chat template; pass --no-chat-template to "
+            "generate from the raw prompt text"
+        )
+    return [
+        list(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": p}], add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for p in prompts
+    ]
+
+
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """End-of-sequence ids: the model's generation config (which may list several), else the tokenizer's."""
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = configured if isinstance(configured, list) else [configured]
+    ids = [i for i in ids if isinstance(i, int)] or [tokenizer.eos_token_id]
+    if ids == [None]:
+        raise InputError("the aligned model defines no end-of-sequence token (eos_token_id)")
+    return ids
+
+
+def generate(
+    model: Any,
+    tokenizer: Any,
+    prompt_ids: Sequence[Sequence[int]],
+    decoding: Decoding,
+    advance: Callable[[int], None] = lambda n: None,
+) -> list[Response]:
+    """Every prompt's responses (prompt-major), generated in fixed seeded batches; `advance(n)` after each batch."""
+    import torch
+    from transformers import GenerationConfig, set_seed
+
+    eos = stop_ids(model, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
+    sampling = decoding.temperature > 0
+    config = GenerationConfig(
+        max_new_tokens=decoding.max_new_tokens,
+        do_sample=sampling,
+        num_return_sequences=decoding.samples_per_prompt,
+        temperature=decoding.temperature if sampling else None,
+        top_p=decoding.top_p if sampling else None,
+        top_k=decoding.top_k if sampling else None,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
+    device = next(model.parameters()).device
+    # Batches of prompts of similar length (less padding), the same batches for every candidate.
+    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    responses = []
+    for number, start in enumerate(range(0, len(order), decoding.batch_size)):
+        members = order[start : start + decoding.batch_size]
+        batch = [prompt_ids[i] for i in members]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        set_seed(decoding.seed + number)
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        for row, tokens in enumerate(out[:, width:].tolist()):
+            cut = next((i for i, token in enumerate(tokens) if token in eos), len(tokens))
+            kept = tokens[:cut]
+            prompt, sample = divmod(row, decoding.samples_per_prompt)
+            responses.append(
+                Response(members[prompt], sample, tokenizer.decode(kept, skip_special_tokens=True), len(kept))
+            )
+        advance(len(batch))
+    return sorted(responses, key=lambda r: (r.prompt, r.sample))
