@@ -95,17 +95,17 @@ def test_a_sink_of_ones_own_gets_what_the_shards_get(tmp_path, llama_pair):
     merged = expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, dtype="float32", progress=False)
     run = prepare(sft, aligned, {0.3: tmp_path / "unused"}, MergeOptions(progress=False, dtype="float32"))
     weights = run.main
-    sink = TensorsSink([(t, torch_dtype(t.out_dtype)) for t in weights.plan.tensors])
+    sink = TensorsSink([(t, torch_dtype(t.out_dtype)) for t in weights.pairing.tensors])
     with weights.sft, weights.aligned:
         stream(
-            weights.plan.tensors,
+            weights.pairing.tensors,
             weights.sft,
             weights.aligned,
-            [Target(run.alphas(0.3, weights.plan), sink)],
+            [Target(run.alphas(0.3, weights.pairing), sink)],
             ChunkEngine(torch.device("cpu")),
             False,
             lambda t, a: None,
         )
     on_disk = read_all(merged.output)
-    for t in weights.plan.tensors:
+    for t in weights.pairing.tensors:
         assert torch.equal(sink.tensors[t.name].view(t.shape), on_disk[t.name]), t.name

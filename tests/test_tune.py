@@ -45,7 +45,7 @@ def grader(tmp_path) -> Path:
 
 def candidate_for(sft: Path, aligned: Path, **options) -> CandidateModel:
     run = prepare(sft, aligned, {}, MergeOptions(progress=False, **options))
-    dtype = getattr(torch, run.main.plan.dominant_dtype())
+    dtype = getattr(torch, run.main.pairing.dominant_dtype())
     return CandidateModel.attach(AutoModelForCausalLM.from_pretrained(aligned, dtype=dtype).eval(), run)
 
 

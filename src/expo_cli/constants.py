@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from huggingface_hub.constants import (
     CONFIG_NAME,
     PYTORCH_WEIGHTS_NAME,
@@ -34,3 +36,7 @@ __all__ = [
     "SAFETENSORS_INDEX_FILE",
     "SAFETENSORS_SINGLE_FILE",
 ]
+
+# `org/name` or `org/name@revision`; characters a Hub repo id may hold. Paths with `+`, spaces or
+# backslashes, or starting with `.`, `/` or `~`, never match.
+REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")

@@ -66,3 +66,9 @@ EXIT_CODES_HELP = (
     "read-only, inside an input); "
     "6 non-finite result; 7 Hub error; 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
 )
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first line (or its type's name when it has no text): enough for a one-line error."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -8,6 +8,7 @@ the next run finds and removes what a dead run left.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import tempfile
@@ -48,6 +49,11 @@ def write_atomically(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_path(path.parent if str(path.parent) else Path("."))
+
+
+def write_json_atomically(path: Path, data: object) -> None:
+    """A JSON record written whole or not at all (see `write_atomically`)."""
+    write_atomically(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode())
 
 
 def fsync_path(path: Path) -> None:

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .core.pairing import IDENTICAL, TensorPlan, plan_merge
+from .core.pairing import IDENTICAL, TensorPair, pair_tensors
 from .core.sources import dtype_code, itemsize, torch_dtype
 from .core.streaming import walk
 from .inputs.resolve import resolve_inputs
@@ -113,10 +113,10 @@ def inspect(
         adapter_stack=adapter_stack,
         allow_architecture_mismatch=allow_architecture_mismatch,
     )
-    plan = plan_merge(sft_ckpt, aligned_ckpt, out_code)
+    pairing = pair_tensors(sft_ckpt, aligned_ckpt, out_code)
     extrapolate = Extrapolator(alpha)
     stats: list[TensorStats] = []
-    compared = [t for t in plan.tensors if t.sft is not None]
+    compared = [t for t in pairing.tensors if t.sft is not None]
     total = sum(t.shared * itemsize(t.aligned.dtype) for t in compared)
     with (
         sft_ckpt,
@@ -135,7 +135,7 @@ def inspect(
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
             if block.last:
                 stats.append(sums.stats(t))
-    return _summarise(stats, alpha, dtype or plan.dominant_dtype() or "float32")
+    return _summarise(stats, alpha, dtype or pairing.dominant_dtype() or "float32")
 
 
 class _Sums:
@@ -174,7 +174,7 @@ class _Sums:
         same = a_raw if a_raw.dtype == rounded.dtype else a_raw.to(rounded.dtype)
         self.changed += int(torch.count_nonzero(torch.ne(rounded, same)))
 
-    def stats(self, t: TensorPlan) -> TensorStats:
+    def stats(self, t: TensorPair) -> TensorStats:
         cosine = self.sa / math.sqrt(self.ss * self.aa) if self.ss and self.aa else 1.0
         result = TensorStats(
             t.name,

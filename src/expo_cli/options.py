@@ -1,13 +1,22 @@
-"""The options of a merge (and of the merges inside `expo tune`), checked once where they are built."""
+"""The options of a merge (and of the merges inside `expo tune`), checked once where they are built.
+
+Every value is validated, and every conflict between options refused, when a `MergeOptions` is made: before any
+input is read, and in one place for the library and the CLI alike.
+"""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from .constants import DEFAULT_MAX_SHARD_SIZE
+from .alpha import AlphaRule, parse_rules
+from .constants import DEFAULT_MAX_SHARD_SIZE, REPO_ID
+from .core.sources import dtype_code
+from .core.writer import parse_size
+from .errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,45 @@ class MergeOptions:
     base: str | None = None
     adapter_stack: str | None = None
     as_adapter: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse bad values and conflicting options now, whatever the order they would be used in later."""
+        _ = self.out_code, self.rules, self.shard_bytes  # each raises on a bad value
+        for role, hub_id in (("sft", self.sft_id), ("aligned", self.aligned_id)):
+            if hub_id is not None and not REPO_ID.match(hub_id):
+                raise UsageError(f"--{role}-id {hub_id!r}: write the Hub repo as org/name or org/name@revision")
+        if self.mistral_format and self.rules:
+            raise UsageError(
+                "--mistral-format cannot take per-tensor α rules: they name Hugging Face tensors, and "
+                "the two formats of one output must hold the same model"
+            )
+        if self.mistral_format and self.stream:
+            raise UsageError("--stream writes the Hugging Face format only; drop --mistral-format")
+        if self.mistral_format and self.as_adapter:
+            raise UsageError("--as-adapter writes a PEFT adapter; drop --mistral-format")
+
+    @cached_property
+    def out_code(self) -> str | None:
+        """The safetensors dtype code of every floating output tensor (None: each aligned tensor's own)."""
+        return dtype_code(self.dtype)
+
+    @cached_property
+    def rules(self) -> list[AlphaRule]:
+        """--alpha-for, --exclude and --include as per-tensor α rules, in the order they apply."""
+        return parse_rules(self.alpha_for, self.include, self.exclude)
+
+    @cached_property
+    def shard_bytes(self) -> int:
+        """--max-shard-size in bytes."""
+        try:
+            size = parse_size(self.max_shard_size)
+        except ValueError as err:
+            raise UsageError(
+                f"--max-shard-size {self.max_shard_size!r}: use a size such as 5GB, 500MB or 2000000000"
+            ) from err
+        if size <= 0:
+            raise UsageError(f"--max-shard-size {self.max_shard_size!r}: must be positive")
+        return size
 
     def warning(self, message: str) -> None:
         (self.warn or _stderr_warning)(message)

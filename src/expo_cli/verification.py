@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
-from .core.extrapolate import Extrapolator
-from .core.pairing import plan_merge
-from .core.sources import TensorSource
+from .core.extrapolate import Extrapolators
+from .core.pairing import pair_tensors
+from .core.sources import TensorSource, compute_dtype
 from .core.streaming import Block, walk
 from .errors import ExpoError, UsageError
 from .inputs.adapters import is_adapter
@@ -136,7 +136,7 @@ def _verify_set(
     recompute: _Recompute,
 ) -> None:
     """Compare every tensor of one set of output files with what its inputs give."""
-    plans = {t.name: t for t in plan_merge(sft, aligned).tensors}
+    plans = {t.name: t for t in pair_tensors(sft, aligned).tensors}
     if set(plans) != set(out.tensors):
         extra, missing = sorted(set(out.tensors) - set(plans)), sorted(set(plans) - set(out.tensors))
         raise VerifyFailed(
@@ -177,7 +177,7 @@ class _Recompute:
 
     def __init__(self, thorough: bool) -> None:
         self.thorough = thorough
-        self._extrapolators: dict[float, Extrapolator] = {}
+        self._extrapolators = Extrapolators()
         self._scratch: Any = None
 
     def differing(self, got, sft, aligned, alpha: float):
@@ -191,8 +191,6 @@ class _Recompute:
         if self._scratch is None or self._scratch.numel() < nbytes:
             self._scratch = torch.empty(nbytes, dtype=torch.uint8)
         expected = self._scratch[:nbytes].view(got.dtype)
-        if alpha not in self._extrapolators:
-            self._extrapolators[alpha] = Extrapolator(alpha)
         self._extrapolators[alpha](sft, aligned, expected)
         bits = getattr(torch, self.INTEGER_VIEWS[got.element_size()])
         if torch.equal(got.view(bits), expected.view(bits)):
@@ -262,7 +260,7 @@ def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:
     """
     import torch
 
-    compute = torch.float64 if torch.float64 in (out_dtype, *in_dtypes) else torch.float32
+    compute = compute_dtype(out_dtype, *in_dtypes)
     u = torch.finfo(compute).eps / 2
     fused = out_dtype in (torch.bfloat16, torch.float16) and all(d == out_dtype for d in in_dtypes)
     weight = 1.0 + alpha if fused else alpha

@@ -15,14 +15,14 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..constants import CHUNK_ELEMENTS
-from .extrapolate import Extrapolator, finite_probe
+from .extrapolate import Extrapolators, finite_probe
 from .sinks import TensorSink
 from .writer import TensorSpec
 
 
 class ChunkEngine:
     def __init__(self, device: torch.device, chunk: int = CHUNK_ELEMENTS) -> None:
-        self._extrapolators: dict[float, Extrapolator] = {}
+        self._extrapolators = Extrapolators()
         self.device = device
         self.cuda = device.type == "cuda"
         self.chunk_bytes = chunk * 8  # room for any dtype (float64 at most)
@@ -33,11 +33,6 @@ class ChunkEngine:
             self._staged: list[torch.cuda.Event | None] = [None, None]
             self._slot = 0
             self._gpu = [torch.empty(self.chunk_bytes, dtype=torch.uint8, device=device) for _ in range(3)]
-
-    def _extrapolator(self, alpha: float) -> Extrapolator:
-        if alpha not in self._extrapolators:
-            self._extrapolators[alpha] = Extrapolator(alpha)
-        return self._extrapolators[alpha]
 
     def extrapolate(
         self,
@@ -58,7 +53,7 @@ class ChunkEngine:
         probes = []
         for alpha, sink in targets:
             out = sink.buffer(t, start, stop)
-            result, ready = self._into(out, lambda res, a=alpha: self._extrapolator(a)(sft, aligned, res))
+            result, ready = self._into(out, lambda res, a=alpha: self._extrapolators[a](sft, aligned, res))
             probes.append(finite_probe(result))
             sink.put(t, start, stop, out, ready)
         return probes

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
-    return torch.float64 if torch.float64 in dtypes else torch.float32
+from .sources import compute_dtype
 
 
 class Extrapolator:
@@ -43,6 +41,14 @@ class Extrapolator:
         if out.dtype == wide:
             return torch.add(aligned, delta, alpha=self.alpha, out=out)
         return out.copy_(torch.add(aligned, delta, alpha=self.alpha, out=delta))
+
+
+class Extrapolators(dict[float, Extrapolator]):
+    """One `Extrapolator` per α, made on first use, so that each keeps its scratch buffers from chunk to chunk."""
+
+    def __missing__(self, alpha: float) -> Extrapolator:
+        made = self[alpha] = Extrapolator(alpha)
+        return made
 
 
 def finite_probe(chunk: torch.Tensor) -> torch.Tensor:

@@ -25,8 +25,8 @@ IDENTICAL = "the two checkpoints are identical: extrapolation changes nothing; i
 
 
 @dataclass(frozen=True)
-class TensorPlan:
-    """How one output tensor is made."""
+class TensorPair:
+    """One output tensor and the input tensors it is made from: the aligned one, and its SFT counterpart."""
 
     name: str
     aligned: TensorInfo
@@ -48,8 +48,10 @@ class TensorPlan:
 
 
 @dataclass
-class MergePlan:
-    tensors: list[TensorPlan]
+class Pairing:
+    """How the tensors of two checkpoints pair up, decided from their headers alone."""
+
+    tensors: list[TensorPair]
     notes: list[str]  # what was handled automatically, for the user to read
 
     def dominant_dtype(self) -> str | None:
@@ -99,7 +101,7 @@ def check_configs(sft: TensorSource, aligned: TensorSource, allow_architecture_m
             )
 
 
-def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None = None) -> MergePlan:
+def pair_tensors(sft: TensorSource, aligned: TensorSource, out_dtype: str | None = None) -> Pairing:
     """Pair every aligned tensor with its SFT counterpart; raise MismatchError naming what cannot be paired.
 
     Args:
@@ -107,7 +109,7 @@ def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None =
     """
     notes: list[str] = []
     problems: list[str] = []
-    plans: list[TensorPlan] = []
+    plans: list[TensorPair] = []
     used: set[str] = set()
     for name, a in aligned.tensors.items():  # file order: the output is written as the aligned model is read
         s = sft.tensors.get(name)
@@ -118,7 +120,7 @@ def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None =
         if s is None:
             if LEGACY_BUFFERS.search(name):
                 notes.append(f"{name}: a buffer only the aligned model stores; copied unchanged")
-                plans.append(TensorPlan(name, a, None, a.dtype, 0))
+                plans.append(TensorPair(name, a, None, a.dtype, 0))
                 continue
             problems.append(f"{name} {_shape(a)} is missing from sft")
             continue
@@ -129,7 +131,7 @@ def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None =
         if not a.is_float:
             if a.shape != s.shape:
                 problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)}")
-            plans.append(TensorPlan(name, a, None, a.dtype, 0))
+            plans.append(TensorPair(name, a, None, a.dtype, 0))
             continue
         shared = a.numel
         if a.shape != s.shape:
@@ -149,7 +151,7 @@ def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None =
             )
         if s.dtype != a.dtype:
             notes.append(f"{name}: sft is {s.dtype}, aligned {a.dtype}; computed in float32 or wider")
-        plans.append(TensorPlan(name, a, s, out_dtype or a.dtype, shared))
+        plans.append(TensorPair(name, a, s, out_dtype or a.dtype, shared))
 
     for name, s in sft.tensors.items():
         if name in used or name in aligned.tensors:
@@ -166,4 +168,4 @@ def plan_merge(sft: TensorSource, aligned: TensorSource, out_dtype: str | None =
             f"the checkpoints do not match: {'; '.join(problems[:SHOWN])}{more}; "
             "--sft must be the checkpoint --aligned was trained from"
         )
-    return MergePlan(tensors=plans, notes=notes)
+    return Pairing(tensors=plans, notes=notes)

@@ -39,6 +39,13 @@ def itemsize(code: str) -> int:
 FLOAT_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
+def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """The widening rule of all arithmetic on tensors: float64 when any side is float64, else float32."""
+    import torch
+
+    return torch.float64 if torch.float64 in dtypes else torch.float32
+
+
 def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (floating codes only)."""
     import torch

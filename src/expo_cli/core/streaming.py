@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ..constants import CHUNK_ELEMENTS
 from ..errors import NonFiniteError
-from .pairing import TensorPlan
+from .pairing import TensorPair
 from .sinks import TensorSink
 from .sources import TensorSource, blocks, dtype_name, itemsize
 
@@ -30,19 +30,19 @@ if TYPE_CHECKING:
 class Block:
     """Elements [start, stop) of one tensor: [start, shared_stop) extrapolated, [shared_stop, stop) copied."""
 
-    tensor: TensorPlan
+    tensor: TensorPair
     start: int
     stop: int
     shared_stop: int
     last: bool  # the tensor's last block
 
 
-def tensor_blocks(t: TensorPlan, limit: int) -> list[tuple[int, int]]:
+def tensor_blocks(t: TensorPair, limit: int) -> list[tuple[int, int]]:
     return list(blocks(t.numel, t.aligned.row_numel, limit))
 
 
 def walk(
-    tensors: Sequence[TensorPlan], sft: TensorSource, aligned: TensorSource, limit: int | None = None
+    tensors: Sequence[TensorPair], sft: TensorSource, aligned: TensorSource, limit: int | None = None
 ) -> Iterator[Block]:
     """Every block of every tensor, in order, each read ahead of its turn."""
     limit = limit or CHUNK_ELEMENTS
@@ -58,7 +58,7 @@ def walk(
             yield Block(t, start, stop, max(start, shared_stop), i + 1 == len(spans))
 
 
-def _prefetch(t: TensorPlan, sft: TensorSource, aligned: TensorSource, start: int, stop: int) -> None:
+def _prefetch(t: TensorPair, sft: TensorSource, aligned: TensorSource, start: int, stop: int) -> None:
     aligned.prefetch(t.aligned, start, stop)
     if t.sft is not None and start < t.shared:
         sft.prefetch(t.sft, start, min(stop, t.shared))
@@ -73,13 +73,13 @@ class Target:
 
 
 def stream(
-    tensors: Sequence[TensorPlan],
+    tensors: Sequence[TensorPair],
     sft: TensorSource,
     aligned: TensorSource,
     targets: Sequence[Target],
     engine: ChunkEngine,
     progress: bool,
-    nonfinite: Callable[[TensorPlan, float], None],
+    nonfinite: Callable[[TensorPair, float], None],
     limit: int | None = None,
 ) -> None:
     """Read every block of both inputs once and hand every target its result.
@@ -140,7 +140,7 @@ def stream(
 
 
 def explain_nonfinite(
-    t: TensorPlan, sft: TensorSource, aligned: TensorSource, alpha: float, *, strict: bool, warn: Callable[[str], None]
+    t: TensorPair, sft: TensorSource, aligned: TensorSource, alpha: float, *, strict: bool, warn: Callable[[str], None]
 ) -> None:
     """Explain an inf/NaN result: inherited from an input (a warning) or made by the arithmetic (an error)."""
     import torch

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.sources import TensorInfo, TensorSource, torch_dtype
+from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
 from ..errors import InputError, MismatchError
 from .checkpoint import WEIGHT_LAYOUTS, Checkpoint, read_weights
 
@@ -279,7 +279,7 @@ class LoraSource:
         if name in self.adapter.bias_updates:
             bias, scale = self.adapter.bias_updates[name]
             base = self._origin(info, start, stop)
-            wide = _wide(base)
+            wide = compute_dtype(base.dtype)
             return base.to(wide) + scale * self.adapter.weights.flat(bias, start, stop).to(wide)
         return self._origin(info, start, stop)
 
@@ -294,7 +294,7 @@ class LoraSource:
         cols = info.shape[1]
         first, last = start // cols, -(-stop // cols)
         base = self._origin(info, first * cols, last * cols)
-        wide = _wide(base)
+        wide = compute_dtype(base.dtype)
         weights = self.adapter.weights
         a = weights.flat(update.a, 0, update.a.numel).to(wide).view(update.a.shape)
         b = weights.flat(update.b, 0, update.b.numel).to(wide).view(update.b.shape)
@@ -319,12 +319,6 @@ class LoraSource:
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         if info.name not in self.adapter.whole:
             self.base.prefetch(info, start, stop)
-
-
-def _wide(tensor: torch.Tensor) -> torch.dtype:
-    import torch
-
-    return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
 def own_tensors(source: TensorSource) -> dict[str, TensorInfo]:

@@ -24,7 +24,7 @@ from ..constants import (
     SAFETENSORS_SINGLE_FILE,
 )
 from ..core.sources import FLOAT_DTYPES, OTHER_DTYPES, TensorInfo, itemsize, torch_dtype
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -414,9 +414,8 @@ def _load_bin(file: Path) -> dict[str, torch.Tensor]:
                 raise
             state = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(
-            f"{file}: refused or unreadable PyTorch file ({first}); only plain tensors are loaded"
+            f"{file}: refused or unreadable PyTorch file ({first_line(err)}); only plain tensors are loaded"
         ) from err
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()

@@ -7,22 +7,25 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..constants import CONFIG_NAME, PYTORCH_INDEX_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE, VERSION
+from ..constants import (
+    CONFIG_NAME,
+    PYTORCH_INDEX_FILE,
+    REPO_ID,
+    SAFETENSORS_INDEX_FILE,
+    SAFETENSORS_SINGLE_FILE,
+    VERSION,
+)
 from ..core.sources import TensorInfo
-from ..errors import HubError, InputError
+from ..errors import HubError, InputError, first_line
 from .adapters import ADAPTER_CONFIG
 from .checkpoint import check_supported, parse_entry
 
-# `org/name` or `org/name@revision`; characters a Hub repo id may hold. Paths with `+`, spaces or
-# backslashes, or starting with `.`, `/` or `~`, never match.
-REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 # What a merge needs from a repo besides the weights: configs, tokenizer, chat template, custom code.
 # (expo's side-file policy then picks from these what the output carries.)
 SIDE_FILES = [
@@ -94,7 +97,7 @@ def hub_errors(repo_id: str, revision: str | None = None, action: str = "downloa
         if status in (401, 403):
             need = "write access" if action == "upload" else "read access"
             raise HubError(f"{at}: the Hub refused the token ({status}); set HF_TOKEN to a token with {need}") from err
-        raise HubError(f"{at}: {action} failed: {str(err).splitlines()[0]}; run again to resume") from err
+        raise HubError(f"{at}: {action} failed: {first_line(err)}; run again to resume") from err
     except Exception as err:
         cause = _network_cause(err)
         if cause is None:

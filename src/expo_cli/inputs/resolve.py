@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..alpha import AlphaRule, check_rules_match
-from ..core.pairing import check_configs, plan_merge
+from ..core.pairing import check_configs, pair_tensors
 from ..core.sources import TensorSource
 from ..errors import MismatchError, UsageError
 from ..fsutil import check_apart, check_output, same_path
@@ -218,7 +218,7 @@ def _resolve_pair(
     views = {role: remote.get(role) or load_checkpoint(local[role], role) for role in specs}
     check_configs(views["sft"], views["aligned"], allow_architecture_mismatch)
     if all(view.tensors for view in views.values()):  # .bin repos have no headers to read remotely
-        pairs = plan_merge(views["sft"], views["aligned"], out_code)
+        pairs = pair_tensors(views["sft"], views["aligned"], out_code)
         check_rules_match(rules, [t.name for t in pairs.tensors if t.sft is not None])
     if not download:
         return views["sft"], views["aligned"]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.pairing import MergePlan, TensorPlan
+from ..core.pairing import Pairing, TensorPair
 from ..core.sources import TensorInfo, TensorSource, torch_dtype
 from ..core.writer import mirror_shards
 from ..errors import UsageError
@@ -92,7 +92,7 @@ def adapter_weight_set(
         if len(alphas) != 1:
             raise UsageError("--as-adapter: two continued adapters combine for one α at a time; run one per α")
         return _combined(sft, aligned, alphas[0])
-    plans = []
+    pairs = []
     for key, info in adapter.weights.tensors.items():
         name = key[len(adapter.prefix) :]
         if name.endswith(B_FACTORS):
@@ -101,12 +101,12 @@ def adapter_weight_set(
             against = None  # lora_A, and an embedding's saved base layer (unchanged base): copied
         else:
             against = aligned.base.tensors[name.replace(".base_layer.", ".")]
-        plans.append(TensorPlan(key, info, against, info.dtype, info.numel if against is not None else 0))
+        pairs.append(TensorPair(key, info, against, info.dtype, info.numel if against is not None else 0))
     weights = WeightSet(
         AgainstSource(aligned.base),
         adapter.weights,
-        MergePlan(plans, []),
-        mirror_shards(plans, [ADAPTER_FILE] * len(plans)),
+        Pairing(pairs, []),
+        mirror_shards(pairs, [ADAPTER_FILE] * len(pairs)),
         None,
     )
     return weights, json.loads((adapter.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
@@ -119,8 +119,8 @@ def _is_base_layer_of_update(name: str, adapter: Adapter) -> bool:
 def _combined(sft: LoraSource, aligned: LoraSource, alpha: float) -> tuple[WeightSet, dict]:
     """One adapter of rank r₁ + r₂ per module for (1+α)·Δ₂ − α·Δ₁, both relative to the base (`CombinedSource`)."""
     source = CombinedSource(sft, aligned, alpha)
-    plans = [TensorPlan(name, info, None, info.dtype, 0) for name, info in source.tensors.items()]
-    weights = WeightSet(source, source, MergePlan(plans, []), mirror_shards(plans, [ADAPTER_FILE] * len(plans)), None)
+    pairs = [TensorPair(name, info, None, info.dtype, 0) for name, info in source.tensors.items()]
+    weights = WeightSet(source, source, Pairing(pairs, []), mirror_shards(pairs, [ADAPTER_FILE] * len(pairs)), None)
     return weights, source.adapter_config()
 
 

@@ -17,14 +17,15 @@ from ..options import MergeOptions
 from .execution import MergeResult, execute, execute_to_hub
 from .parts import finish_parts as finish_all
 from .parts import parse_part, run_part
-from .planning import Plan, RunPlan, prepare
+from .planning import prepare
+from .run import Plan, PreparedRun
 from .upload import push
 
 __all__ = [
     "MergeOptions",
     "MergeResult",
     "Plan",
-    "RunPlan",
+    "PreparedRun",
     "finish_parts",
     "merge",
     "merge_part",

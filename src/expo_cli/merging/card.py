@@ -46,10 +46,6 @@ class Source:
             return cls(repo, repo, match["sha"], layout_sha256)
         return cls(path.resolve().name, None, None, layout_sha256)
 
-    @property
-    def label(self) -> str:
-        return f"{self.repo_id}@{self.revision}" if self.repo_id and self.revision else self.name
-
     def to_json(self) -> dict[str, str]:
         fields = {
             "name": self.name,

@@ -28,7 +28,7 @@ from ..inputs.adapters import ADAPTER_CONFIG
 from ..options import MergeOptions
 from . import sidefiles
 from .card import provenance, write_config, write_model_card
-from .planning import RunPlan
+from .run import PreparedRun
 from .staging import Staging, remove_partial
 from .upload import Uploader, commit, prepare_repo, upload_operations
 
@@ -58,7 +58,7 @@ class MergeResult:
         return {**asdict(self), "output": str(self.output), "gb_per_s": round(self.bytes_per_s / 1e9, 3)}
 
 
-def execute(run: RunPlan, opts: MergeOptions) -> list[MergeResult]:
+def execute(run: PreparedRun, opts: MergeOptions) -> list[MergeResult]:
     """Write every output of the run into its temporary folder, finish it, and rename it into place."""
     started = time.perf_counter()
     for leftover in run.leftovers:
@@ -77,26 +77,26 @@ def execute(run: RunPlan, opts: MergeOptions) -> list[MergeResult]:
     return [result_of(run, alpha, output, seconds) for alpha, output in run.targets.items()]
 
 
-def result_of(run: RunPlan, alpha: float, output: Path, seconds: float) -> MergeResult:
+def result_of(run: PreparedRun, alpha: float, output: Path, seconds: float) -> MergeResult:
     assert run.side_files is not None, "a run that writes has its inputs on disk"
     return MergeResult(
         output=output.resolve(),
         alpha=alpha,
         formula=formula(alpha),
         device=str(run.device),
-        tensors=sum(len(w.plan.tensors) for w in run.weights),
-        extrapolated=sum(w.plan.extrapolated for w in run.weights),
-        bytes_read=sum(w.plan.bytes_read for w in run.weights),
+        tensors=sum(len(w.pairing.tensors) for w in run.weights),
+        extrapolated=sum(w.pairing.extrapolated for w in run.weights),
+        bytes_read=sum(w.pairing.bytes_read for w in run.weights),
         bytes_written=sum(w.bytes_written for w in run.weights),
         shards=[s.filename for w in run.weights for s in w.shards],
         seconds=seconds,
-        notes=[n for w in run.weights for n in w.plan.notes],
+        notes=[n for w in run.weights for n in w.pairing.notes],
         skipped_files=run.side_files.listing(),
     )
 
 
 def execute_to_hub(
-    run: RunPlan,
+    run: PreparedRun,
     opts: MergeOptions,
     repo_id: str,
     *,
@@ -129,7 +129,7 @@ def execute_to_hub(
 
 
 def write_shards(
-    run: RunPlan,
+    run: PreparedRun,
     folders: dict[float, Path],
     opts: MergeOptions,
     only: Collection[str] | None = None,
@@ -158,7 +158,7 @@ def write_shards(
             with weights.sft, weights.aligned:
                 pool = BufferPool(shards, pinned=engine.cuda)
                 sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
-                targets = [Target(run.alphas(alpha, weights.plan), sink) for alpha, sink in sinks.items()]
+                targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
                 try:
                     stream(
                         tensors,
@@ -182,7 +182,7 @@ def write_shards(
     return checksums
 
 
-def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], uploaded: bool = False) -> None:
+def finish(run: PreparedRun, alpha: float, folder: Path, checksums: dict[str, str], uploaded: bool = False) -> None:
     """Everything of one output but its shards: indexes, config.json with provenance, side files, model card.
 
     The shards must all be in `folder`, complete (parts written elsewhere), unless they were `uploaded` already.
@@ -205,7 +205,7 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], 
         *run.sources,
         VERSION,
         dtype=run.dtype,
-        notes=[n for w in run.weights for n in w.plan.notes],
+        notes=[n for w in run.weights for n in w.pairing.notes],
         rules=[r.to_json() for r in run.rules],
         shards=checksums,
         shard_sizes={s.filename: s.size for w in run.weights for s in w.shards},
@@ -215,7 +215,7 @@ def finish(run: RunPlan, alpha: float, folder: Path, checksums: dict[str, str], 
         **({"output": "peft-adapter"} if run.adapter_config else {}),
     )
     if run.adapter_config is None:
-        write_config(run.main.aligned.config, run.main.plan.dominant_dtype(), record, folder)
+        write_config(run.main.aligned.config, run.main.pairing.dominant_dtype(), record, folder)
     else:  # a PEFT adapter: its config (unchanged unless two adapters were combined); no config.json
         write_durably(folder / ADAPTER_CONFIG, (json.dumps(run.adapter_config, indent=2) + "\n").encode())
     sidefiles.copy_all(side, run.side_folder or run.main.aligned.path, folder)

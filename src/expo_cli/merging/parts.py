@@ -21,10 +21,10 @@ from pathlib import Path
 
 from ..core.writer import Shard
 from ..errors import OutputError, UsageError
-from ..fsutil import check_space, fsync_path, write_durably
+from ..fsutil import check_space, write_durably, write_json_atomically
 from ..options import MergeOptions
 from .execution import MergeResult, finish, result_of, write_shards
-from .planning import RunPlan
+from .run import PreparedRun
 from .staging import publish
 
 
@@ -89,7 +89,7 @@ def folders(output: Path) -> tuple[Path, Path]:
     return shared, Path(f"{shared}.control")
 
 
-def run_part(run: RunPlan, part: Part, opts: MergeOptions) -> MergeResult | None:
+def run_part(run: PreparedRun, part: Part, opts: MergeOptions) -> MergeResult | None:
     """Write this part's shards; finish the output if it is the last part. Returns the result once finished."""
     started = time.perf_counter()
     ((alpha, output),) = run.targets.items()
@@ -104,7 +104,7 @@ def run_part(run: RunPlan, part: Part, opts: MergeOptions) -> MergeResult | None
     (control / part.record).unlink(missing_ok=True)
     checksums = write_shards(run, {alpha: shared}, opts, only=mine)[alpha]
     sizes = {s.filename: s.size for w in run.weights for s in w.shards if s.filename in mine}
-    _write_json(
+    write_json_atomically(
         control / part.record,
         {"part": str(part), "shards": {n: {"bytes": sizes[n], "sha256": checksums[n]} for n in sorted(mine)}},
     )
@@ -119,7 +119,7 @@ def run_part(run: RunPlan, part: Part, opts: MergeOptions) -> MergeResult | None
     return finish_parts(run, part.count, opts, started)
 
 
-def finish_parts(run: RunPlan, count: int, opts: MergeOptions, started: float | None = None) -> MergeResult:
+def finish_parts(run: PreparedRun, count: int, opts: MergeOptions, started: float | None = None) -> MergeResult:
     """Check that every part recorded its shards and they are all there, then finish and publish the output."""
     started = started if started is not None else time.perf_counter()
     ((alpha, output),) = run.targets.items()
@@ -143,7 +143,7 @@ def finish_parts(run: RunPlan, count: int, opts: MergeOptions, started: float | 
     return result_of(run, alpha, output, time.perf_counter() - started)
 
 
-def _agree(run: RunPlan, control: Path) -> None:
+def _agree(run: PreparedRun, control: Path) -> None:
     """Every part must plan the same run: the first records its plan, the others compare theirs with it."""
     plan = json.dumps(run.to_json(), indent=1, sort_keys=True)
     path = control / "plan.json"
@@ -159,11 +159,3 @@ def _agree(run: RunPlan, control: Path) -> None:
             ) from None
     finally:
         temporary.unlink()
-
-
-def _write_json(path: Path, data: object) -> None:
-    """Write a record whole or not at all: a temporary file renamed into place."""
-    temporary = path.with_suffix(".tmp")
-    write_durably(temporary, json.dumps(data, indent=1, sort_keys=True).encode())
-    os.rename(temporary, path)
-    fsync_path(path.parent)

@@ -32,8 +32,8 @@ def stale_partials(output: Path) -> list[Path]:
     Each run records beside its folder who owns it (`<folder>.owner`: host and pid) and touches that record
     every HEARTBEAT_SECONDS. On the same host a folder is stale when its process is gone; a folder of another
     host (a shared file system, a job array) only when its record has not been touched for STALE_AFTER_SECONDS,
-    since another host's pids mean nothing here. A folder without a record (expo before 0.2) is judged by the
-    pid in its name.
+    since another host's pids mean nothing here. A folder whose record is missing or unreadable (a run killed
+    while writing it) is judged by the pid in its name.
     """
     parent = Path(os.path.abspath(output)).parent
     if not parent.is_dir():
@@ -55,7 +55,7 @@ def _owner_alive(folder: Path, name: str) -> bool:
     try:
         owner = json.loads(record.read_text())
         host, pid, touched = owner["host"], int(owner["pid"]), record.stat().st_mtime
-    except (OSError, ValueError, KeyError, TypeError):  # no record: a folder of an older expo
+    except (OSError, ValueError, KeyError, TypeError):  # no readable record: judged by the pid in the name
         pid_text = folder.name[len(f"{PARTIAL_PREFIX}{name}-") :].split("-")[0]
         return pid_text.isdigit() and _alive(int(pid_text))
     if host == socket.gethostname():

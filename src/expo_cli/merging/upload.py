@@ -13,9 +13,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..constants import CONFIG_NAME, VERSION
+from ..constants import CONFIG_NAME, REPO_ID, VERSION
 from ..errors import InputError
-from ..inputs.hub import REPO_ID, api, hub_errors
+from ..inputs.hub import api, hub_errors
 
 
 def push(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..core.pairing import MergePlan
+from ..core.pairing import Pairing
 from ..core.sources import TensorSource
 from ..core.writer import Shard
 
@@ -15,7 +15,7 @@ class WeightSet:
 
     sft: TensorSource
     aligned: TensorSource
-    plan: MergePlan
+    pairing: Pairing
     shards: list[Shard]
     index_name: str | None  # written when there are several shards
 

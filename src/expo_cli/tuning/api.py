@@ -23,7 +23,7 @@ import numpy as np
 
 from ..alpha import check_alphas
 from ..core.sources import dtype_name
-from ..errors import InputError, OutputError, UsageError
+from ..errors import InputError, OutputError, UsageError, first_line
 from ..fsutil import write_atomically
 from ..inputs.adapters import input_folders
 from ..merging.api import prepare
@@ -288,9 +288,9 @@ def _tune(
     scorer: Reward | None = RewardFunction(reward_fn) if reward_fn else None
     targets = {0.0: Path(output)} if output is not None else {}
     run = prepare(sft, aligned, targets, opts)
-    dominant = run.main.plan.dominant_dtype() or "float32"  # a name
+    dominant = run.main.pairing.dominant_dtype() or "float32"  # a name
     if opts.dtype is None and any(
-        dtype_name(t.out_dtype) != dominant for t in run.main.plan.tensors if t.aligned.is_float
+        dtype_name(t.out_dtype) != dominant for t in run.main.pairing.tensors if t.aligned.is_float
     ):  # the model is loaded in one dtype: candidates are computed in it
         opts = replace(opts, dtype=dominant)
         run = prepare(sft, aligned, targets, opts)
@@ -327,7 +327,7 @@ def _tune(
         for a, c in evaluated.items()
     }
     stats = compare(rewards, lengths, seed=decoding.seed)
-    notes = list(run.main.plan.notes)
+    notes = list(run.main.pairing.notes)
     del model, candidate
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -342,19 +342,14 @@ def _load_policy(weights: Path, side_files: Path, dtype: str, device: Any) -> tu
     try:
         tokenizer = AutoTokenizer.from_pretrained(side_files)
     except Exception as err:  # missing or broken tokenizer files
-        raise InputError(f"--aligned {side_files.name}: cannot load its tokenizer ({_first_line(err)})") from err
+        raise InputError(f"--aligned {side_files.name}: cannot load its tokenizer ({first_line(err)})") from err
     try:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype))
     except Exception as err:  # an architecture transformers cannot build
         raise InputError(
-            f"--aligned {weights.name}: transformers cannot load it as a causal LM ({_first_line(err)})"
+            f"--aligned {weights.name}: transformers cannot load it as a causal LM ({first_line(err)})"
         ) from err
     return model.to(device).eval(), tokenizer
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _evaluate(

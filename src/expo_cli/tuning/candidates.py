@@ -24,7 +24,7 @@ from ..errors import MismatchError
 if TYPE_CHECKING:
     import torch
 
-    from ..merging.api import RunPlan
+    from ..merging.api import PreparedRun
     from ..options import MergeOptions
 
 
@@ -33,17 +33,17 @@ class CandidateModel:
     """A model whose parameters are set to θ(α) by `set_alpha`."""
 
     model: torch.nn.Module
-    run: RunPlan
+    run: PreparedRun
     sink: ParameterSink
     alpha: float | None = None
 
     @classmethod
-    def attach(cls, model: torch.nn.Module, run: RunPlan) -> CandidateModel:
+    def attach(cls, model: torch.nn.Module, run: PreparedRun) -> CandidateModel:
         """Map every checkpoint tensor of the run to the model tensor it is loaded into; refuse what cannot be
         written exactly (a parameter no tensor writes, a shape or dtype that differs)."""
         state = model.state_dict(keep_vars=True)
         targets: dict[str, torch.Tensor] = {}
-        for t in run.main.plan.tensors:
+        for t in run.main.pairing.tensors:
             held = state.get(t.name)
             if held is None:
                 continue  # not part of the model (transformers ignores it when loading, too)
@@ -79,14 +79,14 @@ class CandidateModel:
 
         started = time.perf_counter()
         weights = self.run.main
-        tensors = [t for t in weights.plan.tensors if t.name in self.sink.targets]
+        tensors = [t for t in weights.pairing.tensors if t.name in self.sink.targets]
         device = next(iter(self.sink.targets.values())).device
         with torch.no_grad(), weights.sft, weights.aligned:
             stream(
                 tensors,
                 weights.sft,
                 weights.aligned,
-                [Target(self.run.alphas(alpha, weights.plan), self.sink)],
+                [Target(self.run.alphas(alpha, weights.pairing), self.sink)],
                 ChunkEngine(device),
                 False,
                 lambda t, a: explain_nonfinite(

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, first_line
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 
@@ -139,4 +139,4 @@ def _read_dataset(name: str, split: str, token: str | None) -> Iterable[Any]:
     try:
         return datasets.load_dataset(name, split=split, token=token)
     except Exception as err:  # network, missing split, parse errors: all the user's to fix
-        raise InputError(f"--prompts {name} --split {split}: cannot load it ({str(err).splitlines()[0]})") from err
+        raise InputError(f"--prompts {name} --split {split}: cannot load it ({first_line(err)})") from err

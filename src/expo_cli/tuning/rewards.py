@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import InputError, UsageError
+from ..errors import InputError, UsageError, first_line
 
 
 class Reward(Protocol):
@@ -105,8 +105,9 @@ class RewardModel:
                 .eval()
             )
         except Exception as err:  # missing files, wrong architecture, no network
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise InputError(f"--reward-model {path}: cannot load a sequence-classification model ({first})") from err
+            raise InputError(
+                f"--reward-model {path}: cannot load a sequence-classification model ({first_line(err)})"
+            ) from err
         if self.model.config.num_labels != 1:
             raise InputError(
                 f"--reward-model {path}: has {self.model.config.num_labels} labels; a reward model "
