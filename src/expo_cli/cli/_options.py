@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
@@ -160,3 +161,38 @@ def run_options(quiet: bool, **values: Any) -> dict[str, Any]:
         "warn": out.warning,
         "info": out.ignore if quiet else out.info,
     }
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """--push-to-hub and the options that say how to publish there: one object for merge, tune and push."""
+
+    repo_id: str
+    private: bool = False
+    revision: str | None = None
+    commit_message: str | None = None
+    create_pr: bool = False
+    token: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        repo_id: str | None,
+        private: bool,
+        revision: str | None,
+        commit_message: str | None,
+        create_pr: bool,
+        token: str | None,
+    ) -> HubTarget | None:
+        """The target a command's flags name, or None without --push-to-hub."""
+        return cls(repo_id, private, revision, commit_message, create_pr, token) if repo_id else None
+
+    def settings(self) -> dict[str, Any]:
+        """How to publish, as keyword arguments of `expo_cli.push` and `expo_cli.merge_to_hub` (the token is
+        passed with the merge options)."""
+        return {
+            "private": self.private,
+            "revision": self.revision,
+            "commit_message": self.commit_message,
+            "create_pr": self.create_pr,
+        }

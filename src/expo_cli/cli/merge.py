@@ -6,7 +6,8 @@ Usage:
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -28,6 +29,7 @@ from ._options import (
     DtypeOpt,
     ExcludeOpt,
     ForceOpt,
+    HubTarget,
     IncludeOpt,
     JsonOpt,
     MaxShardSizeOpt,
@@ -43,6 +45,9 @@ from ._options import (
     TokenOpt,
     run_options,
 )
+
+if TYPE_CHECKING:
+    from ..merging.api import MergeResult
 
 MERGE_EXAMPLES = [
     "expo merge --sft ./zephyr-sft --aligned ./zephyr-dpo --output ./zephyr-expo --alpha 0.5",
@@ -164,13 +169,11 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-
-    import expo_cli
-
     from ..alpha import parse_alphas
-    from ..fsutil import human_bytes
 
     alphas = parse_alphas(alpha)
+    hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
+    mode = _mode(alphas, output, stream, part, finish, parts, hub)
     options = run_options(
         quiet or dry_run,
         dtype=dtype,
@@ -195,11 +198,38 @@ def merge(
         mistral_format=mistral_format,
         as_adapter=as_adapter,
     )
-    if push_to_hub and len(alphas) > 1:
+    if dry_run:
+        _dry_run(sft, aligned, output or _scratch_output(scratch, hub), alphas, options, mode, json)
+        return
+    results, commit_url = _run(
+        mode, sft, aligned, output, alphas, options, part=part, parts=parts, scratch=scratch, hub=hub
+    )
+    if results is None:  # a part whose siblings are still running, or another one finishes
+        if json:
+            out.result_json({"part": part, "finished": False})
+        return
+    if hub is not None and mode != "stream":
+        from .push import upload
+
+        commit_url = upload(results[0].output, hub, quiet)
+    _report(results, commit_url, hub, streamed=mode == "stream", quiet=quiet, json=json)
+
+
+def _mode(
+    alphas: list[float],
+    output: str | None,
+    stream: bool,
+    part: str | None,
+    finish: bool,
+    parts: int | None,
+    hub: HubTarget | None,
+) -> str:
+    """Which merge the flags ask for: "stream", "part", "finish", "sweep" or "one"; flags that conflict are refused."""
+    if hub is not None and len(alphas) > 1:
         raise typer.BadParameter(
             "takes one α; publish sweep outputs one by one with expo push", param_hint="--push-to-hub"
         )
-    if stream and not push_to_hub:
+    if stream and hub is None:
         raise typer.BadParameter(
             "needs --push-to-hub ORG/NAME: the output goes straight to the Hub", param_hint="--stream"
         )
@@ -216,80 +246,98 @@ def merge(
     if finish and not parts:
         raise typer.BadParameter("--finish needs --parts N", param_hint="--finish")
     if stream:
-        options["stream"] = True
-    if dry_run:
-        if stream:  # where the shards would go on their way to the Hub
-            import tempfile
-            from pathlib import Path
+        return "stream"
+    if part or finish:
+        return "part" if part else "finish"
+    return "sweep" if len(alphas) > 1 else "one"
 
-            output = str(Path(scratch or tempfile.gettempdir()) / push_to_hub.rsplit("/", 1)[-1])
-        plan = expo_cli.plan(sft, aligned, output, alphas, **options)
-        if json:
-            out.result_json(plan.to_json())
-        else:
-            for line in plan.describe():
-                out.result(line)
-        return
-    commit_url = None
-    if stream:
-        options.pop("stream")
-        result, commit_url = expo_cli.merge_to_hub(
-            sft,
-            aligned,
-            push_to_hub,
-            alphas[0],
-            scratch=scratch,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            **options,
-        )
-        results = [result]
-    elif part:
-        finished = expo_cli.merge_part(sft, aligned, output, alphas[0], part, parts, **options)
-        if finished is None:  # the other parts are still running, or another one finishes
-            if json:
-                out.result_json({"part": part, "finished": False})
-            return
-        results = [finished]
-    elif finish:
-        results = [expo_cli.finish_parts(sft, aligned, output, alphas[0], parts, **options)]
-    elif len(alphas) == 1:
-        results = [expo_cli.merge(sft, aligned, output, alphas[0], **options)]
+
+def _scratch_output(scratch: str | None, hub: HubTarget | None) -> str:
+    """Where --stream writes the shards on their way to the Hub (what a dry run of it plans)."""
+    import tempfile
+
+    assert hub is not None  # --stream needs --push-to-hub (checked by _mode)
+    return str(Path(scratch or tempfile.gettempdir()) / hub.repo_id.rsplit("/", 1)[-1])
+
+
+def _dry_run(
+    sft: str | None, aligned: str, output: str, alphas: list[float], options: dict[str, Any], mode: str, json: bool
+) -> None:
+    import expo_cli
+
+    plan = expo_cli.plan(sft, aligned, output, alphas, **options, stream=mode == "stream")
+    if json:
+        out.result_json(plan.to_json())
     else:
-        results = expo_cli.sweep(sft, aligned, output, alphas, **options)
-    for result in results if not quiet else ():
-        out.info(
-            f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) at α={result.alpha:g} on "
-            f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} written in "
-            f"{len(result.shards)} shard(s), {result.seconds:.1f} s, {human_bytes(result.bytes_per_s)}/s"
-        )
-    if results and results[0].skipped_files and not quiet:
-        shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
-        out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")
-    if push_to_hub and not stream:
-        from .push import upload
+        for line in plan.describe():
+            out.result(line)
 
-        commit_url = upload(
-            results[0].output,
-            push_to_hub,
-            quiet,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            token=token,
+
+def _run(
+    mode: str,
+    sft: str | None,
+    aligned: str,
+    output: str | None,
+    alphas: list[float],
+    options: dict[str, Any],
+    *,
+    part: str | None,
+    parts: int | None,
+    scratch: str | None,
+    hub: HubTarget | None,
+) -> tuple[list[MergeResult] | None, str | None]:
+    """The merge `mode` names, through the library API: (its results, or None for an unfinished part; the commit
+    URL of a streamed merge)."""
+    import expo_cli
+
+    if mode == "stream":
+        assert hub is not None
+        result, url = expo_cli.merge_to_hub(
+            sft, aligned, hub.repo_id, alphas[0], scratch=scratch, **hub.settings(), **options
         )
+        return [result], url
+    if mode == "part":
+        finished = expo_cli.merge_part(sft, aligned, output, alphas[0], part, parts, **options)
+        return ([finished] if finished is not None else None), None
+    if mode == "finish":
+        return [expo_cli.finish_parts(sft, aligned, output, alphas[0], parts, **options)], None
+    if mode == "sweep":
+        return expo_cli.sweep(sft, aligned, output, alphas, **options), None
+    return [expo_cli.merge(sft, aligned, output, alphas[0], **options)], None
+
+
+def _report(
+    results: list[MergeResult],
+    commit_url: str | None,
+    hub: HubTarget | None,
+    *,
+    streamed: bool,
+    quiet: bool,
+    json: bool,
+) -> None:
+    """What was merged: a summary on stderr; the output folders (or `--json`) and the commit URL on stdout."""
+    from ..fsutil import human_bytes
+
+    if not quiet:
+        for result in results:
+            out.info(
+                f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) at α={result.alpha:g} on "
+                f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} "
+                f"written in {len(result.shards)} shard(s), {result.seconds:.1f} s, "
+                f"{human_bytes(result.bytes_per_s)}/s"
+            )
+        if results[0].skipped_files:
+            shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
+            out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")
     if json:
         reports = [r.to_json() for r in results]
-        if stream:
-            reports[0]["output"] = f"hf://{push_to_hub}"  # its temporary folder is gone
+        if streamed and hub is not None:
+            reports[0]["output"] = f"hf://{hub.repo_id}"  # its temporary folder is gone
         if commit_url:
             reports[0]["commit_url"] = commit_url
         out.result_json(reports[0] if len(reports) == 1 else reports)
-    else:
-        for result in results if not stream else ():
-            out.result(str(result.output))
-        if commit_url:
-            out.result(commit_url)
+        return
+    for result in results if not streamed else ():
+        out.result(str(result.output))
+    if commit_url:
+        out.result(commit_url)

@@ -7,12 +7,12 @@ Usage:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from . import _output as out
-from ._options import CommitMessageOpt, CreatePrOpt, JsonOpt, PrivateOpt, QuietOpt, RevisionOpt, TokenOpt
+from ._options import CommitMessageOpt, CreatePrOpt, HubTarget, JsonOpt, PrivateOpt, QuietOpt, RevisionOpt, TokenOpt
 
 PUSH_EXAMPLES = [
     "expo push ./zephyr-expo me/zephyr-7b-expo",
@@ -35,26 +35,17 @@ def push(
     json: JsonOpt = False,
 ) -> None:
     """Upload FOLDER to REPO_ID in one commit; print the commit URL. Run again to resume an interrupted upload."""
-    url = upload(
-        folder,
-        repo_id,
-        quiet,
-        private=private,
-        revision=revision,
-        commit_message=commit_message,
-        create_pr=create_pr,
-        token=token,
-    )
+    url = upload(folder, HubTarget(repo_id, private, revision, commit_message, create_pr, token), quiet)
     if json:
         out.result_json({"folder": folder, "repo_id": repo_id, "commit_url": url})
     else:
         out.result(url)
 
 
-def upload(folder: str | Path, repo_id: str, quiet: bool, **options: Any) -> str:
-    """Push with a line on stderr first: shared by `expo push` and `expo merge --push-to-hub`."""
-    from ..merging.api import push as run_push
+def upload(folder: str | Path, hub: HubTarget, quiet: bool) -> str:
+    """Push with a line on stderr first: shared by `expo push` and `--push-to-hub` of merge and tune."""
+    import expo_cli
 
     if not quiet:
-        out.info(f"Uploading {folder} to {repo_id}")
-    return run_push(folder, repo_id, **options)
+        out.info(f"Uploading {folder} to {hub.repo_id}")
+    return expo_cli.push(folder, hub.repo_id, token=hub.token, **hub.settings())

@@ -6,7 +6,7 @@ Usage:
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,6 +25,7 @@ from ._options import (
     DtypeOpt,
     ExcludeOpt,
     ForceOpt,
+    HubTarget,
     IncludeOpt,
     JsonOpt,
     ModelNameOpt,
@@ -38,6 +39,9 @@ from ._options import (
     TokenOpt,
     run_options,
 )
+
+if TYPE_CHECKING:
+    from ..tuning.api import TuneResult
 
 TUNE_EXAMPLES = [
     "expo tune --sft ./sft --aligned ./dpo --prompts prompts.jsonl --reward-model ./rm --alpha 0.1,0.3,0.5",
@@ -164,13 +168,13 @@ def tune(
     json: JsonOpt = False,
 ) -> None:
     """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0."""
-
     import expo_cli
 
     from ..alpha import parse_alphas
     from ..tuning.api import DEFAULT_ALPHAS, Decoding
 
-    if push_to_hub and not output:
+    hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
+    if hub is not None and not output:
         raise typer.BadParameter("needs --output FOLDER for the chosen checkpoint", param_hint="--push-to-hub")
     options = run_options(
         quiet,
@@ -221,35 +225,38 @@ def tune(
     if plot:
         result.plot(plot)
     report = result.to_json()
-    merged = None
-    if output and result.alpha == 0:
+    if output:
+        naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
+        report.update(_write_chosen(result, sft, aligned, output, hub, quiet, {**options, **naming}))
+    _report(result, report, json)
+
+
+def _write_chosen(
+    result: TuneResult,
+    sft: str | None,
+    aligned: str,
+    output: str,
+    hub: HubTarget | None,
+    quiet: bool,
+    options: dict[str, Any],
+) -> dict[str, str]:
+    """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen."""
+    import expo_cli
+
+    if result.alpha == 0:
         out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
-    elif output:
-        merged = expo_cli.merge(
-            sft,
-            aligned,
-            output,
-            result.alpha,
-            tuning=result.summary(),
-            sft_id=sft_id,
-            aligned_id=aligned_id,
-            model_name=model_name,
-            **options,
-        )
-        report["output"] = str(merged.output)
-    if merged and push_to_hub:
+        return {}
+    merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), **options)
+    written = {"output": str(merged.output)}
+    if hub is not None:
         from .push import upload
 
-        report["commit_url"] = upload(
-            merged.output,
-            push_to_hub,
-            quiet,
-            private=private,
-            revision=revision,
-            commit_message=commit_message,
-            create_pr=create_pr,
-            token=token,
-        )
+        written["commit_url"] = upload(merged.output, hub, quiet)
+    return written
+
+
+def _report(result: TuneResult, report: dict[str, Any], json: bool) -> None:
+    """The comparison table (or `--json`), then what was written, on stdout."""
     if json:
         out.result_json(report)
         return

@@ -9,8 +9,8 @@ headers were validated.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..alpha import AlphaRule, check_rules_match
 from ..core.pairing import check_configs, pair_tensors
@@ -18,11 +18,8 @@ from ..core.sources import TensorSource
 from ..errors import MismatchError, UsageError
 from ..fsutil import check_apart, check_output, same_path
 from . import hub
-from .adapters import LoraSource, check_against, is_adapter, read_adapter
+from .adapters import Adapter, LoraSource, check_against, is_adapter, read_adapter
 from .checkpoint import load_checkpoint
-
-if TYPE_CHECKING:
-    from .adapters import Adapter
 
 
 def resolve_inputs(
@@ -50,7 +47,8 @@ def resolve_inputs(
             Either may be a PEFT LoRA adapter (then served by `adapters.LoraSource` over its base); `sft` may be
             None when `aligned` is an adapter whose config names its base model.
         outputs: folders a merge will write, refused here if they are inputs or exist without `force`.
-        rules, out_code: checked against Hub headers before downloading (a local pair is planned by the caller).
+        rules, out_code: checked against Hub headers before anything is downloaded (a local pair is planned by
+            the caller).
         download: False (a dry run) keeps Hub inputs as header-only views: enough to plan, nothing to read.
         extra_patterns: more files to download with Hub weights (Mistral-format weights).
         base: the base model of an `sft` adapter (default: its config's base_model_name_or_path).
@@ -67,60 +65,126 @@ def resolve_inputs(
             raise UsageError(f"--sft is required{why}")
         sft = aligned_adapter.base_model
     sft_adapter = _adapter(str(sft), sft_revision, token, "sft")
-    if aligned_adapter is None and sft_adapter is None:
-        return _resolve_pair(
-            sft,
-            aligned,
-            sft_revision=sft_revision,
-            aligned_revision=aligned_revision,
-            token=token,
-            allow_architecture_mismatch=allow_architecture_mismatch,
-            rules=rules,
-            out_code=out_code,
-            outputs=outputs,
-            force=force,
-            download=download,
-            extra_patterns=extra_patterns,
-        )
-
-    if Path(str(sft)).exists() and Path(str(aligned)).exists() and same_path(Path(str(sft)), Path(str(aligned))):
-        raise MismatchError(f"--sft and --aligned are both {sft}: pass the SFT model the adapter was trained from")
+    stack = Stack(sft_adapter, aligned_adapter, _stack_kind(sft_adapter, aligned_adapter, str(sft), adapter_stack))
+    if aligned_adapter and not sft_adapter and aligned_adapter.base_model and warn:
+        if not _same_model(aligned_adapter.base_model, str(sft)):
+            warn(
+                f"--aligned {aligned_adapter.path.name} was trained on {aligned_adapter.base_model} (its "
+                f"adapter_config.json) but --sft is {sft}; make sure they are the same model"
+            )
+    specs = _full_models(str(sft), str(aligned), sft_revision, aligned_revision, stack, base)
+    remote_ids = {role: hub.parse_input(spec, revision) for role, (spec, revision) in specs.items()}
+    _check_distinct(str(sft), str(aligned), specs, remote_ids, stack)
+    local = {role: Path(spec) for role, (spec, _) in specs.items() if remote_ids[role] is None}
+    local.update({role: adapter.path for role, adapter in stack.adapters().items()})
     for output in outputs:
-        check_apart(output, {role: a.path for role, a in (("sft", sft_adapter), ("aligned", aligned_adapter)) if a})
+        check_apart(output, local)
         check_output(output, force)
+    views = {role: _view(spec, remote_ids[role], role, token) for role, (spec, _) in specs.items()}
+    pair = stack.wrap(views)
+    check_configs(*pair, allow_architecture_mismatch)
+    remote = {role: view for role, view in views.items() if isinstance(view, hub.RemoteCheckpoint)}
+    if remote and all(source.tensors for source in pair):  # .bin repos have no headers to read remotely
+        pairing = pair_tensors(*pair, out_code)
+        check_rules_match(rules, [t.name for t in pairing.tensors if t.sft is not None])
+    if not remote or not download:
+        return pair
+    paths = {
+        role: hub.download(view, token, () if role == "base" else extra_patterns) for role, view in remote.items()
+    }
+    for output in outputs:  # the Hub cache may be anywhere: the output must not be inside it
+        check_apart(output, paths)
+    views.update({role: load_checkpoint(path, role) for role, path in paths.items()})
+    return stack.wrap(views)
 
-    def full(spec: str, revision: str | None, role: str) -> TensorSource:
-        return _resolve_one(spec, revision, role, token, download, outputs)
 
-    if sft_adapter is None:
-        sft_source = full(str(sft), sft_revision, "sft")
-        base_source = sft_source
+@dataclass
+class Stack:
+    """Which inputs are PEFT adapters and what each stands on: the full models under them are "sft" (or "base"
+    under an SFT adapter) and "aligned" (unless it is an adapter)."""
+
+    sft: Adapter | None
+    aligned: Adapter | None
+    kind: str | None  # two adapters: "on-sft" or "continued"
+
+    def adapters(self) -> dict[str, Adapter]:
+        return {role: a for role, a in (("sft", self.sft), ("aligned", self.aligned)) if a is not None}
+
+    def wrap(self, views: dict[str, TensorSource]) -> tuple[TensorSource, TensorSource]:
+        """(sft, aligned) sources over the full models' views: each adapter served over what it stands on, and
+        checked against it (once its headers are known: a Hub .bin model has none before the download)."""
+        if self.sft is None:
+            base = sft = views["sft"]
+        else:
+            base = views["base"]
+            sft = _over(base, self.sft, "sft", f"--base {base.path.name}")
+        if self.aligned is None:
+            return sft, views["aligned"]
+        if self.sft is None:
+            under, label = sft, f"--sft {sft.path.name}"
+        else:
+            under, label = (sft, "--sft") if self.kind == "on-sft" else (base, "--base")
+        return sft, _over(under, self.aligned, "aligned", label)
+
+
+def _over(under: TensorSource, adapter: Adapter, role: str, label: str) -> LoraSource:
+    if under.tensors:
+        check_against(adapter, under, role, label)
+    return LoraSource(under, adapter)
+
+
+def _full_models(
+    sft: str, aligned: str, sft_revision: str | None, aligned_revision: str | None, stack: Stack, base: str | None
+) -> dict[str, tuple[str, str | None]]:
+    """role -> (spec, revision) of every full checkpoint the pair stands on."""
+    specs: dict[str, tuple[str, str | None]] = {}
+    if stack.sft is None:
+        specs["sft"] = (sft, sft_revision)
     else:
-        base = base or sft_adapter.base_model
+        base = base or stack.sft.base_model
         if base is None:
             raise UsageError(
-                f"--sft {sft_adapter.path.name} is a LoRA adapter whose config names no base model: pass --base"
+                f"--sft {stack.sft.path.name} is a LoRA adapter whose config names no base model: pass --base"
             )
-        base_source = full(base, None, "base")
-        check_against(sft_adapter, base_source, "sft", f"--base {Path(base).name}")
-        sft_source = LoraSource(base_source, sft_adapter)
-    if aligned_adapter is None:
-        aligned_source = full(str(aligned), aligned_revision, "aligned")
+        specs["base"] = (base, None)
+    if stack.aligned is None:
+        specs["aligned"] = (aligned, aligned_revision)
+    for role, (spec, revision) in specs.items():
+        if revision and hub.parse_input(spec, revision) is None:
+            raise UsageError(f"--{role}-revision: {spec} is a local folder, not a Hub repo id")
+    return specs
+
+
+def _check_distinct(
+    sft: str,
+    aligned: str,
+    specs: dict[str, tuple[str, str | None]],
+    remote_ids: dict[str, hub.HubInput | None],
+    stack: Stack,
+) -> None:
+    """The same model twice is a mistake the user meant otherwise: refuse it before any work."""
+    if stack.adapters():
+        if Path(sft).exists() and Path(aligned).exists() and same_path(Path(sft), Path(aligned)):
+            raise MismatchError(f"--sft and --aligned are both {sft}: pass the SFT model the adapter was trained from")
+        return
+    if remote_ids["sft"] is None and remote_ids["aligned"] is None:
+        same = same_path(Path(specs["sft"][0]), Path(specs["aligned"][0]))
     else:
-        if sft_adapter is None:
-            under, label = sft_source, f"--sft {Path(str(sft)).name}"
-            if aligned_adapter.base_model and not _same_model(aligned_adapter.base_model, str(sft)) and warn:
-                warn(
-                    f"--aligned {aligned_adapter.path.name} was trained on {aligned_adapter.base_model} (its "
-                    f"adapter_config.json) but --sft is {sft}; make sure they are the same model"
-                )
-        else:
-            stack = adapter_stack or _stack(aligned_adapter, sft_adapter, str(sft))
-            under, label = (sft_source, "--sft") if stack == "on-sft" else (base_source, "--base")
-        check_against(aligned_adapter, under, "aligned", label)
-        aligned_source = LoraSource(under, aligned_adapter)
-    check_configs(sft_source, aligned_source, allow_architecture_mismatch)
-    return sft_source, aligned_source
+        same = remote_ids["sft"] is not None and remote_ids["sft"] == remote_ids["aligned"]
+    if same:
+        raise MismatchError(
+            f"--sft and --aligned are both {sft}: pass the SFT checkpoint the aligned model was trained from"
+        )
+
+
+def _view(spec: str, remote_id: hub.HubInput | None, role: str, token: str | None) -> TensorSource:
+    """A full checkpoint as far as it can be read before any download: a local folder (or, offline, the cached
+    snapshot of a repo), else the repo's headers read by range requests."""
+    if remote_id is None:
+        return load_checkpoint(Path(spec), role)
+    if hub.offline():
+        return load_checkpoint(hub.cached(remote_id), role)
+    return hub.fetch_headers(remote_id, role, token)
 
 
 def _adapter(spec: str, revision: str | None, token: str | None, role: str) -> Adapter | None:
@@ -138,9 +202,13 @@ def _same_model(declared: str, given: str) -> bool:
     return declared == given or Path(declared.rstrip("/")).name == Path(given.rstrip("/")).name
 
 
-def _stack(aligned: Adapter, sft: Adapter, sft_spec: str) -> str:
-    """How two adapters relate, from their configs: the aligned one names the SFT adapter as its base ("on-sft"),
-    or both name the same base ("continued"); otherwise the user must say it."""
+def _stack_kind(sft: Adapter | None, aligned: Adapter | None, sft_spec: str, given: str | None) -> str | None:
+    """How two adapters relate: --adapter-stack, or from their configs: the aligned one names the SFT adapter as
+    its base ("on-sft"), or both name the same base ("continued"); otherwise the user must say it."""
+    if sft is None or aligned is None:
+        return None
+    if given:
+        return given
     if aligned.base_model and _same_model(aligned.base_model, sft_spec):
         return "on-sft"
     if aligned.base_model and sft.base_model and _same_model(aligned.base_model, sft.base_model):
@@ -150,81 +218,3 @@ def _stack(aligned: Adapter, sft: Adapter, sft_spec: str) -> str:
         "do not tell how: pass --adapter-stack on-sft (trained on the merged SFT model) or continued "
         "(it continued the SFT adapter; both relative to the base)"
     )
-
-
-def _resolve_one(
-    spec: str, revision: str | None, role: str, token: str | None, download: bool, outputs: Sequence[Path]
-) -> TensorSource:
-    """One full checkpoint: a local folder, or a Hub repo validated from its headers, then downloaded."""
-    remote_id = hub.parse_input(spec, revision)
-    if remote_id is None:
-        ckpt = load_checkpoint(Path(spec), role)
-        for output in outputs:
-            check_apart(output, {role: ckpt.path})
-        return ckpt
-    if hub.offline():
-        return load_checkpoint(hub.cached(remote_id), role)
-    remote = hub.fetch_headers(remote_id, role, token)
-    if not download:
-        return remote
-    path = hub.download(remote, token)
-    for output in outputs:
-        check_apart(output, {role: path})
-    return load_checkpoint(path, role)
-
-
-def _resolve_pair(
-    sft: str | Path,
-    aligned: str | Path,
-    *,
-    sft_revision: str | None,
-    aligned_revision: str | None,
-    token: str | None,
-    allow_architecture_mismatch: bool,
-    rules: Sequence[AlphaRule],
-    out_code: str | None,
-    outputs: Sequence[Path],
-    force: bool,
-    download: bool,
-    extra_patterns: Sequence[str],
-) -> tuple[TensorSource, TensorSource]:
-    """Two full checkpoints, validated as a pair (from Hub headers before any download)."""
-    specs = {"sft": (str(sft), sft_revision), "aligned": (str(aligned), aligned_revision)}
-    remote_ids = {role: hub.parse_input(spec, revision) for role, (spec, revision) in specs.items()}
-    for role, (spec, revision) in specs.items():
-        if revision and remote_ids[role] is None:
-            raise UsageError(f"--{role}-revision: {spec} is a local folder, not a Hub repo id")
-    local = {role: Path(spec) for role, (spec, _) in specs.items() if remote_ids[role] is None}
-    if (len(local) == 2 and same_path(local["sft"], local["aligned"])) or (
-        not local and remote_ids["sft"] == remote_ids["aligned"]
-    ):
-        raise MismatchError(
-            f"--sft and --aligned are both {specs['sft'][0]}: pass the SFT checkpoint the aligned "
-            "model was trained from"
-        )
-    for output in outputs:
-        check_apart(output, local)
-        check_output(output, force)
-    if not any(remote_ids.values()):
-        pair = load_checkpoint(local["sft"], "sft"), load_checkpoint(local["aligned"], "aligned")
-        check_configs(*pair, allow_architecture_mismatch)
-        return pair
-    if hub.offline():
-        paths = {role: hub.cached(r) if r else local[role] for role, r in remote_ids.items()}
-        pair = load_checkpoint(paths["sft"], "sft"), load_checkpoint(paths["aligned"], "aligned")
-        check_configs(*pair, allow_architecture_mismatch)
-        return pair
-    remote = {role: hub.fetch_headers(r, role, token) for role, r in remote_ids.items() if r}
-    views = {role: remote.get(role) or load_checkpoint(local[role], role) for role in specs}
-    check_configs(views["sft"], views["aligned"], allow_architecture_mismatch)
-    if all(view.tensors for view in views.values()):  # .bin repos have no headers to read remotely
-        pairs = pair_tensors(views["sft"], views["aligned"], out_code)
-        check_rules_match(rules, [t.name for t in pairs.tensors if t.sft is not None])
-    if not download:
-        return views["sft"], views["aligned"]
-    paths = {
-        role: hub.download(remote[role], token, extra_patterns) if role in remote else local[role] for role in specs
-    }
-    for output in outputs:  # the Hub cache may be anywhere: the output must not be inside it
-        check_apart(output, {role: paths[role] for role in remote})
-    return load_checkpoint(paths["sft"], "sft"), load_checkpoint(paths["aligned"], "aligned")
