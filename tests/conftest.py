@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 
-from hub_server import serve
+from hub_server import WRITE_TOKEN, serve
 
 # Before anything imports huggingface_hub (it reads these once): the Hub is our own server on 127.0.0.1.
 HUB, _SERVER = serve()
@@ -18,16 +19,17 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 
 import signal  # noqa: E402
+import subprocess  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
 
 import expo_cli  # noqa: E402
 from expo_cli.cli import main  # noqa: E402
-
-from _checkpoints import make_pair  # noqa: E402
+from helpers import llama_config, make_pair, skip_or_fail  # noqa: E402
 
 # `expo` subprocesses run the same expo_cli as this process (under mutmut: the mutated copy in mutants/).
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -73,3 +75,48 @@ def expo(capsys):
 def llama_pair(tmp_path_factory) -> tuple[Path, Path]:
     """bfloat16 Llama pair: SFT in one file, aligned in several shards. Read-only for tests."""
     return make_pair(tmp_path_factory.mktemp("llama"), dtype=torch.bfloat16, sft_shards=None, aligned_shards="30KB")
+
+
+ELEMENTS = 8 * 1024 * 1024  # 32 MB float32 per tensor
+
+
+@pytest.fixture(scope="module")
+def big_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """256 MB per model: long enough to be caught mid-write. Random data; only the headers must agree."""
+    root = tmp_path_factory.mktemp("big")
+    config = {**llama_config().to_dict(), "architectures": ["LlamaForCausalLM"]}
+    generator = torch.Generator().manual_seed(0)
+    for role in ("sft", "aligned"):
+        folder = root / role
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(config))
+        tensors = {f"layer.{i}.weight": torch.randn(ELEMENTS, generator=generator) for i in range(8)}
+        save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    return root / "sft", root / "aligned"
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """A real small file system, mounted for the test (tests and CI run as root here)."""
+    mounts = []
+
+    def mount(size: str, readonly: bool = False) -> Path:
+        point = tmp_path / f"fs{len(mounts)}"
+        point.mkdir()
+        options = f"size={size}" + (",ro" if readonly else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if proc.returncode != 0:
+            skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+        mounts.append(point)
+        return point
+
+    yield mount
+    for point in mounts:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+@pytest.fixture
+def token(monkeypatch):
+    """A token the test Hub accepts for writes, as HF_TOKEN."""
+    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
+    return WRITE_TOKEN

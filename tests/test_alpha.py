@@ -8,9 +8,7 @@ import pytest
 import torch
 
 import expo_cli
-
-from _checkpoints import make_pair, read_all, snapshot
-from test_merge import assert_merged
+from helpers import assert_merged, make_pair, read_all, snapshot
 
 
 @pytest.fixture(scope="module")

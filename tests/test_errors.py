@@ -11,9 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from _ci import skip_or_fail
-
-from _checkpoints import build_model, llama_config, make_pair, read_all, save, snapshot
+from helpers import build_model, llama_config, make_pair, read_all, run_failing, save, snapshot
 
 
 @pytest.fixture
@@ -21,21 +19,6 @@ def pair(tmp_path, llama_pair):
     """A private copy of the Llama pair that a test may damage."""
     sft, aligned = (shutil.copytree(p, tmp_path / p.name) for p in llama_pair)
     return sft, aligned
-
-
-def run_failing(expo, tmp_path, sft, aligned, *extra, code):
-    """Run a merge that must fail: check the code, one Error line, no output and no leftovers, inputs intact."""
-    out = tmp_path / "out"
-    before = snapshot(sft), snapshot(aligned), snapshot(out) if out.exists() else None
-    run = expo("merge", "--sft", sft, "--aligned", aligned, "--output", out, "--alpha", "0.5", *extra)
-    assert run.code == code, run.stderr
-    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, run.stderr
-    assert "Traceback" not in run.stderr
-    assert run.stdout == ""
-    assert not list(tmp_path.glob(".expo-partial-*"))
-    assert (snapshot(sft), snapshot(aligned), snapshot(out) if out.exists() else None) == before
-    return errors[0]
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(tmp_path, expo):
@@ -184,28 +167,6 @@ def test_debug_shows_the_traceback(tmp_path, expo, llama_pair):
         "--debug", "merge", "--sft", tmp_path / "nope", "--aligned", aligned, "-o", tmp_path / "o", "--alpha", "1"
     )
     assert run.code == 3 and "Traceback" in run.stderr and run.stderr.rstrip().splitlines()[-1].startswith("Error:")
-
-
-@pytest.fixture
-def tmpfs(tmp_path):
-    """A real small file system, mounted for the test (tests and CI run as root here)."""
-    import subprocess
-
-    mounts = []
-
-    def mount(size: str, readonly: bool = False) -> Path:
-        point = tmp_path / f"fs{len(mounts)}"
-        point.mkdir()
-        options = f"size={size}" + (",ro" if readonly else "")
-        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
-        if proc.returncode != 0:
-            skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-        mounts.append(point)
-        return point
-
-    yield mount
-    for point in mounts:
-        subprocess.run(["umount", "-l", str(point)], check=False)
 
 
 def test_not_enough_space_is_refused_before_any_work(tmp_path, expo, tmpfs, llama_pair):

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 import expo_cli
 from expo_cli.errors import ExpoError
-
-from _checkpoints import assert_correct, make_pair, read_all
+from helpers import assert_correct, make_pair, read_all
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

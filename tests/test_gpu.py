@@ -6,9 +6,7 @@ import pytest
 import torch
 
 import expo_cli
-
-from _checkpoints import make_pair
-from test_merge import assert_merged
+from helpers import assert_merged, make_pair
 
 pytestmark = [
     pytest.mark.gpu,
@@ -39,8 +37,7 @@ def test_cuda_tune_candidates_are_the_cpu_merge_bit_for_bit(tmp_path):
     from expo_cli.merging.planning import prepare
     from expo_cli.options import MergeOptions
     from expo_cli.tuning.candidates import CandidateModel
-
-    from _checkpoints import read_all
+    from helpers import read_all
 
     sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16)
     run = prepare(sft, aligned, {}, MergeOptions(progress=False, device="cuda"))

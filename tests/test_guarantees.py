@@ -16,10 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from _ci import skip_or_fail
-from test_interrupts import big_pair, start, wait_for_partial_shard  # noqa: F401 - big_pair is a fixture
-
-from _checkpoints import snapshot
+from helpers import skip_or_fail, snapshot, start, wait_for_partial_shard
 
 STRACE = shutil.which("strace")
 

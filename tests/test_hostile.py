@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_errors import run_failing
+from helpers import run_failing
 
 
 def raw_safetensors(path: Path, header: dict, data: bytes, length: int | None = None) -> None:

@@ -12,14 +12,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, snapshot_download
 
+from helpers import assert_merged, build_model, files_of, llama_config, make_pair, read_all, save
 from hub_server import READ_TOKEN, WRITE_TOKEN
-
-from _checkpoints import build_model, llama_config, make_pair, read_all, save
-from test_merge import assert_merged
-
-
-def files_of(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +22,6 @@ def local_pair(tmp_path_factory):
     sft, aligned = make_pair(root, dtype=torch.bfloat16, aligned_shards="30KB")
     _, aligned_v2 = make_pair(root / "v2", dtype=torch.bfloat16, aligned_shards="40KB")  # same SFT, other DPO run
     return sft, aligned, aligned_v2
-
-
-@pytest.fixture
-def token(monkeypatch):
-    monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
-    return WRITE_TOKEN
 
 
 def publish(hub, repo_id: str, folder: Path, **flags) -> str:
@@ -344,22 +332,10 @@ def test_push_reuses_the_merge_sha256s_and_rehashes_what_changed(tmp_path, expo,
     assert (Path(back) / changed).read_bytes() == bytes(data)
 
 
-def mount_tmpfs(point: Path, size: str) -> Path:
-    from _ci import skip_or_fail
-
-    point.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)], capture_output=True)
-    if proc.returncode != 0:
-        skip_or_fail(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
-    return point
-
-
 @pytest.fixture
-def small_scratch(tmp_path):
+def small_scratch(tmpfs):
     """A real file system smaller than either input: the streamed merge must never hold an input on it."""
-    point = mount_tmpfs(tmp_path / "scratch", "96k")
-    yield point
-    subprocess.run(["umount", "-l", str(point)], check=False)
+    return tmpfs("96k")
 
 
 def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from _checkpoints import make_pair, read_all, snapshot
+from helpers import make_pair, read_all, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,7 @@ def test_identical_models_are_flagged(tmp_path, expo, pair):
 
 
 def test_a_different_base_is_flagged(tmp_path, expo):
-    from _checkpoints import build_model, llama_config, save
+    from helpers import build_model, llama_config, save
 
     sft = save(build_model(llama_config(), seed=5), tmp_path / "other", torch.bfloat16)
     _, aligned = make_pair(tmp_path / "p")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
 
-from _checkpoints import build_model, gpt2_config, llama_config, read_all, save
+from helpers import build_model, files_of, gpt2_config, llama_config, read_all, save
 
 ALPHA = 0.7
 EPS32 = torch.finfo(torch.float32).eps
@@ -274,8 +274,6 @@ def test_bad_adapters_give_one_line_and_no_output(tmp_path, expo, bases):
 
 
 def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
-    from test_hub import files_of
-
     monkeypatch.setenv("HF_TOKEN", "write-token")
     adapter = make_adapter(
         tmp_path / "adapter",
@@ -296,14 +294,27 @@ def test_a_hub_adapter_over_a_hub_base(tmp_path, expo, hub, bases, monkeypatch):
     assert "- org/tiny-dpo-lora" in card and "- org/tiny-base" in card
 
 
+def test_an_adapter_over_a_hub_base_is_validated_from_headers_before_any_download(tmp_path, expo, hub, bases, token):
+    """The adapter, the base's headers and the α rules are all checked before a byte of the base is downloaded."""
+    adapter = make_adapter(
+        tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-all-linear-rslora"][1], base_name="org/base-h"
+    )
+    hub.create("org/base-h", files_of(bases["llama"]))
+    hub.requests.clear()
+    run = expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "--alpha-for", "nothing=0")
+    assert run.code == 2 and "--alpha-for nothing=0: matches no tensor" in run.stderr, run.stderr
+    weight_gets = [r for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors")]
+    assert weight_gets and all(r is not None and r.startswith("bytes=") for r in weight_gets)  # headers only
+    assert not (tmp_path / "out").exists()
+
+
 def test_tune_takes_an_adapter_and_its_candidates_are_the_merged_model(tmp_path, expo, bases):
     from transformers import AutoModelForCausalLM
 
     from expo_cli.merging.planning import prepare
     from expo_cli.options import MergeOptions
     from expo_cli.tuning.candidates import CandidateModel
-
-    from _checkpoints import word_tokenizer
+    from helpers import word_tokenizer
 
     adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])
     word_tokenizer().save_pretrained(adapter)  # as TRL saves it beside the adapter

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
 
 import expo_cli
-
-from _checkpoints import assert_correct, make_pair, read_all, snapshot
-
-
-def assert_merged(out: Path, sft: Path, aligned: Path, alpha: float, dtype: torch.dtype | None = None) -> dict:
-    """Same names as aligned, each tensor within one rounding step of the float64 reference."""
-    merged, s, a = read_all(out), read_all(sft), read_all(aligned)
-    assert sorted(merged) == sorted(a)
-    for name, tensor in merged.items():
-        assert tensor.shape == a[name].shape, name
-        assert tensor.dtype == (dtype or a[name].dtype), name
-        source = s.get(name)
-        if source is None:  # tied in the SFT model: its lm_head is its input embedding
-            source = next(v for k, v in s.items() if k.endswith(("embed_tokens.weight", "wte.weight")))
-        assert_correct(tensor, source, a[name], alpha, name)
-    return merged
+from helpers import assert_merged, make_pair, read_all, snapshot
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

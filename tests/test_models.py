@@ -9,9 +9,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import expo_cli
-
-from _checkpoints import make_pair, read_all, reference
-from test_merge import assert_merged
+from helpers import assert_merged, make_pair, read_all, reference
 
 TOKENS = torch.tensor([[1, 5, 9, 17, 33, 65, 2, 7]])
 

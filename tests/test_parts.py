@@ -16,9 +16,7 @@ from expo_cli.errors import UsageError
 from expo_cli.merging.parts import Part, deal, folders, parse_part
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
-from test_interrupts import big_pair  # noqa: F401 - a fixture
-
-from _checkpoints import snapshot
+from helpers import snapshot
 
 SHARD = "40MB"
 

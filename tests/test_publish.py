@@ -18,8 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, LlavaConfig
 
 from expo_cli.merging.card import pipeline_tag
-
-from _checkpoints import assert_correct, make_pair, read_all, snapshot
+from helpers import assert_correct, make_pair, read_all, snapshot
 
 
 @pytest.fixture

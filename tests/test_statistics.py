@@ -1,15 +1,10 @@
-"""The statistics and the search of expo tune, on constructed data whose answers are known."""
+"""The statistics behind a chosen α, on constructed data whose answers are known."""
 
 from __future__ import annotations
-
-import json
 
 import numpy as np
 import pytest
 
-from expo_cli.errors import InputError, UsageError
-from expo_cli.tuning.prompts import load_prompts
-from expo_cli.tuning.search import Search
 from expo_cli.tuning.statistics import Bootstrap, compare, per_prompt, recommend, win_credit
 
 
@@ -101,103 +96,3 @@ def test_the_recommendation_is_the_best_significant_candidate_or_the_aligned_mod
     worse = {0.0: base, 0.3: base - 0.01 + rng.normal(0, 0.2, size=n)}
     none = recommend(compare(worse, {0.0: np.ones(n), 0.3: np.ones(n)}, draws=1000))
     assert none.alpha == 0.0 and none.reason.startswith("no candidate beats the aligned model")
-
-
-@pytest.mark.parametrize("peak", [0.37, 2.7, 7.9])
-def test_the_search_finds_the_peak_of_a_concave_curve(peak):
-    search = Search([0.0, 0.1, 0.3, 1.0, 3.0, 10.0], budget=14)
-    evaluated = []
-    while (alpha := search.next()) is not None:
-        evaluated.append(alpha)
-        search.record(alpha, -((alpha - peak) ** 2))
-    best = max(search.scores, key=search.scores.get)
-    assert len(evaluated) <= 14 and evaluated[:6] == [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
-    assert abs(best - peak) < 0.05 * max(peak, 1)
-
-
-def test_the_search_looks_further_out_while_the_reward_still_rises():
-    search = Search([0.0, 0.5, 1.0], budget=6)
-    evaluated = []
-    while (alpha := search.next()) is not None:
-        evaluated.append(alpha)
-        search.record(alpha, alpha)
-    assert evaluated == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
-
-
-def test_the_grid_alone_is_the_whole_search_without_a_budget():
-    search = Search([0.0, 1.0, 2.0])
-    for alpha in (0.0, 1.0, 2.0):
-        assert search.next() == alpha
-        search.record(alpha, 1.0)
-    assert search.next() is None
-
-
-def test_prompts_from_every_format(tmp_path):
-    records = [
-        {"prompt": "p1"},
-        {
-            "messages": [
-                {"role": "system", "content": "s"},
-                {"role": "user", "content": "p2"},
-                {"role": "assistant", "content": "a"},
-            ]
-        },
-        "p3",
-    ]
-    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
-    (tmp_path / "a.json").write_text(json.dumps({"data": records}))
-    (tmp_path / "a.txt").write_text("p1\n\np2\np3\n")
-    for name in ("a.jsonl", "a.json", "a.txt"):
-        assert load_prompts(str(tmp_path / name)) == ["p1", "p2", "p3"], name
-    assert load_prompts(str(tmp_path / "a.jsonl"), limit=2) == ["p1", "p2"]
-    (tmp_path / "f.jsonl").write_text(json.dumps({"question": "q1", "prompt": "x"}) + "\n")
-    assert load_prompts(str(tmp_path / "f.jsonl"), field="question") == ["q1"]
-    import pyarrow
-    import pyarrow.parquet
-
-    pyarrow.parquet.write_table(pyarrow.table({"prompt": ["p1", "p2"], "other": [1, 2]}), tmp_path / "a.parquet")
-    assert load_prompts(str(tmp_path / "a.parquet")) == ["p1", "p2"]
-    folder = tmp_path / "dataset"  # a dataset folder, read by the datasets library as a Hub dataset would be
-    folder.mkdir()
-    (folder / "train.jsonl").write_text(json.dumps({"prompt": "train only"}) + "\n")
-    (folder / "test.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in ("p1", "p2", "p3")))
-    assert load_prompts(str(folder), split="test") == ["p1", "p2", "p3"]
-    assert load_prompts(str(folder), split="train") == ["train only"]
-    with pytest.raises(InputError, match="--split nope: cannot load it"):
-        load_prompts(str(folder), split="nope")
-
-
-def test_bad_prompt_files_name_the_record(tmp_path):
-    (tmp_path / "bad.jsonl").write_text('{"prompt": "ok"}\n{"text": "no prompt"}\n')
-    (tmp_path / "broken.jsonl").write_text('{"prompt": "ok"}\n{"prompt": \n')
-    (tmp_path / "empty.txt").write_text("\n\n")
-    (tmp_path / "empty.jsonl").write_text('{"prompt": ""}\n')
-    (tmp_path / "a.csv").write_text("prompt\nx\n")
-    cases = [
-        ("bad.jsonl", InputError, "bad.jsonl record 2: no 'prompt' field or 'messages' list (it has 'text')"),
-        ("broken.jsonl", InputError, "broken.jsonl line 2: not valid JSON"),
-        ("empty.txt", InputError, "no prompts in it"),
-        ("empty.jsonl", InputError, "record 1: the prompt is empty"),
-        ("a.csv", UsageError, "use a .jsonl, .json, .txt, .parquet file"),
-        ("missing.jsonl", InputError, "no such file"),
-    ]
-    for name, error, message in cases:
-        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)").replace(".", r"\.")):
-            load_prompts(str(tmp_path / name))
-    with pytest.raises(InputError, match="no field 'question'"):
-        load_prompts(str(tmp_path / "bad.jsonl"), field="question")
-
-
-def test_the_search_stops_at_the_noise_floor():
-    asked = []
-
-    def indistinguishable(a: float, b: float) -> bool:
-        asked.append((a, b))
-        return True  # the prompts cannot tell the best point from its neighbour
-
-    search = Search([0.0, 1.0, 2.0, 4.0], budget=10, indistinguishable=indistinguishable)
-    for alpha, score in ((0.0, 0.0), (1.0, 0.5), (2.0, 0.6), (4.0, 0.1)):
-        assert search.next() == alpha
-        search.record(alpha, score)
-    assert search.next() is None
-    assert asked == [(2.0, 1.0)]  # the best and its better neighbour

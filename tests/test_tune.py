@@ -14,8 +14,7 @@ from expo_cli.options import MergeOptions
 from expo_cli.tuning.candidates import CandidateModel
 from expo_cli.tuning.generation import Decoding, encode_prompts, generate
 from expo_cli.tuning.rewards import RewardModel
-
-from _checkpoints import VOCAB, make_pair, read_all, steered_pair, word_tokenizer
+from helpers import VOCAB, make_pair, read_all, steered_pair, word_tokenizer
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
 W7_SHARE = """def w7_share(prompt, response):
@@ -482,7 +481,7 @@ def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(
     tuned in the dtype the model loads in (bfloat16), as `expo merge --dtype bfloat16` would write it."""
     from safetensors.torch import load_file, save_file
 
-    from test_hub import files_of
+    from helpers import files_of
 
     monkeypatch.setenv("HF_TOKEN", "write-token")
     config = LlamaConfig(

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from _checkpoints import make_pair
+from helpers import make_pair
 
 
 @pytest.fixture(scope="module")

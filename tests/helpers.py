@@ -1,11 +1,17 @@
-"""Tiny real checkpoints built with transformers, and the float64 reference of the ExPO formula."""
+"""What the tests share: tiny real checkpoints built with transformers, the float64 reference of the ExPO
+formula, assertions on merged outputs, and ways to run and interrupt `expo`."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors import safe_open
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
@@ -196,3 +202,75 @@ def steered_pair(root: Path, dtype=torch.float32) -> tuple[Path, Path]:
     for folder in (sft, aligned):
         word_tokenizer().save_pretrained(folder)
     return sft, aligned
+
+
+def assert_merged(out: Path, sft: Path, aligned: Path, alpha: float, dtype: torch.dtype | None = None) -> dict:
+    """Same names as aligned, each tensor within one rounding step of the float64 reference."""
+    merged, s, a = read_all(out), read_all(sft), read_all(aligned)
+    assert sorted(merged) == sorted(a)
+    for name, tensor in merged.items():
+        assert tensor.shape == a[name].shape, name
+        assert tensor.dtype == (dtype or a[name].dtype), name
+        source = s.get(name)
+        if source is None:  # tied in the SFT model: its lm_head is its input embedding
+            source = next(v for k, v in s.items() if k.endswith(("embed_tokens.weight", "wte.weight")))
+        assert_correct(tensor, source, a[name], alpha, name)
+    return merged
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def run_failing(expo, tmp_path, sft, aligned, *extra, code):
+    """Run a merge that must fail: check the code, one Error line, no output and no leftovers, inputs intact."""
+    out = tmp_path / "out"
+    before = snapshot(sft), snapshot(aligned), snapshot(out) if out.exists() else None
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "--output", out, "--alpha", "0.5", *extra)
+    assert run.code == code, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, run.stderr
+    assert "Traceback" not in run.stderr
+    assert run.stdout == ""
+    assert not list(tmp_path.glob(".expo-partial-*"))
+    assert (snapshot(sft), snapshot(aligned), snapshot(out) if out.exists() else None) == before
+    return errors[0]
+
+
+def start(sft: Path, aligned: Path, out: Path, *extra: str) -> subprocess.Popen:
+    command = [
+        sys.executable,
+        "-m",
+        "expo_cli",
+        "merge",
+        "--sft",
+        str(sft),
+        "--aligned",
+        str(aligned),
+        "-o",
+        str(out),
+        "--alpha",
+        "0.5",
+        "--max-shard-size",
+        "40MB",
+        "--quiet",
+        *extra,
+    ]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_partial_shard(out: Path, proc: subprocess.Popen) -> Path:
+    """Block until the run has started writing shards into its temporary folder."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        for partial in out.parent.glob(f".expo-partial-{out.name}-*"):
+            if any(partial.glob("*.safetensors")):
+                return partial
+        time.sleep(0.001)
+    raise AssertionError(f"no partial shard seen (exit {proc.poll()}): {proc.communicate()[1]}")
+
+
+def skip_or_fail(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"{reason} (CI=true: a skipped guarantee is a failure)")
+    pytest.skip(reason)

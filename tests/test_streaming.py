@@ -14,8 +14,7 @@ from expo_cli.errors import OutputError
 from expo_cli.merging.execution import finish, write_shards
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
-
-from _checkpoints import read_all
+from helpers import read_all
 
 
 def test_blocks_are_whole_rows_within_the_limit():

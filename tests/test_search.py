@@ -1,0 +1,51 @@
+"""The search of expo tune over α, on reward curves whose best point is known."""
+
+from __future__ import annotations
+
+import pytest
+
+from expo_cli.tuning.search import Search
+
+
+@pytest.mark.parametrize("peak", [0.37, 2.7, 7.9])
+def test_the_search_finds_the_peak_of_a_concave_curve(peak):
+    search = Search([0.0, 0.1, 0.3, 1.0, 3.0, 10.0], budget=14)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, -((alpha - peak) ** 2))
+    best = max(search.scores, key=search.scores.get)
+    assert len(evaluated) <= 14 and evaluated[:6] == [0.0, 0.1, 0.3, 1.0, 3.0, 10.0]
+    assert abs(best - peak) < 0.05 * max(peak, 1)
+
+
+def test_the_search_looks_further_out_while_the_reward_still_rises():
+    search = Search([0.0, 0.5, 1.0], budget=6)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, alpha)
+    assert evaluated == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
+
+
+def test_the_grid_alone_is_the_whole_search_without_a_budget():
+    search = Search([0.0, 1.0, 2.0])
+    for alpha in (0.0, 1.0, 2.0):
+        assert search.next() == alpha
+        search.record(alpha, 1.0)
+    assert search.next() is None
+
+
+def test_the_search_stops_at_the_noise_floor():
+    asked = []
+
+    def indistinguishable(a: float, b: float) -> bool:
+        asked.append((a, b))
+        return True  # the prompts cannot tell the best point from its neighbour
+
+    search = Search([0.0, 1.0, 2.0, 4.0], budget=10, indistinguishable=indistinguishable)
+    for alpha, score in ((0.0, 0.0), (1.0, 0.5), (2.0, 0.6), (4.0, 0.1)):
+        assert search.next() == alpha
+        search.record(alpha, score)
+    assert search.next() is None
+    assert asked == [(2.0, 1.0)]  # the best and its better neighbour
