@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from expo_cli.constants import VERSION as __version__
+import expo_cli
 
 
 def test_help_lists_examples_and_exit_codes(expo):
@@ -20,7 +20,7 @@ def test_help_lists_examples_and_exit_codes(expo):
 
 def test_version(expo):
     run = expo("--version")
-    assert run.code == 0 and run.stdout.strip() == f"expo {__version__}"
+    assert run.code == 0 and run.stdout.strip() == f"expo {expo_cli.__version__}"
 
 
 def test_help_imports_no_torch():
@@ -30,6 +30,19 @@ def test_help_imports_no_torch():
         [sys.executable, "-c", code + "print('torch' in sys.modules)"], capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip().endswith("False")
+
+
+def test_every_public_name_resolves_to_the_library_without_torch():
+    """`__all__` is the public API: each name resolves (lazily), and the package alone loads no torch."""
+    code = (
+        "import sys, expo_cli\n"
+        "loaded = 'torch' in sys.modules\n"
+        "names = [n for n in expo_cli.__all__ if n != '__version__']\n"
+        "print(loaded, [n for n in names if not getattr(expo_cli, n).__module__.startswith('expo_cli.')])\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False []", proc.stderr
+    assert {"merge", "sweep", "plan", "push", "tune", "verify", "inspect", "ExpoError"} <= set(expo_cli.__all__)
 
 
 def test_merge_prints_formula_summary_and_output_path(tmp_path, expo, llama_pair):

@@ -29,7 +29,8 @@ from .core.sources import TensorSource, compute_dtype
 from .core.streaming import Block, walk
 from .errors import ExpoError, UsageError
 from .inputs.adapters import is_adapter
-from .inputs.checkpoint import Checkpoint, load_checkpoint, load_consolidated, read_config
+from .inputs.checkpoint import Checkpoint, load_checkpoint, load_consolidated
+from .inputs.headers import read_config
 from .inputs.resolve import resolve_inputs
 
 SHOWN = 10  # mismatching tensors listed

@@ -109,7 +109,7 @@ def pair_tensors(sft: TensorSource, aligned: TensorSource, out_dtype: str | None
     """
     notes: list[str] = []
     problems: list[str] = []
-    plans: list[TensorPair] = []
+    pairs: list[TensorPair] = []
     used: set[str] = set()
     for name, a in aligned.tensors.items():  # file order: the output is written as the aligned model is read
         s = sft.tensors.get(name)
@@ -120,39 +120,61 @@ def pair_tensors(sft: TensorSource, aligned: TensorSource, out_dtype: str | None
         if s is None:
             if LEGACY_BUFFERS.search(name):
                 notes.append(f"{name}: a buffer only the aligned model stores; copied unchanged")
-                plans.append(TensorPair(name, a, None, a.dtype, 0))
-                continue
-            problems.append(f"{name} {_shape(a)} is missing from sft")
+                pairs.append(TensorPair(name, a, None, a.dtype, 0))
+            else:
+                problems.append(f"{name} {_shape(a)} is missing from sft")
             continue
         used.add(s.name)
-        if a.is_float != s.is_float:
-            problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)} (floating vs integer)")
-            continue
-        if not a.is_float:
-            if a.shape != s.shape:
-                problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)}")
-            plans.append(TensorPair(name, a, None, a.dtype, 0))
-            continue
-        shared = a.numel
-        if a.shape != s.shape:
-            grown = (
-                len(a.shape) >= 1
-                and a.shape[1:] == s.shape[1:]
-                and a.shape[0] > s.shape[0]
-                and (OUTPUT_HEAD.search(name) or INPUT_EMBEDDING.search(name))
-            )
-            if not grown:
-                problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)}")
-                continue
-            shared = s.numel  # row-major: the shared rows are the leading elements
-            notes.append(
-                f"vocabulary grown: {name} has {a.shape[0] - s.shape[0]} new rows in the aligned model "
-                f"({s.shape[0]} -> {a.shape[0]}); shared rows extrapolated, new rows copied from aligned"
-            )
-        if s.dtype != a.dtype:
-            notes.append(f"{name}: sft is {s.dtype}, aligned {a.dtype}; computed in float32 or wider")
-        plans.append(TensorPair(name, a, s, out_dtype or a.dtype, shared))
+        pair = _pair(name, s, a, out_dtype, notes, problems)
+        if pair is not None:
+            pairs.append(pair)
+    _check_unpaired(sft, aligned, used, notes, problems)
+    if problems:
+        more = f" (+{len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
+        raise MismatchError(
+            f"the checkpoints do not match: {'; '.join(problems[:SHOWN])}{more}; "
+            "--sft must be the checkpoint --aligned was trained from"
+        )
+    return Pairing(tensors=pairs, notes=notes)
 
+
+def _pair(
+    name: str, s: TensorInfo, a: TensorInfo, out_dtype: str | None, notes: list[str], problems: list[str]
+) -> TensorPair | None:
+    """One aligned tensor and its SFT counterpart: extrapolated (its shared leading rows, when the vocabulary
+    grew), copied (integer tensors), or a problem."""
+    if a.is_float != s.is_float:
+        problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)} (floating vs integer)")
+        return None
+    if not a.is_float:
+        if a.shape != s.shape:
+            problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)}")
+        return TensorPair(name, a, None, a.dtype, 0)
+    shared = a.numel
+    if a.shape != s.shape:
+        grown = (
+            len(a.shape) >= 1
+            and a.shape[1:] == s.shape[1:]
+            and a.shape[0] > s.shape[0]
+            and (OUTPUT_HEAD.search(name) or INPUT_EMBEDDING.search(name))
+        )
+        if not grown:
+            problems.append(f"{name}: sft {_shape(s)} vs aligned {_shape(a)}")
+            return None
+        shared = s.numel  # row-major: the shared rows are the leading elements
+        notes.append(
+            f"vocabulary grown: {name} has {a.shape[0] - s.shape[0]} new rows in the aligned model "
+            f"({s.shape[0]} -> {a.shape[0]}); shared rows extrapolated, new rows copied from aligned"
+        )
+    if s.dtype != a.dtype:
+        notes.append(f"{name}: sft is {s.dtype}, aligned {a.dtype}; computed in float32 or wider")
+    return TensorPair(name, a, s, out_dtype or a.dtype, shared)
+
+
+def _check_unpaired(
+    sft: TensorSource, aligned: TensorSource, used: set[str], notes: list[str], problems: list[str]
+) -> None:
+    """SFT tensors no aligned tensor took: a head the aligned model ties, a legacy buffer, or a problem."""
     for name, s in sft.tensors.items():
         if name in used or name in aligned.tensors:
             continue
@@ -162,10 +184,3 @@ def pair_tensors(sft: TensorSource, aligned: TensorSource, out_dtype: str | None
             notes.append(f"{name}: a buffer only the SFT model stores; ignored")
         else:
             problems.append(f"{name} {_shape(s)} is missing from aligned")
-    if problems:
-        more = f" (+{len(problems) - SHOWN} more)" if len(problems) > SHOWN else ""
-        raise MismatchError(
-            f"the checkpoints do not match: {'; '.join(problems[:SHOWN])}{more}; "
-            "--sft must be the checkpoint --aligned was trained from"
-        )
-    return Pairing(tensors=plans, notes=notes)

@@ -24,7 +24,7 @@ from ..constants import (
 from ..core.sources import TensorInfo
 from ..errors import HubError, InputError, first_line
 from .adapters import ADAPTER_CONFIG
-from .checkpoint import check_supported, parse_entry
+from .headers import check_supported, parse_entry
 
 # What a merge needs from a repo besides the weights: configs, tokenizer, chat template, custom code.
 # (expo's side-file policy then picks from these what the output carries.)

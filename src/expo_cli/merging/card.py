@@ -165,7 +165,18 @@ def write_model_card(
 ) -> None:
     """README.md: the aligned card's metadata with the merge's lineage, an ExPO section, then the aligned text.
     An adapter output (`adapter`) is a PEFT adapter of the SFT model, and says so."""
-    from huggingface_hub import ModelCard, ModelCardData
+    from huggingface_hub import ModelCard
+
+    data = _card_data(record, card, config, model_name, adapter)
+    body = _card_body(record, card, model_name, adapter)
+    write_durably(folder / REPOCARD_NAME, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())
+
+
+def _card_data(
+    record: dict[str, Any], card: AlignedCard, config: dict[str, Any], model_name: str, adapter: bool
+) -> Any:
+    """The card's metadata: the aligned card's own (but what describes only it), the merge's lineage, ExPO tags."""
+    from huggingface_hub import ModelCardData
 
     inherited = {k: v for k, v in card.data.items() if k not in NOT_INHERITED and v not in (None, [], "")}
     base_models = [
@@ -181,13 +192,17 @@ def write_model_card(
     inherited.setdefault("library_name", "transformers")
     if inherited.get("pipeline_tag") is None and (tag := pipeline_tag(config)):
         inherited["pipeline_tag"] = tag
-    data = ModelCardData(
+    return ModelCardData(
         model_name=model_name,
         base_model=base_models or None,
         base_model_relation=("adapter" if adapter else "merge") if base_models else None,
         tags=list(dict.fromkeys([*tags, *EXPO_TAGS])),
         **inherited,
     )
+
+
+def _card_body(record: dict[str, Any], card: AlignedCard, model_name: str, adapter: bool) -> str:
+    """The card's text: what the model is, how to make it again, what was handled, then the aligned card."""
     aligned, sft = record["aligned"], record["sft"]
     notes = "".join(f"- {n}\n" for n in record.get("notes") or []) or "- nothing\n"
     rules = "; ".join(r["rule"] for r in record.get("rules") or []) or "none (one α for every tensor)"
@@ -201,7 +216,7 @@ def write_model_card(
     tuning = _tuning_section(record["tuning"]) if record.get("tuning") else ""
     what = f"\nIt is a **PEFT LoRA adapter** for `{_label(sft)}`: load it with `PeftModel.from_pretrained`.\n"
     what = what if adapter else ""
-    body = f"""# {model_name}
+    return f"""# {model_name}
 
 This model is an **ExPO** (model extrapolation) of the aligned model `{_label(aligned)}` away from its SFT
 starting point `{_label(sft)}`, made with expo {record["expo_version"]} and no training
@@ -226,7 +241,6 @@ template, generation config and any custom code are the aligned model's files, c
 
 Handled automatically:
 {notes}{not_copied}{tuning}{aligned_text}"""
-    write_durably(folder / REPOCARD_NAME, str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")).encode())
 
 
 def _tuning_section(tuning: dict[str, Any]) -> str:

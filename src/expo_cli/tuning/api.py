@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from ..core.sources import dtype_name
 from ..errors import InputError, OutputError, UsageError, first_line
 from ..fsutil import write_atomically
 from ..inputs.adapters import input_folders
-from ..merging.api import prepare
+from ..merging.api import PreparedRun, prepare
 from ..options import MergeOptions
 from ..plotting import pyplot, save_png
 from .candidates import CandidateModel
@@ -275,25 +276,12 @@ def _tune(
 ) -> TuneResult:
     import torch
 
-    decoding.check()
-    if (reward_model is None) == (reward_fn is None):
-        raise UsageError("pass one of --reward-model or --reward-fn")
     grid = candidate_alphas(alphas)
-    if budget is not None and budget < len(grid):
-        raise UsageError(f"--budget {budget}: the grid alone has {len(grid)} candidates (α = 0 included)")
-    if budget is not None and not search:
-        raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
+    _check_settings(decoding, reward_model, reward_fn, grid, budget, search)
     opts = MergeOptions(**options)
     texts = load_prompts(prompts, prompt_field, split, limit, opts.token)
     scorer: Reward | None = RewardFunction(reward_fn) if reward_fn else None
-    targets = {0.0: Path(output)} if output is not None else {}
-    run = prepare(sft, aligned, targets, opts)
-    dominant = run.main.pairing.dominant_dtype() or "float32"  # a name
-    if opts.dtype is None and any(
-        dtype_name(t.out_dtype) != dominant for t in run.main.pairing.tensors if t.aligned.is_float
-    ):  # the model is loaded in one dtype: candidates are computed in it
-        opts = replace(opts, dtype=dominant)
-        run = prepare(sft, aligned, targets, opts)
+    run, opts, dominant = _prepare_in_one_dtype(sft, aligned, {0.0: Path(output)} if output is not None else {}, opts)
     device = run.device
     if scorer is None:
         assert reward_model is not None
@@ -304,23 +292,23 @@ def _tune(
     tokenizer_folder = next((f for f in folders if (f / "tokenizer_config.json").is_file()), folders[0])
     model, tokenizer = _load_policy(folders[-1], tokenizer_folder, dominant, device)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
-
     candidate = CandidateModel.attach(model, run)
-    evaluated: dict[float, Candidate] = {}
-
-    def indistinguishable(a: float, b: float) -> bool:  # the noise floor: their paired gain interval contains 0
-        gain = Bootstrap(len(texts), draws=2000, seed=decoding.seed).mean(
-            per_prompt(evaluated[a].rewards, [r.prompt for r in evaluated[a].responses], len(texts))
-            - per_prompt(evaluated[b].rewards, [r.prompt for r in evaluated[b].responses], len(texts))
-        )
-        return not gain.excludes_zero()
-
-    finder = Search(grid, budget if search else len(grid), indistinguishable=indistinguishable)
-    while (alpha := finder.next()) is not None:
-        evaluated[alpha] = result = _evaluate(candidate, alpha, tokenizer, texts, prompt_ids, decoding, scorer, opts)
-        finder.record(
-            alpha, float(np.mean(per_prompt(result.rewards, [r.prompt for r in result.responses], len(texts))))
-        )
+    evaluated = _search(
+        grid,
+        budget if search else len(grid),
+        partial(
+            _evaluate,
+            candidate=candidate,
+            tokenizer=tokenizer,
+            texts=texts,
+            prompt_ids=prompt_ids,
+            decoding=decoding,
+            scorer=scorer,
+            opts=opts,
+        ),
+        len(texts),
+        decoding.seed,
+    )
     rewards = {a: per_prompt(c.rewards, [r.prompt for r in c.responses], len(texts)) for a, c in evaluated.items()}
     lengths = {
         a: per_prompt([r.tokens for r in c.responses], [r.prompt for r in c.responses], len(texts))
@@ -332,6 +320,60 @@ def _tune(
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return TuneResult(texts, evaluated, stats, recommend(stats), decoding, scorer.name, dominant, str(device), notes)
+
+
+def _check_settings(
+    decoding: Decoding,
+    reward_model: str | None,
+    reward_fn: str | None,
+    grid: list[float],
+    budget: int | None,
+    search: bool,
+) -> None:
+    """Settings refused before any model loads."""
+    decoding.check()
+    if (reward_model is None) == (reward_fn is None):
+        raise UsageError("pass one of --reward-model or --reward-fn")
+    if budget is not None and budget < len(grid):
+        raise UsageError(f"--budget {budget}: the grid alone has {len(grid)} candidates (α = 0 included)")
+    if budget is not None and not search:
+        raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
+
+
+def _prepare_in_one_dtype(
+    sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions
+) -> tuple[PreparedRun, MergeOptions, str]:
+    """The run, with every candidate computed in the one dtype the model is loaded in (the aligned model's
+    dominant dtype unless --dtype says otherwise): (run, the options used, that dtype's name)."""
+    run = prepare(sft, aligned, targets, opts)
+    dominant = run.main.pairing.dominant_dtype() or "float32"
+    if opts.dtype is None and any(
+        dtype_name(t.out_dtype) != dominant for t in run.main.pairing.tensors if t.aligned.is_float
+    ):
+        opts = replace(opts, dtype=dominant)
+        run = prepare(sft, aligned, targets, opts)
+    return run, opts, dominant
+
+
+def _search(
+    grid: list[float], budget: int, evaluate: Callable[[float], Candidate], prompts: int, seed: int
+) -> dict[float, Candidate]:
+    """Evaluate the grid, then (budget left) what `Search` asks for next; stop at the noise floor: two α whose
+    paired gain interval contains 0."""
+    evaluated: dict[float, Candidate] = {}
+
+    def mean_reward(candidate: Candidate) -> np.ndarray:
+        return per_prompt(candidate.rewards, [r.prompt for r in candidate.responses], prompts)
+
+    def indistinguishable(a: float, b: float) -> bool:
+        gain = Bootstrap(prompts, draws=2000, seed=seed).mean(mean_reward(evaluated[a]) - mean_reward(evaluated[b]))
+        return not gain.excludes_zero()
+
+    finder = Search(grid, budget, indistinguishable=indistinguishable)
+    while (alpha := finder.next()) is not None:
+        evaluated[alpha] = evaluate(alpha)
+        finder.record(alpha, float(np.mean(mean_reward(evaluated[alpha]))))
+    return evaluated
 
 
 def _load_policy(weights: Path, side_files: Path, dtype: str, device: Any) -> tuple[Any, Any]:
@@ -353,8 +395,9 @@ def _load_policy(weights: Path, side_files: Path, dtype: str, device: Any) -> tu
 
 
 def _evaluate(
-    candidate: Any,
     alpha: float,
+    *,
+    candidate: CandidateModel,
     tokenizer: Any,
     texts: list[str],
     prompt_ids: list[list[int]],
