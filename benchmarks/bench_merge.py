@@ -349,6 +349,7 @@ def main() -> None:
     parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
     args = parser.parse_args()
     rows = []
+    CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         for name in args.sizes.split(","):
             rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only, args.baseline)

@@ -6,6 +6,8 @@ keeps its traceback. The codes are documented in `expo --help`.
 
 from __future__ import annotations
 
+import signal
+
 
 class ExpoError(Exception):
     """An error the user can fix: printed as one line, no traceback."""
@@ -53,8 +55,6 @@ class Interrupted(ExpoError):
     """The run was stopped by a signal; the partial output has been removed."""
 
     def __init__(self, signum: int) -> None:
-        import signal
-
         self.exit_code = 128 + signum
         super().__init__(f"interrupted by {signal.Signals(signum).name}; the partial output was removed")
 

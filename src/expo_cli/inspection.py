@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import re
 import sys
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +98,10 @@ def inspect(
     adapter_stack: str | None = None,
 ) -> InspectResult:
     """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written."""
-    import torch
-    from huggingface_hub.utils import tqdm
+    import torch  # torch loads on first use, not with the package
+    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
-    from .core.extrapolate import Extrapolator
+    from .core.extrapolate import Extrapolator  # imports torch
 
     out_code = dtype_code(dtype)
     sft_ckpt, aligned_ckpt = resolve_inputs(
@@ -151,7 +150,7 @@ class _Sums:
         self.changed = 0
 
     def _wide(self, slot: int, n: int):
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         while len(self._scratch) <= slot:
             self._scratch.append(torch.empty(0, dtype=torch.float64))
@@ -160,7 +159,7 @@ class _Sums:
         return self._scratch[slot][:n]
 
     def add(self, s_raw, a_raw, rounded) -> None:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         n = s_raw.numel()
         s, a = self._wide(0, n).copy_(s_raw), self._wide(1, n).copy_(a_raw)
@@ -234,7 +233,7 @@ def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectRes
     return InspectResult(alpha, dtype, relative, survives, stats, groups, summary, warnings)
 
 
-def plot(result: InspectResult, path: str | Path, say: Callable[[str], None] | None = None) -> int:
+def plot(result: InspectResult, path: str | Path) -> int:
     """Draw the relative change per layer, one bar per layer and module kind; return how many bars."""
     plt = pyplot()
     kinds = [k for k, _ in KINDS] + ["other"]

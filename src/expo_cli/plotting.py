@@ -13,10 +13,10 @@ from .fsutil import write_atomically
 def pyplot() -> Any:
     """matplotlib.pyplot without a display, or a UsageError naming the extra that brings it."""
     try:
-        import matplotlib
+        import matplotlib  # an optional extra, for --plot only
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # an optional extra, for --plot only
     except ImportError as err:
         raise UsageError("--plot needs matplotlib: pip install 'expo-cli[plot]'") from err
     return plt

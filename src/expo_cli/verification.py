@@ -114,7 +114,7 @@ def verify(
         )
     rules = [AlphaRule(r["pattern"], r["alpha"], r["rule"]) for r in record.get("rules") or []]
 
-    from huggingface_hub.utils import tqdm
+    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
     total = sum(t.nbytes for o, _, _ in sets for t in o.tensors.values())
     result.tensors = sum(len(o.tensors) for o, _, _ in sets)
@@ -184,7 +184,7 @@ class _Recompute:
     def differing(self, got, sft, aligned, alpha: float):
         """The elements of `got` whose bits differ from a merge's result: None when none do, else an index
         (all of them, `slice(None)`, when thorough)."""
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         if self.thorough:
             return slice(None)
@@ -259,7 +259,7 @@ def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:
     - a float64 reference is itself rounded three times: u·(|ref| + 2|α|·|Δ|).
     Terms of order u² are covered by one factor (1 + 4u) on the roundings.
     """
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     compute = compute_dtype(out_dtype, *in_dtypes)
     u = torch.finfo(compute).eps / 2
@@ -278,7 +278,7 @@ def tolerance(value, ref, delta, alpha: float, out_dtype, in_dtypes) -> Any:
 
 def ulp(values, dtype):
     """The spacing of `dtype` at each value's magnitude: one rounding step (subnormals included)."""
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     info = torch.finfo(dtype)
     return info.eps * torch.exp2(torch.floor(torch.log2(values.abs().clamp_min(info.tiny))))

@@ -6,6 +6,7 @@ import functools
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Annotated
 
@@ -43,7 +44,11 @@ def _quiet_hub(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def run(*args: object, **kwargs: object) -> None:
-        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+        from huggingface_hub.utils import (  # the Hub client loads when the Hub is used
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
 
         if not kwargs.get("quiet") or are_progress_bars_disabled():
             return command(*args, **kwargs)
@@ -93,8 +98,6 @@ def main(argv: list[str] | None = None) -> None:
         app(args=argv, prog_name="expo")
     except ExpoError as err:
         if _state["debug"]:
-            import traceback
-
             traceback.print_exc()
         out.error(str(err))
         sys.exit(err.exit_code)

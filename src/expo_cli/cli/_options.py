@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 import typer
 
+from . import _output as out
+
 CHECKPOINT = "FOLDER|ORG/NAME[@REV]"
 SftOpt = Annotated[
     str | None,
@@ -147,17 +149,20 @@ PushToHubOpt = Annotated[
 ]
 
 
+def show_progress(quiet: bool) -> bool:
+    """A progress bar unless --quiet or HF_HUB_DISABLE_PROGRESS_BARS says otherwise."""
+    from huggingface_hub.utils import are_progress_bars_disabled  # the Hub client loads when the Hub is used
+
+    return not quiet and not are_progress_bars_disabled()
+
+
 def run_options(quiet: bool, **values: Any) -> dict[str, Any]:
     """`MergeOptions` keyword arguments from a command's flags: repeatable options defaulted to (), the progress bar
     and the informational messages silenced by --quiet (and HF_HUB_DISABLE_PROGRESS_BARS), warnings always shown."""
-    from huggingface_hub.utils import are_progress_bars_disabled
-
-    from . import _output as out
-
     repeatable = ("alpha_for", "include", "exclude", "copy", "skip")
     return {
         **{name: (value or ()) if name in repeatable else value for name, value in values.items()},
-        "progress": not quiet and not are_progress_bars_disabled(),
+        "progress": show_progress(quiet),
         "warn": out.warning,
         "info": out.ignore if quiet else out.info,
     }

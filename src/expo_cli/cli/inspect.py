@@ -10,8 +10,19 @@ from typing import Annotated
 
 import typer
 
+from ..alpha import check_alpha
 from . import _output as out
-from ._options import AdapterStackOpt, AlignedOpt, AllowArchOpt, BaseOpt, DtypeOpt, JsonOpt, QuietOpt, SftOpt
+from ._options import (
+    AdapterStackOpt,
+    AlignedOpt,
+    AllowArchOpt,
+    BaseOpt,
+    DtypeOpt,
+    JsonOpt,
+    QuietOpt,
+    SftOpt,
+    show_progress,
+)
 
 INSPECT_EXAMPLES = [
     "expo inspect --sft ./zephyr-sft --aligned ./zephyr-dpo",
@@ -38,9 +49,7 @@ def inspect(
     json: JsonOpt = False,
 ) -> None:
     """Report ‖Δ‖/‖θ_sft‖, cosine and max |Δ| per tensor and layer; write nothing (but --plot)."""
-    from huggingface_hub.utils import are_progress_bars_disabled
-
-    from ..alpha import check_alpha
+    # the library loads when a command runs: --help stays fast
     from ..inspection import inspect as run_inspect
     from ..inspection import plot as draw
 
@@ -49,7 +58,7 @@ def inspect(
         aligned,
         check_alpha(alpha),
         dtype=dtype,
-        progress=not quiet and not are_progress_bars_disabled(),
+        progress=show_progress(quiet),
         allow_architecture_mismatch=allow_architecture_mismatch,
         base=base,
         adapter_stack=adapter_stack,

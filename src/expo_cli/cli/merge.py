@@ -6,12 +6,17 @@ Usage:
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import expo_cli
+
+from ..alpha import parse_alphas
 from ..constants import DEFAULT_MAX_SHARD_SIZE
+from ..fsutil import human_bytes
 from . import _output as out
 from ._options import (
     AdapterStackOpt,
@@ -45,6 +50,7 @@ from ._options import (
     TokenOpt,
     run_options,
 )
+from .push import upload
 
 if TYPE_CHECKING:
     from ..merging.api import MergeResult
@@ -169,8 +175,6 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-    from ..alpha import parse_alphas
-
     alphas = parse_alphas(alpha)
     hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
     mode = _mode(alphas, output, stream, part, finish, parts, hub)
@@ -209,8 +213,6 @@ def merge(
             out.result_json({"part": part, "finished": False})
         return
     if hub is not None and mode != "stream":
-        from .push import upload
-
         commit_url = upload(results[0].output, hub, quiet)
     _report(results, commit_url, hub, streamed=mode == "stream", quiet=quiet, json=json)
 
@@ -254,8 +256,6 @@ def _mode(
 
 def _scratch_output(scratch: str | None, hub: HubTarget | None) -> str:
     """Where --stream writes the shards on their way to the Hub (what a dry run of it plans)."""
-    import tempfile
-
     assert hub is not None  # --stream needs --push-to-hub (checked by _mode)
     return str(Path(scratch or tempfile.gettempdir()) / hub.repo_id.rsplit("/", 1)[-1])
 
@@ -263,8 +263,6 @@ def _scratch_output(scratch: str | None, hub: HubTarget | None) -> str:
 def _dry_run(
     sft: str | None, aligned: str, output: str, alphas: list[float], options: dict[str, Any], mode: str, json: bool
 ) -> None:
-    import expo_cli
-
     plan = expo_cli.plan(sft, aligned, output, alphas, **options, stream=mode == "stream")
     if json:
         out.result_json(plan.to_json())
@@ -288,8 +286,6 @@ def _run(
 ) -> tuple[list[MergeResult] | None, str | None]:
     """The merge `mode` names, through the library API: (its results, or None for an unfinished part; the commit
     URL of a streamed merge)."""
-    import expo_cli
-
     if mode == "stream":
         assert hub is not None
         result, url = expo_cli.merge_to_hub(
@@ -316,8 +312,6 @@ def _report(
     json: bool,
 ) -> None:
     """What was merged: a summary on stderr; the output folders (or `--json`) and the commit URL on stdout."""
-    from ..fsutil import human_bytes
-
     if not quiet:
         for result in results:
             out.info(

@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+import expo_cli
+
 from . import _output as out
 from ._options import CommitMessageOpt, CreatePrOpt, HubTarget, JsonOpt, PrivateOpt, QuietOpt, RevisionOpt, TokenOpt
 
@@ -44,8 +46,6 @@ def push(
 
 def upload(folder: str | Path, hub: HubTarget, quiet: bool) -> str:
     """Push with a line on stderr first: shared by `expo push` and `--push-to-hub` of merge and tune."""
-    import expo_cli
-
     if not quiet:
         out.info(f"Uploading {folder} to {hub.repo_id}")
     return expo_cli.push(folder, hub.repo_id, token=hub.token, **hub.settings())

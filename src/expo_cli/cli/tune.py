@@ -10,6 +10,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+import expo_cli
+
+from ..alpha import parse_alphas
 from . import _output as out
 from ._options import (
     AdapterStackOpt,
@@ -39,6 +42,7 @@ from ._options import (
     TokenOpt,
     run_options,
 )
+from .push import upload
 
 if TYPE_CHECKING:
     from ..tuning.api import TuneResult
@@ -168,9 +172,7 @@ def tune(
     json: JsonOpt = False,
 ) -> None:
     """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0."""
-    import expo_cli
-
-    from ..alpha import parse_alphas
+    # the library loads when a command runs: --help stays fast
     from ..tuning.api import DEFAULT_ALPHAS, Decoding
 
     hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
@@ -241,16 +243,12 @@ def _write_chosen(
     options: dict[str, Any],
 ) -> dict[str, str]:
     """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen."""
-    import expo_cli
-
     if result.alpha == 0:
         out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
         return {}
     merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), **options)
     written = {"output": str(merged.output)}
     if hub is not None:
-        from .push import upload
-
         written["commit_url"] = upload(merged.output, hub, quiet)
     return written
 

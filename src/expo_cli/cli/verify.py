@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from . import _output as out
-from ._options import AdapterStackOpt, AlignedOpt, BaseOpt, JsonOpt, QuietOpt, SftOpt
+from ._options import AdapterStackOpt, AlignedOpt, BaseOpt, JsonOpt, QuietOpt, SftOpt, show_progress
 
 VERIFY_EXAMPLES = [
     "expo verify ./zephyr-expo --sft ./zephyr-sft --aligned ./zephyr-dpo",
@@ -41,8 +41,7 @@ def verify(
     json: JsonOpt = False,
 ) -> None:
     """Recompute OUTPUT from --sft and --aligned; exit 1 if any tensor differs by more than one rounding step."""
-    from huggingface_hub.utils import are_progress_bars_disabled
-
+    # the library loads when a command runs: --help stays fast
     from ..verification import SHOWN, VerifyFailed
     from ..verification import verify as run_verify
 
@@ -51,7 +50,7 @@ def verify(
         sft,
         aligned,
         alpha,
-        progress=not quiet and not are_progress_bars_disabled(),
+        progress=show_progress(quiet),
         thorough=thorough,
         base=base,
         adapter_stack=adapter_stack,

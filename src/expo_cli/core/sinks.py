@@ -57,7 +57,7 @@ class BufferPool:
     def __init__(
         self, shards: Sequence[Shard], pinned: bool = False, chunk: int = CHUNK_ELEMENTS, count: int = BUFFERS
     ) -> None:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         widest = max((itemsize(t.out_dtype) for s in shards for t in s.tensors), default=1)
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
@@ -141,7 +141,7 @@ class ParameterSink:
         if ready is not None:
             ready()
         if isinstance(data, memoryview):  # bit for bit an input block
-            import torch
+            import torch  # torch loads on first use, not with the package
 
             target = self.targets[t.name].view(-1)[start:stop]
             target.view(torch.uint8).copy_(torch.frombuffer(data, dtype=torch.uint8))

@@ -41,14 +41,14 @@ FLOAT_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bf
 
 def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """The widening rule of all arithmetic on tensors: float64 when any side is float64, else float32."""
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
 def torch_dtype(code: str) -> torch.dtype:
     """The torch dtype of a safetensors dtype code (floating codes only)."""
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     return getattr(torch, FLOAT_NAMES[code])
 

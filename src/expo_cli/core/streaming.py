@@ -86,7 +86,7 @@ def stream(
 
     `nonfinite(t, α)` is called for a tensor whose result at α holds inf/NaN (it explains, warns or raises).
     """
-    from huggingface_hub.utils import tqdm
+    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
     total = sum(t.nbytes for t in tensors) * len(targets)
     probes: list[list] = [[] for _ in targets]
@@ -143,7 +143,7 @@ def explain_nonfinite(
     t: TensorPair, sft: TensorSource, aligned: TensorSource, alpha: float, *, strict: bool, warn: Callable[[str], None]
 ) -> None:
     """Explain an inf/NaN result: inherited from an input (a warning) or made by the arithmetic (an error)."""
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     assert t.sft is not None
     for role, ckpt, info in (("aligned", aligned, t.aligned), ("sft", sft, t.sft)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -121,7 +122,6 @@ def write_index(folder: Path, shards: Sequence[Shard], name: str = SAFETENSORS_I
     """Write the index (`model.safetensors.index.json`) when there is more than one shard, as transformers does."""
     if len(shards) < 2:
         return
-    import math
 
     index = {
         "metadata": {

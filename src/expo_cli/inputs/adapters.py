@@ -311,7 +311,7 @@ class LoraSource:
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
         if info.name not in self.adapter.changed:
             return self.base.raw(info, start, stop)
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         values = self.flat(info, start, stop).to(torch_dtype(info.dtype)).contiguous()
         return memoryview(values.view(torch.uint8).numpy())

@@ -77,7 +77,7 @@ class Checkpoint:
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
         """Elements [start, stop) of a tensor, flattened, as a zero-copy view where possible."""
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         mapped = self._maps[info.file]
         if self.format == "safetensors":
@@ -95,7 +95,7 @@ class Checkpoint:
         if self.format == "safetensors":
             begin = self.data_starts[info.file] + info.offset
             return memoryview(self._maps[info.file])[begin + start * size : begin + stop * size]
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         tensor = self._maps[info.file][info.name].reshape(-1)[start:stop].contiguous()
         return memoryview(tensor.view(torch.uint8).numpy())

@@ -12,6 +12,8 @@ import struct
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from safetensors import safe_open
+
 from ..constants import CONFIG_NAME
 from ..core.sources import FLOAT_DTYPES, OTHER_DTYPES, TensorInfo
 from ..errors import InputError
@@ -139,8 +141,6 @@ def read_safetensors_header(file: Path) -> tuple[list[TensorInfo], int]:
 
 def _second_opinion(file: Path) -> None:
     """Let the safetensors library validate the file too: it is the reference reader of the format."""
-    from safetensors import safe_open
-
     try:
         with safe_open(file, framework="pt"):
             pass

@@ -7,6 +7,7 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,7 +66,7 @@ def parse_input(spec: str, revision: str | None = None) -> HubInput | None:
 
 
 def api(token: str | None = None) -> Any:
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi  # the Hub client loads when the Hub is used
 
     return HfApi(token=token, library_name="expo-cli", library_version=VERSION)
 
@@ -73,7 +74,7 @@ def api(token: str | None = None) -> Any:
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None = None, action: str = "download") -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one clear HubError line."""
-    from huggingface_hub import errors
+    from huggingface_hub import errors  # the Hub client loads when the Hub is used
 
     at = f"{repo_id}@{revision}" if revision else repo_id
     try:
@@ -148,9 +149,7 @@ class RemoteCheckpoint:
 
 def fetch_headers(source: HubInput, role: str, token: str | None = None) -> RemoteCheckpoint:
     """Resolve the revision, read config.json, the index and every shard's header (ranged requests)."""
-    import json
-
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # the Hub client loads when the Hub is used
 
     client = api(token)
     with hub_errors(source.repo_id, source.revision):
@@ -187,9 +186,28 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
     return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
+def _snapshot(
+    repo_id: str, revision: str | None, patterns: Sequence[str], token: str | None = None, cached: bool = False
+) -> Path:
+    """The files of a repo matching `patterns`, through the huggingface_hub cache (`cached`: from it alone)."""
+    from huggingface_hub import snapshot_download  # the Hub client loads when the Hub is used
+
+    return Path(
+        snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=list(patterns),
+            token=token,
+            local_files_only=cached,
+            library_name="expo-cli",
+            library_version=VERSION,
+        )
+    )
+
+
 def offline() -> bool:
     """HF_HUB_OFFLINE, as huggingface_hub reads it (a function in recent versions, a constant before)."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # the Hub client loads when the Hub is used
 
     return constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else bool(constants.HF_HUB_OFFLINE)
 
@@ -197,18 +215,12 @@ def offline() -> bool:
 def adapter_snapshot(source: HubInput, token: str | None = None) -> Path | None:
     """The local copy of a Hub repo holding a PEFT adapter (downloaded whole at one commit: adapters are small),
     or None when the repo holds a full model."""
-    from huggingface_hub import snapshot_download
-
     full = {SAFETENSORS_SINGLE_FILE, SAFETENSORS_INDEX_FILE, "pytorch_model.bin", PYTORCH_INDEX_FILE}
     patterns = ["adapter_model.safetensors", "adapter_model.bin", *SIDE_FILES]
     with hub_errors(source.repo_id, source.revision):
         if offline():
             try:
-                folder = Path(
-                    snapshot_download(
-                        source.repo_id, revision=source.revision, local_files_only=True, allow_patterns=patterns
-                    )
-                )
+                folder = _snapshot(source.repo_id, source.revision, patterns, cached=True)
             except Exception:  # not cached as an adapter: let the full-model path say why
                 return None
             return folder if (folder / ADAPTER_CONFIG).is_file() else None
@@ -216,16 +228,7 @@ def adapter_snapshot(source: HubInput, token: str | None = None) -> Path | None:
         files = {s.rfilename for s in info.siblings or []}
         if ADAPTER_CONFIG not in files or files & full:
             return None
-        return Path(
-            snapshot_download(
-                source.repo_id,
-                revision=info.sha,
-                allow_patterns=patterns,
-                token=token,
-                library_name="expo-cli",
-                library_version=VERSION,
-            )
-        )
+        return _snapshot(source.repo_id, info.sha, patterns, token)
 
 
 def download(
@@ -237,20 +240,9 @@ def download(
     Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
     checked to be the commit whose headers were validated.
     """
-    from huggingface_hub import snapshot_download
-
     patterns = [*(remote.weight_patterns if weights else []), *SIDE_FILES, *extra]
     with hub_errors(remote.repo_id, remote.revision):
-        folder = Path(
-            snapshot_download(
-                remote.repo_id,
-                revision=remote.revision,
-                allow_patterns=patterns,
-                token=token,
-                library_name="expo-cli",
-                library_version=VERSION,
-            )
-        )
+        folder = _snapshot(remote.repo_id, remote.revision, patterns, token)
     if folder.name != remote.sha:
         raise HubError(f"{remote.repo_id}@{remote.revision}: the branch moved during the download; run again")
     return folder
@@ -258,19 +250,11 @@ def download(
 
 def cached(source: HubInput) -> Path:
     """Offline: the cached snapshot of a repo (as an earlier run downloaded it), or a HubError."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError  # the Hub client loads when the Hub is used
 
     def snapshot(weights: list[str]) -> Path:  # the tree cache knows what a complete download of these holds
         with hub_errors(source.repo_id, source.revision):
-            return Path(
-                snapshot_download(
-                    source.repo_id,
-                    revision=source.revision,
-                    local_files_only=True,
-                    allow_patterns=[*weights, *SIDE_FILES],
-                )
-            )
+            return _snapshot(source.repo_id, source.revision, [*weights, *SIDE_FILES], cached=True)
 
     try:
         return snapshot(["*.safetensors", SAFETENSORS_INDEX_FILE])

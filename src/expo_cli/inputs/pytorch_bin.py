@@ -3,6 +3,8 @@ mapped where the zip format allows, and described as `TensorInfo`s like a safete
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,10 +39,7 @@ _TORCH_CODES = {
 
 def load_bin(file: Path) -> dict[str, torch.Tensor]:
     """Load a PyTorch `.bin` with `weights_only=True`: a pickle can build tensors but never run code."""
-    import pickle
-    import zipfile
-
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     try:
         try:

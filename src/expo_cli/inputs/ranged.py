@@ -48,8 +48,13 @@ class RangedSource:
 
     def _get(self, file: Path, begin: int, end: int) -> bytes:
         """Bytes [begin, end) of one file of the repo, at the validated commit."""
+        # the Hub client loads when the Hub is used
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import build_hf_headers, get_session, hf_raise_for_status
+        from huggingface_hub.utils import (
+            build_hf_headers,
+            get_session,
+            hf_raise_for_status,
+        )
 
         if end <= begin:
             return b""
@@ -71,7 +76,7 @@ class RangedSource:
         return memoryview(self._get(info.file, begin + start * size, begin + stop * size))
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         data = bytearray(self.raw(info, start, stop))
         if not data:

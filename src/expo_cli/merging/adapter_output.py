@@ -54,7 +54,7 @@ class AgainstSource:
         self.sft.__exit__(*exc)
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         if info.file == ZEROS:
             return torch.zeros(stop - start, dtype=torch.float32)
@@ -190,7 +190,7 @@ class CombinedSource:
         return self.values[info.name].reshape(-1)[start:stop]
 
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         return memoryview(self.flat(info, start, stop).contiguous().view(torch.uint8).numpy())
 
@@ -199,7 +199,7 @@ class CombinedSource:
 
     def _compute(self, alpha: float) -> None:
         """Compute every tensor for this α in float32 (float64 for whole tensors), rounded once to its dtype."""
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         first, second = self.first.weights, self.second.weights
 

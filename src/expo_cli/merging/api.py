@@ -8,6 +8,8 @@ files, fsync, and rename each output into place as the last step.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,9 +117,6 @@ def merge_to_hub(
     most two shards (see `--max-shard-size`). One commit at the end; an interrupted run commits nothing, and
     running it again uploads only what the Hub does not have yet. See `expo_cli.hubstream`.
     """
-    import shutil
-    import tempfile
-
     opts = MergeOptions(**{**options, "stream": True})
     work = Path(tempfile.mkdtemp(prefix=".expo-stream-", dir=scratch))
     try:

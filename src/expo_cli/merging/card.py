@@ -91,7 +91,7 @@ class AlignedCard:
         card = folder / REPOCARD_NAME
         if not card.is_file():
             return cls({}, "")
-        from huggingface_hub import ModelCard
+        from huggingface_hub import ModelCard  # the Hub client loads when the Hub is used
 
         try:
             loaded = ModelCard.load(card)
@@ -165,7 +165,7 @@ def write_model_card(
 ) -> None:
     """README.md: the aligned card's metadata with the merge's lineage, an ExPO section, then the aligned text.
     An adapter output (`adapter`) is a PEFT adapter of the SFT model, and says so."""
-    from huggingface_hub import ModelCard
+    from huggingface_hub import ModelCard  # the Hub client loads when the Hub is used
 
     data = _card_data(record, card, config, model_name, adapter)
     body = _card_body(record, card, model_name, adapter)
@@ -176,7 +176,7 @@ def _card_data(
     record: dict[str, Any], card: AlignedCard, config: dict[str, Any], model_name: str, adapter: bool
 ) -> Any:
     """The card's metadata: the aligned card's own (but what describes only it), the merge's lineage, ExPO tags."""
-    from huggingface_hub import ModelCardData
+    from huggingface_hub import ModelCardData  # the Hub client loads when the Hub is used
 
     inherited = {k: v for k, v in card.data.items() if k not in NOT_INHERITED and v not in (None, [], "")}
     base_models = [

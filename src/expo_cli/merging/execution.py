@@ -140,9 +140,9 @@ def write_shards(
     `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader takes it).
     Returns, per target, file name -> sha256 of every shard written.
     """
-    import torch
+    import torch  # torch loads on first use, not with the package
 
-    from ..core.engine import ChunkEngine
+    from ..core.engine import ChunkEngine  # imports torch
 
     engine = ChunkEngine(run.device)
     checksums: dict[float, dict[str, str]] = {alpha: {} for alpha in folders}

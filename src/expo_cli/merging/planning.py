@@ -208,7 +208,7 @@ def _identical(sft: TensorSource, aligned: TensorSource, pairing: Pairing) -> bo
 
     Stops at the first difference, which for a real SFT -> aligned pair is in the first chunk read.
     """
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     changed = changed_tensors(sft, aligned)
     with sft, aligned:
@@ -227,7 +227,7 @@ def _identical(sft: TensorSource, aligned: TensorSource, pairing: Pairing) -> bo
 
 
 def device(name: str):  # torch.device, imported lazily
-    import torch
+    import torch  # torch loads on first use, not with the package
 
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,6 +8,7 @@ adds config, card and side files and points at the uploaded shards.
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 from pathlib import Path
@@ -88,9 +89,7 @@ def upload_operations(folder: Path) -> list[Any]:
     unchanged since (its size as recorded, not modified after config.json was written) is sent with that
     sha256, so huggingface_hub does not hash it again before uploading. Any other file is hashed as usual.
     """
-    import json
-
-    from huggingface_hub import CommitOperationAdd
+    from huggingface_hub import CommitOperationAdd  # the Hub client loads when the Hub is used
 
     config = folder / CONFIG_NAME
     try:
@@ -132,7 +131,7 @@ class Uploader:
         self._queue.put((path, sha256))
 
     def _run(self) -> None:
-        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub import CommitOperationAdd  # the Hub client loads when the Hub is used
 
         while (item := self._queue.get()) is not None:
             path, sha256 = item

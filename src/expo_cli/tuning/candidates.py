@@ -73,9 +73,9 @@ class CandidateModel:
 
     def set_alpha(self, alpha: float, opts: MergeOptions) -> float:
         """Make the model θ(α); return the seconds it took."""
-        import torch
+        import torch  # torch loads on first use, not with the package
 
-        from ..core.engine import ChunkEngine
+        from ..core.engine import ChunkEngine  # imports torch
 
         started = time.perf_counter()
         weights = self.run.main

@@ -92,8 +92,8 @@ def generate(
     advance: Callable[[int], None] = lambda n: None,
 ) -> list[Response]:
     """Every prompt's responses (prompt-major), generated in fixed seeded batches; `advance(n)` after each batch."""
-    import torch
-    from transformers import GenerationConfig, set_seed
+    import torch  # torch loads on first use, not with the package
+    from transformers import GenerationConfig, set_seed  # transformers loads when a model does
 
     eos = stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]

@@ -90,7 +90,7 @@ def _read_file(path: Path) -> Iterable[Any]:
         raise UsageError(f"--prompts {path.name}: use a {', '.join(FORMATS)} file or a Hub dataset org/name")
     if suffix == ".parquet":
         try:
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # optional: only for dataset and parquet prompts
         except ImportError as err:
             raise UsageError("--prompts: a .parquet file needs pyarrow (pip install pyarrow)") from err
         try:
@@ -130,7 +130,7 @@ def _json_lines(text: str, name: str) -> list[Any]:
 
 def _read_dataset(name: str, split: str, token: str | None) -> Iterable[Any]:
     try:
-        import datasets
+        import datasets  # optional: only for dataset and parquet prompts
     except ImportError as err:
         raise UsageError(
             f"--prompts {name}: a Hub dataset needs the datasets library "

@@ -89,8 +89,11 @@ class RewardModel:
         token: str | None = None,
         warn: Callable[[str], None] = print,
     ) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        import torch  # torch loads on first use, not with the package
+        from transformers import (  # transformers loads when a model does
+            AutoModelForSequenceClassification,
+            AutoTokenizer,
+        )
 
         self.name = Path(path).resolve().name if Path(path).exists() else path  # a folder name, never its path
         self.batch_size = batch_size
@@ -128,7 +131,7 @@ class RewardModel:
         return self.tokenizer.apply_chat_template(conversation, tokenize=False)
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        import torch
+        import torch  # torch loads on first use, not with the package
 
         texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
         ids = [
