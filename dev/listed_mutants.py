@@ -175,6 +175,103 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            against = None",
         "tests/test_lora.py::test_as_adapter_is_the_same_extrapolation_through_peft",
     ),
+    # Issue "tests that catch the bugs": behaviour of the newer code that no test pinned before.
+    "generation: the generation prompt left out": (
+        "tuning/generation.py",
+        "add_generation_prompt=True",
+        "add_generation_prompt=False",
+        "tests/test_generation.py",
+    ),
+    "generation: a response not cut at its first end token": (
+        "tuning/generation.py",
+        "            cut = next((i for i, token in enumerate(tokens) if token in eos), len(tokens))",
+        "            cut = len(tokens)",
+        "tests/test_generation.py",
+    ),
+    "generation: tokens counted past the end token": (
+        "tuning/generation.py",
+        "tokenizer.decode(kept, skip_special_tokens=True), len(kept))",
+        "tokenizer.decode(kept, skip_special_tokens=True), len(tokens))",
+        "tests/test_generation.py",
+    ),
+    "generation: every batch sampled with the same seed": (
+        "tuning/generation.py",
+        "        set_seed(decoding.seed + number)",
+        "        set_seed(decoding.seed)",
+        "tests/test_generation.py",
+    ),
+    "rewards: BOS doubled for a tokenizer that adds one": (
+        "tuning/rewards.py",
+        "add_special_tokens=not self.templated",
+        "add_special_tokens=True",
+        "tests/test_rewards.py",
+    ),
+    "statistics: a 93% interval": (
+        "tuning/statistics.py",
+        "PERCENTILES = (2.5, 97.5)",
+        "PERCENTILES = (3.5, 96.5)",
+        "tests/test_statistics.py",
+    ),
+    "statistics: the length change as a difference, not a ratio": (
+        "tuning/statistics.py",
+        "length_change=mean_length / float(np.mean(base_length)) - 1",
+        "length_change=mean_length - float(np.mean(base_length))",
+        "tests/test_statistics.py",
+    ),
+    "statistics: the longer-responses warning at another threshold": (
+        "tuning/statistics.py",
+        "    if chosen.length_change > LONGER:",
+        "    if chosen.length_change > 3 * LONGER:",
+        "tests/test_statistics.py",
+    ),
+    "search: a bracket narrower than the tolerance refined anyway": (
+        "tuning/search.py",
+        "        elif high - low < self.tolerance * max(1.0, abs(best)):",
+        "        elif False:",
+        "tests/test_search.py",
+    ),
+    "search: no noise floor": (
+        "tuning/search.py",
+        "        elif self.indistinguishable and self.indistinguishable(",
+        "        elif False and self.indistinguishable(",
+        "tests/test_search.py",
+    ),
+    "lora: --as-adapter scales A instead of B": (
+        "merging/adapter_output.py",
+        'B_FACTORS = (".lora_B.weight", ".lora_embedding_B", ".lora_B.bias")',
+        'B_FACTORS = (".lora_A.weight", ".lora_embedding_A", ".lora_B.bias")',
+        "tests/test_lora.py::test_as_adapter_copies_lora_a_bit_for_bit_and_scales_only_b",
+    ),
+    "lora: a continued rsLoRA stack keeps use_rslora in its config": (
+        "merging/adapter_output.py",
+        '                "use_rslora": False,\n',
+        "",
+        "tests/test_lora.py::test_a_continued_rslora_stack_as_adapter_gives_peft_the_intended_update",
+    ),
+    "parts: finishing takes a shard of the wrong size": (
+        "merging/execution.py",
+        "and (not path.is_file() or path.stat().st_size != shard.size)",
+        "and not path.is_file()",
+        "tests/test_parts.py::test_a_shard_of_the_wrong_size_is_refused_when_finishing",
+    ),
+    "stream: the writer goes on after a failed upload": (
+        "merging/upload.py",
+        "        self._idle.acquire()\n        if self._error is not None:",
+        "        self._idle.acquire()\n        if False:",
+        "tests/test_hub.py::test_a_failed_upload_stops_the_writer_before_the_scratch_fills",
+    ),
+    "side files: tokenizer.json not copied": (
+        "merging/sidefiles.py",
+        '    "tokenizer.json",\n',
+        "",
+        "tests/test_merge.py::test_config_card_and_files_of_the_aligned_model",
+    ),
+    "side files: an adapter merge borrows nothing from its base": (
+        "merging/planning.py",
+        "            sidefiles.borrow(side, fallback)",
+        "            pass",
+        "tests/test_lora.py::test_an_adapter_merge_carries_its_bases_loader_files",
+    ),
 }
 
 

@@ -63,10 +63,11 @@ def save(model, path: Path, dtype: torch.dtype, max_shard_size: str | None = Non
 
 
 def add_tokenizer_files(path: Path) -> None:
-    """The non-weight files an aligned model ships, which the output must carry byte for byte."""
-    (path / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 64, "chat_template": "{{ x }}"}))
-    (path / "special_tokens_map.json").write_text(json.dumps({"eos_token": "</s>"}))
-    (path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content }}{% endfor %}")
+    """The loader files an aligned model ships beside its weights, which the output must carry byte for byte: a real
+    tokenizer (tokenizer.json, its config, the chat template; BOS added by its post-processor, as Llama's is), an
+    older special_tokens_map.json, and custom code that no auto_map names."""
+    word_tokenizer(adds_bos=True).save_pretrained(path)
+    (path / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>"}))
     (path / "modeling_custom.py").write_text("# custom code travels with the model\n")
 
 
@@ -167,14 +168,19 @@ def snapshot(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def word_tokenizer():
-    """A word-level tokenizer over the tiny models' whole vocabulary (`w4` ... `w95`), with a chat template."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
+def word_tokenizer(adds_bos: bool = False):
+    """A word-level tokenizer over the tiny models' whole vocabulary (`w4` ... `w95`), with a chat template;
+    `adds_bos`: its post-processor adds BOS to every encoding, as Llama's does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     words = ["<unk>", "<s>", "</s>", "<pad>", *(f"w{i}" for i in range(4, VOCAB))]
     backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    if adds_bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)]
+        )
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>"
     )

@@ -419,6 +419,29 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(
     )
 
 
+def test_a_failed_upload_stops_the_writer_before_the_scratch_fills(tmp_path, expo, hub, token, small_scratch):
+    """Uploads fail from the second shard on, after huggingface_hub's retries: the run ends with the upload's error
+    (exit 7) having written at most the shard after it. Each block read is a range request, so the reads count
+    the work: a writer that went on would read (nearly) all a complete run reads, and fill the scratch folder."""
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    publish(hub, "org/fail-sft", sft)
+    publish(hub, "org/fail-dpo", aligned)
+    args = ["--sft", "org/fail-sft", "--aligned", "org/fail-dpo", "--max-shard-size", "8KB"]
+    hub.create("me/complete")
+    hub.requests.clear()
+    run = expo("merge", *args, "--alpha", "0.5", "--stream", "--push-to-hub", "me/complete", "--scratch", tmp_path)
+    assert run.code == 0, run.stderr
+    reads = sum(1 for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r)
+    hub.create("me/failing")
+    hub.repos["me/failing"].uploads_before_drop = 1
+    hub.requests.clear()
+    run = expo("merge", *args, "--alpha", "0.6", "--stream", "--push-to-hub", "me/failing", "--scratch", small_scratch)
+    assert run.code == 7 and "upload failed" in run.stderr and "disk full" not in run.stderr, run.stderr
+    failing_reads = sum(1 for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r)
+    assert failing_reads < 0.75 * reads, (failing_reads, reads)
+    assert list(small_scratch.iterdir()) == []
+
+
 def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, local_pair, token):
     sft, aligned, _ = local_pair
     publish(hub, "org/resume-sft", sft)

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_model
+from safetensors.torch import load_file
+from transformers import AutoTokenizer
 
-from helpers import build_model, files_of, gpt2_config, llama_config, read_all, save
+from helpers import add_tokenizer_files, build_model, files_of, gpt2_config, llama_config, read_all, save
 
 ALPHA = 0.7
 EPS32 = torch.finfo(torch.float32).eps
@@ -191,6 +194,70 @@ def test_an_sft_adapter_under_the_aligned_one(tmp_path, expo, bases, stack):
         assert set(written["rank_pattern"].values()) == {8}
         through_peft = peft_merged(base_tensors, "llama", tmp_path / "adapter")
     assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
+
+
+def test_as_adapter_copies_lora_a_bit_for_bit_and_scales_only_b(tmp_path, expo, bases):
+    """The file contract: lora_A (and lora_embedding_A) unchanged, B the only factor scaled by (1+α)."""
+    adapter = make_adapter(
+        tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-embed-patterns-modules-to-save"][1]
+    )
+    run = expo(
+        "merge",
+        "--sft",
+        bases["llama"],
+        "--aligned",
+        adapter,
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        ALPHA,
+        "--as-adapter",
+    )
+    assert run.code == 0, run.stderr
+    written = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    trained = load_file(adapter / "adapter_model.safetensors")
+    assert written.keys() == trained.keys()
+    factors_a = [k for k in trained if ".lora_A." in k or ".lora_embedding_A" in k]
+    factors_b = [k for k in trained if ".lora_B." in k or ".lora_embedding_B" in k]
+    assert factors_a and factors_b
+    for key in factors_a:
+        assert torch.equal(written[key], trained[key]), key
+    for key in factors_b:  # (1+α)·B in float32, rounded once
+        expected = (trained[key].double() * (1 + ALPHA)).float()
+        assert torch.allclose(written[key], expected, rtol=2 * EPS32, atol=0), key
+
+
+def test_a_continued_rslora_stack_as_adapter_gives_peft_the_intended_update(tmp_path, expo, bases):
+    """Two rsLoRA adapters (s = α/√r): the combined adapter folds both scales into B, and its config must tell PEFT
+    s = 1 (use_rslora off, lora_alpha = r), or PEFT would scale the update again."""
+    base = bases["llama"]
+    rslora = {"r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"], "use_rslora": True}
+    sft_adapter = make_adapter(tmp_path / "sft-adapter", base, "llama", rslora, seed=21)
+    aligned = make_adapter(tmp_path / "dpo", base, "llama", rslora, seed=22)
+    base_tensors = read_all(base)
+    sft_tensors = peft_merged(base_tensors, "llama", sft_adapter)
+    aligned_tensors = peft_merged(base_tensors, "llama", aligned)
+    pair = ["--sft", sft_adapter, "--aligned", aligned, "--adapter-stack", "continued", "--alpha", ALPHA, "-q"]
+    run = expo("merge", *pair, "-o", tmp_path / "adapter", "--as-adapter")
+    assert run.code == 0, run.stderr
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert written["use_rslora"] is False and set(written["rank_pattern"].values()) == {8}
+    assert written["alpha_pattern"] == written["rank_pattern"]
+    through_peft = peft_merged(base_tensors, "llama", tmp_path / "adapter")
+    assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
+
+
+def test_an_adapter_merge_carries_its_bases_loader_files(tmp_path, expo, bases):
+    """An adapter folder holds no tokenizer or generation config: the merged model gets its base's, byte for byte."""
+    base = shutil.copytree(bases["llama"], tmp_path / "base")
+    add_tokenizer_files(base)
+    adapter = make_adapter(tmp_path / "adapter", base, "llama", ADAPTERS["llama-all-linear-rslora"][1])
+    assert not (adapter / "tokenizer.json").exists() and not (adapter / "generation_config.json").exists()
+    run = expo("merge", "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q")
+    assert run.code == 0, run.stderr
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (tmp_path / "out" / name).read_bytes() == (base / name).read_bytes(), name
+    assert AutoTokenizer.from_pretrained(tmp_path / "out")("w9")["input_ids"] == [1, 9]
 
 
 def _model_from(tensors: dict[str, torch.Tensor]):

@@ -89,7 +89,8 @@ def test_config_card_and_files_of_the_aligned_model(tmp_path, llama_pair):
     )
     assert config["expo"]["sft"]["name"] == sft.name and config["expo"]["aligned"]["name"] == aligned.name
     assert config["expo"]["expo_version"] == expo_cli.__version__
-    for name in ("tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja", "generation_config.json"):
+    loader_files = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+    for name in (*loader_files, "generation_config.json"):
         assert (out / name).read_bytes() == (aligned / name).read_bytes(), name
     assert not (out / "modeling_custom.py").exists()  # no auto_map names it: see test_publish
     card = ModelCard.load(out / "README.md")

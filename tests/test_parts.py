@@ -60,7 +60,7 @@ def test_bad_parts_are_usage_errors(value, parts, environ, message):
         parse_part(value, parts, environ)
 
 
-def test_shards_are_dealt_by_bytes_the_same_way_every_time(big_pair):  # noqa: F811
+def test_shards_are_dealt_by_bytes_the_same_way_every_time(big_pair):
     run = prepare(*big_pair, {0.5: Path("unused")}, MergeOptions(max_shard_size=SHARD, progress=False), whole=False)
     shards = run.main.shards
     dealt = deal(shards, 3)
@@ -99,7 +99,7 @@ def part(pair, out: Path, index: int, count: int, *extra: str) -> subprocess.Pop
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def test_a_job_array_with_a_killed_part_gives_the_single_process_result(tmp_path, expo, big_pair):  # noqa: F811
+def test_a_job_array_with_a_killed_part_gives_the_single_process_result(tmp_path, expo, big_pair):
     single = tmp_path / "single"
     assert (
         expo(
@@ -170,3 +170,20 @@ def test_parts_of_different_merges_do_not_mix(tmp_path, expo, llama_pair):
     assert not out.exists()
     assert expo(*base, "--alpha", "0.5", "--part", "2/2").code == 0
     assert (out / "config.json").exists() and expo("verify", out, "--sft", sft, "--aligned", aligned, "-q").code == 0
+
+
+def test_a_shard_of_the_wrong_size_is_refused_when_finishing(tmp_path, expo, llama_pair):
+    """A part's shard damaged after its record was written: the last part, and --finish, refuse to publish."""
+    sft, aligned = llama_pair
+    out = tmp_path / "out"
+    base = ("merge", "--sft", sft, "--aligned", aligned, "-o", out, "--alpha", "0.5", "--max-shard-size", "30KB")
+    assert expo(*base, "--part", "1/2").code == 0
+    shared, _ = folders(out)
+    shard = sorted(shared.glob("*.safetensors"))[0]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    run = expo(*base, "--part", "2/2")  # the last part to complete finishes the output
+    assert run.code == 5 and f"{shard}: missing or incomplete" in run.stderr, run.stderr
+    assert not out.exists()
+    run = expo(*base, "--finish", "--parts", "2")
+    assert run.code == 5 and f"{shard}: missing or incomplete" in run.stderr, run.stderr
+    assert not out.exists()

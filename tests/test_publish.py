@@ -85,6 +85,7 @@ def test_training_leftovers_are_skipped_listed_and_recorded(tmp_path, expo, pair
         "generation_config.json",
         "model.safetensors",
         "special_tokens_map.json",
+        "tokenizer.json",
         "tokenizer_config.json",
     ]
     line = next(li for li in run.stderr.splitlines() if li.startswith("Not copied from the aligned folder"))

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from expo_cli.tuning.search import Search
+from expo_cli.tuning.statistics import Bootstrap
 
 
 @pytest.mark.parametrize("peak", [0.37, 2.7, 7.9])
@@ -49,3 +51,31 @@ def test_the_search_stops_at_the_noise_floor():
         search.record(alpha, score)
     assert search.next() is None
     assert asked == [(2.0, 1.0)]  # the best and its better neighbour
+
+
+def test_a_bracket_narrower_than_the_tolerance_stops_the_search_with_budget_left():
+    search = Search([1.0, 1.01, 1.02], budget=10, tolerance=0.02)  # the peak's bracket: 0.02 < 0.02 × 1.01
+    for alpha, score in ((1.0, 0.1), (1.01, 0.3), (1.02, 0.2)):
+        assert search.next() == alpha
+        search.record(alpha, score)
+    assert search.next() is None and len(search.scores) == 3
+    wider = Search([1.0, 1.5, 2.0], budget=10, tolerance=0.02)  # the same shape, a bracket wide enough to refine
+    for alpha, score in ((1.0, 0.1), (1.5, 0.3), (2.0, 0.2)):
+        assert wider.next() == alpha
+        wider.record(alpha, score)
+    assert wider.next() is not None
+
+
+def test_a_constant_reward_stops_the_search_right_after_the_grid():
+    """Every candidate scores alike on every prompt: the bootstrap cannot tell any two apart, so no refinement."""
+    rewards = np.full(40, 0.5)
+
+    def indistinguishable(a: float, b: float) -> bool:
+        return not Bootstrap(len(rewards), draws=500, seed=0).mean(rewards - rewards).excludes_zero()
+
+    search = Search([0.0, 0.1, 0.3, 0.5], budget=9, indistinguishable=indistinguishable)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, float(rewards.mean()))
+    assert evaluated == [0.0, 0.1, 0.3, 0.5]

@@ -96,3 +96,25 @@ def test_the_recommendation_is_the_best_significant_candidate_or_the_aligned_mod
     worse = {0.0: base, 0.3: base - 0.01 + rng.normal(0, 0.2, size=n)}
     none = recommend(compare(worse, {0.0: np.ones(n), 0.3: np.ones(n)}, draws=1000))
     assert none.alpha == 0.0 and none.reason.startswith("no candidate beats the aligned model")
+
+
+def test_an_interval_is_the_2_5_and_97_5_percentiles_of_the_shared_resamples():
+    values = np.random.default_rng(7).normal(size=60)
+    boot = Bootstrap(60, draws=3000, seed=11)
+    interval = boot.mean(values)
+    low, high = np.percentile(values[boot.indices].mean(axis=1), [2.5, 97.5])
+    assert (interval.estimate, interval.low, interval.high) == (values.mean(), low, high)
+
+
+@pytest.mark.parametrize(("longer", "change", "warned"), [(15.0, 0.5, True), (11.0, 0.1, False), (10.0, 0.0, False)])
+def test_the_length_change_is_a_ratio_minus_one_and_the_longer_warning_follows_it(longer, change, warned):
+    rewards = np.random.default_rng(3).normal(size=50)
+    per_alpha = {0.0: rewards, 0.5: rewards + 1.0, 1.0: rewards - 1.0}  # α = 0.5 clearly best, significantly
+    lengths = {0.0: np.full(50, 10.0), 0.5: np.full(50, longer), 1.0: np.full(50, 10.0)}
+    stats = {s.alpha: s for s in compare(per_alpha, lengths, draws=2000)}
+    assert stats[0.0].length_change == 0.0 and stats[1.0].length_change == 0.0
+    assert stats[0.5].length_change == pytest.approx(change, abs=1e-12)
+    recommendation = recommend(list(stats.values()))
+    assert recommendation.alpha == 0.5
+    warning = f"α=0.5 makes responses {100 * change:.0f}% longer than α=0"
+    assert (warning in recommendation.warnings) == warned, recommendation.warnings

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -348,6 +349,8 @@ def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, gra
 
 def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file, grader, llama_pair):
     sft, aligned = steered
+    broken_tokenizer = shutil.copytree(llama_pair[1], tmp_path / "broken-tokenizer")
+    (broken_tokenizer / "tokenizer.json").write_text("{ not a tokenizer")
     base = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file]
     fn = ["--reward-fn", f"{grader}:w7_share"]
     cases = [
@@ -364,7 +367,7 @@ def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file
         (base + fn + ["--limit", "0"], 2, "--limit 0"),
         (["tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "none.jsonl", *fn], 3, "no such file"),
         (
-            ["tune", "--sft", llama_pair[0], "--aligned", llama_pair[1], "--prompts", prompts_file, *fn],
+            ["tune", "--sft", llama_pair[0], "--aligned", broken_tokenizer, "--prompts", prompts_file, *fn],
             3,
             "cannot load its tokenizer",
         ),

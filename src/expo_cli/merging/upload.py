@@ -112,21 +112,30 @@ def upload_operations(folder: Path) -> list[Any]:
 
 
 class Uploader:
-    """Uploads each finished shard as an LFS object on a thread of its own, then deletes the local file."""
+    """Uploads each finished shard as an LFS object on a thread of its own, then deletes the local file.
+
+    One shard uploads at a time and none waits behind it: `shard_closed` returns only once the previous upload is
+    done, so the scratch folder holds the shard being uploaded and the one being written, however slow the link
+    (or however long huggingface_hub retries), and a failed upload stops the writer at the next shard.
+    """
 
     def __init__(self, repo_id: str, revision: str | None, create_pr: bool, token: str | None) -> None:
         self.client = api(token)
         self.repo_id, self.revision, self.create_pr = repo_id, revision, create_pr
         self.operations: list[Any] = []
         self._queue: queue.Queue = queue.Queue()
+        self._idle = threading.Semaphore(1)  # released when an upload ends, whatever its outcome
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="expo-uploader", daemon=True)
         self._thread.start()
 
     def shard_closed(self, path: Path, sha256: str) -> None:
-        """Queue a complete shard (called on the hashing thread). After a failed upload, raise it there: the
-        writer then stops, instead of filling the scratch folder with shards that will never leave."""
+        """Hand over a complete shard once the previous upload is done (called on the hashing thread, so the
+        writer waits too). After a failed upload, raise it there: the writer then stops, instead of filling the
+        scratch folder with shards that will never leave."""
+        self._idle.acquire()
         if self._error is not None:
+            self._idle.release()
             raise self._error
         self._queue.put((path, sha256))
 
@@ -135,9 +144,9 @@ class Uploader:
 
         while (item := self._queue.get()) is not None:
             path, sha256 = item
-            if self._error is not None:
-                continue
             try:
+                if self._error is not None:
+                    continue  # after a failure, nothing more is sent (the run ends with that error)
                 operation = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
                 operation.upload_info.sha256 = bytes.fromhex(sha256)
                 with hub_errors(self.repo_id, self.revision, action="upload"):
@@ -146,8 +155,10 @@ class Uploader:
                     )
                 path.unlink()
                 self.operations.append(operation)
-            except BaseException as err:  # raised on the main thread by close()
+            except BaseException as err:  # raised on the hashing thread by shard_closed, and by close()
                 self._error = err
+            finally:
+                self._idle.release()
 
     def close(self) -> list[Any]:
         """Wait for every upload; return the operations for the commit (or raise the first upload error)."""

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 DRAWS = 10_000
-LEVEL = 0.95
+PERCENTILES = (2.5, 97.5)  # a 95% interval: the central 95% of the resamples, written exactly
 LONGER = 0.2  # warn when the chosen α lengthens responses by more than this fraction
 
 
@@ -42,8 +42,7 @@ class Bootstrap:
         self.indices = np.random.default_rng(seed).integers(0, prompts, size=(draws, prompts), dtype=np.int64)
 
     def interval(self, estimate: float, replicates: np.ndarray) -> Interval:
-        tail = 100 * (1 - LEVEL) / 2
-        low, high = np.percentile(replicates, [tail, 100 - tail])
+        low, high = np.percentile(replicates, PERCENTILES)
         return Interval(float(estimate), float(low), float(high))
 
     def mean(self, values: np.ndarray) -> Interval:
