@@ -191,6 +191,17 @@ def word_tokenizer(adds_bos: bool = False):
     return tok
 
 
+def save_reward_model(folder: Path, tokenizer) -> Path:
+    """A tiny Llama reward model (a sequence classifier with one label: its logit is the reward) and its tokenizer,
+    saved as a Hub reward model is."""
+    from transformers import LlamaForSequenceClassification
+
+    config = llama_config(num_hidden_layers=1, num_labels=1, pad_token_id=3)
+    LlamaForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def steered_pair(root: Path, dtype=torch.float32) -> tuple[Path, Path]:
     """A pair whose alignment makes token w7 likelier, more so the further it is extrapolated: every input embedding
     moves along one direction v and the output row of w7 along v too, so reward = share of w7 grows with α."""

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from expo_cli.tuning.rewards import RewardModel
-from helpers import VOCAB, word_tokenizer
+from helpers import save_reward_model, word_tokenizer
 
 BOS, USER, ASSISTANT = 1, 4, 5
 
@@ -16,18 +15,7 @@ BOS, USER, ASSISTANT = 1, 4, 5
 def reward_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("rm")
     torch.manual_seed(3)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        num_labels=1,
-        pad_token_id=3,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(folder)
-    word_tokenizer(adds_bos=True).save_pretrained(folder)
+    save_reward_model(folder, word_tokenizer(adds_bos=True))
     return folder
 
 

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForSequenceClassification
+from transformers import AutoModelForCausalLM
 
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
 from expo_cli.tuning.candidates import CandidateModel
 from expo_cli.tuning.generation import Decoding, encode_prompts, generate
 from expo_cli.tuning.rewards import RewardModel
-from helpers import VOCAB, make_pair, read_all, steered_pair, word_tokenizer
+from helpers import make_pair, read_all, save_reward_model, steered_pair, word_tokenizer
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
 W7_SHARE = """def w7_share(prompt, response):
@@ -254,19 +254,8 @@ def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prom
 
 def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadded(tmp_path):
     torch.manual_seed(3)
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        num_labels=1,
-        pad_token_id=3,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
     tokenizer = word_tokenizer()
-    tokenizer.save_pretrained(tmp_path / "rm")
+    save_reward_model(tmp_path / "rm", tokenizer)
     rm = RewardModel(str(tmp_path / "rm"), batch_size=3)
     prompts = ["w9 w10", "w11", "w12 w13 w14 w15", "w16", "w17 w18"]
     responses = ["w20 w21 w22", "w23", "w24 w25", "w26 w27 w28 w29 w30", ""]
@@ -285,18 +274,7 @@ def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadd
 
 def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_file):
     sft, aligned = steered
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        num_labels=1,
-        pad_token_id=3,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
-    word_tokenizer().save_pretrained(tmp_path / "rm")
+    save_reward_model(tmp_path / "rm", word_tokenizer())
     run = expo(
         "tune",
         "--sft",
@@ -487,18 +465,7 @@ def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(
     from helpers import files_of
 
     monkeypatch.setenv("HF_TOKEN", "write-token")
-    config = LlamaConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=VOCAB,
-        num_labels=1,
-        pad_token_id=3,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "rm")
-    word_tokenizer().save_pretrained(tmp_path / "rm")
+    save_reward_model(tmp_path / "rm", word_tokenizer())
     hub.create("org/tiny-rm", files_of(tmp_path / "rm"))
     pair = {}
     for side, folder in zip(("sft", "aligned"), steered, strict=True):
