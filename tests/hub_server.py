@@ -2,7 +2,10 @@
 
 Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
 uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
-`drop_downloads` (weight downloads cut halfway) and `uploads_before_drop` (LFS uploads cut after that many).
+`drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many), and for
+ranged reads of tensor data (what `--stream` makes) `range_faults` (that share of them fails, each by a kind drawn
+from `fault_kinds` with a seeded generator: a connection reset mid-body, 503 with Retry-After: 0, 429 with
+Retry-After: 1, a body half as long as asked) and `failing_file` (every such read of that file answers 503).
 Tokens: "write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in
 hub-api-notes.md of the project's shared notes.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import random
 import re
 import threading
 from dataclasses import dataclass, field
@@ -32,6 +36,9 @@ class Repo:
     gated: bool = False
     drop_downloads: bool = False
     uploads_before_drop: int | None = None  # after this many LFS uploads, cut every further one
+    range_faults: float = 0.0  # the share of ranged tensor-data reads that fail
+    fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
+    failing_file: str | None = None  # every ranged tensor-data read of this file answers 503
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit
     prs: int = 0
@@ -57,8 +64,24 @@ class Hub:
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
         self.etags: dict[tuple[str, str, str], str] = {}
+        self.random = random.Random(0)
+        self.injected: list[tuple[str, str, int]] = []  # (fault kind, file, first byte asked for)
 
-    def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: bool) -> str:
+    def fault(self, repo: Repo, filename: str, data: bytes, start: int) -> str | None:
+        """The fault to inject into a ranged read from `start`, if any: tensor data only (headers read cleanly).
+        Called with the hub's lock held, like every request."""
+        if not filename.endswith(".safetensors") or start < 8 + int.from_bytes(data[:8], "little"):
+            return None
+        if repo.failing_file == filename:
+            kind = "503"
+        elif repo.range_faults and self.random.random() < repo.range_faults:
+            kind = self.random.choice(repo.fault_kinds)
+        else:
+            return None
+        self.injected.append((kind, filename, start))
+        return kind
+
+    def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: object) -> str:
         """Make a repo (for test setup); returns the commit sha of its main branch."""
         with self.lock:
             repo = self.repos.setdefault(repo_id, Repo(**flags))
@@ -246,14 +269,19 @@ class Handler(BaseHTTPRequestHandler):
             self.hub.etags[key] = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
         etag = self.hub.etags[key]
         headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
-        status, body = 200, data
+        status, body, fault = 200, data, None
         if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):
             start = int(m[1])
             stop = min(int(m[2]) + 1 if m[2] else len(data), len(data))
+            fault = None if head else self.hub.fault(repo, filename, data, start)
+            if fault in ("503", "429"):
+                return self._send(int(fault), b"come back later", {"Retry-After": "0" if fault == "503" else "1"})
+            if fault == "short":  # a well-formed answer, but shorter than asked
+                stop = start + max(1, (stop - start) // 2)
             status, body = 206, data[start:stop]
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         cut = repo.drop_downloads and not head and filename.endswith(".safetensors") and status == 200
-        self._send(status, body, headers, head=head, cut=cut)
+        self._send(status, body, headers, head=head, cut=cut or fault == "reset")
 
     def _create(self, request: dict) -> None:
         if self._token() != WRITE_TOKEN:

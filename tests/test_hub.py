@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -440,6 +442,98 @@ def test_a_failed_upload_stops_the_writer_before_the_scratch_fills(tmp_path, exp
     failing_reads = sum(1 for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r)
     assert failing_reads < 0.75 * reads, (failing_reads, reads)
     assert list(small_scratch.iterdir()) == []
+
+
+def test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge(tmp_path, expo, hub, token):
+    """A quarter of the tensor-data reads fail (resets mid-body, 503, 429 with Retry-After, short bodies): each is
+    retried, asking only for the bytes still missing, and the output is the local merge's, byte for byte."""
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    publish(hub, "org/faulty-sft", sft, range_faults=0.25)
+    publish(hub, "org/faulty-dpo", aligned, range_faults=0.25)
+    hub.injected.clear()
+    hub.requests.clear()
+    scratch = tmp_path / "scratch"  # missing: created
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    run = expo(
+        "merge",
+        "--sft",
+        "org/faulty-sft",
+        "--aligned",
+        "org/faulty-dpo",
+        *shards,
+        "--stream",
+        "--push-to-hub",
+        "me/faulty",
+        "--scratch",
+        scratch,
+    )
+    assert run.code == 0, run.stderr
+    assert {kind for kind, _, _ in hub.injected} == {"reset", "503", "429", "short"}, hub.injected
+    assert scratch.is_dir() and list(scratch.iterdir()) == []
+    reads = [(p.rsplit("/", 1)[-1], int(r[6:].split("-")[0])) for m, p, r in hub.requests if m == "GET" and r]
+    for kind, file, start in hub.injected:
+        if kind in ("reset", "short"):  # the retry starts past what arrived
+            after = reads[reads.index((file, start)) + 1 :]
+            assert next(s for f, s in after if f == file) > start, (kind, file, start)
+    local = tmp_path / "local"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *shards, "-q").code == 0
+    back = files_of(Path(snapshot_download("me/faulty", cache_dir=tmp_path / "cache")))
+    merged = files_of(local)
+    written = [name for name in merged if name.endswith(".safetensors") or name.endswith(".index.json")]
+    assert len(written) > 3 and all(back[name] == merged[name] for name in written)
+
+
+def test_a_file_that_keeps_failing_ends_with_exit_7_naming_its_byte_range(tmp_path, expo, hub, token):
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32)
+    name = sorted(p.name for p in aligned.glob("*.safetensors"))[0]
+    publish(hub, "org/broken-sft", sft)
+    publish(hub, "org/broken-dpo", aligned, failing_file=name)
+    hub.create("me/never")
+    before = dict(hub.repos["me/never"].refs)
+    started = time.monotonic()
+    run = expo(
+        "merge",
+        "--sft",
+        "org/broken-sft",
+        "--aligned",
+        "org/broken-dpo",
+        "--alpha",
+        "0.5",
+        "--stream",
+        "--push-to-hub",
+        "me/never",
+        "--scratch",
+        tmp_path,
+    )
+    assert run.code == 7, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    expected = rf"Error: org/broken-dpo/{re.escape(name)}, bytes \d+-\d+: HTTP 503 \(8 attempts\); run again to resume"
+    assert re.fullmatch(expected, last), last
+    assert time.monotonic() - started < 60  # Retry-After: 0 is honoured: no backoff of its own
+    assert hub.repos["me/never"].refs == before and not list(tmp_path.glob(".expo-stream-*"))
+
+
+def test_a_scratch_folder_whose_parent_is_missing_is_refused_in_one_line(tmp_path, expo, hub, token):
+    run = expo(
+        "merge",
+        "--sft",
+        "org/any-sft",
+        "--aligned",
+        "org/any-dpo",
+        "--alpha",
+        "0.5",
+        "--stream",
+        "--push-to-hub",
+        "me/any",
+        "--scratch",
+        tmp_path / "no" / "scratch",
+    )
+    missing = tmp_path / "no"
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 5, run.stderr
+    assert (
+        last == f"Error: --scratch {missing / 'scratch'}: {missing} does not exist; create it or choose another folder"
+    )
 
 
 def test_an_interrupted_stream_commits_nothing_and_resumes(tmp_path, expo, hub, local_pair, token):

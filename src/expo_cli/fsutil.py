@@ -102,6 +102,30 @@ def check_output(output: Path, force: bool) -> None:
     os.rmdir(probe)
 
 
+def scratch_folder(parent: Path | None) -> Path:
+    """A new temporary folder in `parent` (made when missing: its own parent must exist), else in the system's."""
+    if parent is not None and not parent.is_dir():
+        if parent.exists():
+            raise OutputError(f"--scratch {parent} is a file; choose a folder")
+        if not parent.parent.is_dir():
+            raise OutputError(
+                f"--scratch {parent}: {parent.parent} does not exist; create it or choose another folder"
+            )
+        try:
+            parent.mkdir()
+        except OSError as err:
+            raise OutputError(
+                f"--scratch {parent}: cannot create it ({err.strerror}); choose a writable folder"
+            ) from err
+    try:
+        return Path(tempfile.mkdtemp(prefix=".expo-stream-", dir=parent))
+    except OSError as err:
+        where = parent if parent is not None else Path(tempfile.gettempdir())
+        raise OutputError(
+            f"--scratch {where}: cannot write into it ({err.strerror}); choose a writable folder"
+        ) from err
+
+
 def existing_parent(path: Path) -> Path:
     path = Path(os.path.abspath(path))
     while not path.exists():

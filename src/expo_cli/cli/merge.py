@@ -162,7 +162,7 @@ def merge(
             "--scratch",
             metavar="DIR",
             help="Where --stream writes each shard before uploading it "
-            "(default: the system's temporary folder); it holds two shards at most.",
+            "(default: the system's temporary folder; created when missing); it holds two shards at most.",
         ),
     ] = None,
     push_to_hub: PushToHubOpt = None,

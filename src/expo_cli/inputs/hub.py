@@ -100,13 +100,13 @@ def hub_errors(repo_id: str, revision: str | None = None, action: str = "downloa
             raise HubError(f"{at}: the Hub refused the token ({status}); set HF_TOKEN to a token with {need}") from err
         raise HubError(f"{at}: {action} failed: {first_line(err)}; run again to resume") from err
     except Exception as err:
-        cause = _network_cause(err)
+        cause = network_cause(err)
         if cause is None:
             raise
         raise HubError(f"{at}: {action} failed ({type(cause).__name__}: {cause}); run again to resume") from err
 
 
-def _network_cause(err: BaseException | None) -> BaseException | None:
+def network_cause(err: BaseException | None) -> BaseException | None:
     """The connection error behind an exception (huggingface_hub wraps some in RuntimeError), if any."""
     seen = set()
     while err is not None and id(err) not in seen:

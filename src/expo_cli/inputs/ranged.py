@@ -12,15 +12,51 @@ uploads only what the Hub does not have yet.
 
 from __future__ import annotations
 
+import email.utils
+import random
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..core.sources import TensorInfo, itemsize, torch_dtype
 from ..errors import HubError
-from .hub import RemoteCheckpoint, hub_errors
+from .hub import RemoteCheckpoint, hub_errors, network_cause
 
 if TYPE_CHECKING:
     import torch
+
+RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})  # the Hub or a proxy asks to come back later
+ATTEMPTS = 8  # failures in a row (no byte of progress) before a range request gives up
+BACKOFF_SECONDS = (0.5, 16.0)  # the first wait, doubled at each failure up to the second; about a minute in all
+MAX_RETRY_AFTER_SECONDS = 300  # a longer Retry-After is capped
+
+
+class _Transient(Exception):
+    """A failure worth retrying, with the wait the server asked for (seconds), if it asked."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.retry_after = retry_after
+
+
+def _backoff(failures: int) -> float:
+    """Exponential backoff with jitter: a random wait in the upper half of min(cap, base·2^(n−1))."""
+    base, cap = BACKOFF_SECONDS
+    return random.uniform(0.5, 1.0) * min(cap, base * 2 ** (failures - 1))
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds to wait (it may be a number of seconds or an HTTP date), capped."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+        except (TypeError, ValueError):
+            return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 class RangedSource:
@@ -47,28 +83,60 @@ class RangedSource:
         pass
 
     def _get(self, file: Path, begin: int, end: int) -> bytes:
-        """Bytes [begin, end) of one file of the repo, at the validated commit."""
+        """Bytes [begin, end) of one file of the repo, at the validated commit (so a retry never mixes revisions).
+
+        Transient failures (a dropped connection or timeout, 408/425/429/5xx, a body shorter than asked) are
+        retried with exponential backoff and jitter, or after the Retry-After the Hub asks for; what was received
+        is kept and only the rest is asked for again. ATTEMPTS failures in a row without a byte of progress end the
+        run with one line naming the file and the byte range (exit 7): running it again resumes.
+        """
         # the Hub client loads when the Hub is used
         from huggingface_hub import hf_hub_url
-        from huggingface_hub.utils import (
-            build_hf_headers,
-            get_session,
-            hf_raise_for_status,
-        )
+        from huggingface_hub.utils import build_hf_headers, get_session
 
-        if end <= begin:
-            return b""
         name = file.as_posix()[len(self.remote.repo_id) + 1 :]
         url = hf_hub_url(self.remote.repo_id, name, revision=self.remote.sha)
-        headers = {**build_hf_headers(token=self.token), "Range": f"bytes={begin}-{end - 1}"}
-        with hub_errors(self.remote.repo_id, self.remote.revision):
-            response = get_session().get(url, headers=headers, follow_redirects=True)
-            hf_raise_for_status(response)
-        if len(response.content) != end - begin:
-            raise HubError(
-                f"{self.remote.repo_id}/{name}: asked for {end - begin} bytes, got {len(response.content)}; run again"
-            )
-        return response.content
+        received = bytearray()
+        failures = 0
+        while len(received) < end - begin:
+            headers = {**build_hf_headers(token=self.token), "Range": f"bytes={begin + len(received)}-{end - 1}"}
+            before = len(received)
+            try:
+                self._receive(get_session(), url, headers, received, end - begin)
+                if len(received) < end - begin:
+                    raise _Transient(f"a body {end - begin - len(received)} bytes short")
+                continue
+            except _Transient as err:
+                reason, wait = str(err), err.retry_after
+            except HubError:
+                raise  # the Hub answered: not found, no access, ...
+            except Exception as err:
+                cause = network_cause(err)
+                if cause is None:
+                    raise
+                reason, wait = f"{type(cause).__name__}: {cause}", None
+            failures = 0 if len(received) > before else failures + 1
+            if failures >= ATTEMPTS:
+                raise HubError(
+                    f"{self.remote.repo_id}/{name}, bytes {begin}-{end - 1}: {reason} ({ATTEMPTS} attempts); "
+                    "run again to resume"
+                )
+            time.sleep(wait if wait is not None else _backoff(max(failures, 1)))
+        return bytes(received)
+
+    def _receive(self, session: Any, url: str, headers: dict[str, str], into: bytearray, size: int) -> None:
+        """One range request, appending what arrives to `into` (kept if the connection drops mid-body)."""
+        from huggingface_hub.utils import hf_raise_for_status  # the Hub client loads when the Hub is used
+
+        with session.stream("GET", url, headers=headers, follow_redirects=True) as response:
+            if response.status_code in RETRIED_STATUSES:
+                raise _Transient(f"HTTP {response.status_code}", _retry_after(response.headers.get("Retry-After")))
+            if response.status_code >= 400:
+                response.read()
+                with hub_errors(self.remote.repo_id, self.remote.revision):
+                    hf_raise_for_status(response)
+            for chunk in response.iter_bytes():
+                into += chunk[: size - len(into)]
 
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
         size = itemsize(info.dtype)

@@ -9,12 +9,12 @@ files, fsync, and rename each output into place as the last step.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..alpha import check_alpha, check_alphas
+from ..fsutil import scratch_folder
 from ..options import MergeOptions
 from .execution import MergeResult, execute, execute_to_hub
 from .parts import finish_parts as finish_all
@@ -114,11 +114,12 @@ def merge_to_hub(
 
     The inputs are read by range requests, never stored; each output shard is written into a temporary folder in
     `scratch` (default: the system's), uploaded as soon as it is complete and deleted, so the local disk holds at
-    most two shards (see `--max-shard-size`). One commit at the end; an interrupted run commits nothing, and
-    running it again uploads only what the Hub does not have yet. See `expo_cli.hubstream`.
+    most two shards (see `--max-shard-size`). `scratch` is created when missing (its parent must exist). One
+    commit at the end; an interrupted run commits nothing, and running it again uploads only what the Hub does not
+    have yet. See `expo_cli.inputs.ranged` and `expo_cli.merging.upload`.
     """
     opts = MergeOptions(**{**options, "stream": True})
-    work = Path(tempfile.mkdtemp(prefix=".expo-stream-", dir=scratch))
+    work = scratch_folder(Path(scratch) if scratch is not None else None)
     try:
         target = work / repo_id.rsplit("/", 1)[-1]
         run = prepare(sft, aligned, {check_alpha(alpha): target}, opts)
