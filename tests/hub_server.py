@@ -3,8 +3,8 @@
 Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
 uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
 `drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many), and for
-ranged reads of tensor data (what `--stream` makes) `range_faults` (that share of them fails, each by a kind drawn
-from `fault_kinds` with a seeded generator: a connection reset mid-body, 503 with Retry-After: 0, 429 with
+ranged reads of tensor data (what `--stream` makes) `range_faults` (that share of them, drawn with a seeded
+generator, fails by each of `fault_kinds` in turn: a connection reset mid-body, 503 with Retry-After: 0, 429 with
 Retry-After: 1, a body half as long as asked) and `failing_file` (every such read of that file answers 503).
 Tokens: "write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in
 hub-api-notes.md of the project's shared notes.
@@ -65,9 +65,9 @@ class Hub:
         self.requests: list[tuple[str, str]] = []
         self.etags: dict[tuple[str, str, str], str] = {}
         self.random = random.Random(0)
-        self.injected: list[tuple[str, str, int]] = []  # (fault kind, file, first byte asked for)
+        self.injected: list[tuple[str, str, int, int]] = []  # (fault kind, file, bytes [start, stop) asked for)
 
-    def fault(self, repo: Repo, filename: str, data: bytes, start: int) -> str | None:
+    def fault(self, repo: Repo, filename: str, data: bytes, start: int, stop: int) -> str | None:
         """The fault to inject into a ranged read from `start`, if any: tensor data only (headers read cleanly).
         Called with the hub's lock held, like every request."""
         if not filename.endswith(".safetensors") or start < 8 + int.from_bytes(data[:8], "little"):
@@ -75,10 +75,10 @@ class Hub:
         if repo.failing_file == filename:
             kind = "503"
         elif repo.range_faults and self.random.random() < repo.range_faults:
-            kind = self.random.choice(repo.fault_kinds)
+            kind = repo.fault_kinds[len(self.injected) % len(repo.fault_kinds)]  # each kind in turn
         else:
             return None
-        self.injected.append((kind, filename, start))
+        self.injected.append((kind, filename, start, stop))
         return kind
 
     def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: object) -> str:
@@ -273,7 +273,7 @@ class Handler(BaseHTTPRequestHandler):
         if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):
             start = int(m[1])
             stop = min(int(m[2]) + 1 if m[2] else len(data), len(data))
-            fault = None if head else self.hub.fault(repo, filename, data, start)
+            fault = None if head else self.hub.fault(repo, filename, data, start, stop)
             if fault in ("503", "429"):
                 return self._send(int(fault), b"come back later", {"Retry-After": "0" if fault == "503" else "1"})
             if fault == "short":  # a well-formed answer, but shorter than asked

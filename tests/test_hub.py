@@ -428,7 +428,8 @@ def test_a_failed_upload_stops_the_writer_before_the_scratch_fills(tmp_path, exp
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
     publish(hub, "org/fail-sft", sft)
     publish(hub, "org/fail-dpo", aligned)
-    args = ["--sft", "org/fail-sft", "--aligned", "org/fail-dpo", "--max-shard-size", "8KB"]
+    # One connection: reads run at most two blocks ahead of the writer, so they still measure how far it went.
+    args = ["--sft", "org/fail-sft", "--aligned", "org/fail-dpo", "--max-shard-size", "8KB", "--connections", "1"]
     hub.create("me/complete")
     hub.requests.clear()
     run = expo("merge", *args, "--alpha", "0.5", "--stream", "--push-to-hub", "me/complete", "--scratch", tmp_path)
@@ -468,19 +469,44 @@ def test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merg
         scratch,
     )
     assert run.code == 0, run.stderr
-    assert {kind for kind, _, _ in hub.injected} == {"reset", "503", "429", "short"}, hub.injected
+    assert {fault[0] for fault in hub.injected} == {"reset", "503", "429", "short"}, hub.injected
     assert scratch.is_dir() and list(scratch.iterdir()) == []
-    reads = [(p.rsplit("/", 1)[-1], int(r[6:].split("-")[0])) for m, p, r in hub.requests if m == "GET" and r]
-    for kind, file, start in hub.injected:
-        if kind in ("reset", "short"):  # the retry starts past what arrived
-            after = reads[reads.index((file, start)) + 1 :]
-            assert next(s for f, s in after if f == file) > start, (kind, file, start)
+    reads = []
+    for method, path, asked in hub.requests:
+        if method == "GET" and asked:
+            first, last = asked.removeprefix("bytes=").split("-")
+            reads.append((path.rsplit("/", 1)[-1], int(first), int(last) + 1))
+    for kind, file, start, stop in hub.injected:
+        if kind in ("reset", "short"):  # its retry asks only for what did not arrive
+            retry = next(r for r in reads[reads.index((file, start, stop)) + 1 :] if r[0] == file and r[2] == stop)
+            assert retry[1] > start, (kind, file, start, stop, retry)
     local = tmp_path / "local"
     assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *shards, "-q").code == 0
     back = files_of(Path(snapshot_download("me/faulty", cache_dir=tmp_path / "cache")))
     merged = files_of(local)
     written = [name for name in merged if name.endswith(".safetensors") or name.endswith(".index.json")]
     assert len(written) > 3 and all(back[name] == merged[name] for name in written)
+
+
+def test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files(tmp_path, hub, local_pair, token):
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.ranged import RangedSource
+
+    _, aligned, _ = local_pair
+    publish(hub, "org/ahead", aligned)
+    remote = fetch_headers(HubInput("org/ahead", None), "aligned")
+    infos = list(remote.tensors.values())
+    budget = 3 * max(info.nbytes for info in infos)
+    with RangedSource(remote, connections=3, budget=budget) as source, load_checkpoint(aligned, "aligned") as local:
+        reserved = []
+        for info in infos:  # announce everything: only what fits the budget is read ahead
+            source.prefetch(info, 0, info.numel)
+            reserved.append(source.reserved_bytes)
+        assert 0 < max(reserved) <= budget and reserved[-1] < sum(info.nbytes for info in infos)
+        for info in infos:
+            assert bytes(source.raw(info, 0, info.numel)) == bytes(local.raw(local.tensors[info.name], 0, info.numel))
+        assert source.reserved_bytes == 0 and source.bytes_fetched == sum(info.nbytes for info in infos)
 
 
 def test_a_file_that_keeps_failing_ends_with_exit_7_naming_its_byte_range(tmp_path, expo, hub, token):

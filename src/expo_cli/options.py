@@ -45,6 +45,8 @@ class MergeOptions:
         copy, skip: globs of aligned-folder files to copy, or to leave out, whatever the side-file policy says.
         mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
         stream: read Hub inputs by range requests instead of downloading them (`merge_to_hub`).
+        connections: with `stream`, range requests in flight per input (each input also reads ahead at most
+            128 MB, so memory stays bounded whatever the model size).
         tuning: how `expo tune` chose α (its summary), recorded in the provenance and the model card.
         base: the base model when `sft` is a LoRA adapter (default: its config's base_model_name_or_path).
         adapter_stack: "on-sft" or "continued" when both inputs are adapters and their configs do not tell.
@@ -73,6 +75,7 @@ class MergeOptions:
     skip: Sequence[str] = ()
     mistral_format: bool = False
     stream: bool = False
+    connections: int = 4
     tuning: dict[str, Any] | None = None
     base: str | None = None
     adapter_stack: str | None = None
@@ -84,6 +87,8 @@ class MergeOptions:
         for role, hub_id in (("sft", self.sft_id), ("aligned", self.aligned_id)):
             if hub_id is not None and not REPO_ID.match(hub_id):
                 raise UsageError(f"--{role}-id {hub_id!r}: write the Hub repo as org/name or org/name@revision")
+        if self.connections < 1:
+            raise UsageError(f"--connections {self.connections}: must be at least 1")
         if self.mistral_format and self.rules:
             raise UsageError(
                 "--mistral-format cannot take per-tensor α rules: they name Hugging Face tensors, and "

@@ -156,6 +156,14 @@ def merge(
             "upload each output shard as it closes; no local copy of either (see --scratch).",
         ),
     ] = False,
+    connections: Annotated[
+        int,
+        typer.Option(
+            "--connections",
+            metavar="N",
+            help="With --stream: range requests in flight per input, reading ahead while blocks are computed.",
+        ),
+    ] = 4,
     scratch: Annotated[
         str | None,
         typer.Option(
@@ -201,6 +209,7 @@ def merge(
         skip=skip,
         mistral_format=mistral_format,
         as_adapter=as_adapter,
+        connections=connections,
     )
     if dry_run:
         _dry_run(sft, aligned, output or _scratch_output(scratch, hub), alphas, options, mode, json)

@@ -12,12 +12,15 @@ check per tensor and target.
 from __future__ import annotations
 
 import sys
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..constants import CHUNK_ELEMENTS
 from ..errors import NonFiniteError
+from ..fsutil import human_bytes
 from .pairing import TensorPair
 from .sinks import TensorSink
 from .sources import TensorSource, blocks, dtype_name, itemsize
@@ -44,18 +47,39 @@ def tensor_blocks(t: TensorPair, limit: int) -> list[tuple[int, int]]:
 def walk(
     tensors: Sequence[TensorPair], sft: TensorSource, aligned: TensorSource, limit: int | None = None
 ) -> Iterator[Block]:
-    """Every block of every tensor, in order, each read ahead of its turn."""
+    """Every block of every tensor, in order, each announced to the sources ahead of its turn: one block ahead, or
+    as many as a source asks for (`read_ahead`: a network source keeps several requests in flight)."""
     limit = limit or CHUNK_ELEMENTS
-    for count, t in enumerate(tensors):
-        spans = tensor_blocks(t, limit)
-        for i, (start, stop) in enumerate(spans):
-            if i + 1 < len(spans):
-                _prefetch(t, sft, aligned, *spans[i + 1])
-            elif count + 1 < len(tensors):
-                following = tensors[count + 1]
-                _prefetch(following, sft, aligned, *tensor_blocks(following, limit)[0])
-            shared_stop = min(stop, t.shared) if t.sft is not None else start
-            yield Block(t, start, stop, max(start, shared_stop), i + 1 == len(spans))
+    depth = max(1, getattr(sft, "read_ahead", 1), getattr(aligned, "read_ahead", 1))
+    upcoming = (
+        (t, start, stop, i + 1 == len(spans))
+        for t in tensors
+        for spans in (tensor_blocks(t, limit),)
+        for i, (start, stop) in enumerate(spans)
+    )
+    window: deque[tuple[TensorPair, int, int, bool]] = deque()
+
+    def fill(size: int) -> None:
+        while len(window) < size and (item := next(upcoming, None)) is not None:
+            if window:  # the first block is read at once; the others are announced
+                _prefetch(item[0], sft, aligned, item[1], item[2])
+            window.append(item)
+
+    fill(depth + 1)
+    while window:
+        t, start, stop, last = window.popleft()
+        fill(depth)  # the `depth` blocks after this one are announced before it is processed
+        shared_stop = min(stop, t.shared) if t.sft is not None else start
+        yield Block(t, start, stop, max(start, shared_stop), last)
+
+
+def _network(sft: TensorSource, aligned: TensorSource, started: float) -> str:
+    """How fast sources that read over the network (`bytes_fetched`) receive: a slow link tells from a slow merge."""
+    fetched = [getattr(source, "bytes_fetched", None) for source in (sft, aligned)]
+    if all(f is None for f in fetched):
+        return ""
+    rate = sum(f or 0 for f in fetched) / max(time.monotonic() - started, 1e-3)
+    return f", reading {human_bytes(rate)}/s"
 
 
 def _prefetch(t: TensorPair, sft: TensorSource, aligned: TensorSource, start: int, stop: int) -> None:
@@ -99,7 +123,7 @@ def stream(
         file=sys.stderr,
         dynamic_ncols=True,
     ) as bar:
-        done = 0
+        done, started = 0, time.monotonic()
         for block in walk(tensors, sft, aligned, limit):
             t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
             if shared_stop > start:
@@ -136,7 +160,7 @@ def stream(
                         nonfinite(t, target.alphas[t.name])
                     probes[i] = []
                 done += 1
-                bar.set_postfix_str(f"{done}/{len(tensors)} tensors", refresh=False)
+                bar.set_postfix_str(f"{done}/{len(tensors)} tensors{_network(sft, aligned, started)}", refresh=False)
 
 
 def explain_nonfinite(

@@ -1,8 +1,9 @@
 """Hub to Hub with bounded local disk: inputs read by ranged requests, each output shard uploaded as it closes.
 
 A 405B merge needs 2.4 TB of local disk the ordinary way (both inputs in the Hub cache, and the output). With
-`--stream` nothing of the inputs is stored: `RangedSource` is a `TensorSource` that fetches each block it is
-asked for with an HTTP range request at the validated commit (the headers were already read that way). The
+`--stream` nothing of the inputs is stored: `RangedSource` is a `TensorSource` that fetches each block with an HTTP
+range request at the validated commit (the headers were already read that way), `connections` at a time, reading
+ahead the blocks the streaming walk announces while the current one is computed, within a fixed memory budget. The
 output shards are written into a scratch folder as usual, and each is uploaded as an LFS object the moment it is
 complete (`HfApi.preupload_lfs_files`, with the sha256 computed while writing) and then deleted, so the scratch
 folder holds at most the shard being written and the one being uploaded. One commit at the end adds config,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +27,8 @@ from .hub import RemoteCheckpoint, hub_errors, network_cause
 if TYPE_CHECKING:
     import torch
 
+CONNECTIONS = 4  # range requests in flight per input (`--connections`)
+READ_AHEAD_BYTES = 128 * 1000**2  # per input: the most bytes read ahead and not yet used
 RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})  # the Hub or a proxy asks to come back later
 ATTEMPTS = 8  # failures in a row (no byte of progress) before a range request gives up
 BACKOFF_SECONDS = (0.5, 16.0)  # the first wait, doubled at each failure up to the second; about a minute in all
@@ -62,25 +66,51 @@ def _retry_after(value: str | None) -> float | None:
 class RangedSource:
     """A Hub repo's tensors read block by block with HTTP range requests: a `TensorSource` needing no disk."""
 
-    def __init__(self, remote: RemoteCheckpoint, token: str | None = None) -> None:
+    def __init__(
+        self,
+        remote: RemoteCheckpoint,
+        token: str | None = None,
+        connections: int = CONNECTIONS,
+        budget: int = READ_AHEAD_BYTES,
+    ) -> None:
         self.remote = remote
         self.path = Path(remote.repo_id)
         self.config = remote.config
         self.tensors = remote.tensors
         self.token = token
+        self.connections = connections
+        self.budget = budget
+        self.read_ahead = 2 * connections  # blocks the streaming walk announces ahead of their turn
+        self.bytes_fetched = 0
         self._starts: dict[Path, int] = {}
+        self._pending: dict[tuple[Path, int, int], Future[bytes]] = {}
+        self._in_flight = 0  # bytes of the pending reads: at most `budget`
+        self._pool: ThreadPoolExecutor | None = None
+
+    @property
+    def reserved_bytes(self) -> int:
+        """Bytes of the reads started ahead of their turn and not yet used: never more than `budget`."""
+        return self._in_flight
 
     @property
     def readable(self) -> bool:
         return True
 
     def __enter__(self) -> RangedSource:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix="expo-range")
         for file in {t.file for t in self.tensors.values()} - set(self._starts):
             self._starts[file] = 8 + int.from_bytes(self._get(file, 0, 8), "little")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        pass
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        self._in_flight = 0
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def _get(self, file: Path, begin: int, end: int) -> bytes:
         """Bytes [begin, end) of one file of the repo, at the validated commit (so a retry never mixes revisions).
@@ -138,10 +168,21 @@ class RangedSource:
             for chunk in response.iter_bytes():
                 into += chunk[: size - len(into)]
 
-    def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
+    def _range(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         size = itemsize(info.dtype)
         begin = self._starts[info.file] + info.offset
-        return memoryview(self._get(info.file, begin + start * size, begin + stop * size))
+        return info.file, begin + start * size, begin + stop * size
+
+    def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
+        key = self._range(info, start, stop)
+        pending = self._pending.pop(key, None)
+        if pending is None:
+            data = self._get(*key)
+        else:
+            self._in_flight -= key[2] - key[1]
+            data = pending.result()
+        self.bytes_fetched += len(data)
+        return memoryview(data)
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
         import torch  # torch loads on first use, not with the package
@@ -152,4 +193,12 @@ class RangedSource:
         return torch.frombuffer(data, dtype=torch_dtype(info.dtype) if info.is_float else torch.uint8)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
-        """Each block is one request when asked for; nothing to start early."""
+        """Start reading a block the walk will ask for soon, on one of `connections` threads, unless the reads in
+        flight already hold `budget` bytes (it is then read when asked for): memory stays bounded, whatever the
+        model size."""
+        key = self._range(info, start, stop)
+        size = key[2] - key[1]
+        if self._pool is None or key in self._pending or self._in_flight + size > self.budget:
+            return
+        self._in_flight += size
+        self._pending[key] = self._pool.submit(self._get, *key)

@@ -81,7 +81,7 @@ def prepare(
     hub_ids = {"sft": opts.sft_id, "aligned": opts.aligned_id}
     folder = aligned_ckpt.path
     if opts.stream and download:
-        sft_ckpt, aligned_ckpt, folder = _ranged(sft_ckpt, aligned_ckpt, hub_ids, opts.token)
+        sft_ckpt, aligned_ckpt, folder = _ranged(sft_ckpt, aligned_ckpt, hub_ids, opts.token, opts.connections)
     header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
     if not header_only and not opts.force and _identical(sft_ckpt, aligned_ckpt, pairing):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
@@ -175,7 +175,7 @@ def _model_names(card: AlignedCard, aligned: Source, alphas: list[float], name: 
 
 
 def _ranged(
-    sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None], token: str | None
+    sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None], token: str | None, connections: int
 ) -> tuple[TensorSource, TensorSource, Path]:
     """--stream: Hub inputs read by range requests; only the aligned repo's side files are downloaded."""
     pair = {"sft": sft, "aligned": aligned}
@@ -186,7 +186,7 @@ def _ranged(
             if not source.tensors:
                 raise UsageError(f"--stream: --{role} {source.repo_id} has no safetensors weights to read by ranges")
             hub_ids[role] = hub_ids[role] or f"{source.repo_id}@{source.sha}"
-            pair[role] = RangedSource(source, token)
+            pair[role] = RangedSource(source, token, connections)
     folder = download(aligned, token, weights=False) if isinstance(aligned, RemoteCheckpoint) else aligned.path
     return pair["sft"], pair["aligned"], folder
 
