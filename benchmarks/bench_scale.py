@@ -1,10 +1,17 @@
 """Bigger than the disk, bigger than one machine: a streamed Hub-to-Hub merge and a job array, on one pair.
 
     python benchmarks/bench_scale.py [--size 2gb] [--parts 4] [--max-shard-size 500MB]
+    python benchmarks/bench_scale.py --network [--size small] [--latency 0.02] [--bandwidth 20MB]
+                                     [--baseline OTHER/src]
 
 1. The pair (bench_merge.py's cached one) is published to the test Hub server of tests/hub_server.py on 127.0.0.1,
    then `expo merge --stream --push-to-hub` merges it Hub to Hub: wall time, and the peak size of its scratch
    folder (sampled every 10 ms) against the size of one input.
+   With --network: streamed merges against the same pair merged locally, in one run: with no added latency, and
+   with the server adding --latency seconds to every response and pacing every connection at --bandwidth bytes/s,
+   for 1 and several `--connections` (and another expo's src, --baseline, for a before/after): wall time, read
+   throughput (both inputs' bytes / wall) against what the connections allow (2 inputs × N × bandwidth), and the
+   peak resident memory of the expo process.
 2. A job array on the local pair: N `expo merge --part I/N` processes started at once (the last one finishes the
    output), against one `expo merge` process, the outputs compared byte for byte.
 """
@@ -45,8 +52,34 @@ def peak_size(path: Path, done: threading.Event, peak: list[int]) -> None:
         time.sleep(0.01)
 
 
-def streamed(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> tuple[float, int]:
+def peak_anon(pid: int, peak: list[int]) -> None:
+    """Peak anonymous memory (RssAnon) of a process, sampled every 5 ms until it exits: what the tool itself holds
+    (RSS would also count the page cache of the files it maps)."""
+    while True:
+        try:
+            with open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("RssAnon:"):
+                        peak[0] = max(peak[0], int(line.split()[1]) * 1024)
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return
+        time.sleep(0.005)
+
+
+def streamed(
+    sft: Path,
+    aligned: Path,
+    alpha: float,
+    work: Path,
+    shard: str,
+    latency: float = 0.0,
+    bandwidth: float | None = None,
+    extra: tuple[str, ...] = (),
+    src: Path | None = None,
+) -> tuple[float, int, int]:
+    """One streamed merge: (wall seconds, peak scratch bytes, peak anonymous memory of the expo process)."""
     hub, server = serve()
+    hub.latency, hub.bandwidth = latency, bandwidth
     for repo, folder in (("bench/sft", sft), ("bench/aligned", aligned)):
         hub.create(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
     env = {
@@ -55,14 +88,16 @@ def streamed(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> 
         "HF_TOKEN": WRITE_TOKEN,
         "HF_HUB_DISABLE_XET": "1",
         "HF_HOME": str(work / "hf-home"),
+        **({"PYTHONPATH": str(src)} if src else {}),
     }
     scratch = work / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     done, peak = threading.Event(), [0]
     sampler = threading.Thread(target=peak_size, args=(scratch, done, peak), daemon=True)
     sampler.start()
     started = time.perf_counter()
-    subprocess.run(
+    proc = subprocess.Popen(
         [
             *EXPO,
             "--sft",
@@ -78,15 +113,59 @@ def streamed(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> 
             str(scratch),
             "--max-shard-size",
             shard,
+            *extra,
         ],
-        check=True,
         env=env,
     )
+    anon = [0]
+    watcher = threading.Thread(target=peak_anon, args=(proc.pid, anon), daemon=True)
+    watcher.start()
+    _, status, _ = os.wait4(proc.pid, 0)
+    if status:
+        raise RuntimeError(f"the streamed merge failed ({status})")
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
     server.shutdown()
-    return seconds, peak[0]
+    return seconds, peak[0], anon[0]
+
+
+def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> float:
+    warm(sft, aligned)
+    out = work / "local"
+    started = time.perf_counter()
+    subprocess.run(
+        [*EXPO, "--sft", str(sft), "--aligned", str(aligned), "-o", str(out), "--alpha", str(alpha), "--force"]
+        + ["--max-shard-size", shard],
+        check=True,
+    )
+    return time.perf_counter() - started
+
+
+def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> None:
+    """Streamed against local, with and without a slow link, this expo against --baseline: one table."""
+    read = sum(f.stat().st_size for p in (sft, aligned) for f in weight_files(p))
+    print("| run | latency | bandwidth/connection | connections | wall s | read MB/s | of allowed | peak RssAnon MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    base = local(sft, aligned, args.alpha, work, args.max_shard_size)
+    print(f"| local merge | | | | {base:.1f} | | | |")
+    cases = [(0.0, None, n) for n in (1, 4)] + [(args.latency, args.bandwidth, n) for n in (1, 4, 8)]
+    for latency, bandwidth, connections in cases:
+        runs = [("expo", None, ("--connections", str(connections)))]
+        if args.baseline and connections == 1:
+            runs.append((f"baseline {args.baseline.parent.name}", args.baseline, ()))
+        for name, src, extra in runs:
+            seconds, _, anon = streamed(
+                sft, aligned, args.alpha, work, args.max_shard_size, latency, bandwidth, extra, src
+            )
+            rate = read / seconds
+            allowed = f"{rate / (2 * connections * bandwidth):.0%}" if bandwidth and not src else ""
+            print(
+                f"| {name} streamed ({seconds / base:.2f}× local) | {latency * 1000:.0f} ms | "
+                f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections if not src else 1} | {seconds:.1f} | "
+                f"{rate / 1e6:.0f} | {allowed} | {anon / 2**20:.0f} |",
+                flush=True,
+            )
 
 
 def array(sft: Path, aligned: Path, alpha: float, work: Path, parts: int) -> tuple[float, float, bool]:
@@ -147,11 +226,20 @@ def main() -> None:
     parser.add_argument("--parts", type=int, default=4)
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--max-shard-size", default="500MB", help="of the streamed output: bounds its scratch")
+    parser.add_argument("--network", action="store_true", help="streamed merges under latency and bandwidth caps")
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds the server adds to every response")
+    parser.add_argument("--bandwidth", type=float, default=20e6, help="bytes/s per connection")
+    parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
     args = parser.parse_args()
     sft, aligned = build_pair(args.size)
+    if args.network:
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+            network(args, sft, aligned, Path(tmp))
+        return
     largest = max(sum(f.stat().st_size for f in weight_files(p)) for p in (sft, aligned))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        seconds, peak = streamed(sft, aligned, args.alpha, Path(tmp), args.max_shard_size)
+        seconds, peak, _ = streamed(sft, aligned, args.alpha, Path(tmp), args.max_shard_size)
         print(
             f"streamed Hub-to-Hub merge ({args.size}, --max-shard-size {args.max_shard_size}): {seconds:.1f} s, "
             f"peak scratch {peak / 1e6:.0f} MB (one input: {largest / 1e6:.0f} MB)"

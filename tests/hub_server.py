@@ -18,6 +18,7 @@ import json
 import random
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
@@ -65,6 +66,8 @@ class Hub:
         self.requests: list[tuple[str, str]] = []
         self.etags: dict[tuple[str, str, str], str] = {}
         self.random = random.Random(0)
+        self.latency = 0.0  # seconds before each response, as a round trip over a real network would take
+        self.bandwidth: float | None = None  # bytes per second per connection, for response bodies
         self.injected: list[tuple[str, str, int, int]] = []  # (fault kind, file, bytes [start, stop) asked for)
 
     def fault(self, repo: Repo, filename: str, data: bytes, start: int, stop: int) -> str | None:
@@ -119,8 +122,19 @@ class Handler(BaseHTTPRequestHandler):
         head: bool = False,
         cut: bool = False,
     ) -> None:
+        """Decide the response (under the hub's lock); `_flush` sends it after the lock is released, so that
+        connections overlap their latency and bandwidth as on a real network."""
+        self._out = (status, body, headers or {}, head, cut)
+
+    def _flush(self) -> None:
+        if self._out is None:
+            return
+        status, body, headers, head, cut = self._out
+        self._out = None
+        if self.hub.latency:
+            time.sleep(self.hub.latency)
         self.send_response(status)
-        for key, value in (headers or {}).items():
+        for key, value in headers.items():
             self.send_header(key, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -132,7 +146,15 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        self.wfile.write(body)
+        if not self.hub.bandwidth:
+            self.wfile.write(body)
+            return
+        started = time.monotonic()
+        for offset in range(0, len(body), 65536):  # paced: at most `bandwidth` bytes per second
+            self.wfile.write(body[offset : offset + 65536])
+            ahead = (offset + 65536) / self.hub.bandwidth - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def _json(self, status: int, data: object, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(data).encode(), {"Content-Type": "application/json", **(headers or {})})
@@ -174,35 +196,38 @@ class Handler(BaseHTTPRequestHandler):
         path, query = url.path, parse_qs(url.query)
         body = self._body() if method in ("POST", "PUT") else b""
         self.hub.requests.append((method, path, self.headers.get("Range")))
+        self._out: tuple | None = None
         with self.hub.lock:
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
-                return self._info(m[1], m[2] or "main")
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
-                return self._tree(m[1], m[2], m[3] or "")
-            if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
-                return self._resolve(m[1], m[2], unquote(m[3]), method == "HEAD")
-            if path == "/api/whoami-v2":
-                if self._token() not in (WRITE_TOKEN, READ_TOKEN):
-                    return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
-                role = "write" if self._token() == WRITE_TOKEN else "read"
-                return self._json(
-                    200, {"name": USER, "type": "user", "orgs": [], "auth": {"accessToken": {"role": role}}}
-                )
-            if path == "/api/repos/create":
-                return self._create(json.loads(body))
-            if path == "/api/validate-yaml":
-                return self._json(200, {"errors": [], "warnings": []})
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path):
-                return self._preupload(m[1], m[2], json.loads(body))
-            if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
-                return self._batch(m[1], json.loads(body))
-            if m := re.fullmatch(r"/lfs/([^/]+/[^/]+)/([0-9a-f]{64})", path):
-                return self._lfs_put(m[1], m[2], body) if method == "PUT" else self._json(200, {})
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path):
-                return self._commit(m[1], m[2], body, "create_pr" in query)
-            if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/([^/]+)", path):
-                return self._branch(m[1], unquote(m[2]), json.loads(body or b"{}"))
-            self._error(404, "EntryNotFound", f"no route for {method} {path}")
+            self._dispatch(method, path, query, body)
+        self._flush()
+
+    def _dispatch(self, method: str, path: str, query: dict, body: bytes) -> None:
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
+            return self._info(m[1], m[2] or "main")
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
+            return self._tree(m[1], m[2], m[3] or "")
+        if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
+            return self._resolve(m[1], m[2], unquote(m[3]), method == "HEAD")
+        if path == "/api/whoami-v2":
+            if self._token() not in (WRITE_TOKEN, READ_TOKEN):
+                return self._error(401, "Unauthorized", "Invalid credentials in Authorization header")
+            role = "write" if self._token() == WRITE_TOKEN else "read"
+            return self._json(200, {"name": USER, "type": "user", "orgs": [], "auth": {"accessToken": {"role": role}}})
+        if path == "/api/repos/create":
+            return self._create(json.loads(body))
+        if path == "/api/validate-yaml":
+            return self._json(200, {"errors": [], "warnings": []})
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/preupload/([^/]+)", path):
+            return self._preupload(m[1], m[2], json.loads(body))
+        if m := re.fullmatch(r"/([^/]+/[^/]+)\.git/info/lfs/objects/batch", path):
+            return self._batch(m[1], json.loads(body))
+        if m := re.fullmatch(r"/lfs/([^/]+/[^/]+)/([0-9a-f]{64})", path):
+            return self._lfs_put(m[1], m[2], body) if method == "PUT" else self._json(200, {})
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/commit/([^/]+)", path):
+            return self._commit(m[1], m[2], body, "create_pr" in query)
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/branch/([^/]+)", path):
+            return self._branch(m[1], unquote(m[2]), json.loads(body or b"{}"))
+        self._error(404, "EntryNotFound", f"no route for {method} {path}")
 
     def _revision(self, repo_id: str, revision: str) -> tuple[Repo, str] | None:
         """The repo and the commit a revision names, or None once the 404 is sent."""

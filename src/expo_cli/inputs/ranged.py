@@ -83,7 +83,7 @@ class RangedSource:
         self.read_ahead = 2 * connections  # blocks the streaming walk announces ahead of their turn
         self.bytes_fetched = 0
         self._starts: dict[Path, int] = {}
-        self._pending: dict[tuple[Path, int, int], Future[bytes]] = {}
+        self._pending: dict[tuple[Path, int, int], Future[bytearray]] = {}
         self._in_flight = 0  # bytes of the pending reads: at most `budget`
         self._pool: ThreadPoolExecutor | None = None
 
@@ -100,7 +100,7 @@ class RangedSource:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix="expo-range")
         for file in {t.file for t in self.tensors.values()} - set(self._starts):
-            self._starts[file] = 8 + int.from_bytes(self._get(file, 0, 8), "little")
+            self._starts[file] = 8 + int.from_bytes(bytes(self._get(file, 0, 8)), "little")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,7 +112,7 @@ class RangedSource:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
 
-    def _get(self, file: Path, begin: int, end: int) -> bytes:
+    def _get(self, file: Path, begin: int, end: int) -> bytearray:
         """Bytes [begin, end) of one file of the repo, at the validated commit (so a retry never mixes revisions).
 
         Transient failures (a dropped connection or timeout, 408/425/429/5xx, a body shorter than asked) are
@@ -152,7 +152,7 @@ class RangedSource:
                     "run again to resume"
                 )
             time.sleep(wait if wait is not None else _backoff(max(failures, 1)))
-        return bytes(received)
+        return received
 
     def _receive(self, session: Any, url: str, headers: dict[str, str], into: bytearray, size: int) -> None:
         """One range request, appending what arrives to `into` (kept if the connection drops mid-body)."""
@@ -165,15 +165,16 @@ class RangedSource:
                 response.read()
                 with hub_errors(self.remote.repo_id, self.remote.revision):
                     hf_raise_for_status(response)
-            for chunk in response.iter_bytes():
-                into += chunk[: size - len(into)]
+            for chunk in response.iter_bytes():  # as it arrives: kept if the connection then drops
+                into += chunk if len(into) + len(chunk) <= size else chunk[: size - len(into)]
 
     def _range(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
         size = itemsize(info.dtype)
         begin = self._starts[info.file] + info.offset
         return info.file, begin + start * size, begin + stop * size
 
-    def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
+    def _block(self, info: TensorInfo, start: int, stop: int) -> bytearray:
+        """A block's bytes: the read started ahead of its turn, or one made now."""
         key = self._range(info, start, stop)
         pending = self._pending.pop(key, None)
         if pending is None:
@@ -182,12 +183,15 @@ class RangedSource:
             self._in_flight -= key[2] - key[1]
             data = pending.result()
         self.bytes_fetched += len(data)
-        return memoryview(data)
+        return data
+
+    def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
+        return memoryview(self._block(info, start, stop))
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
         import torch  # torch loads on first use, not with the package
 
-        data = bytearray(self.raw(info, start, stop))
+        data = self._block(info, start, stop)  # a fresh buffer of its own: no copy
         if not data:
             return torch.empty(0, dtype=torch_dtype(info.dtype) if info.is_float else torch.uint8)
         return torch.frombuffer(data, dtype=torch_dtype(info.dtype) if info.is_float else torch.uint8)
