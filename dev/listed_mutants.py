@@ -272,6 +272,49 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            pass",
         "tests/test_lora.py::test_an_adapter_merge_carries_its_bases_loader_files",
     ),
+    # Hub streaming through a real network, and the walk that feeds it.
+    "walk: one block announced ahead whatever a source asks": (
+        "core/streaming.py",
+        '    depth = max(1, getattr(sft, "read_ahead", 1), getattr(aligned, "read_ahead", 1))',
+        "    depth = 1",
+        "tests/test_streaming.py::test_the_walk_announces_as_many_blocks_ahead_as_a_source_asks",
+    ),
+    "walk: nothing announced ahead": (
+        "core/streaming.py",
+        "            _prefetch(item[0], sft, aligned, item[1], item[2])",
+        "            pass",
+        "tests/test_streaming.py::test_the_walk_announces_as_many_blocks_ahead_as_a_source_asks",
+    ),
+    "ranged: 503 and 429 not retried": (
+        "inputs/ranged.py",
+        "RETRIED_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})",
+        "RETRIED_STATUSES = frozenset()",
+        "tests/test_hub.py::test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge",
+    ),
+    "ranged: a retry asks again for what already arrived": (
+        "inputs/ranged.py",
+        '"Range": f"bytes={begin + len(received)}-{end - 1}"',
+        '"Range": f"bytes={begin}-{end - 1}"',
+        "tests/test_hub.py::test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge",
+    ),
+    "ranged: read-ahead past its memory budget": (
+        "inputs/ranged.py",
+        "or self._in_flight + size > self.budget:",
+        "or False:",
+        "tests/test_hub.py::test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files",
+    ),
+    "scratch: a missing folder not created": (
+        "fsutil.py",
+        "            parent.mkdir()",
+        "            pass",
+        "tests/test_hub.py::test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge",
+    ),
+    "stream: shards queue for upload without bound": (
+        "merging/upload.py",
+        "        self._idle.acquire()\n",
+        "",
+        "tests/test_hub.py::test_a_failed_upload_stops_the_writer_before_the_scratch_fills",
+    ),
 }
 
 

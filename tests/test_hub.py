@@ -348,40 +348,11 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(
     publish(hub, "org/stream-sft", sft)
     publish(hub, "org/stream-dpo", aligned)
     hub.requests.clear()
-    plan = expo(
-        "merge",
-        "--sft",
-        "org/stream-sft",
-        "--aligned",
-        "org/stream-dpo",
-        "--alpha",
-        "0.5",
-        "--stream",
-        "--push-to-hub",
-        "me/streamed",
-        "--scratch",
-        small_scratch,
-        "--max-shard-size",
-        "20KB",
-        "--dry-run",
-    )
+    streamed = ["merge", "--sft", "org/stream-sft", "--aligned", "org/stream-dpo", "--alpha", "0.5", "--stream"]
+    streamed += ["--push-to-hub", "me/streamed", "--scratch", small_scratch, "--max-shard-size", "20KB"]
+    plan = expo(*streamed, "--dry-run")
     assert plan.code == 0 and "in the scratch folder at most" in plan.stdout, plan.stderr
-    run = expo(
-        "merge",
-        "--sft",
-        "org/stream-sft",
-        "--aligned",
-        "org/stream-dpo",
-        "--alpha",
-        "0.5",
-        "--stream",
-        "--push-to-hub",
-        "me/streamed",
-        "--scratch",
-        small_scratch,
-        "--max-shard-size",
-        "20KB",
-    )
+    run = expo(*streamed)
     assert run.code == 0, run.stderr
     assert run.stdout.strip().startswith(os.environ["HF_ENDPOINT"] + "/me/streamed/commit/")
     weights = [path for method, path, _ in hub.requests if method == "GET" and path.endswith(".safetensors")]

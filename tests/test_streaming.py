@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import expo_cli
+from expo_cli.core.pairing import pair_tensors
 from expo_cli.core.sources import blocks
-from expo_cli.core.streaming import Target, stream
+from expo_cli.core.streaming import Target, stream, walk
 from expo_cli.errors import OutputError
+from expo_cli.inputs.checkpoint import load_checkpoint
 from expo_cli.merging.execution import finish, write_shards
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
@@ -108,3 +110,26 @@ def test_a_sink_of_ones_own_gets_what_the_shards_get(tmp_path, llama_pair):
     on_disk = read_all(merged.output)
     for t in weights.pairing.tensors:
         assert torch.equal(sink.tensors[t.name].view(t.shape), on_disk[t.name]), t.name
+
+
+class Announced:
+    """A local checkpoint that asks the walk to announce `read_ahead` blocks ahead, and records what it hears."""
+
+    def __init__(self, source, read_ahead: int) -> None:
+        self.source, self.read_ahead, self.heard = source, read_ahead, []
+        self.tensors, self.config, self.path = source.tensors, source.config, source.path
+
+    def prefetch(self, info, start: int, stop: int) -> None:
+        self.heard.append((info.name, start, stop))
+
+
+@pytest.mark.parametrize("read_ahead", [1, 3])
+def test_the_walk_announces_as_many_blocks_ahead_as_a_source_asks(llama_pair, read_ahead):
+    sft, aligned = (load_checkpoint(p, role) for p, role in zip(llama_pair, ("sft", "aligned"), strict=True))
+    announced = Announced(aligned, read_ahead)
+    tensors = pair_tensors(sft, aligned).tensors
+    order = [(t.name, start, stop) for t in tensors for start, stop in blocks(t.numel, t.aligned.row_numel, 500)]
+    for k, block in enumerate(walk(tensors, sft, announced, limit=500)):
+        assert (block.tensor.name, block.start, block.stop) == order[k]
+        # while block k is processed, blocks k+1 .. k+read_ahead have been announced, and none further
+        assert announced.heard == order[1 : k + 1 + read_ahead], k

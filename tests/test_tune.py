@@ -43,6 +43,13 @@ def grader(tmp_path) -> Path:
     return path
 
 
+def tune(expo, sft: Path, aligned: Path, prompts: Path, grader: Path, *extra: object):
+    """`expo tune` on the steered pair, scored by the share of w7 in each response."""
+    return expo(
+        "tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts, "--reward-fn", f"{grader}:w7_share", *extra
+    )
+
+
 def candidate_for(sft: Path, aligned: Path, **options) -> CandidateModel:
     run = prepare(sft, aligned, {}, MergeOptions(progress=False, **options))
     dtype = getattr(torch, run.main.pairing.dominant_dtype())
@@ -164,16 +171,12 @@ def test_the_same_seed_gives_the_same_responses_and_alpha_changes_them(steered):
 def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
     out = tmp_path / "chosen"
-    run = expo(
-        "tune",
-        "--sft",
+    run = tune(
+        expo,
         sft,
-        "--aligned",
         aligned,
-        "--prompts",
         prompts_file,
-        "--reward-fn",
-        f"{grader}:w7_share",
+        grader,
         "--alpha",
         "0.5,2",
         "--max-new-tokens",
@@ -221,16 +224,12 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
 
 def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
-    run = expo(
-        "tune",
-        "--sft",
+    run = tune(
+        expo,
         sft,
-        "--aligned",
         aligned,
-        "--prompts",
         prompts_file,
-        "--reward-fn",
-        f"{grader}:w7_share",
+        grader,
         "--alpha",
         "1",
         "--search",
@@ -302,16 +301,12 @@ def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_fi
 
 def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
-    run = expo(
-        "tune",
-        "--sft",
+    run = tune(
+        expo,
         sft,
-        "--aligned",
         aligned,
-        "--prompts",
         prompts_file,
-        "--reward-fn",
-        f"{grader}:w7_share",
+        grader,
         "--alpha",
         "0.1",
         "--max-new-tokens",
@@ -422,16 +417,12 @@ def test_a_failing_reward_function_names_itself(tmp_path, expo, steered, prompts
 def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, prompts_file, grader, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "write-token")
     sft, aligned = steered
-    run = expo(
-        "tune",
-        "--sft",
+    run = tune(
+        expo,
         sft,
-        "--aligned",
         aligned,
-        "--prompts",
         prompts_file,
-        "--reward-fn",
-        f"{grader}:w7_share",
+        grader,
         "--alpha",
         "2",
         "--max-new-tokens",

@@ -57,18 +57,13 @@ def walk(
         for spans in (tensor_blocks(t, limit),)
         for i, (start, stop) in enumerate(spans)
     )
-    window: deque[tuple[TensorPair, int, int, bool]] = deque()
-
-    def fill(size: int) -> None:
-        while len(window) < size and (item := next(upcoming, None)) is not None:
-            if window:  # the first block is read at once; the others are announced
-                _prefetch(item[0], sft, aligned, item[1], item[2])
-            window.append(item)
-
-    fill(depth + 1)
+    first = next(upcoming, None)  # read at once: not announced
+    window: deque[tuple[TensorPair, int, int, bool]] = deque([first] if first is not None else [])
     while window:
+        while len(window) <= depth and (item := next(upcoming, None)) is not None:
+            _prefetch(item[0], sft, aligned, item[1], item[2])  # `depth` blocks behind this one, announced
+            window.append(item)
         t, start, stop, last = window.popleft()
-        fill(depth)  # the `depth` blocks after this one are announced before it is processed
         shared_stop = min(stop, t.shared) if t.sft is not None else start
         yield Block(t, start, stop, max(start, shared_stop), last)
 
