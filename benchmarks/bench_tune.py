@@ -109,6 +109,9 @@ def tune(
             "1",
             "--device",
             "cpu",
+            "--run-dir",
+            str(prompts.parent / "tune-run"),
+            "--fresh",  # every response generated now: a resumed run would time nothing
             "--json",
             "--quiet",
         ],
@@ -137,10 +140,11 @@ def report(name: str, size: int, result: dict, wall: float, peak: int) -> None:
     )
     print(f"{'α':>6} {'update s':>9} {'generate s':>11} {'score s':>8} {'update share':>13} {'mean reward':>12}")
     for c in result["candidates"]:
-        total = c["update_seconds"] + c["generate_seconds"] + c["score_seconds"]
+        t = result["timing"][f"selection:{c['alpha']:g}"]
+        total = t["update_seconds"] + t["generate_seconds"] + t["score_seconds"]
         print(
-            f"{c['alpha']:>6g} {c['update_seconds']:>9.3f} {c['generate_seconds']:>11.2f} "
-            f"{c['score_seconds']:>8.2f} {c['update_seconds'] / total:>12.1%} "
+            f"{c['alpha']:>6g} {t['update_seconds']:>9.3f} {t['generate_seconds']:>11.2f} "
+            f"{t['score_seconds']:>8.2f} {t['update_seconds'] / total:>12.1%} "
             f"{c['reward']['estimate']:>12.4f}"
         )
 

@@ -15,6 +15,7 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="expo-tests-hf-home-")
 os.environ.pop("HF_HUB_CACHE", None)
+os.environ["EXPO_CACHE"] = tempfile.mkdtemp(prefix="expo-tests-cache-")  # tune's default run folders
 os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.pop("HF_TOKEN", None)
 

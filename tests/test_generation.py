@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
@@ -62,10 +64,10 @@ def test_the_model_is_given_the_encoded_prompts_left_padded(aligned_model):
 @pytest.mark.parametrize(
     ("answer", "eos", "expected"),
     [
-        ([9, 10, EOS, 11, EOS, 12], EOS, ("w9 w10", 2)),
-        ([9, 7, 10, EOS], [EOS, 7], ("w9", 1)),  # a generation config may list several end tokens
-        ([9, 10, 11], EOS, ("w9 w10 w11", 3)),  # cut by max_new_tokens: every token counts
-        ([EOS, 9], EOS, ("", 0)),
+        ([9, 10, EOS, 11, EOS, 12], EOS, ("w9 w10", 2, "stop")),
+        ([9, 7, 10, EOS], [EOS, 7], ("w9", 1, "stop")),  # a generation config may list several end tokens
+        ([9, 10, 11], EOS, ("w9 w10 w11", 3, "length")),  # cut by max_new_tokens: every token counts
+        ([EOS, 9], EOS, ("", 0, "stop")),
     ],
 )
 def test_a_response_ends_at_its_first_end_token_and_counts_the_tokens_before_it(answer, eos, expected):
@@ -74,7 +76,26 @@ def test_a_response_ends_at_its_first_end_token_and_counts_the_tokens_before_it(
     decoding = Decoding(max_new_tokens=len(answer), temperature=0.7, samples_per_prompt=2)
     responses = generate(Scripted(answer, eos), tokenizer, ids, decoding)
     assert [(r.prompt, r.sample) for r in responses] == [(0, 0), (0, 1), (1, 0), (1, 1)]
-    assert [(r.text, r.tokens) for r in responses] == [expected] * 4
+    assert [(r.text, r.tokens, r.finish) for r in responses] == [expected] * 4
+
+
+@pytest.mark.parametrize(("eos_bias", "finish"), [(-1e4, "length"), (1e4, "stop")])
+def test_a_model_made_to_ramble_is_cut_and_one_made_to_stop_is_not(aligned_model, eos_bias, finish):
+    """The end token's logit pushed down (the model never stops) or up (it stops at once): every response is cut
+    at max_new_tokens, or none is; the truncation rate a tune reports follows."""
+    from expo_cli.tuning.evaluation import Candidate
+
+    tokenizer = word_tokenizer()
+    ids = encode_prompts(tokenizer, [f"w{20 + i}" for i in range(6)], chat_template=True)
+    model = copy.deepcopy(aligned_model)
+    model.lm_head.bias = torch.nn.Parameter(torch.zeros(model.config.vocab_size))
+    with torch.no_grad():
+        model.lm_head.bias[EOS] = eos_bias
+    responses = generate(model, tokenizer, ids, Decoding(max_new_tokens=7, temperature=1.0, batch_size=4))
+    assert {r.finish for r in responses} == {finish}
+    assert {r.tokens for r in responses} == ({7} if finish == "length" else {0})
+    candidate = Candidate(0.0, "selection", responses, [0.0] * len(responses), 0, 0, 0, len(responses), 0)
+    assert candidate.truncated == (1.0 if finish == "length" else 0.0)
 
 
 def test_batch_n_is_sampled_with_seed_plus_n(aligned_model):

@@ -27,7 +27,11 @@ def test_prompts_from_every_format(tmp_path):
     (tmp_path / "a.txt").write_text("p1\n\np2\np3\n")
     for name in ("a.jsonl", "a.json", "a.txt"):
         assert load_prompts(str(tmp_path / name)) == ["p1", "p2", "p3"], name
-    assert load_prompts(str(tmp_path / "a.jsonl"), limit=2) == ["p1", "p2"]
+    samples = {tuple(load_prompts(str(tmp_path / "a.jsonl"), limit=2, seed=seed)) for seed in range(20)}
+    assert samples == {("p1", "p2"), ("p1", "p3"), ("p2", "p3")}  # seeded random samples, in file order
+    assert load_prompts(str(tmp_path / "a.jsonl"), limit=2, seed=5) == load_prompts(
+        str(tmp_path / "a.jsonl"), limit=2, seed=5
+    )
     (tmp_path / "f.jsonl").write_text(json.dumps({"question": "q1", "prompt": "x"}) + "\n")
     assert load_prompts(str(tmp_path / "f.jsonl"), field="question") == ["q1"]
     import pyarrow

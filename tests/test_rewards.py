@@ -33,3 +33,94 @@ def test_a_templated_conversation_is_scored_with_one_bos(reward_model):
         with torch.no_grad():
             alone = rm.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
         assert score == pytest.approx(alone, abs=1e-5)
+
+
+EOS, PAD = 2, 3
+
+
+def eos_terminated(folder, **config):
+    """A reward model whose chat template ends every turn with EOS and which has no pad token: transformers would
+    take EOS as pad and pool one token early."""
+    import json
+
+    torch.manual_seed(4)
+    tokenizer = word_tokenizer()
+    tokenizer.pad_token = None
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ 'w4 ' if m['role'] == 'user' else 'w5 ' }}{{ m['content'] }}"
+        " </s> {% endfor %}"
+    )
+    save_reward_model(folder, tokenizer)
+    settings = json.loads((folder / "config.json").read_text())
+    settings.pop("pad_token_id", None)
+    (folder / "config.json").write_text(json.dumps({**settings, **config}))
+    return folder
+
+
+def unpadded(rm: RewardModel, prompt: str, response: str) -> float:
+    """The logit at the conversation's real last token, computed alone with nothing to pool around."""
+    ids = rm.tokenizer(rm.render(prompt, response), add_special_tokens=False)["input_ids"]
+    config = rm.model.config
+    saved, config.pad_token_id = config.pad_token_id, None  # one sequence, no pad id: transformers takes the last
+    try:
+        with torch.no_grad():
+            return rm.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+    finally:
+        config.pad_token_id = saved
+
+
+def test_a_template_ending_in_eos_is_scored_at_its_last_token_as_unpadded(tmp_path):
+    rm = RewardModel(str(eos_terminated(tmp_path / "rm")), batch_size=3)
+    assert rm.tokenizer.pad_token_id is None
+    prompts, responses = ["w9 w10", "w11", "w12 w13 w14", "w15"], ["w20 w21", "w22 w23 w24", "w25", "w26 w27 w28 w29"]
+    scores = rm.score(prompts, responses)
+    for prompt, response, score in zip(prompts, responses, scores, strict=True):
+        ids = rm.tokenizer(rm.render(prompt, response), add_special_tokens=False)["input_ids"]
+        assert ids[-1] == EOS  # the conversation ends in EOS ...
+        assert score == pytest.approx(unpadded(rm, prompt, response), abs=1e-5)
+        # ... and pooling with EOS as the pad id would have scored the token before it: a different number.
+        rm.model.config.pad_token_id = EOS
+        with torch.no_grad():
+            early = rm.model(input_ids=torch.tensor([ids])).logits[0, 0].item()
+        assert abs(early - score) > 1e-4
+
+
+def test_a_conversation_longer_than_the_context_loses_the_start_of_its_prompt(tmp_path):
+    rm = RewardModel(str(eos_terminated(tmp_path / "rm", max_position_embeddings=16)), batch_size=2)
+    assert rm.max_length == 16
+    long_prompt = " ".join(f"w{10 + i}" for i in range(20))
+    response = "w60 w61 w62"
+    short = ("w9", "w63")
+    scores = rm.score([long_prompt, short[0]], [response, short[1]])
+    assert rm.cut_pairs == {(long_prompt, response)}
+    kept = " ".join(f"w{10 + i}" for i in range(20)[-(16 - 8) :])  # <s> w4 … </s> w5 w60 w61 w62 </s>: 8 around it
+    ids, cut = rm.encode(long_prompt, response)
+    assert (
+        cut
+        and len(ids) == 16
+        and ids == rm.tokenizer(rm.render(kept, response), add_special_tokens=False)["input_ids"]
+    )
+    assert scores[0] == pytest.approx(unpadded(rm, kept, response), abs=1e-5)
+    assert scores[1] == pytest.approx(unpadded(rm, *short), abs=1e-5)
+
+
+def test_identical_pairs_are_scored_once():
+    from expo_cli.tuning.rewards import Cached
+
+    calls = []
+
+    class Counting:
+        name = "counting"
+        cut_pairs: set = set()
+
+        def identity(self):
+            return {"reward_fn": self.name}
+
+        def score(self, prompts, responses):
+            calls.append(list(zip(prompts, responses, strict=True)))
+            return [float(len(r)) for r in responses]
+
+    cached = Cached(Counting())
+    assert cached.score(["p", "p", "q"], ["a", "a", "bb"]) == [1.0, 1.0, 2.0]
+    assert cached.score(["q", "p", "r"], ["bb", "a", "ccc"]) == [2.0, 1.0, 3.0]
+    assert calls == [[("p", "a"), ("q", "bb")], [("r", "ccc")]]

@@ -79,3 +79,52 @@ def test_a_constant_reward_stops_the_search_right_after_the_grid():
         evaluated.append(alpha)
         search.record(alpha, float(rewards.mean()))
     assert evaluated == [0.0, 0.1, 0.3, 0.5]
+
+
+def test_when_alpha_0_is_best_the_interval_up_to_the_smallest_alpha_is_probed():
+    """The best point is the grid's smallest: its only neighbour is the next α, never itself."""
+    asked = []
+
+    def indistinguishable(a: float, b: float) -> bool:
+        asked.append((a, b))
+        return False
+
+    search = Search([0.0, 0.1, 0.3], budget=5, indistinguishable=indistinguishable)
+    for alpha, score in ((0.0, 1.0), (0.1, 0.8), (0.3, 0.2)):
+        assert search.next() == alpha
+        search.record(alpha, score)
+    assert search.next() == pytest.approx(0.0382)  # the golden point of [0, 0.1]
+    assert asked == [(0.0, 0.1)]
+
+
+def test_doubling_stops_when_the_rise_is_not_significant():
+    search = Search([0.0, 1.0], budget=8, indistinguishable=lambda a, b: (a, b) == (2.0, 1.0))
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, alpha)  # still rising, but 2 cannot be told from 1
+    assert evaluated == [0.0, 1.0, 2.0] and search.stopped == "noise floor"
+
+
+def test_doubling_stops_when_the_text_degenerates():
+    search = Search([0.0, 1.0], budget=8, degenerate=lambda alpha: alpha >= 4.0)
+    evaluated = []
+    while (alpha := search.next()) is not None:
+        evaluated.append(alpha)
+        search.record(alpha, alpha)
+    assert evaluated == [0.0, 1.0, 2.0, 4.0] and search.stopped == "degeneration"
+
+
+@pytest.mark.parametrize(
+    ("grid", "budget", "scores", "reason"),
+    [
+        ([0.0, 1.0, 2.0], None, (0.0, 1.0, 0.5), "grid"),
+        ([0.0, 1.0, 2.0], 4, (0.0, 1.0, 0.5), "budget"),
+        ([1.0, 1.01, 1.02], 10, (0.1, 0.3, 0.2), "bracket"),
+    ],
+)
+def test_the_search_says_why_it_stopped(grid, budget, scores, reason):
+    search = Search(grid, budget=budget)
+    while (alpha := search.next()) is not None:
+        search.record(alpha, dict(zip(grid, scores, strict=True)).get(alpha, 0.7))
+    assert search.stopped == reason

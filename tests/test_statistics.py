@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expo_cli.tuning.statistics import Bootstrap, compare, per_prompt, recommend, win_credit
+from expo_cli.tuning.selection import recommend
+from expo_cli.tuning.statistics import Bootstrap, compare, per_prompt, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():
@@ -91,7 +92,7 @@ def test_the_recommendation_is_the_best_significant_candidate_or_the_aligned_mod
     }
     stats = compare(rewards, lengths, draws=2000)
     choice = recommend(stats)
-    assert choice.alpha == 0.5 and "2 candidate(s) whose gain over α=0 is significant" in choice.reason
+    assert choice.alpha == 0.5 and choice.reason.startswith("2 of 3 candidate(s) beat α=0 significantly")
     assert not [s for s in stats if s.alpha == 3.0][0].significant
     worse = {0.0: base, 0.3: base - 0.01 + rng.normal(0, 0.2, size=n)}
     none = recommend(compare(worse, {0.0: np.ones(n), 0.3: np.ones(n)}, draws=1000))
@@ -118,3 +119,98 @@ def test_the_length_change_is_a_ratio_minus_one_and_the_longer_warning_follows_i
     assert recommendation.alpha == 0.5
     warning = f"α=0.5 makes responses {100 * change:.0f}% longer than α=0"
     assert (warning in recommendation.warnings) == warned, recommendation.warnings
+
+
+def test_simultaneous_intervals_and_the_probability_of_being_best_match_a_brute_force_computation():
+    rng = np.random.default_rng(8)
+    n, draws = 40, 400
+    rewards = {0.0: rng.normal(size=n), 0.5: rng.normal(0.3, 1, size=n), 1.0: rng.normal(0.1, 2, size=n)}
+    stats = {s.alpha: s for s in compare(rewards, draws=draws, seed=5)}
+    boot = Bootstrap(n, draws=draws, seed=5)
+    # By hand, one resample at a time: the max-T critical value and who is best in each resample.
+    gains = {a: rewards[a] - rewards[0.0] for a in (0.5, 1.0)}
+    replicates = {a: [g[row].mean() for row in boot.indices] for a, g in gains.items()}
+    errors = {a: float(np.std(r, ddof=1)) for a, r in replicates.items()}
+    maxima = [max(abs(replicates[a][b] - gains[a].mean()) / errors[a] for a in gains) for b in range(draws)]
+    critical = float(np.quantile(maxima, 0.95))
+    for alpha, gain in gains.items():
+        interval = stats[alpha].gain_simultaneous
+        assert interval.low == pytest.approx(gain.mean() - critical * errors[alpha], rel=1e-9)
+        assert interval.high == pytest.approx(gain.mean() + critical * errors[alpha], rel=1e-9)
+        # wider than the marginal interval: it covers both gains at once
+        assert interval.high - interval.low > stats[alpha].gain.high - stats[alpha].gain.low
+    wins = dict.fromkeys(rewards, 0.0)
+    for row in boot.indices:
+        means = {a: r[row].mean() for a, r in rewards.items()}
+        wins[max(means, key=means.get)] += 1 / draws
+    assert {a: s.p_best for a, s in stats.items()} == pytest.approx(wins, abs=1e-12)
+    assert sum(s.p_best for s in stats.values()) == pytest.approx(1.0)
+
+
+def test_tied_candidates_share_the_probability_of_being_best():
+    same = np.random.default_rng(9).normal(size=30)
+    stats = compare({0.0: same - 1, 0.5: same, 1.0: same.copy()}, draws=200)
+    assert [s.p_best for s in stats] == [0.0, 0.5, 0.5]
+
+
+def test_pure_noise_candidates_look_significant_marginally_far_more_often_than_simultaneously():
+    """Eight candidates equal to α = 0 but for noise: the marginal interval "finds" a winner often; the
+    simultaneous one about 5% of the time at most (its family-wise level)."""
+    marginal = simultaneous = 0
+    trials = 200
+    for trial in range(trials):
+        rng = np.random.default_rng(100 + trial)
+        rewards = {a: rng.normal(size=100) for a in (0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0)}
+        stats = compare(rewards, draws=1000, seed=trial)
+        marginal += any(s.gain.low > 0 for s in stats if s.alpha)
+        simultaneous += any(s.significant for s in stats)
+    assert marginal / trials > 0.12 and simultaneous / trials <= 0.05, (marginal, simultaneous)
+
+
+def test_win_rates_per_prompt_and_per_response_are_both_reported():
+    # One prompt, two samples: the candidate's mean beats the baseline's (1 > 0.75), its samples win one of two.
+    candidate, baseline = np.array([[2.0, 0.0]] * 10), np.array([[1.0, 0.5]] * 10)
+    stats = compare({0.0: baseline, 1.0: candidate}, draws=100)
+    assert stats[1].win_rate.estimate == 1.0 and stats[1].win_rate_responses.estimate == 0.5
+
+
+def test_prompts_with_a_cut_response_are_left_out_of_the_length_fit():
+    rng = np.random.default_rng(10)
+    n = 300
+    base_len = np.full(n, 50.0)
+    length_gain = rng.normal(0, 5, size=n)
+    x = np.tanh(length_gain / length_gain.std())
+    gains = 0.3 + 0.5 * x
+    cut = np.zeros(n, dtype=bool)
+    cut[:60] = True
+    gains[cut] = 5.0  # whatever a cut response scored, it must not move the fit
+    stats = compare(
+        {0.0: np.zeros(n), 1.0: gains},
+        {0.0: base_len, 1.0: base_len + length_gain},
+        {0.0: np.zeros(n, dtype=bool), 1.0: cut},
+        draws=500,
+    )
+    kept = ~cut
+    spread = length_gain[kept].std()
+    assert stats[1].length_fit_prompts == n - 60 and stats[1].truncated == pytest.approx(0.2)
+    expected = np.polyfit(np.tanh(length_gain[kept] / spread), gains[kept], 1)[1]
+    assert stats[1].gain_at_equal_length.estimate == pytest.approx(expected)
+    assert stats[1].gain.estimate == pytest.approx(gains.mean())
+
+
+def test_the_smallest_alpha_not_significantly_behind_the_best_is_chosen():
+    rng = np.random.default_rng(11)
+    n = 400
+    base = rng.normal(size=n)
+    rewards = {
+        0.0: base,
+        0.3: base + 0.30 + rng.normal(0, 0.3, size=n),
+        0.5: base + 0.32 + rng.normal(0, 0.3, size=n),  # the best mean, by noise alone
+        1.0: base + 0.31 + rng.normal(0, 0.3, size=n),
+        2.0: base + 0.05 + rng.normal(0, 0.3, size=n),  # significantly behind
+    }
+    stats = compare(rewards, draws=2000)
+    choice = recommend(stats)
+    assert max(stats, key=lambda s: s.reward.estimate).alpha == 0.5
+    assert choice.alpha == 0.3 and "the smallest and not significantly behind the best of them, α=0.5" in choice.reason
+    assert [s for s in stats if s.alpha == 2.0][0].behind_best.low > 0

@@ -192,21 +192,38 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
         tmp_path / "responses.jsonl",
         "--output",
         out,
+        "--holdout",
+        "0.5",
     )
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert [c["alpha"] for c in report["candidates"]] == [0.0, 0.5, 2.0]
-    assert report["alpha"] == 2.0
+    assert report["alpha"] == 2.0 and report["confirmed"]
+    assert report["split"] == {"fraction": 0.5, "selection": 12, "confirmation": 12}
     best = report["candidates"][2]
-    assert best["significant"] and best["gain"]["low"] > 0
+    assert best["significant"] and best["gain_simultaneous"]["low"] > 0
     assert best["reward"]["estimate"] > report["candidates"][0]["reward"]["estimate"]
+    assert report["confirmation"]["stats"]["gain"]["low"] > 0
     assert "largest α tried" in run.stderr  # the peak may lie further out
-    for c in report["candidates"]:
-        assert c["update_seconds"] >= 0 and c["generate_seconds"] > 0
+    assert sorted(report["timing"]) == [
+        "confirmation:0",
+        "confirmation:2",
+        "selection:0",
+        "selection:0.5",
+        "selection:2",
+    ]
+    for timing in report["timing"].values():
+        assert timing["update_seconds"] >= 0 and timing["generate_seconds"] > 0
     assert (tmp_path / "tune.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     lines = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 * len(PROMPTS) * 2
-    assert {line["alpha"] for line in lines} == {0.0, 0.5, 2.0}
+    assert len(lines) == (3 * 12 + 2 * 12) * 2  # every candidate on the selection part, two on the held-out part
+    assert {(line["alpha"], line["part"]) for line in lines} == {
+        (0.0, "selection"),
+        (0.5, "selection"),
+        (2.0, "selection"),
+        (0.0, "confirmation"),
+        (2.0, "confirmation"),
+    }
     assert all(line["prompt"] == PROMPTS[line["prompt_index"]] for line in lines)
     # The chosen checkpoint is expo merge's output at that α, with how α was chosen recorded.
     assert report["output"] == str(out.resolve())
@@ -216,8 +233,9 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
     record = json.loads((out / "config.json").read_text())["expo"]
     assert record["alpha"] == 2.0 and record["tuning"]["chosen_alpha"] == 2.0
     assert record["tuning"]["reward"] == "grader.py:w7_share"
+    assert record["tuning"]["confirmation"]["confirmed"] and record["tuning"]["decoding"]["max_new_tokens"] == 10
     card = (out / "README.md").read_text()
-    assert "## How α was chosen" in card and "(significant)" in card
+    assert "## How α was chosen" in card and "(significant)" in card and "confirmed on 12 held-out prompts" in card
     for text in (card, (out / "config.json").read_text()):
         assert str(tmp_path) not in text
 
@@ -247,8 +265,10 @@ def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prom
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["prompts"] == 8
-    assert len(report["evaluated_order"]) == 4 and report["evaluated_order"][:2] == [0.0, 1.0]
-    assert report["evaluated_order"][2] == 2.0  # still rising at the grid's end: the search looks further out
+    assert report["evaluated_order"][:3] == [0.0, 1.0, 2.0]  # still rising at the grid's end: it looks further out
+    stopped = report["search"]["stopped"]
+    assert stopped == "budget" if len(report["evaluated_order"]) == 4 else stopped in ("noise floor", "degeneration")
+    assert report["search"]["budget"] == 4
 
 
 def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadded(tmp_path):
@@ -295,7 +315,7 @@ def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_fi
     lines = run.stdout.splitlines()
     assert lines[0].split()[:3] == ["α", "reward", "[95%"]
     assert [line.split()[0] for line in lines[1:3]] == ["0", "1"]
-    assert lines[-1].startswith("Chosen α = ")
+    assert lines[-2].startswith("Chosen α = ") and lines[-1].startswith("Held out: nothing")
     assert "α=1" in run.stderr  # one progress bar per candidate
 
 
@@ -316,8 +336,9 @@ def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, gra
         "-q",
     )
     assert run.code == 0
-    assert run.stderr == ""
-    assert run.stdout.splitlines()[-1].startswith("Chosen α = 0: no candidate beats the aligned model")
+    warnings = run.stderr.splitlines()  # 4 prompts are few, 3 tokens cut every response; no progress bars
+    assert [w.split(":")[0] for w in warnings] == ["Warning"] * 2 and "cut at --max-new-tokens" in warnings[1]
+    assert "Chosen α = 0 on 4 selection prompts: no candidate beats the aligned model" in run.stdout
 
 
 def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file, grader, llama_pair):
@@ -414,30 +435,26 @@ def test_a_failing_reward_function_names_itself(tmp_path, expo, steered, prompts
         assert run.code == 3 and f"--reward-fn bad.py:{name}" in run.stderr and message in run.stderr
 
 
-def test_the_chosen_checkpoint_goes_to_the_hub(tmp_path, expo, hub, steered, prompts_file, grader, monkeypatch):
+def test_an_unconfirmed_choice_is_written_only_with_force(
+    tmp_path, expo, hub, steered, prompts_file, grader, monkeypatch
+):
+    """No prompts held out: the choice is not confirmed and --output stays unwritten; --force writes it (and pushes
+    it), generating nothing again: the run folder holds every response."""
     monkeypatch.setenv("HF_TOKEN", "write-token")
     sft, aligned = steered
-    run = tune(
-        expo,
-        sft,
-        aligned,
-        prompts_file,
-        grader,
-        "--alpha",
-        "2",
-        "--max-new-tokens",
-        "8",
-        "--temperature",
-        "1",
-        "--output",
-        tmp_path / "chosen",
-        "--push-to-hub",
-        "me/tuned",
-        "--json",
-        "-q",
-    )
+    args = ["--alpha", "2", "--max-new-tokens", "8", "--temperature", "1", "--output", tmp_path / "chosen"]
+    args += ["--push-to-hub", "me/tuned", "--json", "-q", "--run-dir", tmp_path / "run"]
+    unconfirmed = tune(expo, sft, aligned, prompts_file, grader, *args)
+    assert unconfirmed.code == 0, unconfirmed.stderr
+    report = json.loads(unconfirmed.stdout)
+    assert report["alpha"] == 2.0 and not report["confirmed"] and "output" not in report
+    assert report["confirmation"]["note"].startswith("nothing was confirmed: no prompts were held out")
+    assert "nothing written" in unconfirmed.stderr and "--force" in unconfirmed.stderr
+    assert not (tmp_path / "chosen").exists()
+    run = tune(expo, sft, aligned, prompts_file, grader, *args, "--force")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
+    assert report["run"] == {"dir": str(tmp_path / "run"), "generated": 0, "reused": 2 * len(PROMPTS)}
     assert report["alpha"] == 2.0 and "commit_url" in report
     from huggingface_hub import snapshot_download
 

@@ -218,6 +218,8 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
             search=True,
             budget=settings.budget,
             decoding=decoding,
+            holdout=0.0,  # the test prompts below are this reproduction's own held-out confirmation
+            run_dir=out / "runs" / f"{name}-dev",
             **quiet,
         )
         chosen[name] = tuned.alpha
@@ -225,8 +227,8 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
         dev_gain[name] = {
             "alpha": tuned.alpha,
             "gain": best.gain.__dict__,
-            "tried": sorted(tuned.candidates),
-            "reason": tuned.recommendation.reason,
+            "tried": sorted(tuned.outcome.selection),
+            "reason": tuned.outcome.recommendation.reason,
         }
         alphas = [a for a in (tuned.alpha,) if a != 0] + ([-1.0] if fraction == FRACTIONS[0] else [])
         tested = expo_cli.tune(
@@ -236,16 +238,18 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
             reward_fn=grader,
             alphas=alphas,
             decoding=decoding,
+            holdout=0.0,
+            run_dir=out / "runs" / f"{name}-test",
             **quiet,
         )
         for stat in tested.stats:
             label = {0.0: name, -1.0: "sft"}.get(stat.alpha, f"{name} + ExPO")
-            test_rewards[label] = _per_prompt(tested.candidates[stat.alpha], settings.test)
+            test_rewards[label] = _per_prompt(tested.outcome.selection[stat.alpha], settings.test)
             lengths[label] = stat.length
         if tuned.alpha == 0:  # no α beat the snapshot on dev: ExPO leaves it as it is
             test_rewards[f"{name} + ExPO"], lengths[f"{name} + ExPO"] = test_rewards[name], lengths[name]
         say(
-            f"seed {seed}: {name}: α* = {tuned.alpha:g} on dev ({len(tuned.candidates)} candidates), "
+            f"seed {seed}: {name}: α* = {tuned.alpha:g} on dev ({len(tuned.outcome.selection)} candidates), "
             f"{time.perf_counter() - started:.0f} s"
         )
     boot = Bootstrap(settings.test, draws=5000, seed=seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -166,3 +167,14 @@ def exchange(a: Path, b: Path) -> bool:
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):  # the file system cannot swap
         return False
     raise OSError(err, os.strerror(err), str(b))
+
+
+def fingerprint(folder: Path) -> str:
+    """A short digest of a folder's files (names, sizes, modification times): changes when any file is rewritten,
+    without reading them."""
+    entries = sorted(
+        (p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and not p.name.startswith(".")
+    )
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]

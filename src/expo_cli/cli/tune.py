@@ -102,7 +102,11 @@ def tune(
     ] = False,
     budget: Annotated[
         int | None,
-        typer.Option("--budget", metavar="N", help="With --search: candidates in all, the grid included."),
+        typer.Option(
+            "--budget",
+            metavar="N",
+            help="With --search: candidates in all, the grid included (default: the grid and 4 more).",
+        ),
     ] = None,
     prompt_field: Annotated[
         str | None,
@@ -113,14 +117,32 @@ def tune(
         ),
     ] = None,
     split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Split of a Hub dataset.")] = "test",
-    limit: Annotated[int | None, typer.Option("--limit", metavar="N", help="Use the first N prompts.")] = None,
-    seed: Annotated[int, typer.Option("--seed", metavar="N", help="Seed of the sampling and the bootstrap.")] = 42,
+    limit: Annotated[
+        int | None, typer.Option("--limit", metavar="N", help="Use a random sample of N prompts (seeded by --seed).")
+    ] = None,
+    holdout: Annotated[
+        float | None,
+        typer.Option(
+            "--holdout",
+            metavar="FRACTION",
+            help="Prompts held out to confirm the chosen α (default 0.3 from 100 prompts on, else 0: nothing "
+            "confirmed). Only α = 0 and the chosen α are generated on them.",
+        ),
+    ] = None,
+    seed: Annotated[
+        int, typer.Option("--seed", metavar="N", help="Seed of --limit, the split, the sampling and the bootstrap.")
+    ] = 42,
     no_chat_template: Annotated[
         bool, typer.Option("--no-chat-template", help="Generate from the raw prompt text (a base model).")
     ] = False,
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", metavar="N", help="Longest response, in tokens.")
-    ] = 256,
+        int,
+        typer.Option(
+            "--max-new-tokens",
+            metavar="N",
+            help="Longest response, in tokens (the paper's 2048); a cut response is marked and counted.",
+        ),
+    ] = 2048,
     temperature: Annotated[
         float, typer.Option("--temperature", metavar="T", help="Sampling temperature (0: greedy).")
     ] = 0.7,
@@ -133,6 +155,26 @@ def tune(
     reward_batch_size: Annotated[
         int, typer.Option("--reward-batch-size", metavar="N", help="Responses per reward-model batch.")
     ] = 8,
+    reward_device: Annotated[
+        str | None,
+        typer.Option("--reward-device", metavar="DEVICE", help="Where the reward model runs (default: --device)."),
+    ] = None,
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--run-dir",
+            metavar="FOLDER",
+            help="Keep every batch of responses and rewards here as it is made; the same command resumes from it "
+            "(default: a folder in ~/.cache/expo/tune named by the settings).",
+        ),
+    ] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Empty --run-dir and start again.")] = False,
+    rescore: Annotated[
+        bool,
+        typer.Option(
+            "--rescore", help="Generate nothing: judge the responses kept in the run folder with this reward."
+        ),
+    ] = False,
     dtype: DtypeOpt = None,
     device: DeviceOpt = "auto",
     alpha_for: AlphaForOpt = None,
@@ -152,7 +194,8 @@ def tune(
             "--output",
             "-o",
             metavar="FOLDER",
-            help="Then write the chosen α's checkpoint here (with the tuning summary in its provenance and card).",
+            help="Then write the chosen α's checkpoint here (with the tuning summary in its provenance and card), "
+            "when held-out prompts confirmed it (--force: anyway).",
         ),
     ] = None,
     force: ForceOpt = False,
@@ -171,7 +214,13 @@ def tune(
     quiet: QuietOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0."""
+    """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0.
+
+    The choice, on the selection prompts: the smallest α whose gain over α = 0 is significant among all candidates
+    (simultaneous 95% intervals) and that is not significantly worse than the best such α; α = 0 when none is. It
+    is then confirmed (or not) on the held-out prompts (--holdout). --force also writes an unconfirmed choice to
+    --output.
+    """
     # the library loads when a command runs: --help stays fast
     from ..tuning.api import DEFAULT_ALPHAS, Decoding
 
@@ -215,12 +264,17 @@ def tune(
         prompt_field=prompt_field,
         split=split,
         limit=limit,
+        holdout=holdout,
         chat_template=not no_chat_template,
         reward_batch_size=reward_batch_size,
+        reward_device=reward_device,
+        run_dir=run_dir,
+        fresh=fresh,
+        rescore=rescore,
         output=output,
         **options,
     )
-    for warning in result.recommendation.warnings:
+    for warning in result.warnings:
         out.warning(warning)
     if save_responses:
         result.save_responses(save_responses)
@@ -229,7 +283,7 @@ def tune(
     report = result.to_json()
     if output:
         naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
-        report.update(_write_chosen(result, sft, aligned, output, hub, quiet, {**options, **naming}))
+        report.update(_write_chosen(result, sft, aligned, output, hub, quiet, force, {**options, **naming}))
     _report(result, report, json)
 
 
@@ -240,11 +294,19 @@ def _write_chosen(
     output: str,
     hub: HubTarget | None,
     quiet: bool,
+    force: bool,
     options: dict[str, Any],
 ) -> dict[str, str]:
-    """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen."""
+    """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen;
+    only a confirmed α unless --force."""
     if result.alpha == 0:
         out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
+        return {}
+    if not result.confirmed and not force:
+        out.warning(
+            f"α={result.alpha:g} is {result.outcome.confirmation.note}: nothing written to {output} "
+            "(--force writes it anyway)"
+        )
         return {}
     merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), **options)
     written = {"output": str(merged.output)}

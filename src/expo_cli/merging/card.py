@@ -244,8 +244,10 @@ Handled automatically:
 
 
 def _tuning_section(tuning: dict[str, Any]) -> str:
-    """How `expo tune` chose α: the candidates' rewards and paired gains against the aligned model (α = 0)."""
+    """How `expo tune` chose α: the candidates' rewards and paired gains against the aligned model (α = 0) on the
+    selection prompts, and the confirmation on held-out ones."""
     decoding = tuning.get("decoding", {})
+    split = tuning.get("split", {})
     rows = "".join(
         f"| {c['alpha']:g} | {c['reward'][0]:.4g} [{c['reward'][1]:.4g}, {c['reward'][2]:.4g}] | "
         + (
@@ -254,20 +256,25 @@ def _tuning_section(tuning: dict[str, Any]) -> str:
             else f"{c['gain'][0]:+.4g} [{c['gain'][1]:+.4g}, {c['gain'][2]:+.4g}]"
             + (" (significant)" if c.get("significant") else "")
         )
-        + f" | {c['length']:g} |\n"
+        + f" | {c['length']:g} | {c.get('truncated', 0):.0%} |\n"
         for c in tuning.get("candidates", [])
     )
     warnings = "".join(f"- {w}\n" for w in tuning.get("warnings", []))
+    confirmation = tuning.get("confirmation", {})
     return f"""
 ## How α was chosen
 
-With `expo tune`: each candidate α generated responses to {tuning.get("prompts")} prompts (temperature
-{decoding.get("temperature")}, top-p {decoding.get("top_p")}, {decoding.get("samples_per_prompt")} sample(s) per
-prompt, the same seeds for every candidate), scored by `{tuning.get("reward")}`. Intervals are 95% paired
-bootstrap intervals over prompts.
+With `expo tune`: {tuning.get("prompts")} prompts, {split.get("selection")} to choose α and {split.get("confirmation")}
+held out to confirm it. Each candidate α generated responses to the selection prompts (at most
+{decoding.get("max_new_tokens")} new tokens, temperature {decoding.get("temperature")}, top-p {decoding.get("top_p")},
+top-k {decoding.get("top_k")}, {decoding.get("samples_per_prompt")} sample(s) per prompt, the same seeds for every
+candidate), scored by `{tuning.get("reward")}`. Gains are paired bootstrap intervals over prompts, 95% for all
+candidates at once.
 
-| α | mean reward [95% CI] | gain over α = 0 [95% CI] | mean length (tokens) |
-|---|---|---|---|
+| α | mean reward [95% CI] | gain over α = 0 [simultaneous 95% CI] | mean length (tokens) | cut at the limit |
+|---|---|---|---|---|
 {rows}
-α = {tuning.get("chosen_alpha"):g}: {tuning.get("reason")}.
+α = {tuning.get("chosen_alpha"):g}: {tuning.get("reason")} (the rule: {tuning.get("rule")}).
+
+Held out: {confirmation.get("note", "nothing was confirmed")}.
 {warnings}"""

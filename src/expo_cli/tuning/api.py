@@ -1,39 +1,42 @@
 """`expo_cli.tune`: choose α as the paper did: generate with each candidate, score, compare with honest statistics.
 
-Order of work, so that every error comes before the long part: options, prompts, the reward function, both
-checkpoints (validated as for a merge), the output folder, the reward model, the policy model. Then one model is
-loaded once and each candidate α is written into its parameters in place (`candidates.CandidateModel`: bit for bit
-what `expo merge` writes), generates a response to every prompt with the same seeds (`generation`), and is scored
-(`rewards`). α = 0, the aligned model itself, is always a candidate: every other is judged by its paired
-difference from it (`statistics`). The grid can be refined around its best point (`search`).
+Order of work, so that every error comes before the long part: options, prompts (sampled, then split into a
+selection part and a held-out confirmation part: `holdout`), the reward function, both checkpoints (validated as
+for a merge), the output folder, the reward model, the policy's tokenizer, the run folder, the policy model. Then
+one model is loaded once and each candidate α is written into its parameters in place (`candidates.CandidateModel`:
+bit for bit what `expo merge` writes), generates a response to every prompt with the same seeds (`generation`), and
+is scored (`rewards`), batch by batch, each batch kept in the run folder as it is made (`runfolder`, `evaluation`).
+`procedure` searches and chooses on the selection part and confirms on the held-out part (`statistics`,
+`selection`, `search`).
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..alpha import check_alphas
+from ..constants import VERSION
 from ..core.sources import dtype_name
 from ..errors import InputError, UsageError, first_line
+from ..fsutil import fingerprint
 from ..inputs.adapters import input_folders
 from ..merging.api import PreparedRun, prepare
 from ..options import MergeOptions
 from .candidates import CandidateModel
-from .generation import Decoding, encode_prompts, generate
+from .evaluation import Evaluator, NotGenerated
+from .generation import Decoding, Generator, encode_prompts
+from .holdout import Split, split
+from .procedure import choose
 from .prompts import load_prompts
-from .result import Candidate, TuneResult
-from .rewards import Reward, RewardFunction, RewardModel
-from .search import Search
-from .statistics import Bootstrap, compare, per_prompt, recommend
+from .result import TuneResult
+from .rewards import Cached, Reward, RewardFunction, RewardModel
+from .runfolder import RunFolder, default_location, digest
+from .search import DEFAULT_EXTRA
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
 
@@ -57,19 +60,32 @@ def tune(
     prompt_field: str | None = None,
     split: str = "test",
     limit: int | None = None,
+    holdout: float | None = None,
     chat_template: bool = True,
     reward_batch_size: int = 8,
+    reward_device: str | None = None,
+    run_dir: str | Path | None = None,
+    fresh: bool = False,
+    rescore: bool = False,
     output: str | Path | None = None,
     **options: Any,
 ) -> TuneResult:
-    """Evaluate candidate α by generating and scoring; return the statistics and the recommended α.
+    """Evaluate candidate α by generating and scoring; return the statistics, the recommended α and its
+    confirmation on held-out prompts.
 
     Args:
         sft, aligned: as for `merge` (local folders or Hub repo ids).
-        prompts: a .jsonl/.json/.txt/.parquet file or a Hub dataset `org/name` (`split`, `prompt_field`, `limit`).
-        reward_model: a sequence-classification model (folder or Hub id); or `reward_fn`: `module:function`.
-        alphas: the grid; α = 0 is always added. `search`: refine around the best point, `budget` candidates in all.
-        decoding: sampling settings (seeded identically for every candidate).
+        prompts: a .jsonl/.json/.txt/.parquet file or a Hub dataset `org/name` (`split`, `prompt_field`, `limit`: a
+            seeded random sample of that many).
+        reward_model: a sequence-classification model (folder or Hub id), on `reward_device` (default: the
+            policy's); or `reward_fn`: `module:function`.
+        alphas: the grid; α = 0 is always added. `search`: refine around the best point, `budget` candidates in all
+            (default: the grid and 4 more).
+        decoding: sampling settings (seeded identically for every candidate; the paper's by default).
+        holdout: the share of prompts held out to confirm the choice (None: 0.3 from 100 prompts on, else 0).
+        run_dir: where responses and rewards are kept as they are made, and resumed from (default: a folder in the
+            cache named by the settings); `fresh` empties it first; `rescore` generates nothing, judging the kept
+            responses with this reward.
         output: checked to be writable before the work starts (the caller merges the chosen α into it).
         **options: the fields of `MergeOptions` (dtype, device, alpha_for, revisions, token, progress, ...).
     """
@@ -85,10 +101,15 @@ def tune(
             budget=budget,
             decoding=decoding or Decoding(),
             prompt_field=prompt_field,
-            split=split,
+            split_name=split,
             limit=limit,
+            holdout=holdout,
             chat_template=chat_template,
             reward_batch_size=reward_batch_size,
+            reward_device=reward_device,
+            run_dir=run_dir,
+            fresh=fresh,
+            rescore=rescore,
             output=output,
             **options,
         )
@@ -121,10 +142,15 @@ def _tune(
     budget: int | None,
     decoding: Decoding,
     prompt_field: str | None,
-    split: str,
+    split_name: str,
     limit: int | None,
+    holdout: float | None,
     chat_template: bool,
     reward_batch_size: int,
+    reward_device: str | None,
+    run_dir: str | Path | None,
+    fresh: bool,
+    rescore: bool,
     output: str | Path | None,
     **options: Any,
 ) -> TuneResult:
@@ -132,48 +158,94 @@ def _tune(
 
     grid = candidate_alphas(alphas)
     _check_settings(decoding, reward_model, reward_fn, grid, budget, search)
+    budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
-    texts = load_prompts(prompts, prompt_field, split, limit, opts.token)
-    scorer: Reward | None = RewardFunction(reward_fn) if reward_fn else None
+    texts = load_prompts(prompts, prompt_field, split_name, limit, opts.token, seed=decoding.seed)
+    parts = split(len(texts), holdout, decoding.seed, warn=opts.warning)
+    function: Reward | None = RewardFunction(reward_fn) if reward_fn else None
     run, opts, dominant = _prepare_in_one_dtype(sft, aligned, {0.0: Path(output)} if output is not None else {}, opts)
     device = run.device
-    if scorer is None:
+    if function is None:
         assert reward_model is not None
-        scorer = RewardModel(reward_model, str(device), reward_batch_size, token=opts.token, warn=opts.warning)
+        rm = RewardModel(
+            reward_model, reward_device or str(device), reward_batch_size, token=opts.token, warn=opts.warning
+        )
+        _check_context(rm, texts, decoding, opts)
+        function = rm
+    scorer = Cached(function)
     # An adapter input: the model is built from its base's folder (every parameter is then written in place);
     # the tokenizer is the adapter's own when it ships one.
     folders = input_folders(run.main.aligned)
     tokenizer_folder = next((f for f in folders if (f / "tokenizer_config.json").is_file()), folders[0])
-    model, tokenizer = _load_policy(folders[-1], tokenizer_folder, dominant, device)
+    tokenizer = _load_tokenizer(tokenizer_folder)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
-    candidate = CandidateModel.attach(model, run)
-    evaluated = _search(
-        grid,
-        budget if search else len(grid),
-        partial(
-            _evaluate,
-            candidate=candidate,
-            tokenizer=tokenizer,
-            texts=texts,
-            prompt_ids=prompt_ids,
-            decoding=decoding,
-            scorer=scorer,
-            opts=opts,
-        ),
-        len(texts),
-        decoding.seed,
+    key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
+    folder_path = Path(run_dir) if run_dir is not None else default_location(key)
+    folder = RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh)
+    model = candidate = generator = None
+    if not rescore:
+        model = _load_policy(folders[-1], dominant, device)
+        candidate = CandidateModel.attach(model, run)
+        generator = Generator(model, tokenizer, decoding)
+    evaluate = Evaluator(
+        partial(candidate.set_alpha, opts=opts) if candidate else None,
+        generator,
+        texts,
+        prompt_ids,
+        {"selection": parts.selection, "confirmation": parts.confirmation},
+        decoding.batch_size,
+        scorer,
+        folder,
+        opts.progress,
     )
-    rewards = {a: per_prompt(c.rewards, [r.prompt for r in c.responses], len(texts)) for a, c in evaluated.items()}
-    lengths = {
-        a: per_prompt([r.tokens for r in c.responses], [r.prompt for r in c.responses], len(texts))
-        for a, c in evaluated.items()
-    }
-    stats = compare(rewards, lengths, seed=decoding.seed)
+    try:
+        outcome = choose(evaluate, grid, budget, parts, decoding.seed)
+    except NotGenerated as err:
+        raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
     notes = list(run.main.pairing.notes)
-    del model, candidate
+    del model, candidate, generator
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return TuneResult(texts, evaluated, stats, recommend(stats), decoding, scorer.name, dominant, str(device), notes)
+    return TuneResult(texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, notes)
+
+
+def _check_context(rm: RewardModel, texts: list[str], decoding: Decoding, opts: MergeOptions) -> None:
+    """Before generating: say when the reward model's context cannot hold the longest prompt and a full response."""
+    if rm.max_length is None:
+        return
+    longest = max(len(rm.encode(t, "")[0]) for t in texts)
+    if longest + decoding.max_new_tokens > rm.max_length:
+        opts.warning(
+            f"--reward-model {rm.name} reads at most {rm.max_length} tokens; prompts up to {longest} and responses "
+            f"up to {decoding.max_new_tokens} tokens may not fit: such prompts are cut from the left to score them "
+            "(counted in the results)"
+        )
+
+
+def _run_key(
+    run: PreparedRun,
+    texts: list[str],
+    prompt_ids: list[list[int]],
+    parts: Split,
+    decoding: Decoding,
+    dtype: str,
+    device: str,
+) -> dict[str, Any]:
+    """Everything the responses depend on: a run folder holds responses for one key only."""
+    inputs = {}
+    for role, source, described in zip(("sft", "aligned"), (run.main.sft, run.main.aligned), run.sources, strict=True):
+        inputs[role] = {**described.to_json(), "files": [fingerprint(f) for f in input_folders(source)]}
+    return {
+        "expo": VERSION,
+        "inputs": inputs,
+        "rules": [r.to_json() for r in run.rules],
+        "dtype": dtype,
+        "device": device,
+        "prompts": digest(texts),
+        "encoded_prompts": digest(prompt_ids),
+        "split": {"seed": decoding.seed, **parts.to_json()},
+        "decoding": decoding.to_json(),
+    }
 
 
 def _check_settings(
@@ -209,71 +281,24 @@ def _prepare_in_one_dtype(
     return run, opts, dominant
 
 
-def _search(
-    grid: list[float], budget: int, evaluate: Callable[[float], Candidate], prompts: int, seed: int
-) -> dict[float, Candidate]:
-    """Evaluate the grid, then (budget left) what `Search` asks for next; stop at the noise floor: two α whose
-    paired gain interval contains 0."""
-    evaluated: dict[float, Candidate] = {}
-
-    def mean_reward(candidate: Candidate) -> np.ndarray:
-        return per_prompt(candidate.rewards, [r.prompt for r in candidate.responses], prompts)
-
-    def indistinguishable(a: float, b: float) -> bool:
-        gain = Bootstrap(prompts, draws=2000, seed=seed).mean(mean_reward(evaluated[a]) - mean_reward(evaluated[b]))
-        return not gain.excludes_zero()
-
-    finder = Search(grid, budget, indistinguishable=indistinguishable)
-    while (alpha := finder.next()) is not None:
-        evaluated[alpha] = evaluate(alpha)
-        finder.record(alpha, float(np.mean(mean_reward(evaluated[alpha]))))
-    return evaluated
-
-
-def _load_policy(weights: Path, side_files: Path, dtype: str, device: Any) -> tuple[Any, Any]:
-    """The aligned model (once, for every candidate) and its tokenizer, left-padding for batched generation."""
-    import torch  # torch loads on first use, not with the package
-    from transformers import AutoModelForCausalLM, AutoTokenizer  # transformers loads when a model does
+def _load_tokenizer(folder: Path) -> Any:
+    from transformers import AutoTokenizer  # transformers loads when a model does
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(side_files)
+        return AutoTokenizer.from_pretrained(folder)
     except Exception as err:  # missing or broken tokenizer files
-        raise InputError(f"--aligned {side_files.name}: cannot load its tokenizer ({first_line(err)})") from err
+        raise InputError(f"--aligned {folder.name}: cannot load its tokenizer ({first_line(err)})") from err
+
+
+def _load_policy(weights: Path, dtype: str, device: Any) -> Any:
+    """The aligned model, loaded once for every candidate."""
+    import torch  # torch loads on first use, not with the package
+    from transformers import AutoModelForCausalLM  # transformers loads when a model does
+
     try:
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=getattr(torch, dtype))
     except Exception as err:  # an architecture transformers cannot build
         raise InputError(
             f"--aligned {weights.name}: transformers cannot load it as a causal LM ({first_line(err)})"
         ) from err
-    return model.to(device).eval(), tokenizer
-
-
-def _evaluate(
-    alpha: float,
-    *,
-    candidate: CandidateModel,
-    tokenizer: Any,
-    texts: list[str],
-    prompt_ids: list[list[int]],
-    decoding: Decoding,
-    scorer: Reward,
-    opts: MergeOptions,
-) -> Candidate:
-    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
-
-    update = candidate.set_alpha(alpha, opts)
-    with tqdm(
-        total=len(texts),
-        unit="prompt",
-        desc=f"α={alpha:g}",
-        disable=not opts.progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
-        started = time.perf_counter()
-        responses = generate(candidate.model, tokenizer, prompt_ids, decoding, bar.update)
-        generated = time.perf_counter()
-        bar.set_postfix_str("scoring")
-        rewards = scorer.score([texts[r.prompt] for r in responses], [r.text for r in responses])
-        bar.set_postfix_str(f"mean reward {np.mean(rewards):.4g}")
-    return Candidate(alpha, responses, rewards, update, generated - started, time.perf_counter() - generated)
+    return model.to(device).eval()

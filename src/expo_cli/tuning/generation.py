@@ -2,9 +2,11 @@
 
 Prompts are rendered with the model's chat template and a generation prompt (as the paper did), grouped by length
 into fixed left-padded batches, and each batch is seeded with `seed + batch number` before `generate`: every
-candidate sees the same prompts, in the same batches, with the same random numbers. Every decoding setting is
+candidate sees the same prompts, in the same batches, with the same random numbers, and a batch made again (a
+resumed run) is the batch made before. Every decoding setting is
 passed explicitly (the model's own generation_config may carry others); the response is cut at the first
-end-of-sequence token, and its length is counted in tokens.
+end-of-sequence token, its length is counted in tokens, and one that never reached it is marked cut ("length").
+The defaults are the paper's (max_new_tokens 2048, temperature 0.7, top-p 0.9, top-k 50).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from ..errors import InputError, UsageError
 class Decoding:
     """How responses are sampled; temperature 0 is greedy decoding."""
 
-    max_new_tokens: int = 256
+    max_new_tokens: int = 2048  # the paper's: a lower limit cuts long answers, more of them at larger α
     temperature: float = 0.7
     top_p: float = 0.9
     top_k: int = 50
@@ -53,6 +55,11 @@ class Response:
     sample: int
     text: str
     tokens: int
+    finish: str = "stop"  # "stop": it ended with an end token; "length": cut at --max-new-tokens
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish == "length"
 
 
 def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool) -> list[list[int]]:
@@ -84,6 +91,56 @@ def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return ids
 
 
+def batches(prompt_ids: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+    """Prompt indices in fixed batches of similar length (less padding): the same batches for every candidate."""
+    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+class Generator:
+    """Generates one batch at a time (so that a run can keep each batch as it is made), seeded by its number."""
+
+    def __init__(self, model: Any, tokenizer: Any, decoding: Decoding) -> None:
+        from transformers import GenerationConfig  # transformers loads when a model does
+
+        self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
+        self.eos = stop_ids(model, tokenizer)
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
+        sampling = decoding.temperature > 0
+        self.config = GenerationConfig(
+            max_new_tokens=decoding.max_new_tokens,
+            do_sample=sampling,
+            num_return_sequences=decoding.samples_per_prompt,
+            temperature=decoding.temperature if sampling else None,
+            top_p=decoding.top_p if sampling else None,
+            top_k=decoding.top_k if sampling else None,
+            eos_token_id=self.eos,
+            pad_token_id=self.pad,
+        )
+
+    def batch(self, number: int, members: Sequence[int], prompt_ids: Sequence[Sequence[int]]) -> list[Response]:
+        """The responses to the prompts `members` (indices into `prompt_ids`), sampled with seed + `number`."""
+        import torch  # torch loads on first use, not with the package
+        from transformers import set_seed  # transformers loads when a model does
+
+        device = next(self.model.parameters()).device
+        batch = [prompt_ids[i] for i in members]
+        width = max(len(ids) for ids in batch)
+        input_ids = torch.tensor([[self.pad] * (width - len(ids)) + list(ids) for ids in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
+        set_seed(self.decoding.seed + number)
+        with torch.no_grad():
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=self.config)
+        responses = []
+        for row, tokens in enumerate(out[:, width:].tolist()):
+            cut = next((i for i, token in enumerate(tokens) if token in self.eos), None)
+            kept = tokens[:cut]
+            prompt, sample = divmod(row, self.decoding.samples_per_prompt)
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            responses.append(Response(members[prompt], sample, text, len(kept), "length" if cut is None else "stop"))
+        return sorted(responses, key=lambda r: (r.prompt, r.sample))
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -92,41 +149,9 @@ def generate(
     advance: Callable[[int], None] = lambda n: None,
 ) -> list[Response]:
     """Every prompt's responses (prompt-major), generated in fixed seeded batches; `advance(n)` after each batch."""
-    import torch  # torch loads on first use, not with the package
-    from transformers import GenerationConfig, set_seed  # transformers loads when a model does
-
-    eos = stop_ids(model, tokenizer)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    sampling = decoding.temperature > 0
-    config = GenerationConfig(
-        max_new_tokens=decoding.max_new_tokens,
-        do_sample=sampling,
-        num_return_sequences=decoding.samples_per_prompt,
-        temperature=decoding.temperature if sampling else None,
-        top_p=decoding.top_p if sampling else None,
-        top_k=decoding.top_k if sampling else None,
-        eos_token_id=eos,
-        pad_token_id=pad,
-    )
-    device = next(model.parameters()).device
-    # Batches of prompts of similar length (less padding), the same batches for every candidate.
-    order = sorted(range(len(prompt_ids)), key=lambda i: (len(prompt_ids[i]), i))
+    generator = Generator(model, tokenizer, decoding)
     responses = []
-    for number, start in enumerate(range(0, len(order), decoding.batch_size)):
-        members = order[start : start + decoding.batch_size]
-        batch = [prompt_ids[i] for i in members]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + list(ids) for ids in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
-        set_seed(decoding.seed + number)
-        with torch.no_grad():
-            out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
-        for row, tokens in enumerate(out[:, width:].tolist()):
-            cut = next((i for i, token in enumerate(tokens) if token in eos), len(tokens))
-            kept = tokens[:cut]
-            prompt, sample = divmod(row, decoding.samples_per_prompt)
-            responses.append(
-                Response(members[prompt], sample, tokenizer.decode(kept, skip_special_tokens=True), len(kept))
-            )
-        advance(len(batch))
+    for number, members in enumerate(batches(prompt_ids, decoding.batch_size)):
+        responses += generator.batch(number, members, prompt_ids)
+        advance(len(members))
     return sorted(responses, key=lambda r: (r.prompt, r.sample))

@@ -14,15 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError, first_line
+from .holdout import sample
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 
 
 def load_prompts(
-    source: str, field: str | None = None, split: str = "test", limit: int | None = None, token: str | None = None
+    source: str,
+    field: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    token: str | None = None,
+    seed: int = 0,
 ) -> list[str]:
-    """The prompts of `source` (a file of one of FORMATS, a dataset folder or a Hub dataset `org/name`), the first
-    `limit` of them."""
+    """The prompts of `source` (a file of one of FORMATS, a dataset folder or a Hub dataset `org/name`): a seeded
+    random sample of `limit` of them, in their order in the source."""
     if limit is not None and limit < 1:
         raise UsageError(f"--limit {limit}: must be at least 1")
     path = Path(source)
@@ -34,11 +40,8 @@ def load_prompts(
         raise InputError(f"--prompts {source}: no such file (or a Hub dataset id org/name)")
     else:
         records, where = _read_dataset(source, split, token), f"{source} ({split})"
-    prompts = []
-    for number, record in enumerate(records, 1):
-        if limit is not None and len(prompts) >= limit:
-            break
-        prompts.append(prompt_of(record, field, f"{where} record {number}"))
+    records = records if hasattr(records, "__getitem__") else list(records)  # a Dataset indexes without a copy
+    prompts = [prompt_of(records[i], field, f"{where} record {i + 1}") for i in sample(len(records), limit, seed)]
     if not prompts:
         raise InputError(f"--prompts {source}: no prompts in it")
     return prompts

@@ -1,5 +1,5 @@
-"""What a tune found: every candidate's responses and rewards, the statistics, the choice, and how to show them
-(the table, `--json`, the provenance summary, `--save-responses`, `--plot`)."""
+"""What a tune found: every candidate's responses and rewards, the statistics, the choice and its confirmation, and
+how to show them (the table, `--json`, the provenance summary, `--save-responses`, `--plot`)."""
 
 from __future__ import annotations
 
@@ -11,55 +11,74 @@ from typing import Any
 from ..errors import OutputError
 from ..fsutil import write_atomically
 from ..plotting import pyplot, save_png
-from .generation import Decoding, Response
-from .statistics import CandidateStats, Recommendation
-
-
-@dataclass
-class Candidate:
-    """One α as evaluated: every response with its reward, and where the time went."""
-
-    alpha: float
-    responses: list[Response]
-    rewards: list[float]
-    update_seconds: float  # writing θ(α) into the model
-    generate_seconds: float
-    score_seconds: float
+from .evaluation import Candidate
+from .generation import Decoding
+from .holdout import Split
+from .procedure import Outcome
+from .selection import RULE
+from .statistics import CandidateStats, Interval
 
 
 @dataclass
 class TuneResult:
     prompts: list[str]
-    candidates: dict[float, Candidate]  # in the order evaluated
-    stats: list[CandidateStats]  # sorted by α
-    recommendation: Recommendation
+    split: Split
+    outcome: Outcome
     decoding: Decoding
     reward: str
     model_dtype: str
     device: str
+    run_dir: Path
+    budget: int
     notes: list[str] = field(default_factory=list)
 
     @property
     def alpha(self) -> float:
-        return self.recommendation.alpha
+        """The α chosen on the selection prompts."""
+        return self.outcome.recommendation.alpha
+
+    @property
+    def confirmed(self) -> bool:
+        return self.outcome.confirmation.confirmed
+
+    @property
+    def stats(self) -> list[CandidateStats]:
+        return self.outcome.stats
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.outcome.recommendation.warnings
+
+    def _candidates(self) -> list[Candidate]:
+        return [*self.outcome.selection.values(), *self.outcome.held_out.values()]
 
     def summary(self) -> dict[str, Any]:
         """What the chosen checkpoint's provenance and card record about how α was chosen."""
         return {
             "chosen_alpha": self.alpha,
-            "reason": self.recommendation.reason,
-            "warnings": self.recommendation.warnings,
+            "rule": RULE,
+            "reason": self.outcome.recommendation.reason,
+            "confirmation": {
+                "confirmed": self.confirmed,
+                "prompts": self.outcome.confirmation.prompts,
+                "note": self.outcome.confirmation.note,
+                **({"gain": _round(self.outcome.confirmation.stats.gain)} if self.outcome.confirmation.stats else {}),
+            },
+            "warnings": self.warnings,
             "reward": self.reward,
             "prompts": len(self.prompts),
+            "split": self.split.to_json(),
             "decoding": self.decoding.to_json(),
             "model_dtype": self.model_dtype,
+            "search_stopped": self.outcome.stopped,
             "candidates": [
                 {
                     "alpha": s.alpha,
                     "reward": _round(s.reward),
-                    "gain": _round(s.gain),
+                    "gain": _round(s.gain_simultaneous),
                     "win_rate": _round(s.win_rate),
                     "length": round(s.length, 2),
+                    "truncated": round(s.truncated, 4),
                     "significant": s.significant,
                 }
                 for s in self.stats
@@ -67,65 +86,93 @@ class TuneResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        timing = {
-            f"{c.alpha:g}": {
-                "update_seconds": c.update_seconds,
-                "generate_seconds": c.generate_seconds,
-                "score_seconds": c.score_seconds,
-            }
-            for c in self.candidates.values()
-        }
+        candidates = self.outcome.selection
         return {
             "alpha": self.alpha,
-            "recommendation": self.recommendation.to_json(),
-            "candidates": [{**s.to_json(), **timing[f"{s.alpha:g}"]} for s in self.stats],
-            "evaluated_order": list(self.candidates),
+            "confirmed": self.confirmed,
+            "recommendation": {**self.outcome.recommendation.to_json(), "rule": RULE},
+            "confirmation": self.outcome.confirmation.to_json(),
+            "candidates": [
+                {
+                    **s.to_json(),
+                    "repetition": candidates[s.alpha].repetition,
+                    "scoring_cut": candidates[s.alpha].scoring_cut,
+                }
+                for s in self.stats
+            ],
+            "evaluated_order": list(candidates),
+            "search": {"budget": self.budget, "stopped": self.outcome.stopped},
             "prompts": len(self.prompts),
+            "split": self.split.to_json(),
+            "win_rate": "per prompt (its samples' mean reward); win_rate_responses: sample s against sample s",
             "decoding": self.decoding.to_json(),
             "reward": self.reward,
             "model_dtype": self.model_dtype,
             "device": self.device,
             "notes": self.notes,
+            "timing": {
+                f"{c.part}:{c.alpha:g}": {
+                    "update_seconds": c.update_seconds,
+                    "generate_seconds": c.generate_seconds,
+                    "score_seconds": c.score_seconds,
+                }
+                for c in self._candidates()
+            },
+            "run": {
+                "dir": str(self.run_dir),
+                "generated": sum(c.generated for c in self._candidates()),
+                "reused": sum(len(c.responses) - c.generated for c in self._candidates()),
+            },
         }
 
     def table(self) -> list[str]:
+        several = self.decoding.samples_per_prompt > 1
         lines = [
-            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [95% CI]':<32}{'win rate':>9}  {'length':>7}  "
-            f"{'gain at equal length':<30}"
+            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'P(best)':>8}{'win rate':>9}"
+            f"{'  win/resp' if several else ''}  {'length':>7}  {'cut':>4}  {'gain at equal length':<30}"
         ]
         for s in self.stats:
             reward = f"{s.reward.estimate:.4g} [{s.reward.low:.4g}, {s.reward.high:.4g}]"
+            cut = f"{s.truncated:>4.0%}"
             if s.alpha == 0:
-                lines.append(f"{0:>8g}  {reward:<28}{'(baseline)':<32}{'':>9}  {s.length:>7.1f}")
-                continue
-            mark = "*" if s.significant else ""
-            lines.append(
-                f"{s.alpha:>8g}  {reward:<28}{str(s.gain) + mark:<32}{s.win_rate.estimate:>9.0%}  "
-                f"{s.length:>7.1f}  {s.gain_at_equal_length!s:<30}"
-            )
-        lines.append("* significant: the 95% interval of the paired gain excludes 0")
-        lines.append(f"Chosen α = {self.alpha:g}: {self.recommendation.reason}")
+                gain, win, equal = "(baseline)", " " * (19 if several else 9), ""
+            else:
+                gain = str(s.gain_simultaneous) + ("*" if s.significant else "")
+                win = f"{s.win_rate.estimate:>9.0%}" + (f"{s.win_rate_responses.estimate:>10.0%}" if several else "")
+                equal = str(s.gain_at_equal_length)
+            row = f"{s.alpha:>8g}  {reward:<28}{gain:<34}{s.p_best:>8.2f}{win}"
+            lines.append(f"{row}  {s.length:>7.1f}  {cut}  {equal}".rstrip())
+        others = len(self.stats) - 1
+        lines.append(f"* significant among the {others} candidate(s): the simultaneous 95% interval excludes 0")
+        if any(s.length_fit_prompts < len(self.split.selection) for s in self.stats):
+            lines.append("gain at equal length: prompts with a cut response on either side left out of the fit")
+        if several:
+            lines.append("win rate: per prompt (mean over its samples); win/resp: sample against sample")
+        lines.append(f"Search: {len(self.outcome.selection)} candidate(s), stopped: {self.outcome.stopped}")
+        lines.append(
+            f"Chosen α = {self.alpha:g} on {len(self.split.selection)} selection prompts: "
+            f"{self.outcome.recommendation.reason}"
+        )
+        lines.append(f"Held out: {self.outcome.confirmation.note}")
         return lines
 
     def save_responses(self, path: str | Path) -> None:
         """Every prompt, response and reward as JSON lines, written atomically."""
         lines = []
-        for c in self.candidates.values():
+        for c in self._candidates():
             for response, reward in zip(c.responses, c.rewards, strict=True):
-                lines.append(
-                    json.dumps(
-                        {
-                            "alpha": c.alpha,
-                            "prompt_index": response.prompt,
-                            "sample": response.sample,
-                            "prompt": self.prompts[response.prompt],
-                            "response": response.text,
-                            "tokens": response.tokens,
-                            "reward": reward,
-                        },
-                        ensure_ascii=False,
-                    )
-                )
+                record = {
+                    "alpha": c.alpha,
+                    "part": c.part,
+                    "prompt_index": response.prompt,
+                    "sample": response.sample,
+                    "prompt": self.prompts[response.prompt],
+                    "response": response.text,
+                    "tokens": response.tokens,
+                    "finish": response.finish,
+                    "reward": reward,
+                }
+                lines.append(json.dumps(record, ensure_ascii=False))
         try:
             write_atomically(Path(path), ("\n".join(lines) + "\n").encode())
         except OSError as err:
@@ -148,12 +195,12 @@ class TuneResult:
         lengths = ax.twinx()
         lengths.plot(alphas, [s.length for s in self.stats], marker="s", color="tab:orange", label="mean length")
         lengths.set_ylabel("response length (tokens)", color="tab:orange")
-        ax.set_title(f"expo tune: {len(self.prompts)} prompts, reward {Path(self.reward).name}")
+        ax.set_title(f"expo tune: {len(self.split.selection)} selection prompts, reward {Path(self.reward).name}")
         handles = ax.get_legend_handles_labels()[0] + lengths.get_legend_handles_labels()[0]
         ax.legend(handles=handles, loc="best", fontsize="small")
         fig.tight_layout()
         save_png(fig, path)
 
 
-def _round(interval: Any) -> list[float]:
+def _round(interval: Interval) -> list[float]:
     return [round(interval.estimate, 6), round(interval.low, 6), round(interval.high, 6)]

@@ -2,8 +2,15 @@
 
 The reward model scores each conversation `[user: prompt, assistant: response]` rendered with *its own* chat
 template, tokenized without adding special tokens again (the template has them; the paper stripped the doubled
-BOS by hand), and takes the raw logit of its single label. transformers pools at the last non-pad token, so
-left and right padding score alike; batches are sorted by length to cut padding.
+BOS by hand), and takes the raw logit of its single label at the conversation's last token. transformers pools at
+the last token that is not the pad id, and a reward model without a pad token is usually given EOS as one: a
+template that ends in EOS would then be scored one token early. So each batch is padded on the right with an id
+that occurs in none of its conversations, which makes a padded score equal the unpadded one. Batches are sorted
+by length to cut padding.
+
+A conversation longer than the reward model's context (its tokenizer's or its positions' limit) keeps the
+response whole and loses the start of the prompt; such scorings are counted and reported. Identical (prompt,
+response) pairs are scored once (`Cached`): ties between candidates are exact, and scoring is faster.
 
 A reward function (`module:function` or `path/to/file.py:function`) takes (prompt, response) and returns a
 number: verifiable rewards (unit tests, math checkers, rule-based graders).
@@ -11,30 +18,79 @@ number: verifiable rewards (unit tests, math checkers, rule-based graders).
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..errors import InputError, UsageError, first_line
+from ..fsutil import fingerprint
+
+UNKNOWN_LIMIT = 10**6  # tokenizers without a limit report a huge model_max_length
 
 
 class Reward(Protocol):
     name: str
+    cut_pairs: set[tuple[str, str]]  # (prompt, response) pairs whose input was cut to fit
+
+    def identity(self) -> dict[str, Any]:
+        """Everything its scores depend on: a run folder keeps scores per identity."""
+        ...
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+
+class Cached:
+    """A reward that scores each distinct (prompt, response) once per run, including pairs a run folder kept."""
+
+    def __init__(self, reward: Reward) -> None:
+        self.reward = reward
+        self.name = reward.name
+        self.known: dict[tuple[str, str], float] = {}
+        self.cut_pairs = reward.cut_pairs
+
+    def remember(
+        self, prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float], cut: set[int]
+    ) -> None:
+        """Scores made earlier (read back from a run folder); `cut`: the positions whose input was cut."""
+        for i, pair in enumerate(zip(prompts, responses, strict=True)):
+            self.known.setdefault(pair, scores[i])
+            if i in cut:
+                self.cut_pairs.add(pair)
+
+    def identity(self) -> dict[str, Any]:
+        return self.reward.identity()
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        pairs = list(zip(prompts, responses, strict=True))
+        new = list(dict.fromkeys(p for p in pairs if p not in self.known))
+        if new:
+            scores = self.reward.score([p for p, _ in new], [r for _, r in new])
+            self.known.update(zip(new, scores, strict=True))
+        return [self.known[p] for p in pairs]
 
 
 class RewardFunction:
     """A Python function (prompt, response) -> float."""
 
     def __init__(self, spec: str) -> None:
+        self.cut_pairs: set[tuple[str, str]] = set()  # a function reads any length
         module, _, function = spec.rpartition(":")
         self.name = f"{Path(module).name}:{function}" if module.endswith(".py") else spec  # no local path
         self.function = load_function(spec)
+
+    def identity(self) -> dict[str, Any]:
+        """Its name and the source of its module (an edited grader scores anew)."""
+        try:
+            source = Path(inspect.getsourcefile(self.function) or "").read_bytes()
+        except (OSError, TypeError):
+            source = b""
+        return {"reward_fn": self.name, "source_sha256": hashlib.sha256(source).hexdigest()}
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         scores = []
@@ -85,7 +141,6 @@ class RewardModel:
         device: str = "cpu",
         batch_size: int = 8,
         dtype: str | None = None,
-        max_length: int = 4096,
         token: str | None = None,
         warn: Callable[[str], None] = print,
     ) -> None:
@@ -96,8 +151,9 @@ class RewardModel:
         )
 
         self.name = Path(path).resolve().name if Path(path).exists() else path  # a folder name, never its path
+        self.path = path
         self.batch_size = batch_size
-        self.max_length = max_length
+        self.cut_pairs: set[tuple[str, str]] = set()
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, token=token)
             self.model = (
@@ -116,13 +172,24 @@ class RewardModel:
                 f"--reward-model {path}: has {self.model.config.num_labels} labels; a reward model "
                 "has one (its raw logit is the reward)"
             )
-        if self.tokenizer.pad_token_id is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token or self.tokenizer.unk_token
-        if self.model.config.pad_token_id is None:  # pooling finds the last token that is not this one
-            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.max_length = context_length(self.tokenizer, self.model.config)
+        self.vocabulary = self.model.get_input_embeddings().num_embeddings
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         if not self.templated:
             warn(f"--reward-model {path} has no chat template: scoring the prompt and response joined by a newline")
+
+    def identity(self) -> dict[str, Any]:
+        """The model (its Hub commit, or its local files), dtype, device and context."""
+        local = Path(self.path)
+        version = fingerprint(local) if local.is_dir() else getattr(self.model.config, "_commit_hash", None)
+        return {
+            "reward_model": self.name,
+            "version": version,
+            "dtype": str(self.model.dtype),
+            "device": self.model.device.type,
+            "max_length": self.max_length,
+            "batch_size": self.batch_size,  # batch shapes can move the last bits of a score
+        }
 
     def render(self, prompt: str, response: str) -> str:
         if not self.templated:
@@ -130,26 +197,60 @@ class RewardModel:
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(conversation, tokenize=False)
 
+    def encode(self, prompt: str, response: str) -> tuple[list[int], bool]:
+        """The conversation's token ids, and whether the prompt's start (or, past that, the response's end) was cut
+        to fit the context."""
+        ids = self._ids(prompt, response)
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids, False
+        prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        while len(ids) > self.max_length and prompt_ids:
+            prompt_ids = prompt_ids[len(ids) - self.max_length :]
+            ids = self._ids(self.tokenizer.decode(prompt_ids), response)
+        return ids[: self.max_length], True
+
+    def _ids(self, prompt: str, response: str) -> list[int]:
+        return self.tokenizer(self.render(prompt, response), add_special_tokens=not self.templated)["input_ids"]
+
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         import torch  # torch loads on first use, not with the package
 
-        texts = [self.render(p, r) for p, r in zip(prompts, responses, strict=True)]
-        ids = [
-            self.tokenizer(t, add_special_tokens=not self.templated, truncation=True, max_length=self.max_length)[
-                "input_ids"
-            ]
-            for t in texts
-        ]
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        pairs = zip(prompts, responses, strict=True)
+        self.cut_pairs.update(pair for pair, (_, cut) in zip(pairs, encoded, strict=True) if cut)
+        ids = [i for i, _ in encoded]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)
         device = self.model.device
+        config = self.model.config.get_text_config()
         for start in range(0, len(order), self.batch_size):
-            batch = order[start : start + self.batch_size]
-            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt")
+            batch = [ids[i] for i in order[start : start + self.batch_size]]
+            pad = unused_id(batch, self.vocabulary)
+            width = max(len(row) for row in batch)
+            input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in batch], device=device)
+            mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in batch], device=device)
+            config.pad_token_id = pad  # pooling takes the last token that is not this id: the real last one
             with torch.no_grad():
-                logits = self.model(
-                    input_ids=padded["input_ids"].to(device), attention_mask=padded["attention_mask"].to(device)
-                ).logits
-            for i, value in zip(batch, logits[:, 0].float().tolist(), strict=True):
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            for i, value in zip(order[start : start + self.batch_size], logits[:, 0].float().tolist(), strict=True):
                 scores[i] = value
         return scores
+
+
+def context_length(tokenizer: Any, config: Any) -> int | None:
+    """The longest input a model reads: its tokenizer's limit or its position table's, whichever is known and
+    smaller."""
+    text = config.get_text_config()
+    limits = [
+        getattr(tokenizer, "model_max_length", None),
+        getattr(text, "max_position_embeddings", None),
+        getattr(text, "n_positions", None),
+    ]
+    known = [int(n) for n in limits if isinstance(n, (int, float)) and 0 < n < UNKNOWN_LIMIT]
+    return min(known) if known else None
+
+
+def unused_id(rows: Sequence[Sequence[int]], vocabulary: int) -> int:
+    """A token id that occurs in none of `rows` (the largest such id below `vocabulary`)."""
+    used = {token for row in rows for token in row}
+    return next(i for i in range(vocabulary - 1, -1, -1) if i not in used)

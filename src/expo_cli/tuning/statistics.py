@@ -1,17 +1,26 @@
-"""The statistics behind a chosen α: paired bootstrap over prompts, win rate, and how much of a gain is length.
+"""The statistics behind a chosen α: paired bootstrap over prompts, simultaneous intervals, win rates, and how much
+of a gain is length.
 
 The unit of resampling is the prompt (samples of one prompt are averaged first): a 95% percentile bootstrap
 (Koehn 2004) over prompt indices, the same resamples for every candidate, so that a candidate's difference from
-α = 0 is judged on paired data. A gain is significant when its interval excludes 0.
+α = 0 is judged on paired data.
+
+Several candidates are compared at once, so a marginal interval that excludes 0 is not evidence (with 8 candidates
+of pure noise one of them often looks "significant"). `significant` therefore uses simultaneous intervals: the
+max-T bootstrap (Romano & Wolf 2005), ĝₖ ± c·seₖ where c is the 95th percentile over resamples of
+maxₖ |g*ₖ − ĝₖ| / seₖ, which cover all K gains at once in 95% of samples. The same resamples give each candidate's
+probability of being the best (the share of resamples in which its mean reward is highest, ties split).
 
 Length: ExPO tends to lengthen answers (the paper's raw win rates always gain more than its length-controlled
 ones). The per-prompt gain dᵢ is regressed on tanh(Δlenᵢ / sd(Δlen)) (the shape of AlpacaEval's length-controlled
 GLM), and the intercept, the gain at equal length, is reported with its bootstrap interval beside the raw gain.
+Prompts where either side has a truncated response are left out of that fit: a cut response's length is the limit,
+not the model's choice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -19,7 +28,7 @@ import numpy as np
 
 DRAWS = 10_000
 PERCENTILES = (2.5, 97.5)  # a 95% interval: the central 95% of the resamples, written exactly
-LONGER = 0.2  # warn when the chosen α lengthens responses by more than this fraction
+LEVEL = 0.95
 
 
 @dataclass(frozen=True)
@@ -32,7 +41,12 @@ class Interval:
         return self.low > 0 or self.high < 0
 
     def __str__(self) -> str:
+        if np.isnan(self.estimate):
+            return "n/a"
         return f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}]"
+
+
+NO_INTERVAL = Interval(float("nan"), float("nan"), float("nan"))
 
 
 class Bootstrap:
@@ -41,127 +55,183 @@ class Bootstrap:
     def __init__(self, prompts: int, draws: int = DRAWS, seed: int = 0) -> None:
         self.indices = np.random.default_rng(seed).integers(0, prompts, size=(draws, prompts), dtype=np.int64)
 
+    def replicates(self, values: np.ndarray) -> np.ndarray:
+        """The mean of `values` (one per prompt) in every resample."""
+        return np.asarray(values, dtype=np.float64)[self.indices].mean(axis=1)
+
     def interval(self, estimate: float, replicates: np.ndarray) -> Interval:
         low, high = np.percentile(replicates, PERCENTILES)
         return Interval(float(estimate), float(low), float(high))
 
     def mean(self, values: np.ndarray) -> Interval:
         values = np.asarray(values, dtype=np.float64)
-        return self.interval(values.mean(), values[self.indices].mean(axis=1))
+        return self.interval(values.mean(), self.replicates(values))
 
-    def length_adjusted(self, gains: np.ndarray, length_gains: np.ndarray) -> Interval:
-        """The intercept b₀ of dᵢ = b₀ + b₁·tanh(Δlenᵢ/sd(Δlen)): the gain not explained by length."""
+    def length_adjusted(self, gains: np.ndarray, length_gains: np.ndarray, kept: np.ndarray | None = None) -> Interval:
+        """The intercept b₀ of dᵢ = b₀ + b₁·tanh(Δlenᵢ/sd(Δlen)) over the `kept` prompts: the gain not explained by
+        length."""
         gains = np.asarray(gains, dtype=np.float64)
-        spread = float(np.std(length_gains))
-        x = np.tanh(np.asarray(length_gains, dtype=np.float64) / spread) if spread > 0 else np.zeros_like(gains)
-        return self.interval(
-            _intercept(x[None, :], gains[None, :])[0], _intercept(x[self.indices], gains[self.indices])
-        )
+        weights = np.ones_like(gains) if kept is None else np.asarray(kept, dtype=np.float64)
+        if weights.sum() == 0:
+            return NO_INTERVAL
+        length_gains = np.asarray(length_gains, dtype=np.float64)
+        spread = float(np.std(length_gains[weights > 0]))
+        x = np.tanh(length_gains / spread) if spread > 0 else np.zeros_like(gains)
+        estimate = _intercept(x[None, :], gains[None, :], weights[None, :])[0]
+        resampled = _intercept(x[self.indices], gains[self.indices], weights[self.indices])
+        return self.interval(estimate, resampled[~np.isnan(resampled)])
 
 
-def _intercept(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise OLS intercept of y on x (the mean of y where x does not vary)."""
-    mx, my = x.mean(axis=1, keepdims=True), y.mean(axis=1, keepdims=True)
-    var = ((x - mx) ** 2).sum(axis=1)
-    cov = ((x - mx) * (y - my)).sum(axis=1)
+def _intercept(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Row-wise weighted OLS intercept of y on x (the mean of y where x does not vary; NaN for a row of no weight)."""
+    total = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mx = (w * x).sum(axis=1) / total
+        my = (w * y).sum(axis=1) / total
+    var = (w * (x - mx[:, None]) ** 2).sum(axis=1)
+    cov = (w * (x - mx[:, None]) * (y - my[:, None])).sum(axis=1)
     slope = np.divide(cov, var, out=np.zeros_like(cov), where=var > 1e-12)
-    return my[:, 0] - slope * mx[:, 0]
+    return my - slope * mx
 
 
-def per_prompt(values: Sequence[float], prompts: Sequence[int], count: int) -> np.ndarray:
+def simultaneous(bootstrap: Bootstrap, values: Mapping[float, np.ndarray]) -> dict[float, Interval]:
+    """Max-T intervals for the means of several per-prompt series that hold for all of them at once (95%)."""
+    if not values:
+        return {}
+    keys = list(values)
+    estimates = np.array([np.mean(values[k]) for k in keys])
+    replicates = np.stack([bootstrap.replicates(values[k]) for k in keys], axis=1)  # (draws, K)
+    errors = replicates.std(axis=0, ddof=1)
+    deviations = np.abs(replicates - estimates)
+    scaled = np.divide(deviations, errors, out=np.zeros_like(deviations), where=errors > 0)
+    critical = float(np.quantile(scaled.max(axis=1), LEVEL))
+    return {
+        k: Interval(float(e), float(e - critical * s), float(e + critical * s))
+        for k, e, s in zip(keys, estimates, errors, strict=True)
+    }
+
+
+def probability_best(bootstrap: Bootstrap, rewards: Mapping[float, np.ndarray]) -> dict[float, float]:
+    """The share of resamples in which each candidate's mean reward is the highest (a tie shares the credit)."""
+    keys = list(rewards)
+    replicates = np.stack([bootstrap.replicates(rewards[k]) for k in keys], axis=1)
+    top = replicates == replicates.max(axis=1, keepdims=True)
+    credit = (top / top.sum(axis=1, keepdims=True)).mean(axis=0)
+    return {k: float(c) for k, c in zip(keys, credit, strict=True)}
+
+
+def per_prompt(values: Any, prompts: Any, count: int) -> np.ndarray:
     """The mean of each prompt's samples."""
     sums = np.bincount(np.asarray(prompts), weights=np.asarray(values, dtype=np.float64), minlength=count)
     return sums / np.bincount(np.asarray(prompts), minlength=count)
 
 
 def win_credit(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
-    """Per prompt: 1 for a win over the baseline, ½ for a tie, 0 for a loss (AlpacaEval's draw credit)."""
+    """1 for a win over the baseline, ½ for a tie, 0 for a loss (AlpacaEval's draw credit)."""
     return np.where(candidate > baseline, 1.0, np.where(candidate == baseline, 0.5, 0.0))
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One candidate's responses as arrays of shape (prompts, samples): sample s of every candidate was drawn with
+    the same seed, so samples pair across candidates as prompts do."""
+
+    rewards: np.ndarray
+    lengths: np.ndarray
+    truncated: np.ndarray  # bool: the response hit --max-new-tokens
+
+    @classmethod
+    def of(cls, rewards: Any, lengths: Any = None, truncated: Any = None) -> Scores:
+        """From arrays of one value per prompt (one sample) or per (prompt, sample)."""
+        rewards = np.asarray(rewards, dtype=np.float64)
+        rewards = rewards[:, None] if rewards.ndim == 1 else rewards
+        lengths = np.zeros_like(rewards) if lengths is None else np.asarray(lengths, dtype=np.float64)
+        truncated = np.zeros(rewards.shape, dtype=bool) if truncated is None else np.asarray(truncated, dtype=bool)
+        return cls(rewards, lengths.reshape(rewards.shape), truncated.reshape(rewards.shape))
+
+    @property
+    def prompt_rewards(self) -> np.ndarray:
+        return self.rewards.mean(axis=1)
+
+    @property
+    def prompt_lengths(self) -> np.ndarray:
+        return self.lengths.mean(axis=1)
 
 
 @dataclass(frozen=True)
 class CandidateStats:
     alpha: float
     reward: Interval  # mean reward over prompts
-    gain: Interval  # paired difference against α = 0
-    win_rate: Interval  # against α = 0, per prompt
+    gain: Interval  # paired difference against α = 0 (a marginal interval)
+    gain_simultaneous: Interval  # the same gain, its interval simultaneous over every candidate compared
+    behind_best: Interval  # the best significant candidate's (else the best's) mean reward minus this one's
+    # (simultaneous over the candidates)
+    p_best: float  # the share of resamples in which this candidate has the highest mean reward
+    win_rate: Interval  # against α = 0, per prompt (mean reward over its samples)
+    win_rate_responses: Interval  # against α = 0, per response (sample s against sample s), averaged per prompt
     length: float  # mean response length in tokens
     length_change: float  # relative to α = 0
-    gain_at_equal_length: Interval
+    gain_at_equal_length: Interval  # prompts with a truncated response on either side left out of the fit
+    truncated: float  # the share of responses cut at --max-new-tokens
+    length_fit_prompts: int  # prompts in the length fit
 
     @property
     def significant(self) -> bool:
-        return self.gain.low > 0
+        """The gain over α = 0 is positive even allowing for every other candidate compared."""
+        return self.gain_simultaneous.low > 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "significant": self.significant}
+        return {**{k: _finite(v) for k, v in asdict(self).items()}, "significant": self.significant}
+
+
+def _finite(value: Any) -> Any:
+    """JSON has no NaN: an interval that could not be computed is null."""
+    if isinstance(value, dict):
+        return None if any(isinstance(v, float) and np.isnan(v) for v in value.values()) else value
+    return value
 
 
 def compare(
-    rewards: dict[float, np.ndarray],
-    lengths: dict[float, np.ndarray],
+    rewards: Mapping[float, Any],
+    lengths: Mapping[float, Any] | None = None,
+    truncated: Mapping[float, Any] | None = None,
     baseline: float = 0.0,
     draws: int = DRAWS,
     seed: int = 0,
 ) -> list[CandidateStats]:
-    """Statistics of every candidate (per-prompt rewards and lengths) against the baseline's, sorted by α."""
-    base_reward, base_length = rewards[baseline], lengths[baseline]
-    boot = Bootstrap(len(base_reward), draws, seed)
+    """Statistics of every candidate against the baseline, sorted by α. Values are per prompt, or per (prompt,
+    sample) as arrays of shape (prompts, samples)."""
+    scores = {a: Scores.of(r, (lengths or {}).get(a), (truncated or {}).get(a)) for a, r in sorted(rewards.items())}
+    base = scores[baseline]
+    boot = Bootstrap(len(base.rewards), draws, seed)
+    means = {a: s.prompt_rewards for a, s in scores.items()}
+    gains = {a: means[a] - means[baseline] for a in scores if a != baseline}
+    joint = simultaneous(boot, gains)
+    leaders = [a for a in gains if joint[a].low > 0]  # significantly better than the baseline
+    best = max(leaders or means, key=lambda a: float(np.mean(means[a])))
+    behind = simultaneous(boot, {a: means[best] - means[a] for a in scores if a != best})
+    p_best = probability_best(boot, means)
+    base_length = float(np.mean(base.lengths))
     stats = []
-    for alpha in sorted(rewards):
-        gains, length_gains = rewards[alpha] - base_reward, lengths[alpha] - base_length
-        mean_length = float(np.mean(lengths[alpha]))
+    for alpha, s in scores.items():
+        length_gains = s.prompt_lengths - base.prompt_lengths
+        kept = ~(s.truncated.any(axis=1) | base.truncated.any(axis=1))
+        mean_length = float(np.mean(s.lengths))
         stats.append(
             CandidateStats(
                 alpha=alpha,
-                reward=boot.mean(rewards[alpha]),
-                gain=boot.mean(gains),
-                win_rate=boot.mean(win_credit(rewards[alpha], base_reward)),
+                reward=boot.mean(means[alpha]),
+                gain=boot.mean(means[alpha] - means[baseline]),
+                gain_simultaneous=joint.get(alpha, Interval(0.0, 0.0, 0.0)),
+                behind_best=behind.get(alpha, Interval(0.0, 0.0, 0.0)),
+                p_best=p_best[alpha],
+                win_rate=boot.mean(win_credit(means[alpha], means[baseline])),
+                win_rate_responses=boot.mean(win_credit(s.rewards, base.rewards).mean(axis=1)),
                 length=mean_length,
-                length_change=mean_length / float(np.mean(base_length)) - 1 if np.mean(base_length) > 0 else 0.0,
-                gain_at_equal_length=boot.length_adjusted(gains, length_gains),
+                length_change=mean_length / base_length - 1 if base_length > 0 else 0.0,
+                gain_at_equal_length=boot.length_adjusted(means[alpha] - means[baseline], length_gains, kept),
+                truncated=float(np.mean(s.truncated)),
+                length_fit_prompts=int(kept.sum()),
             )
         )
     return stats
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    alpha: float
-    reason: str
-    warnings: list[str]
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def recommend(stats: Sequence[CandidateStats], baseline: float = 0.0) -> Recommendation:
-    """The best mean reward among candidates whose gain over the baseline is significant; else the baseline."""
-    better = [s for s in stats if s.alpha != baseline and s.significant]
-    tried = len(stats) - 1
-    if not better:
-        best = max((s for s in stats if s.alpha != baseline), key=lambda s: s.reward.estimate, default=None)
-        why = f"the best, α={best.alpha:g}, gains {best.gain}, " if best else ""
-        return Recommendation(
-            baseline,
-            f"no candidate beats the aligned model (α=0) significantly: {why}"
-            f"an interval that includes 0 ({tried} candidate(s) tried)",
-            [],
-        )
-    chosen = max(better, key=lambda s: s.reward.estimate)
-    warnings = []
-    if not chosen.gain_at_equal_length.low > 0:
-        warnings.append(
-            f"at α={chosen.alpha:g} the gain at equal length, {chosen.gain_at_equal_length}, is not "
-            "significant: longer responses may explain most of it"
-        )
-    if chosen.length_change > LONGER:
-        warnings.append(f"α={chosen.alpha:g} makes responses {100 * chosen.length_change:.0f}% longer than α=0")
-    if chosen.alpha == max(s.alpha for s in stats):
-        warnings.append(f"α={chosen.alpha:g} is the largest α tried: a larger one may be better still")
-    reason = (
-        f"the highest mean reward, {chosen.reward.estimate:.4g}, among the {len(better)} candidate(s) whose "
-        f"gain over α=0 is significant ({chosen.gain}, win rate {chosen.win_rate.estimate:.0%}); chosen "
-        f"as the best of {tried} on the same prompts, so confirm it on held-out prompts"
-    )
-    return Recommendation(chosen.alpha, reason, warnings)

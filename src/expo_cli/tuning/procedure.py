@@ -1,0 +1,105 @@
+"""The tuning procedure, independent of how responses are made: search and choose on the selection prompts, then
+confirm on the held-out ones.
+
+`choose` is given `evaluate(α, part) -> Candidate` (generation and scoring, or constructed data in the tests) and
+runs: the grid and the search on the selection part (every candidate), the statistics and the recommendation
+there (`selection.RULE`), then α = 0 and the chosen α on the confirmation part, whose paired gain is the
+headline.
+
+The search's degeneration test: compared with α = 0, the share of responses cut at --max-new-tokens or the share of
+repeated word trigrams rises by more than `DEGENERATE` (20 points).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
+from .holdout import Split
+from .search import Search
+from .selection import Confirmation, Recommendation, confirmation, recommend
+from .statistics import DRAWS, Bootstrap, CandidateStats, compare
+
+DEGENERATE = 0.2
+NOISE_DRAWS = 2000  # resamples behind the search's noise-floor test
+
+
+@dataclass
+class Outcome:
+    selection: dict[float, Candidate]  # in the order evaluated
+    stats: list[CandidateStats]  # on the selection part, sorted by α
+    recommendation: Recommendation
+    stopped: str  # why the search stopped
+    confirmation: Confirmation
+    held_out: dict[float, Candidate]  # α = 0 and the chosen α on the confirmation part (when any)
+
+
+def choose(
+    evaluate: Callable[[float, str], Candidate],
+    grid: list[float],
+    budget: int,
+    split: Split,
+    seed: int,
+    draws: int = DRAWS,
+) -> Outcome:
+    selected = _search(evaluate, grid, budget, split.selection, seed)
+    evaluated, stopped = selected
+    stats = compare(
+        {a: c.scores(split.selection).rewards for a, c in evaluated.items()},
+        {a: c.scores(split.selection).lengths for a, c in evaluated.items()},
+        {a: c.scores(split.selection).truncated for a, c in evaluated.items()},
+        draws=draws,
+        seed=seed,
+    )
+    choice = recommend(stats)
+    held_out: dict[float, Candidate] = {}
+    if choice.alpha == 0 or not split.confirmation:
+        verdict = confirmation(choice.alpha, len(split.confirmation), None)
+    else:
+        try:
+            held_out = {a: evaluate(a, CONFIRMATION) for a in (0.0, choice.alpha)}
+        except NotGenerated as err:
+            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: --rescore and {err}")
+        else:
+            scores = {a: c.scores(split.confirmation) for a, c in held_out.items()}
+            pair = compare(
+                {a: s.rewards for a, s in scores.items()},
+                {a: s.lengths for a, s in scores.items()},
+                {a: s.truncated for a, s in scores.items()},
+                draws=draws,
+                seed=seed,
+            )
+            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1])
+    return Outcome(evaluated, stats, choice, stopped, verdict, held_out)
+
+
+def _search(
+    evaluate: Callable[[float, str], Candidate], grid: list[float], budget: int, prompts: list[int], seed: int
+) -> tuple[dict[float, Candidate], str]:
+    """Evaluate the grid, then what `Search` asks for next, on the selection prompts; (candidates, why it stopped)."""
+    evaluated: dict[float, Candidate] = {}
+
+    def rewards(alpha: float) -> np.ndarray:
+        return evaluated[alpha].scores(prompts).rewards.mean(axis=1)
+
+    def indistinguishable(a: float, b: float) -> bool:
+        gain = Bootstrap(len(prompts), draws=NOISE_DRAWS, seed=seed).mean(rewards(a) - rewards(b))
+        return not gain.excludes_zero()
+
+    def degenerate(alpha: float) -> bool:
+        candidate, base = evaluated[alpha], evaluated[0.0]
+        return candidate.truncated - base.truncated > DEGENERATE or candidate.repetition - base.repetition > DEGENERATE
+
+    finder = Search(grid, budget, indistinguishable=indistinguishable, degenerate=degenerate)
+    while (alpha := finder.next()) is not None:
+        try:
+            evaluated[alpha] = evaluate(alpha, SELECTION)
+        except NotGenerated:
+            if alpha in grid:
+                raise
+            return evaluated, f"rescore: α={alpha:g} was never generated"
+        finder.record(alpha, float(np.mean(rewards(alpha))))
+    return evaluated, finder.stopped or "grid"

@@ -1,0 +1,143 @@
+"""A tune's work kept on disk as it is made, so that a killed run resumes where it stopped.
+
+Layout of a run folder:
+
+    run.json                                  what the responses depend on (the key), written first
+    generations/<part>/alpha=<α>.jsonl        one line per generated batch: its number and responses
+    rewards/<reward digest>/reward.json       which reward judged them
+    rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its number and rewards
+
+Each line is appended and fsynced as soon as its batch is done; a line cut short by a crash is dropped (and cut
+off the file) when the folder is read again. Responses depend only on the key (both inputs, per-tensor α rules,
+dtype, device, prompts, split and decoding settings): a folder made with another key is refused, never mixed.
+Rewards are kept per reward, so another reward model or function re-judges the same responses (`--rescore`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import OutputError, UsageError
+from ..fsutil import fsync_path, write_json_atomically
+from .generation import Response
+
+MARKER = "run.json"
+
+
+def digest(value: Any) -> str:
+    """A short, stable fingerprint of a JSON-able value."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def default_location(key: dict[str, Any]) -> Path:
+    """The cache folder for runs with this key: `$EXPO_CACHE`, else `$XDG_CACHE_HOME/expo`, else ~/.cache/expo."""
+    root = os.environ.get("EXPO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "expo"
+    return Path(root) / "tune" / digest(key)
+
+
+class RunFolder:
+    def __init__(self, path: Path, reward: dict[str, Any]) -> None:
+        self.path = path
+        self.reward_folder = path / "rewards" / digest(reward)
+        self.reward_folder.mkdir(parents=True, exist_ok=True)
+        if not (self.reward_folder / "reward.json").exists():
+            write_json_atomically(self.reward_folder / "reward.json", reward)
+
+    @classmethod
+    def open(cls, path: Path, key: dict[str, Any], reward: dict[str, Any], fresh: bool = False) -> RunFolder:
+        """The run folder at `path` for `key`: created, resumed, or (`fresh`) emptied first. A folder made with
+        another key is refused with the settings that differ."""
+        marker = path / MARKER
+        if path.exists() and not marker.is_file() and any(path.iterdir()):
+            raise UsageError(f"--run-dir {path.name}: exists and is not an expo tune run folder; name another")
+        if marker.is_file():
+            try:
+                saved = json.loads(marker.read_text())["key"]
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
+            if fresh:
+                shutil.rmtree(path)
+            elif saved != key:
+                changed = ", ".join(_differences(saved, key)) or "the settings"
+                raise UsageError(
+                    f"--run-dir {path.name}: holds a run with other settings ({changed}); pass --fresh to start it "
+                    "again, or another --run-dir"
+                )
+        if not marker.is_file():
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                write_json_atomically(marker, {"key": key})
+            except OSError as err:
+                raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
+        return cls(path, reward)
+
+    def generations(self, part: str, alpha: float) -> dict[int, list[Response]]:
+        """The batches generated so far: batch number -> responses."""
+        return {
+            line["batch"]: [Response(*r) for r in line["responses"]]
+            for line in _read_lines(self._file(self.path / "generations", part, alpha))
+        }
+
+    def add_generation(self, part: str, alpha: float, number: int, responses: list[Response]) -> None:
+        rows = [[r.prompt, r.sample, r.text, r.tokens, r.finish] for r in responses]
+        _append(self._file(self.path / "generations", part, alpha), {"batch": number, "responses": rows})
+
+    def rewards(self, part: str, alpha: float) -> dict[int, tuple[list[float], set[int]]]:
+        """The batches scored so far by this folder's reward: batch number -> (rewards, positions cut to fit)."""
+        return {
+            line["batch"]: (line["rewards"], set(line["cut"]))
+            for line in _read_lines(self._file(self.reward_folder, part, alpha))
+        }
+
+    def add_rewards(self, part: str, alpha: float, number: int, rewards: list[float], cut: set[int]) -> None:
+        record = {"batch": number, "rewards": rewards, "cut": sorted(cut)}
+        _append(self._file(self.reward_folder, part, alpha), record)
+
+    @staticmethod
+    def _file(root: Path, part: str, alpha: float) -> Path:
+        return root / part / f"alpha={alpha:g}.jsonl"
+
+
+def _read_lines(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of a JSON-lines file; a last line cut short by a crash is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+            os.fsync(fh.fileno())
+    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+
+def _append(path: Path, record: dict[str, Any]) -> None:
+    """One line, durable before this returns."""
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "ab") as fh:
+        fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    if new:
+        fsync_path(path.parent)
+
+
+def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
+    """The dotted names of the settings that differ between two keys."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        found = []
+        for name in sorted(set(saved) | set(now)):
+            found += _differences(saved.get(name), now.get(name), f"{prefix}{name}.")
+        return found
+    if saved == now:
+        return []
+    name = prefix.rstrip(".")
+    if isinstance(saved, (str, int, float, bool)) and isinstance(now, (str, int, float, bool)):
+        return [f"{name}: {saved} → {now}"]
+    return [name]

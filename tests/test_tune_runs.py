@@ -1,0 +1,166 @@
+"""expo tune's run folder: a run killed in the middle of a candidate resumes to exactly the uninterrupted result,
+generating only what was missing; a changed setting is refused (or started fresh); saved responses are re-judged
+without generating (--rescore)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import steered_pair
+
+PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
+# While the marker file exists, kills its own process with SIGKILL when asked to score once the file the marker
+# names has two lines (a candidate's second batch is generated): a crash in the middle of a candidate.
+GRADER = """import os, signal
+from pathlib import Path
+
+
+def w7_share(prompt, response):
+    marker = Path(__file__).with_name("kill-when")
+    if marker.exists():
+        watched = Path(marker.read_text())
+        if watched.exists() and len(watched.read_text().splitlines()) >= 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+    words = response.split()
+    return words.count("w7") / max(len(words), 1)
+
+
+def length(prompt, response):
+    return float(len(response.split()))
+"""
+
+
+@pytest.fixture(scope="module")
+def steered(tmp_path_factory) -> tuple[Path, Path]:
+    return steered_pair(tmp_path_factory.mktemp("steered"))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    (tmp_path / "grader.py").write_text(GRADER)
+    return tmp_path
+
+
+def arguments(steered, workspace: Path, run_dir: Path, *extra: object) -> list[str]:
+    sft, aligned = steered
+    args = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", workspace / "prompts.jsonl"]
+    args += ["--reward-fn", f"{workspace / 'grader.py'}:w7_share", "--alpha", "0.5,2", "--holdout", "0.5"]
+    args += ["--max-new-tokens", "8", "--temperature", "1", "--batch-size", "4", "--json", "-q", "--run-dir", run_dir]
+    return [str(a) for a in (*args, *extra)]
+
+
+def expo_process(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "expo_cli", *args], capture_output=True, text=True, timeout=600)
+
+
+def comparable(report: dict) -> dict:
+    """The result without what only says how it was computed: timings and how much came from the run folder."""
+    return {k: v for k, v in report.items() if k not in ("timing", "run")}
+
+
+def test_a_run_killed_mid_candidate_resumes_to_the_uninterrupted_result(steered, workspace):
+    run_dir = workspace / "run"
+    # 12 selection prompts in batches of 4: killed while scoring α = 0.5's second batch (or its third, when every
+    # response of the second equals one scored before and needs no call).
+    generations = run_dir / "generations" / "selection"
+    (workspace / "kill-when").write_text(str(generations / "alpha=0.5.jsonl"))
+    killed = expo_process(arguments(steered, workspace, run_dir))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    made = len((generations / "alpha=0.5.jsonl").read_text().splitlines())
+    (rewards,) = run_dir.glob("rewards/*/selection/alpha=0.5.jsonl")
+    assert made in (2, 3) and len(rewards.read_text().splitlines()) == made - 1  # a half-done candidate
+    assert not (generations / "alpha=2.jsonl").exists()
+    (workspace / "kill-when").unlink()
+
+    resumed = expo_process(arguments(steered, workspace, run_dir))
+    assert resumed.returncode == 0, resumed.stderr
+    report = json.loads(resumed.stdout)
+    total = 3 * 12 + 2 * 12  # three candidates on the selection prompts, α = 0 and the choice on the held-out ones
+    assert report["run"]["reused"] == 12 + 4 * made and report["run"]["generated"] == total - 12 - 4 * made
+
+    uninterrupted = expo_process(arguments(steered, workspace, workspace / "other"))
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    whole = json.loads(uninterrupted.stdout)
+    assert whole["run"] == {"dir": str(workspace / "other"), "generated": total, "reused": 0}
+    assert comparable(report) == comparable(whole)
+    assert report["confirmation"]["prompts"] == 12 and report["alpha"] == whole["alpha"]
+
+
+def test_a_changed_setting_is_refused_and_fresh_starts_again(expo, steered, workspace):
+    run_dir = workspace / "run"
+    first = expo(*arguments(steered, workspace, run_dir, "--limit", "8", "--holdout", "0"))
+    assert first.code == 0, first.stderr
+    changed = expo(*arguments(steered, workspace, run_dir, "--limit", "8", "--holdout", "0", "--max-new-tokens", "9"))
+    assert changed.code == 2
+    assert changed.stderr.strip().splitlines()[-1] == (
+        "Error: --run-dir run: holds a run with other settings (decoding.max_new_tokens: 8 → 9); pass --fresh to "
+        "start it again, or another --run-dir"
+    )
+    sampled = expo(*arguments(steered, workspace, run_dir, "--limit", "9", "--holdout", "0"))
+    assert sampled.code == 2 and "prompts" in sampled.stderr  # another sample of prompts: another key
+    fresh = expo(
+        *arguments(steered, workspace, run_dir, "--limit", "8", "--holdout", "0", "--max-new-tokens", "9", "--fresh")
+    )
+    assert fresh.code == 0, fresh.stderr
+    assert (
+        json.loads(fresh.stdout)["run"]["reused"] == 0 and json.loads(fresh.stdout)["decoding"]["max_new_tokens"] == 9
+    )
+    (workspace / "stranger").mkdir()
+    (workspace / "stranger" / "notes.txt").write_text("mine")
+    refused = expo(*arguments(steered, workspace, workspace / "stranger"))
+    assert refused.code == 2 and "is not an expo tune run folder" in refused.stderr
+    assert (workspace / "stranger" / "notes.txt").read_text() == "mine"
+
+
+def test_rescore_judges_the_saved_responses_with_another_reward_without_generating(expo, steered, workspace):
+    run_dir = workspace / "run"
+    common = ("--limit", "8", "--holdout", "0", "--search")
+    first = expo(*arguments(steered, workspace, run_dir, *common))
+    assert first.code == 0, first.stderr
+    original = json.loads(first.stdout)
+    assert original["search"]["budget"] == 3 + 4  # --search without --budget: the grid and four more
+    args = arguments(steered, workspace, run_dir, *common, "--rescore")
+    args[args.index(f"{workspace / 'grader.py'}:w7_share")] = f"{workspace / 'grader.py'}:length"
+    rescored = expo(*args)
+    assert rescored.code == 0, rescored.stderr
+    report = json.loads(rescored.stdout)
+    assert report["run"]["generated"] == 0 and report["reward"] == "grader.py:length"
+    for candidate in report["candidates"]:  # the reward is now the length in words of the very responses kept
+        kept = (run_dir / "generations" / "selection" / f"alpha={candidate['alpha']:g}.jsonl").read_text()
+        words = [len(r[2].split()) for line in kept.splitlines() for r in json.loads(line)["responses"]]
+        assert candidate["reward"]["estimate"] == pytest.approx(sum(words) / len(words))
+    assert set(report["evaluated_order"]) <= set(original["evaluated_order"])
+    stopped = report["search"]["stopped"]
+    if stopped.startswith("rescore: "):  # the search asked for an α the first run never generated
+        assert float(stopped.split("α=")[1].split()[0]) not in original["evaluated_order"]
+    bigger = arguments(steered, workspace, run_dir, "--limit", "8", "--holdout", "0", "--rescore")
+    bigger[bigger.index("0.5,2")] = "0.5,2,3"
+    missing = expo(*bigger)
+    assert missing.code == 2 and "--rescore: α=3: 2 of 2 batch(es) never generated (selection)" in missing.stderr
+
+
+def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
+    from expo_cli.tuning.generation import Response
+    from expo_cli.tuning.runfolder import RunFolder
+
+    folder = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
+    first = [Response(0, 0, "w9 w10", 2, "stop"), Response(1, 0, "w11", 1, "length")]
+    folder.add_generation("selection", 0.5, 0, first)
+    folder.add_rewards("selection", 0.5, 0, [0.25, 0.5], {1})
+    path = tmp_path / "run" / "generations" / "selection" / "alpha=0.5.jsonl"
+    whole = path.read_bytes()
+    path.write_bytes(whole + b'{"batch": 1, "responses": [[2, 0, "w1')  # killed while appending batch 1
+    again = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
+    assert again.generations("selection", 0.5) == {0: first}
+    assert path.read_bytes() == whole  # the torn line is gone: the next append starts on a line of its own
+    assert again.rewards("selection", 0.5) == {0: ([0.25, 0.5], {1})}
+    assert again.rewards("confirmation", 0.5) == {} and again.generations("selection", 2.0) == {}
+    other_reward = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "g"})
+    assert other_reward.rewards("selection", 0.5) == {} and other_reward.generations("selection", 0.5) == {0: first}
