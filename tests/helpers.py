@@ -202,6 +202,23 @@ def save_reward_model(folder: Path, tokenizer) -> Path:
     return folder
 
 
+def eos_terminated_reward_model(folder, **config):
+    """A reward model whose chat template ends every turn with EOS and which has no pad token: transformers would
+    take EOS as pad and pool one token early."""
+    torch.manual_seed(4)
+    tokenizer = word_tokenizer()
+    tokenizer.pad_token = None
+    tokenizer.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ 'w4 ' if m['role'] == 'user' else 'w5 ' }}{{ m['content'] }}"
+        " </s> {% endfor %}"
+    )
+    save_reward_model(folder, tokenizer)
+    settings = json.loads((folder / "config.json").read_text())
+    settings.pop("pad_token_id", None)
+    (folder / "config.json").write_text(json.dumps({**settings, **config}))
+    return folder
+
+
 def steered_pair(root: Path, dtype=torch.float32) -> tuple[Path, Path]:
     """A pair whose alignment makes token w7 likelier, more so the further it is extrapolated: every input embedding
     moves along one direction v and the output row of w7 along v too, so reward = share of w7 grows with α."""

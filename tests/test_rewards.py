@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from expo_cli.tuning.rewards import RewardModel
-from helpers import save_reward_model, word_tokenizer
+from helpers import eos_terminated_reward_model, save_reward_model, word_tokenizer
 
 BOS, USER, ASSISTANT = 1, 4, 5
 
@@ -38,25 +38,6 @@ def test_a_templated_conversation_is_scored_with_one_bos(reward_model):
 EOS, PAD = 2, 3
 
 
-def eos_terminated(folder, **config):
-    """A reward model whose chat template ends every turn with EOS and which has no pad token: transformers would
-    take EOS as pad and pool one token early."""
-    import json
-
-    torch.manual_seed(4)
-    tokenizer = word_tokenizer()
-    tokenizer.pad_token = None
-    tokenizer.chat_template = (
-        "{{ bos_token }}{% for m in messages %}{{ 'w4 ' if m['role'] == 'user' else 'w5 ' }}{{ m['content'] }}"
-        " </s> {% endfor %}"
-    )
-    save_reward_model(folder, tokenizer)
-    settings = json.loads((folder / "config.json").read_text())
-    settings.pop("pad_token_id", None)
-    (folder / "config.json").write_text(json.dumps({**settings, **config}))
-    return folder
-
-
 def unpadded(rm: RewardModel, prompt: str, response: str) -> float:
     """The logit at the conversation's real last token, computed alone with nothing to pool around."""
     ids = rm.tokenizer(rm.render(prompt, response), add_special_tokens=False)["input_ids"]
@@ -70,7 +51,7 @@ def unpadded(rm: RewardModel, prompt: str, response: str) -> float:
 
 
 def test_a_template_ending_in_eos_is_scored_at_its_last_token_as_unpadded(tmp_path):
-    rm = RewardModel(str(eos_terminated(tmp_path / "rm")), batch_size=3)
+    rm = RewardModel(str(eos_terminated_reward_model(tmp_path / "rm")), batch_size=3)
     assert rm.tokenizer.pad_token_id is None
     prompts, responses = ["w9 w10", "w11", "w12 w13 w14", "w15"], ["w20 w21", "w22 w23 w24", "w25", "w26 w27 w28 w29"]
     scores = rm.score(prompts, responses)
@@ -86,7 +67,7 @@ def test_a_template_ending_in_eos_is_scored_at_its_last_token_as_unpadded(tmp_pa
 
 
 def test_a_conversation_longer_than_the_context_loses_the_start_of_its_prompt(tmp_path):
-    rm = RewardModel(str(eos_terminated(tmp_path / "rm", max_position_embeddings=16)), batch_size=2)
+    rm = RewardModel(str(eos_terminated_reward_model(tmp_path / "rm", max_position_embeddings=16)), batch_size=2)
     assert rm.max_length == 16
     long_prompt = " ".join(f"w{10 + i}" for i in range(20))
     response = "w60 w61 w62"

@@ -15,7 +15,7 @@ from expo_cli.options import MergeOptions
 from expo_cli.tuning.candidates import CandidateModel
 from expo_cli.tuning.generation import Decoding, encode_prompts, generate
 from expo_cli.tuning.rewards import RewardModel
-from helpers import make_pair, read_all, save_reward_model, steered_pair, word_tokenizer
+from helpers import eos_terminated_reward_model, make_pair, read_all, save_reward_model, steered_pair, word_tokenizer
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
 W7_SHARE = """def w7_share(prompt, response):
@@ -509,3 +509,36 @@ def test_a_reward_model_from_the_hub_and_a_mixed_dtype_checkpoint(
     report = json.loads(run.stdout)
     assert report["model_dtype"] == "bfloat16" and report["reward"] == "org/tiny-rm"
     assert [c["alpha"] for c in report["candidates"]] == [0.0, 1.0]
+
+
+def test_a_short_context_reward_model_is_announced_before_generating_and_its_cuts_counted(
+    tmp_path, expo, steered, prompts_file
+):
+    sft, aligned = steered
+    rm = eos_terminated_reward_model(tmp_path / "rm", max_position_embeddings=16)
+    run = expo(
+        "tune",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "--prompts",
+        prompts_file,
+        "--reward-model",
+        rm,
+        "--alpha",
+        "1",
+        "--max-new-tokens",
+        "12",
+        "--limit",
+        "6",
+        "--json",
+    )
+    assert run.code == 0, run.stderr
+    warning = "--reward-model rm reads at most 16 tokens; prompts up to 8 and responses up to 12 tokens may not fit"
+    assert warning in run.stderr and run.stderr.index(warning) < run.stderr.index("α=0")  # before any generation
+    report = json.loads(run.stdout)
+    for candidate in report["candidates"]:  # <s> w4 (3 words) </s> w5 (response) </s>: cut past 8 response words
+        kept = Path(report["run"]["dir"]) / "generations" / "selection" / f"alpha={candidate['alpha']:g}.jsonl"
+        texts = [r[2] for line in kept.read_text().splitlines() for r in json.loads(line)["responses"]]
+        assert candidate["scoring_cut"] == sum(len(t.split()) > 8 for t in texts) > 0

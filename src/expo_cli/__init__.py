@@ -28,6 +28,7 @@ _EXPORTS = {
     "push": "merging.api",
     "sweep": "merging.api",
     "inspect": "inspection",
+    "report": "tuning.reporting",
     "tune": "tuning.api",
     "verify": "verification",
 }
@@ -44,6 +45,7 @@ __all__ = [
     "merge_to_hub",
     "plan",
     "push",
+    "report",
     "sweep",
     "tune",
     "verify",
@@ -55,6 +57,7 @@ if TYPE_CHECKING:
     from .merging.api import MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, push, sweep
     from .options import MergeOptions
     from .tuning.api import tune
+    from .tuning.reporting import report
     from .verification import verify
 
 

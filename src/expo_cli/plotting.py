@@ -10,7 +10,7 @@ from .errors import OutputError, UsageError
 from .fsutil import write_atomically
 
 
-def pyplot() -> Any:
+def pyplot(option: str = "--plot") -> Any:
     """matplotlib.pyplot without a display, or a UsageError naming the extra that brings it."""
     try:
         import matplotlib  # an optional extra, for --plot only
@@ -18,7 +18,7 @@ def pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # an optional extra, for --plot only
     except ImportError as err:
-        raise UsageError("--plot needs matplotlib: pip install 'expo-cli[plot]'") from err
+        raise UsageError(f"{option} needs matplotlib: pip install 'expo-cli[plot]'") from err
     return plt
 
 

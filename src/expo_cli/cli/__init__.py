@@ -18,6 +18,7 @@ from . import _output as out
 from .inspect import INSPECT_EXAMPLES, inspect
 from .merge import MERGE_EXAMPLES, merge
 from .push import PUSH_EXAMPLES, push
+from .report import REPORT_EXAMPLES, report
 from .tune import TUNE_EXAMPLES, tune
 from .verify import VERIFY_EXAMPLES, verify
 
@@ -66,6 +67,7 @@ app.command(epilog=_epilog(VERIFY_EXAMPLES))(_quiet_hub(verify))
 app.command(epilog=_epilog(INSPECT_EXAMPLES))(_quiet_hub(inspect))
 app.command(epilog=_epilog(TUNE_EXAMPLES))(_quiet_hub(tune))
 app.command(epilog=_epilog(PUSH_EXAMPLES))(_quiet_hub(push))
+app.command(epilog=_epilog(REPORT_EXAMPLES))(report)
 
 _state = {"debug": False}
 

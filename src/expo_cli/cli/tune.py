@@ -184,6 +184,14 @@ def tune(
         str | None,
         typer.Option("--plot", metavar="FILE.png", help="Draw reward (with intervals) and length against α."),
     ] = None,
+    report: Annotated[
+        str | None,
+        typer.Option(
+            "--report",
+            metavar="FILE.html",
+            help="Write a self-contained HTML report: curves, statistics, every answer side by side.",
+        ),
+    ] = None,
     save_responses: Annotated[
         str | None,
         typer.Option("--save-responses", metavar="FILE.jsonl", help="Keep every prompt, response and reward."),
@@ -280,11 +288,13 @@ def tune(
         result.save_responses(save_responses)
     if plot:
         result.plot(plot)
-    report = result.to_json()
+    if report:
+        result.write_report(report)
+    summary = result.to_json()
     if output:
         naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
-        report.update(_write_chosen(result, sft, aligned, output, hub, quiet, force, {**options, **naming}))
-    _report(result, report, json)
+        summary.update(_write_chosen(result, sft, aligned, output, hub, quiet, force, {**options, **naming}))
+    _show(result, summary, json)
 
 
 def _write_chosen(
@@ -315,13 +325,13 @@ def _write_chosen(
     return written
 
 
-def _report(result: TuneResult, report: dict[str, Any], json: bool) -> None:
+def _show(result: TuneResult, summary: dict[str, Any], json: bool) -> None:
     """The comparison table (or `--json`), then what was written, on stdout."""
     if json:
-        out.result_json(report)
+        out.result_json(summary)
         return
     for line in result.table():
         out.result(line)
     for key in ("output", "commit_url"):
-        if key in report:
-            out.result(str(report[key]))
+        if key in summary:
+            out.result(str(summary[key]))

@@ -206,7 +206,12 @@ def _tune(
     del model, candidate, generator
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return TuneResult(texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, notes)
+    inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
+    result = TuneResult(
+        texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, inputs, notes
+    )
+    result.save_result()
+    return result
 
 
 def _check_context(rm: RewardModel, texts: list[str], decoding: Decoding, opts: MergeOptions) -> None:

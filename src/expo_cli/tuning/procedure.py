@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from .evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
 from .holdout import Split
 from .search import Search
-from .selection import Confirmation, Recommendation, confirmation, recommend
+from .selection import RULE, Confirmation, Recommendation, confirmation, recommend
 from .statistics import DRAWS, Bootstrap, CandidateStats, compare
 
 DEGENERATE = 0.2
@@ -45,35 +46,71 @@ def choose(
     seed: int,
     draws: int = DRAWS,
 ) -> Outcome:
-    selected = _search(evaluate, grid, budget, split.selection, seed)
-    evaluated, stopped = selected
-    stats = compare(
-        {a: c.scores(split.selection).rewards for a, c in evaluated.items()},
-        {a: c.scores(split.selection).lengths for a, c in evaluated.items()},
-        {a: c.scores(split.selection).truncated for a, c in evaluated.items()},
-        draws=draws,
-        seed=seed,
-    )
+    """Search and choose on the selection prompts, then confirm on the held-out ones."""
+    evaluated, stopped = _search(evaluate, grid, budget, split.selection, seed)
+
+    def held_out(alpha: float) -> dict[float, Candidate]:
+        return {a: evaluate(a, CONFIRMATION) for a in (0.0, alpha)}
+
+    return judge(evaluated, stopped, split, held_out, seed, draws)
+
+
+def judge(
+    selection: dict[float, Candidate],
+    stopped: str,
+    split: Split,
+    held_out: Callable[[float], dict[float, Candidate]],
+    seed: int,
+    draws: int = DRAWS,
+) -> Outcome:
+    """The statistics and the recommendation on the selection prompts, and the verdict of `held_out(α)` (α = 0 and
+    the chosen α on the held-out prompts) when there is something to confirm."""
+    stats = _compare(selection, split.selection, seed, draws)
     choice = recommend(stats)
-    held_out: dict[float, Candidate] = {}
+    confirming: dict[float, Candidate] = {}
     if choice.alpha == 0 or not split.confirmation:
         verdict = confirmation(choice.alpha, len(split.confirmation), None)
     else:
         try:
-            held_out = {a: evaluate(a, CONFIRMATION) for a in (0.0, choice.alpha)}
+            confirming = held_out(choice.alpha)
         except NotGenerated as err:
-            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: --rescore and {err}")
+            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}")
         else:
-            scores = {a: c.scores(split.confirmation) for a, c in held_out.items()}
-            pair = compare(
-                {a: s.rewards for a, s in scores.items()},
-                {a: s.lengths for a, s in scores.items()},
-                {a: s.truncated for a, s in scores.items()},
-                draws=draws,
-                seed=seed,
-            )
+            pair = _compare(confirming, split.confirmation, seed, draws)
             verdict = confirmation(choice.alpha, len(split.confirmation), pair[1])
-    return Outcome(evaluated, stats, choice, stopped, verdict, held_out)
+    return Outcome(selection, stats, choice, stopped, verdict, confirming)
+
+
+def _compare(candidates: dict[float, Candidate], prompts: list[int], seed: int, draws: int) -> list[CandidateStats]:
+    scores = {a: c.scores(prompts) for a, c in candidates.items()}
+    return compare(
+        {a: s.rewards for a, s in scores.items()},
+        {a: s.lengths for a, s in scores.items()},
+        {a: s.truncated for a, s in scores.items()},
+        draws=draws,
+        seed=seed,
+    )
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    """The choice, the confirmation and every candidate's statistics, as `--json` and the report show them."""
+    candidates = outcome.selection
+    return {
+        "alpha": outcome.recommendation.alpha,
+        "confirmed": outcome.confirmation.confirmed,
+        "recommendation": {**outcome.recommendation.to_json(), "rule": RULE},
+        "confirmation": outcome.confirmation.to_json(),
+        "candidates": [
+            {
+                **s.to_json(),
+                "repetition": candidates[s.alpha].repetition,
+                "scoring_cut": candidates[s.alpha].scoring_cut,
+            }
+            for s in outcome.stats
+        ],
+        "evaluated_order": list(candidates),
+        "search": {"stopped": outcome.stopped},
+    }
 
 
 def _search(

@@ -11,10 +11,12 @@ from typing import Any
 from ..errors import OutputError
 from ..fsutil import write_atomically
 from ..plotting import pyplot, save_png
+from . import reporting
 from .evaluation import Candidate
 from .generation import Decoding
 from .holdout import Split
-from .procedure import Outcome
+from .procedure import Outcome, outcome_json
+from .reporting import RESULT
 from .selection import RULE
 from .statistics import CandidateStats, Interval
 
@@ -30,6 +32,7 @@ class TuneResult:
     device: str
     run_dir: Path
     budget: int
+    inputs: dict[str, dict[str, str]]  # sft and aligned, as the provenance names them (never a local path)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -86,22 +89,11 @@ class TuneResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        candidates = self.outcome.selection
+        summary = outcome_json(self.outcome)
         return {
-            "alpha": self.alpha,
-            "confirmed": self.confirmed,
-            "recommendation": {**self.outcome.recommendation.to_json(), "rule": RULE},
-            "confirmation": self.outcome.confirmation.to_json(),
-            "candidates": [
-                {
-                    **s.to_json(),
-                    "repetition": candidates[s.alpha].repetition,
-                    "scoring_cut": candidates[s.alpha].scoring_cut,
-                }
-                for s in self.stats
-            ],
-            "evaluated_order": list(candidates),
-            "search": {"budget": self.budget, "stopped": self.outcome.stopped},
+            **summary,
+            "search": {"budget": self.budget, **summary["search"]},
+            "inputs": self.inputs,
             "prompts": len(self.prompts),
             "split": self.split.to_json(),
             "win_rate": "per prompt (its samples' mean reward); win_rate_responses: sample s against sample s",
@@ -156,27 +148,40 @@ class TuneResult:
         lines.append(f"Held out: {self.outcome.confirmation.note}")
         return lines
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every prompt, response and reward: the lines of --save-responses, the data of the report."""
+        return [
+            {
+                "alpha": c.alpha,
+                "part": c.part,
+                "prompt_index": response.prompt,
+                "sample": response.sample,
+                "prompt": self.prompts[response.prompt],
+                "response": response.text,
+                "tokens": response.tokens,
+                "finish": response.finish,
+                "reward": reward,
+            }
+            for c in self._candidates()
+            for response, reward in zip(c.responses, c.rewards, strict=True)
+        ]
+
     def save_responses(self, path: str | Path) -> None:
         """Every prompt, response and reward as JSON lines, written atomically."""
-        lines = []
-        for c in self._candidates():
-            for response, reward in zip(c.responses, c.rewards, strict=True):
-                record = {
-                    "alpha": c.alpha,
-                    "part": c.part,
-                    "prompt_index": response.prompt,
-                    "sample": response.sample,
-                    "prompt": self.prompts[response.prompt],
-                    "response": response.text,
-                    "tokens": response.tokens,
-                    "finish": response.finish,
-                    "reward": reward,
-                }
-                lines.append(json.dumps(record, ensure_ascii=False))
+        lines = "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in self.records())
         try:
-            write_atomically(Path(path), ("\n".join(lines) + "\n").encode())
+            write_atomically(Path(path), lines.encode())
         except OSError as err:
             raise OutputError(f"--save-responses {path}: cannot write it ({err.strerror})") from err
+
+    def save_result(self) -> None:
+        """The --json report and every response, into the run folder: what `expo report RUN` renders again."""
+        data = {"report": self.to_json(), "records": self.records()}
+        write_atomically(self.run_dir / RESULT, json.dumps(data, ensure_ascii=False).encode())
+
+    def write_report(self, path: str | Path) -> None:
+        """The self-contained HTML report (`reporting`)."""
+        reporting.write(path, self.to_json(), self.records())
 
     def plot(self, path: str | Path) -> None:
         """Mean reward (with 95% intervals) and mean length against α."""
