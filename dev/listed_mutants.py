@@ -321,6 +321,19 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '"stop"',
         "tests/test_generation.py",
     ),
+    # Issue "see what α does": the report's page.
+    "report: a response inserted as markup": (
+        "tuning/reporting/page.js",
+        "    body.textContent = sample.text;",
+        "    body.innerHTML = sample.text;",
+        "tests/test_report.py::test_a_hostile_response_renders_as_text",
+    ),
+    "report: sorted by gain when asked for the spread": (
+        "tuning/reporting/page.js",
+        "  spread: (a, b) => b.spread - a.spread,",
+        "  spread: (a, b) => b.gain - a.gain,",
+        "tests/test_report.py::test_sorting_and_filtering_change_what_is_shown",
+    ),
     "lora: --as-adapter scales A instead of B": (
         "merging/adapter_output.py",
         'B_FACTORS = (".lora_B.weight", ".lora_embedding_B", ".lora_B.bias")',

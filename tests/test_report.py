@@ -179,28 +179,9 @@ def test_the_report_of_a_tune_and_of_its_run_folder_are_the_same_page(tmp_path, 
     prompts = save(tmp_path / "prompts.jsonl", [{"prompt": f"w{8 + i} w{30 + i}"} for i in range(10)])
     grader = tmp_path / "grader.py"
     grader.write_text("def w7(prompt, response):\n    return response.split().count('w7')\n")
-    run = expo(
-        "tune",
-        "--sft",
-        sft,
-        "--aligned",
-        aligned,
-        "--prompts",
-        prompts,
-        "--reward-fn",
-        f"{grader}:w7",
-        "--alpha",
-        "1",
-        "--max-new-tokens",
-        "6",
-        "--temperature",
-        "1",
-        "--run-dir",
-        tmp_path / "run",
-        "--report",
-        tmp_path / "tuned.html",
-        "-q",
-    )
+    inputs = ["--sft", sft, "--aligned", aligned, "--prompts", prompts, "--reward-fn", f"{grader}:w7"]
+    settings = ["--alpha", "1", "--max-new-tokens", "6", "--temperature", "1", "--run-dir", tmp_path / "run"]
+    run = expo("tune", *inputs, *settings, "--report", tmp_path / "tuned.html", "-q")
     assert run.code == 0, run.stderr
     again = expo("report", tmp_path / "run", "-o", tmp_path / "again.html")
     assert again.code == 0, again.stderr

@@ -65,6 +65,6 @@ def test_the_quick_reproduction_runs_and_extrapolating_a_partial_checkpoint_help
     assert partial["alpha"] > 0, partial["reason"]  # expo tune found a significant gain on dev
     assert partial["gain"]["low"] > 0
     assert (tmp_path / "reproduce.png").read_bytes()[:4] == b"\x89PNG"
-    (page,) = tmp_path.glob("report-dpo-20-seed*.html")
+    (page,) = tmp_path.glob("seed-*/report-dpo-20.html")
     assert "<h1>expo tune: what α does to the answers</h1>" in page.read_text()
     assert "20% + ExPO ≥ 100%:" in run.stdout

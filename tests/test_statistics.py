@@ -212,5 +212,8 @@ def test_the_smallest_alpha_not_significantly_behind_the_best_is_chosen():
     stats = compare(rewards, draws=2000)
     choice = recommend(stats)
     assert max(stats, key=lambda s: s.reward.estimate).alpha == 0.5
-    assert choice.alpha == 0.3 and "the smallest and not significantly behind the best of them, α=0.5" in choice.reason
+    assert (
+        choice.alpha == 0.3
+        and "α=0.3 is the smallest not significantly behind the best of them, α=0.5" in choice.reason
+    )
     assert [s for s in stats if s.alpha == 2.0][0].behind_best.low > 0

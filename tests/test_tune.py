@@ -294,6 +294,7 @@ def test_a_reward_model_scores_each_conversation_with_its_own_template_as_unpadd
 def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_file):
     sft, aligned = steered
     save_reward_model(tmp_path / "rm", word_tokenizer())
+    settings = "--alpha 1 --max-new-tokens 5 --limit 6".split()
     run = expo(
         "tune",
         "--sft",
@@ -304,12 +305,7 @@ def test_tune_with_a_reward_model_end_to_end(tmp_path, expo, steered, prompts_fi
         prompts_file,
         "--reward-model",
         tmp_path / "rm",
-        "--alpha",
-        "1",
-        "--max-new-tokens",
-        "5",
-        "--limit",
-        "6",
+        *settings,
     )
     assert run.code == 0, run.stderr
     lines = run.stdout.splitlines()
@@ -516,24 +512,8 @@ def test_a_short_context_reward_model_is_announced_before_generating_and_its_cut
 ):
     sft, aligned = steered
     rm = eos_terminated_reward_model(tmp_path / "rm", max_position_embeddings=16)
-    run = expo(
-        "tune",
-        "--sft",
-        sft,
-        "--aligned",
-        aligned,
-        "--prompts",
-        prompts_file,
-        "--reward-model",
-        rm,
-        "--alpha",
-        "1",
-        "--max-new-tokens",
-        "12",
-        "--limit",
-        "6",
-        "--json",
-    )
+    settings = "--alpha 1 --max-new-tokens 12 --limit 6 --json".split()
+    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-model", rm, *settings)
     assert run.code == 0, run.stderr
     warning = "--reward-model rm reads at most 16 tokens; prompts up to 8 and responses up to 12 tokens may not fit"
     assert warning in run.stderr and run.stderr.index(warning) < run.stderr.index("α=0")  # before any generation

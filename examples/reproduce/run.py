@@ -13,7 +13,7 @@ saving the policy at 10%, 20%, 40% and 100% of its steps. For each snapshot, `ex
 gold reward) chooses α on 200 dev prompts; every model is then scored on 400 disjoint test prompts, 4 sampled
 responses each (the same seeds for every model, so all comparisons are paired), with 95% bootstrap intervals
 from expo's own statistics. Everything it prints is also written to OUT/results.json, a plot to OUT/reproduce.png,
-and the 20% snapshot's tune report (every dev answer at every α tried) to OUT/report-dpo-20-seed<N>.html.
+and the 20% snapshot's tune report (every dev answer at every α tried) to OUT/seed-N/report-dpo-20.html.
 """
 
 from __future__ import annotations
@@ -225,7 +225,7 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
         )
         chosen[name] = tuned.alpha
         if name == "dpo-20":  # what α does to the 20% snapshot's answers, every dev prompt side by side
-            tuned.write_report(out / f"report-{name}-seed{seed}.html")
+            tuned.write_report(out / f"report-{name}.html")
         best = next(s for s in tuned.stats if s.alpha == tuned.alpha)
         dev_gain[name] = {
             "alpha": tuned.alpha,

@@ -121,7 +121,7 @@ class TuneResult:
         several = self.decoding.samples_per_prompt > 1
         lines = [
             f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'P(best)':>8}{'win rate':>9}"
-            f"{'  win/resp' if several else ''}  {'length':>7}  {'cut':>4}  {'gain at equal length':<30}"
+            f"{'  win/resp' if several else ''}  {'length':>7}  {'cut':>4}  gain at equal length"
         ]
         for s in self.stats:
             reward = f"{s.reward.estimate:.4g} [{s.reward.low:.4g}, {s.reward.high:.4g}]"

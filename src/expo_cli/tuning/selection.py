@@ -64,11 +64,15 @@ def recommend(stats: Sequence[CandidateStats], baseline: float = 0.0) -> Recomme
         warnings.append(f"α={chosen.alpha:g} makes responses {100 * chosen.length_change:.0f}% longer than α=0")
     if chosen.alpha == max(s.alpha for s in stats):
         warnings.append(f"α={chosen.alpha:g} is the largest α tried: a larger one may be better still")
-    beside = "" if best is chosen else f" and not significantly behind the best of them, α={best.alpha:g}"
+    if best is not chosen:
+        which = f"is the smallest not significantly behind the best of them, α={best.alpha:g}"
+    elif len(better) > 1:
+        which = "is the best of them, every smaller one significantly behind it"
+    else:
+        which = "is the one"
     reason = (
         f"{len(better)} of {len(others)} candidate(s) beat α=0 significantly (simultaneous intervals); "
-        f"α={chosen.alpha:g} is the smallest{beside}: gain {chosen.gain_simultaneous}, "
-        f"win rate {chosen.win_rate.estimate:.0%}"
+        f"α={chosen.alpha:g} {which}: gain {chosen.gain_simultaneous}, win rate {chosen.win_rate.estimate:.0%}"
     )
     return Recommendation(chosen.alpha, reason, warnings)
 

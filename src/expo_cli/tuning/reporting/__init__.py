@@ -26,7 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ...errors import InputError, OutputError, first_line
+from ...errors import InputError, OutputError, UsageError, first_line
 from ...fsutil import write_atomically
 from ...plotting import pyplot
 from ..evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
@@ -53,7 +53,10 @@ def write(output: str | Path, summary: dict[str, Any], records: list[dict[str, A
 
 
 def render(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    from jinja2 import Environment  # transformers brings Jinja2 (chat templates)
+    try:
+        from jinja2 import Environment  # the tune extra (torch brings it too)
+    except ImportError as err:
+        raise UsageError("--report needs jinja2: pip install 'expo-cli[tune]'") from err
 
     template = _asset("page.html.j2")
     script = _asset("page.js")
@@ -155,7 +158,7 @@ def _candidates(records: list[dict[str, Any]]) -> dict[tuple[str, float], Candid
 
 def charts(summary: dict[str, Any]) -> str:
     """Mean reward (95% intervals, the held-out comparison beside it) and mean length against α, as inline SVG."""
-    plt = pyplot("--report")
+    plt = pyplot("--report")  # matplotlib: the tune extra
     candidates = summary["candidates"]
     alphas = [c["alpha"] for c in candidates]
     figures = []
@@ -190,6 +193,7 @@ def charts(summary: dict[str, Any]) -> str:
         alphas, [100 * c["truncated"] for c in candidates], marker="x", color="tab:red", label="% cut at the limit"
     )
     ax.set_xlabel("α")
+    ax.set_ylabel("tokens / % cut")
     ax.legend(fontsize="small")
     figures.append(fig)
     return "".join(_svg(plt, f) for f in figures)

@@ -64,9 +64,9 @@ function element(tag, className, text) {
   return node;
 }
 
-function responseCell(alpha, sample, baseline) {
+function responseCell(alpha, sample, baseline, label) {
   const cell = element("div", "response" + (alpha === data.chosen ? " chosen" : ""));
-  const head = `α = ${alpha} · reward ${sample.reward.toPrecision(4)} · ${sample.tokens} tokens`;
+  const head = `α = ${alpha}${label} · reward ${sample.reward.toPrecision(4)} · ${sample.tokens} tokens`;
   cell.appendChild(element("div", "response-head", head));
   if (sample.finish === "length") cell.appendChild(element("span", "cut", "cut at the token limit"));
   const body = element("div", "text");
@@ -97,7 +97,8 @@ function promptCard(prompt) {
     const baseline = (prompt.responses[data.baseline] || [])[s];
     for (const alpha of data.alphas) {
       const sample = (prompt.responses[alpha] || [])[s];
-      if (sample) row.appendChild(responseCell(alpha, sample, baseline && baseline.text));
+      const label = samples > 1 ? ` · sample ${s + 1}` : "";
+      if (sample) row.appendChild(responseCell(alpha, sample, baseline && baseline.text, label));
     }
     card.appendChild(row);
   }
