@@ -334,6 +334,25 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "  spread: (a, b) => b.gain - a.gain,",
         "tests/test_report.py::test_sorting_and_filtering_change_what_is_shown",
     ),
+    # Issue "LoRA inputs never silently wrong".
+    "lora: a square Conv1D oriented by the saved flag": (
+        "inputs/adapters.py",
+        "(not plain or _is_conv1d(adapter, base, name, where))",
+        '(not plain or adapter.config.get("fan_in_fan_out"))',
+        "tests/test_lora.py::test_a_square_conv1d_layer_is_oriented_by_the_architecture_not_the_saved_flag",
+    ),
+    "lora: patterns always read as PEFT 0.15 reads them": (
+        "inputs/lora_patterns.py",
+        "    rule = rule_of(config)\n",
+        '    rule = "0.15"\n',
+        "tests/test_lora.py::test_up_to_peft_0_13_one_key_chose_both_the_rank_and_the_alpha",
+    ),
+    "lora: LoRA-GA taken for a plain initialisation": (
+        "inputs/lora_features.py",
+        '"loftq", "lora_ga")',
+        '"loftq")',
+        "tests/test_lora.py::test_every_feature_peft_merges_otherwise_is_refused_by_name_before_any_work",
+    ),
     "lora: --as-adapter scales A instead of B": (
         "merging/adapter_output.py",
         'B_FACTORS = (".lora_B.weight", ".lora_embedding_B", ".lora_B.bias")',

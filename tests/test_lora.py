@@ -12,6 +12,7 @@ from peft import IA3Config, LoraConfig, PeftModel, PromptTuningConfig, get_peft_
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+from expo_cli.inputs.lora_features import FEATURES, markdown
 from helpers import add_tokenizer_files, build_model, files_of, gpt2_config, llama_config, read_all, save
 
 ALPHA = 0.7
@@ -468,3 +469,112 @@ def test_an_adapter_saved_without_the_peft_prefix(tmp_path, expo, bases):
     assert expo("merge", "--aligned", bare, "-o", tmp_path / "as-adapter", "--alpha", "0.4", "--as-adapter").code == 0
     written = load_file(tmp_path / "as-adapter" / "adapter_model.safetensors")
     assert set(written) == {k.removeprefix("base_model.model.") for k in tensors}
+
+
+REFUSED_VALUES = {"init_lora_weights": "lora_ga", "alora_invocation_tokens": [5, 6], "layer_replication": [[0, 1]]}
+
+
+@pytest.mark.parametrize("feature", [f for f in FEATURES if not f.supported], ids=lambda f: f.key)
+def test_every_feature_peft_merges_otherwise_is_refused_by_name_before_any_work(tmp_path, expo, bases, feature):
+    adapter = make_adapter(
+        tmp_path / "a", bases["llama"], "llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config[feature.key] = REFUSED_VALUES.get(feature.key, {"enabled": 1} if feature.key.endswith("_config") else True)
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    run = expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 3, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("Error:")]
+    assert f"{feature.name} ({feature.key}" in line and feature.why in line and "Traceback" not in run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_readme_lists_what_is_supported_and_refused_from_the_same_table():
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    start, end = "<!-- lora-features: generated from expo_cli.inputs.lora_features -->\n", "\n<!-- /lora-features -->"
+    assert readme[readme.index(start) + len(start) : readme.index(end)] == markdown()
+
+
+def test_patterns_are_read_as_the_peft_version_that_saved_the_adapter(tmp_path, expo, bases):
+    """A key naming layer 0's q_proj from its first character matches from PEFT 0.15 on (rank 2 in the file) but not
+    in 0.14 (`.*\\.key$`); without peft_version the readings differ and the adapter is refused."""
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    adapter = make_adapter(
+        tmp_path / "a", bases["llama"], "llama", {**settings, "rank_pattern": {"model.layers.0.self_attn.q_proj": 2}}
+    )
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_version"].startswith("0.")
+    merged = expo(
+        "merge", "--sft", bases["llama"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q"
+    )
+    assert merged.code == 0, merged.stderr
+    sft = read_all(bases["llama"])
+    assert_extrapolated(read_all(tmp_path / "out"), sft, peft_merged(sft, "llama", adapter))
+    for version, code, message in ((None, 3, "no peft_version"), ("0.14.0", 4, "has rank 2 but its config")):
+        config.pop("peft_version", None)
+        if version:
+            config["peft_version"] = version
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        run = expo(
+            "merge",
+            "--sft",
+            bases["llama"],
+            "--aligned",
+            adapter,
+            "-o",
+            tmp_path / version_dir(version),
+            "--alpha",
+            "1",
+        )
+        assert run.code == code and message in run.stderr.splitlines()[-1], run.stderr
+        if version is None:
+            assert "'model.layers.0.self_attn.q_proj'" in run.stderr and "PEFT 0.14: r=4" in run.stderr
+
+
+def version_dir(version: str | None) -> str:
+    return f"out-{version or 'none'}"
+
+
+def test_up_to_peft_0_13_one_key_chose_both_the_rank_and_the_alpha(tmp_path, expo, bases):
+    """rank_pattern {q_proj: 4} and alpha_pattern {self_attn.q_proj: 5}: PEFT ≤ 0.13 picks the key q_proj for both
+    (the rank keys come first), so the alpha stays lora_alpha = 8; from 0.15 the alpha is 5."""
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "rank_pattern": {"q_proj": 4}}
+    adapter = make_adapter(
+        tmp_path / "a", bases["llama"], "llama", {**settings, "alpha_pattern": {"self_attn.q_proj": 5}}
+    )
+    sft = read_all(bases["llama"])
+    factors = load_file(adapter / "adapter_model.safetensors")
+    for version, alpha in (("0.13.2", 8), ("0.21.2", 5)):
+        config = json.loads((adapter / "adapter_config.json").read_text())
+        config["peft_version"] = version
+        (adapter / "adapter_config.json").write_text(json.dumps(config))
+        out = tmp_path / f"out-{version}"
+        assert (
+            expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", out, "--alpha", ALPHA, "-q").code == 0
+        )
+        aligned = dict(sft)
+        for key, a in factors.items():
+            if key.endswith("lora_A.weight"):
+                name = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight") + ".weight"
+                b = factors[key.replace("lora_A", "lora_B")]
+                aligned[name] = sft[name].double() + alpha / 4 * (b.double() @ a.double())
+        assert_extrapolated(read_all(out), sft, aligned)
+
+
+def test_a_square_conv1d_layer_is_oriented_by_the_architecture_not_the_saved_flag(tmp_path, expo, bases):
+    """GPT-2's attn.c_proj is a square Conv1D: its shape cannot tell the orientation, and PEFT saves the
+    fan_in_fan_out of the last layer it created (False after any nn.Linear), yet merges Conv1D transposed."""
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["attn.c_proj"]}
+    adapter = make_adapter(tmp_path / "a", bases["gpt2"], "gpt2", settings)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "fan_in_fan_out": False}))
+    sft = read_all(bases["gpt2"])
+    square = [k for k in sft if k.endswith("attn.c_proj.weight")]
+    assert square and all(sft[k].shape[0] == sft[k].shape[1] for k in square)
+    assert (
+        expo(
+            "merge", "--sft", bases["gpt2"], "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q"
+        ).code
+        == 0
+    )
+    assert_extrapolated(read_all(tmp_path / "out"), sft, peft_merged(sft, "gpt2", adapter))

@@ -17,6 +17,7 @@ PYTORCH_INDEX_FILE = PYTORCH_WEIGHTS_NAME + ".index.json"
 MISTRAL_INDEX_FILE = "consolidated.safetensors.index.json"  # Mistral-format weights beside the HF ones
 OUTPUT_FILENAME_PATTERN = "model{suffix}.safetensors"
 DEFAULT_MAX_SHARD_SIZE = "5GB"
+ADAPTER_CONFIG = "adapter_config.json"  # a PEFT adapter's config
 
 # Extensions of weight files: never copied from the aligned folder into the output (they would be the
 # un-extrapolated weights, or a second copy of them in another format).

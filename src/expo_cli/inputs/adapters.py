@@ -9,36 +9,33 @@ merge from an adapter is an ordinary streamed merge with bounded memory. DoRA is
 magnitude rescales each output row by the norm of that row of W + s·B·A, which a row block holds whole.
 
 The adapter file is read like any checkpoint (hostile-input checks included); its config is validated before
-anything is read, and everything PEFT would do differently when loading it (PiSSA/OLoRA/LoftQ initialisations
-that rewrite the base, trainable tokens, layer replication, other PEFT types) is refused with one line.
+anything is read, and everything PEFT would do differently when loading it (`lora_features.FEATURES`: initialisations
+that rewrite the base, aLoRA, routed or quantized variants, trainable tokens, other PEFT types) is refused by name
+with one line. `rank_pattern`/`alpha_pattern` are read as the PEFT version that saved the adapter read them
+(`lora_patterns`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..constants import ADAPTER_CONFIG
 from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
 from ..errors import InputError, MismatchError
 from .checkpoint import WEIGHT_LAYOUTS, Checkpoint, read_weights
+from .lora_features import check_config
+from .lora_patterns import module_rank_and_alpha
 
 if TYPE_CHECKING:
     import torch
 
-ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = (("adapter_model.safetensors", "safetensors"), ("adapter_model.bin", "bin"))
 PREFIX = "base_model.model."
-# Initialisations after which PEFT rewrites the base weights when it loads the adapter: Δ is not s·B·A.
-BASE_REWRITING_INITS = ("pissa", "olora", "corda", "loftq")
-UNSUPPORTED_FIELDS = {
-    "trainable_token_indices": "trainable tokens",
-    "layer_replication": "layer replication",
-    "target_parameters": "LoRA on parameters (target_parameters)",
-}
 
 
 def is_adapter(folder: Path) -> bool:
@@ -112,16 +109,7 @@ def _read_config(path: Path, role: str) -> dict[str, Any]:
             f"--{role} {path.name} is a PEFT {kind} adapter; expo reads LoRA adapters only (merge it "
             "into a full checkpoint with PEFT first)"
         )
-    init = config.get("init_lora_weights", True)
-    if isinstance(init, str) and init.lower().startswith(BASE_REWRITING_INITS):
-        raise InputError(
-            f"{where}: init_lora_weights={init!r} rewrites the base weights when PEFT loads it, so its "
-            "update is not s·B·A; convert it with PEFT (path_initial_model_for_weight_conversion) or "
-            "merge it first"
-        )
-    for key, what in UNSUPPORTED_FIELDS.items():
-        if config.get(key):
-            raise InputError(f"{where}: {what} ({key}) is not supported; merge the adapter with PEFT first")
+    check_config(config, where)
     for key in ("r", "lora_alpha"):
         value = config.get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
@@ -132,21 +120,9 @@ def _read_config(path: Path, role: str) -> dict[str, Any]:
     return config
 
 
-def pattern_value(patterns: dict[str, Any], module: str, default: Any) -> Any:
-    """PEFT's per-module override: the first key matching the end of the module name at a `.` boundary."""
-    for key in patterns:
-        try:
-            if re.match(rf"(.*\.)?({key})$", module):
-                return patterns[key]
-        except re.error as err:
-            raise InputError(f"{ADAPTER_CONFIG}: pattern {key!r} is not a valid regular expression ({err})") from err
-    return default
-
-
-def scaling(config: dict[str, Any], module: str) -> tuple[int, float]:
-    """(rank, s) of one module, as PEFT's `update_layer` computes them."""
-    rank = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
-    alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
+def scaling(config: dict[str, Any], module: str, where: str = ADAPTER_CONFIG) -> tuple[int, float]:
+    """(rank, s) of one module, as PEFT's `update_layer` computes them (patterns as the saving version reads them)."""
+    rank, alpha = module_rank_and_alpha(config, module, where)
     return rank, alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
 
 
@@ -182,7 +158,8 @@ def _classify(adapter: Adapter, role: str) -> None:
         else:
             if name.endswith(".lora_B.bias"):
                 module = name[: -len(".lora_B.bias")]
-                adapter.bias_updates[f"{module}.bias"] = (info, scaling(adapter.config, module)[1])
+                scale = scaling(adapter.config, module, f"--{role} {adapter.path.name}")[1]
+                adapter.bias_updates[f"{module}.bias"] = (info, scale)
             elif ".lora_" in name:
                 raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} is not a LoRA factor expo knows")
             else:  # saved whole: modules_to_save copies, trained biases, an embedding's unchanged base
@@ -191,7 +168,7 @@ def _classify(adapter: Adapter, role: str) -> None:
         if "A" not in found or "B" not in found:
             missing = "lora_A" if "A" not in found else "lora_B"
             raise InputError(f"--{role} {adapter.path.name}: module {module!r} has no {missing} tensor")
-        rank, scale = scaling(adapter.config, module)
+        rank, scale = scaling(adapter.config, module, f"--{role} {adapter.path.name}")
         a, b = found["A"], found["B"]
         if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1]:
             raise MismatchError(
@@ -226,7 +203,7 @@ def check_against(adapter: Adapter, base: TensorSource, role: str, base_label: s
                 f"{where}: {name!r} is {info.shape} in {base_label}, but its LoRA factors make "
                 f"{(out_features, in_features)}; is this adapter for another model?"
             )
-        if not update.transposed and flipped and (not plain or adapter.config.get("fan_in_fan_out")):
+        if not update.transposed and flipped and (not plain or _is_conv1d(adapter, base, name, where)):
             update = LowRank(update.a, update.b, update.scale, True, update.magnitude)  # GPT-2 Conv1D
             adapter.low_rank[name] = update
         if update.magnitude is not None:
@@ -246,6 +223,40 @@ def check_against(adapter: Adapter, base: TensorSource, role: str, base_label: s
             raise MismatchError(f"{where}: saves {name!r} whole, but {base_label} has no such tensor")
         if held.shape != info.shape:
             raise MismatchError(f"{where}: {name!r} is {info.shape} in the adapter but {held.shape} in {base_label}")
+
+
+def _is_conv1d(adapter: Adapter, base: TensorSource, name: str, where: str) -> bool:
+    """Whether a square target is stored (in, out), as GPT-2's Conv1D stores it. Its shape cannot tell, and the saved
+    fan_in_fan_out is PEFT's last-created layer's (a Linear after a Conv1D resets it): ask the base architecture."""
+    layers = conv1d_modules(base.path)
+    module = name.removesuffix(".weight")
+    if layers is not None:
+        return any(module == m or module.endswith(f".{m}") or m.endswith(f".{module}") for m in layers)
+    flipped_elsewhere = any(u.transposed and n in base.tensors for n, u in adapter.low_rank.items())
+    if adapter.config.get("fan_in_fan_out") or flipped_elsewhere:
+        raise InputError(
+            f"{where}: cannot tell whether the square {name!r} is a Conv1D layer stored transposed (transformers "
+            "cannot build the base architecture from its config.json); merge the adapter with PEFT first"
+        )
+    return False
+
+
+@functools.cache
+def conv1d_modules(folder: Path) -> frozenset[str] | None:
+    """The names of the Conv1D modules (weights stored (in, out)) of the architecture in `folder`'s config.json,
+    built on the meta device (no memory); None when transformers cannot build it."""
+    import torch  # torch loads on first use, not with the package
+
+    try:
+        from transformers import AutoConfig, AutoModelForCausalLM  # transformers loads when a model does
+        from transformers.pytorch_utils import Conv1D  # transformers loads when a model does
+
+        config = AutoConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception:  # no config, an unknown or remote-code architecture: the caller decides what that means
+        return None
+    return frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
 
 
 class LoraSource:
