@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -578,3 +580,151 @@ def test_a_square_conv1d_layer_is_oriented_by_the_architecture_not_the_saved_fla
         == 0
     )
     assert_extrapolated(read_all(tmp_path / "out"), sft, peft_merged(sft, "gpt2", adapter))
+
+
+def strictly_merged(base: dict[str, torch.Tensor], arch: str, adapter: Path) -> dict[str, torch.Tensor]:
+    """PEFT's float64 merge of an adapter that must load whole: no missing or unexpected keys, nothing dropped."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        merged = peft_merged(base, arch, adapter)
+    complaints = [
+        str(w.message) for w in caught if re.search(r"missing|unexpected|not found|drop", str(w.message), re.I)
+    ]
+    assert not complaints, complaints
+    return merged
+
+
+def test_a_combined_continued_stack_names_exactly_the_modules_it_holds(tmp_path, expo, bases):
+    """The SFT adapter covers q_proj in every layer; the continued DPO adapter's config says layers_to_transform
+    [1] and lora_bias. The combined --as-adapter output must make PEFT create every module it holds (with a zero
+    LoRA bias where only one side had one) and give PEFT's float64 merge of the pair."""
+    base = bases["llama"]
+    sft_adapter = make_adapter(
+        tmp_path / "sft-adapter", base, "llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}, seed=31
+    )
+    dpo = {
+        "r": 2,
+        "lora_alpha": 4,
+        "target_modules": ["q_proj"],
+        "layers_to_transform": [1],
+        "layers_pattern": "layers",
+    }
+    aligned = make_adapter(tmp_path / "dpo", base, "llama", dpo, seed=32)
+    base_tensors = read_all(base)
+    sft_tensors, aligned_tensors = (peft_merged(base_tensors, "llama", a) for a in (sft_adapter, aligned))
+    pair = ["--sft", sft_adapter, "--aligned", aligned, "--adapter-stack", "continued", "--alpha", ALPHA, "-q"]
+    run = expo("merge", *pair, "-o", tmp_path / "adapter", "--as-adapter")
+    assert run.code == 0, run.stderr
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert written["layers_to_transform"] is None and written["target_modules"] == [
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
+    through_peft = strictly_merged(base_tensors, "llama", tmp_path / "adapter")
+    assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
+
+
+def test_a_lora_bias_on_a_layer_without_bias_is_refused_for_a_combined_adapter(tmp_path, expo):
+    """Llama with attention biases: the DPO adapter's lora_bias on q_proj (which has a bias) would give the SFT
+    adapter's down_proj (which has none) a LoRA bias too in one combined config, and PEFT's merge would raise."""
+    base = save(build_model(llama_config(attention_bias=True), 0), tmp_path / "base", torch.float32)
+    assert "model.layers.0.self_attn.q_proj.bias" in read_all(base)
+    sft_adapter = make_adapter(
+        tmp_path / "s", base, "llama", {"r": 4, "lora_alpha": 8, "target_modules": ["down_proj"]}, seed=33
+    )
+    aligned = make_adapter(
+        tmp_path / "a", base, "llama", {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}, seed=34
+    )
+    tensors = load_file(aligned / "adapter_model.safetensors")
+    biases = {
+        k.replace(".weight", ".bias"): torch.ones(v.shape[0])
+        for k, v in tensors.items()
+        if k.endswith("lora_B.weight")
+    }
+    from safetensors.torch import save_file
+
+    save_file({**tensors, **biases}, aligned / "adapter_model.safetensors")
+    config = json.loads((aligned / "adapter_config.json").read_text())
+    (aligned / "adapter_config.json").write_text(json.dumps({**config, "lora_bias": True}))
+    pair = ["--sft", sft_adapter, "--aligned", aligned, "--adapter-stack", "continued", "--alpha", ALPHA]
+    assert expo("merge", *pair, "-o", tmp_path / "merged", "-q").code == 0  # a merged output is exact
+    run = expo("merge", *pair, "-o", tmp_path / "adapter", "--as-adapter")
+    assert run.code == 2 and "has no bias to merge it into; drop --as-adapter" in run.stderr.splitlines()[-1], (
+        run.stderr
+    )
+    assert not (tmp_path / "adapter").exists()
+
+
+@pytest.fixture(scope="module")
+def tied_base(tmp_path_factory):
+    """A Llama whose head is its input embedding (the checkpoint stores one tensor for both)."""
+    folder = save(
+        build_model(llama_config(tie_word_embeddings=True), 0), tmp_path_factory.mktemp("tied"), torch.float32
+    )
+    assert "lm_head.weight" not in read_all(folder)
+    return folder
+
+
+def tied_adapter(folder: Path, base: Path, settings: dict) -> Path:
+    model = build_model(llama_config(tie_word_embeddings=True), 0)
+    model.load_state_dict(read_all(base), strict=False)
+    model.tie_weights()
+    randomize(get_peft_model(model, LoraConfig(**settings)), 7).save_pretrained(folder)
+    return folder
+
+
+def tied_merged(base: Path, adapter: Path) -> dict[str, torch.Tensor]:
+    model = build_model(llama_config(tie_word_embeddings=True), 0).double()
+    model.load_state_dict({k: v.double() for k, v in read_all(base).items()}, strict=False)
+    model.tie_weights()
+    merged = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    assert merged.lm_head.weight.data_ptr() == merged.model.embed_tokens.weight.data_ptr()  # still one parameter
+    return {k: v for k, v in merged.state_dict().items() if k != "lm_head.weight"}
+
+
+def test_a_lora_on_a_tied_head_changes_the_one_shared_parameter_as_peft_merges_it(tmp_path, expo, tied_base):
+    adapter = tied_adapter(
+        tmp_path / "a", tied_base, {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "lm_head"]}
+    )
+    assert (
+        expo("merge", "--sft", tied_base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q").code
+        == 0
+    )
+    out, sft = read_all(tmp_path / "out"), read_all(tied_base)
+    assert "lm_head.weight" not in out
+    assert_extrapolated(out, sft, tied_merged(tied_base, adapter))
+    assert not torch.equal(out["model.embed_tokens.weight"], sft["model.embed_tokens.weight"])
+
+
+def test_a_tied_checkpoint_storing_its_head_twice_gets_both_copies_updated(tmp_path, expo, tied_base):
+    """Some checkpoints store lm_head.weight beside the embedding though the config ties them: transformers discards
+    the copy when it ties them again, so the update must land in the embedding (and the copy kept equal)."""
+    base = shutil.copytree(tied_base, tmp_path / "base")
+    tensors = read_all(base)
+    from safetensors.torch import save_file
+
+    save_file(
+        {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()},
+        base / "model.safetensors",
+        metadata={"format": "pt"},
+    )
+    adapter = tied_adapter(tmp_path / "a", tied_base, {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]})
+    assert expo("merge", "--sft", base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", ALPHA, "-q").code == 0
+    out = read_all(tmp_path / "out")
+    assert torch.equal(out["lm_head.weight"], out["model.embed_tokens.weight"])
+    reference = tied_merged(tied_base, adapter)
+    assert_extrapolated({k: v for k, v in out.items() if k != "lm_head.weight"}, read_all(tied_base), reference)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}, "modules_to_save (or ensure_weight_tying)"),
+        ({"target_modules": ["embed_tokens", "lm_head"]}, "LoRA on both the head 'lm_head.weight' and the embedding"),
+    ],
+)
+def test_what_peft_does_not_merge_into_the_tied_parameter_is_refused(tmp_path, expo, tied_base, settings, message):
+    adapter = tied_adapter(tmp_path / "a", tied_base, {"r": 4, "lora_alpha": 8, **settings})
+    run = expo("merge", "--sft", tied_base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 3 and message in run.stderr.splitlines()[-1], run.stderr
+    assert not (tmp_path / "out").exists()

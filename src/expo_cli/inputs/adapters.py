@@ -17,9 +17,9 @@ with one line. `rank_pattern`/`alpha_pattern` are read as the PEFT version that 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ..constants import ADAPTER_CONFIG
 from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
 from ..errors import InputError, MismatchError
+from .architecture import architecture
 from .checkpoint import WEIGHT_LAYOUTS, Checkpoint, read_weights
 from .lora_features import check_config
 from .lora_patterns import module_rank_and_alpha
@@ -188,6 +189,7 @@ def _classify(adapter: Adapter, role: str) -> None:
 def check_against(adapter: Adapter, base: TensorSource, role: str, base_label: str) -> None:
     """Every update must fit its base tensor: present, same shape (transposed where the layer stores it so)."""
     where = f"--{role} {adapter.path.name}"
+    _tie(adapter, base, where)
     for name, update in adapter.low_rank.items():
         info = base.tensors.get(name)
         if info is None:
@@ -225,13 +227,45 @@ def check_against(adapter: Adapter, base: TensorSource, role: str, base_label: s
             raise MismatchError(f"{where}: {name!r} is {info.shape} in the adapter but {held.shape} in {base_label}")
 
 
+def _tie(adapter: Adapter, base: TensorSource, where: str) -> None:
+    """A tied model's head is its input embedding: PEFT merges a LoRA on the head into that one parameter, so the
+    update goes to the embedding (and to a duplicate head the checkpoint may store, which transformers discards
+    when it ties them again). What PEFT does not merge into one parameter is refused."""
+    touched = [n for n in adapter.changed if n not in base.tensors or re.search(r"lm_head|embed|wte|\boutput", n)]
+    known = architecture(base.path) if touched else None
+    if known is None or known.tied is None:
+        return
+    head, embedding = known.tied
+    saved = adapter.config.get("modules_to_save") or []
+    tied_modules = [n.removesuffix(".weight") for n in (head, embedding)]
+    if any(m == s or m.endswith(f".{s}") for m in tied_modules for s in saved) or (
+        adapter.config.get("ensure_weight_tying") and set(adapter.low_rank) & {head, embedding}
+    ):
+        raise InputError(
+            f"{where}: modules_to_save (or ensure_weight_tying) on the tied embeddings {head!r} and {embedding!r}: "
+            "PEFT unties them in ways a checkpoint does not keep; merge the adapter with PEFT and untie first"
+        )
+    if head not in adapter.low_rank:
+        return
+    if embedding in adapter.low_rank:
+        raise InputError(
+            f"{where}: LoRA on both the head {head!r} and the embedding {embedding!r}, which are one tied "
+            "parameter; merge the adapter with PEFT first"
+        )
+    update = adapter.low_rank.pop(head)
+    adapter.low_rank[embedding] = update
+    if head in base.tensors:  # a stored duplicate of the tied head: kept equal to the embedding
+        adapter.low_rank[head] = update
+    else:  # PEFT saved the head's base layer, which is the embedding itself
+        adapter.whole.pop(head, None)
+
+
 def _is_conv1d(adapter: Adapter, base: TensorSource, name: str, where: str) -> bool:
     """Whether a square target is stored (in, out), as GPT-2's Conv1D stores it. Its shape cannot tell, and the saved
     fan_in_fan_out is PEFT's last-created layer's (a Linear after a Conv1D resets it): ask the base architecture."""
-    layers = conv1d_modules(base.path)
-    module = name.removesuffix(".weight")
-    if layers is not None:
-        return any(module == m or module.endswith(f".{m}") or m.endswith(f".{module}") for m in layers)
+    known = architecture(base.path)
+    if known is not None:
+        return known.is_conv1d(name.removesuffix(".weight"))
     flipped_elsewhere = any(u.transposed and n in base.tensors for n, u in adapter.low_rank.items())
     if adapter.config.get("fan_in_fan_out") or flipped_elsewhere:
         raise InputError(
@@ -239,24 +273,6 @@ def _is_conv1d(adapter: Adapter, base: TensorSource, name: str, where: str) -> b
             "cannot build the base architecture from its config.json); merge the adapter with PEFT first"
         )
     return False
-
-
-@functools.cache
-def conv1d_modules(folder: Path) -> frozenset[str] | None:
-    """The names of the Conv1D modules (weights stored (in, out)) of the architecture in `folder`'s config.json,
-    built on the meta device (no memory); None when transformers cannot build it."""
-    import torch  # torch loads on first use, not with the package
-
-    try:
-        from transformers import AutoConfig, AutoModelForCausalLM  # transformers loads when a model does
-        from transformers.pytorch_utils import Conv1D  # transformers loads when a model does
-
-        config = AutoConfig.from_pretrained(folder)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
-    except Exception:  # no config, an unknown or remote-code architecture: the caller decides what that means
-        return None
-    return frozenset(name for name, module in model.named_modules() if isinstance(module, Conv1D))
 
 
 class LoraSource:

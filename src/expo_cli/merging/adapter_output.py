@@ -156,9 +156,16 @@ class CombinedSource:
             self.factors[module] = keys  # type: ignore[assignment]
             self._add(keys[0], ref.a.dtype, (rank, ref.a.shape[1]))
             self._add(keys[1], ref.b.dtype, (ref.b.shape[0], rank))
-        for name in dict.fromkeys([*self.second.bias_updates, *self.first.bias_updates]):
-            bias = (self.second.bias_updates.get(name) or self.first.bias_updates[name])[0]
-            self._add(f"{PREFIX}{name[: -len('.bias')]}.lora_B.bias", bias.dtype, bias.shape)
+        if self.first.bias_updates or self.second.bias_updates:  # lora_bias gives every module a lora_B.bias
+            base = self.aligned_source.tensors
+            for module in self.factors:
+                if f"{module}.bias" not in base:
+                    raise UsageError(
+                        f"{module}: a LoRA bias (lora_bias) in one adapter makes PEFT give every combined module one, "
+                        "and this layer has no bias to merge it into; drop --as-adapter"
+                    )
+                held = base[f"{module}.bias"]
+                self._add(f"{PREFIX}{module}.lora_B.bias", held.dtype, held.shape)
         for name in dict.fromkeys([*self.second.whole, *self.first.whole]):
             if name in modules:
                 continue  # an embedding's saved base layer: the base itself
@@ -236,20 +243,27 @@ class CombinedSource:
                 store(key, (aligned + alpha * (aligned - sft)).view(held.shape))
 
     def adapter_config(self) -> dict[str, Any]:
-        """The aligned adapter's config with the combined ranks, and s = 1 everywhere (scales are folded into B)."""
+        """The aligned adapter's config naming exactly the modules the file holds (PEFT creates those and no
+        other), with the combined ranks and s = 1 everywhere (scales are folded into B)."""
         config = json.loads((self.second.path / ADAPTER_CONFIG).read_text(encoding="utf-8"))
         rank = max(self.ranks.values(), default=config["r"])
         saved = [*(config.get("modules_to_save") or []), *(self.first.config.get("modules_to_save") or [])]
+        patterns = {_pattern_key(m): r for m, r in sorted(self.ranks.items(), key=lambda mr: -len(mr[0]))}
         config.update(
             {
                 "r": rank,
                 "lora_alpha": rank,
                 "use_rslora": False,
-                "rank_pattern": {re.escape(m): r for m, r in self.ranks.items()},
-                "alpha_pattern": {re.escape(m): r for m, r in self.ranks.items()},
-                "target_modules": sorted({m.rsplit(".", 1)[-1] for m in self.ranks}),
+                "rank_pattern": patterns,
+                "alpha_pattern": dict(patterns),
+                "target_modules": sorted(self.ranks),
                 "modules_to_save": list(dict.fromkeys(saved)) or None,
-                "lora_bias": bool(self.first.bias_updates or self.second.bias_updates),
+                "lora_bias": any(key.endswith(".lora_B.bias") for key in self.tensors),
+                # settings that would make PEFT create fewer modules than the file holds, or rewrite the base
+                "layers_to_transform": None,
+                "layers_pattern": None,
+                "exclude_modules": None,
+                "init_lora_weights": True,
             }
         )
         return config
@@ -257,6 +271,13 @@ class CombinedSource:
     @property
     def ranks(self) -> dict[str, int]:
         return {module: self.tensors[a].shape[0] for module, (a, _) in self.factors.items()}
+
+
+def _pattern_key(module: str) -> str:
+    """A rank/alpha pattern key for exactly this module under every PEFT version's rule (`lora_patterns`): its name
+    without the first component, escaped, so that a dot precedes it (0.14 and earlier need one). Keys are written
+    longest first, so a module whose name ends like another's meets its own key first."""
+    return re.escape(module.split(".", 1)[1] if "." in module else module)
 
 
 def publishable_base(config: dict[str, Any], sft_name: str) -> dict[str, Any]:
