@@ -353,6 +353,30 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '"loftq")',
         "tests/test_lora.py::test_every_feature_peft_merges_otherwise_is_refused_by_name_before_any_work",
     ),
+    "lora: two adapters on one base always taken as continued": (
+        "inputs/stacking.py",
+        "        if similarity is not None and similarity >= CONTINUED:",
+        "        if True:",
+        "tests/test_lora.py::test_two_adapters_on_the_same_base_are_told_apart_by_their_factors",
+    ),
+    "lora: a combined adapter keeps the aligned config's layer filter": (
+        "merging/adapter_output.py",
+        '                "layers_to_transform": None,\n',
+        "",
+        "tests/test_lora.py::test_a_combined_continued_stack_names_exactly_the_modules_it_holds",
+    ),
+    "lora: a LoRA on a tied head applied to the head alone": (
+        "inputs/adapters.py",
+        "    _tie(adapter, base, where)\n",
+        "",
+        "tests/test_lora.py::test_a_lora_on_a_tied_head_changes_the_one_shared_parameter_as_peft_merges_it",
+    ),
+    "lora: a DoRA module without its magnitude merged as plain LoRA": (
+        "inputs/adapters.py",
+        '        if adapter.dora and "m" not in found:',
+        "        if False:",
+        "tests/test_lora.py::test_what_expo_cannot_read_is_named_for_what_it_is",
+    ),
     "lora: --as-adapter scales A instead of B": (
         "merging/adapter_output.py",
         'B_FACTORS = (".lora_B.weight", ".lora_embedding_B", ".lora_B.bias")',

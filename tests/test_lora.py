@@ -134,7 +134,7 @@ def test_as_adapter_is_the_same_extrapolation_through_peft(tmp_path, expo, bases
         "adapter_model.safetensors",
     ]
     sft_tensors = read_all(sft)
-    through_peft = peft_merged(sft_tensors, arch, tmp_path / "out")
+    through_peft = strictly_merged(sft_tensors, arch, tmp_path / "out")
     assert_extrapolated(
         {k: through_peft[k] for k in sft_tensors}, sft_tensors, peft_merged(sft_tensors, arch, adapter)
     )
@@ -192,10 +192,10 @@ def test_an_sft_adapter_under_the_aligned_one(tmp_path, expo, bases, stack):
     assert run.code == 0, run.stderr
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     if stack == "on-sft":  # the output applies to the merged SFT model, like the DPO adapter did
-        through_peft = peft_merged(sft_tensors, "llama", tmp_path / "adapter")
+        through_peft = strictly_merged(sft_tensors, "llama", tmp_path / "adapter")
     else:  # one adapter of rank 4 + 4 over the base
         assert set(written["rank_pattern"].values()) == {8}
-        through_peft = peft_merged(base_tensors, "llama", tmp_path / "adapter")
+        through_peft = strictly_merged(base_tensors, "llama", tmp_path / "adapter")
     assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
 
 
@@ -246,7 +246,7 @@ def test_a_continued_rslora_stack_as_adapter_gives_peft_the_intended_update(tmp_
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert written["use_rslora"] is False and set(written["rank_pattern"].values()) == {8}
     assert written["alpha_pattern"] == written["rank_pattern"]
-    through_peft = peft_merged(base_tensors, "llama", tmp_path / "adapter")
+    through_peft = strictly_merged(base_tensors, "llama", tmp_path / "adapter")
     assert_extrapolated({k: through_peft[k] for k in base_tensors}, sft_tensors, aligned_tensors)
 
 
@@ -727,4 +727,123 @@ def test_what_peft_does_not_merge_into_the_tied_parameter_is_refused(tmp_path, e
     adapter = tied_adapter(tmp_path / "a", tied_base, {"r": 4, "lora_alpha": 8, **settings})
     run = expo("merge", "--sft", tied_base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
     assert run.code == 3 and message in run.stderr.splitlines()[-1], run.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _edit_factors(adapter: Path, edit) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: edit(k, v) for k, v in tensors.items()}, adapter / "adapter_model.safetensors")
+
+
+def test_two_adapters_on_the_same_base_are_told_apart_by_their_factors(tmp_path, expo, bases):
+    """Both configs name the same base. TRL's route (merge the SFT adapter, train a fresh DPO adapter on the merged
+    model, whose name merge_and_unload keeps) must stack the DPO adapter on the merged SFT model; a DPO adapter that
+    continued the SFT adapter's factors stands on the base alone. Evidence that fits neither is refused."""
+    base = bases["llama"]
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    sft_adapter = make_adapter(tmp_path / "sft-adapter", base, "llama", lora, seed=41)
+    base_tensors = read_all(base)
+    sft_tensors = peft_merged(base_tensors, "llama", sft_adapter)
+    # TRL's route: load the base, merge the SFT adapter into it (merge_and_unload keeps the model's name), train a
+    # fresh adapter (a new random A) on the merged model: get_peft_model records the same base name
+    from transformers import AutoModelForCausalLM
+
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), sft_adapter).merge_and_unload()
+    torch.manual_seed(1234)
+    randomize(get_peft_model(merged, LoraConfig(**lora)), 42).save_pretrained(tmp_path / "fresh")
+    recorded = json.loads((tmp_path / "fresh" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == json.loads((sft_adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    # continued: the SFT adapter's factors, trained further
+    continued = shutil.copytree(sft_adapter, tmp_path / "continued")
+    noise = torch.Generator().manual_seed(43)
+    _edit_factors(continued, lambda k, v: v + 0.02 * torch.randn(v.shape, generator=noise))
+    cases = {
+        "fresh": (sft_tensors, tmp_path / "fresh"),  # on the merged SFT model
+        "continued": (base_tensors, continued),  # on the base
+    }
+    for name, (under, aligned) in cases.items():
+        out = tmp_path / f"out-{name}"
+        run = expo("merge", "--sft", sft_adapter, "--aligned", aligned, "-o", out, "--alpha", ALPHA, "-q")
+        assert run.code == 0, (name, run.stderr)
+        assert_extrapolated(read_all(out), sft_tensors, peft_merged(under, "llama", aligned))
+    mixed = shutil.copytree(tmp_path / "fresh", tmp_path / "mixed")  # A halfway between the two: no evidence
+    first = load_file(sft_adapter / "adapter_model.safetensors")
+    _edit_factors(mixed, lambda k, v: v + first[k] if "lora_A" in k else v)
+    run = expo("merge", "--sft", sft_adapter, "--aligned", mixed, "-o", tmp_path / "out-mixed", "--alpha", "1")
+    assert run.code == 2 and "name the same base and their lora_A rows have mean |cos|" in run.stderr.splitlines()[-1]
+    assert "--adapter-stack continued" in run.stderr and not (tmp_path / "out-mixed").exists()
+
+
+def test_a_modules_to_save_key_with_its_adapter_name_reads_as_peft_loads_it(tmp_path, expo, bases):
+    """Some tools save `…lm_head.modules_to_save.default.weight` (and the `original_module` copy); PEFT's
+    non-strict load takes the former as the trained head."""
+    settings = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}
+    plain = make_adapter(tmp_path / "plain", bases["llama"], "llama", settings)
+    named = shutil.copytree(plain, tmp_path / "named")
+    tensors = load_file(named / "adapter_model.safetensors")
+    head = "base_model.model.lm_head.weight"
+    renamed = {k: v for k, v in tensors.items() if k != head}
+    renamed["base_model.model.lm_head.modules_to_save.default.weight"] = tensors[head]
+    renamed["base_model.model.lm_head.original_module.weight"] = read_all(bases["llama"])["lm_head.weight"]
+    from safetensors.torch import save_file
+
+    save_file(renamed, named / "adapter_model.safetensors")
+    for adapter in (plain, named):
+        out = tmp_path / f"out-{adapter.name}"
+        assert (
+            expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", out, "--alpha", ALPHA, "-q").code == 0
+        )
+    assert (
+        files_of(tmp_path / "out-plain")["model.safetensors"] == files_of(tmp_path / "out-named")["model.safetensors"]
+    )
+
+
+def test_what_expo_cannot_read_is_named_for_what_it_is(tmp_path, expo, bases):
+    base = bases["llama"]
+    lora = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj"]}
+    quantized = shutil.copytree(base, tmp_path / "base-bnb-4bit")
+    settings = json.loads((quantized / "config.json").read_text())
+    settings["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True}
+    (quantized / "config.json").write_text(json.dumps(settings))
+    qlora = make_adapter(tmp_path / "qlora", base, "llama", lora, base_name=str(quantized))
+    dora = make_adapter(tmp_path / "dora", base, "llama", {**lora, "use_dora": True})
+    _edit_keys(dora, lambda k: "lora_magnitude_vector" not in k or "layers.0." not in k)
+    mlx = tmp_path / "mlx"
+    mlx.mkdir()
+    (mlx / "adapter_config.json").write_text(json.dumps({"fine_tune_type": "lora", "lora_parameters": {"rank": 8}}))
+    shutil.copy(qlora / "adapter_model.safetensors", mlx / "adapter_model.safetensors")
+    conv = make_adapter(tmp_path / "conv", base, "llama", lora)
+    from safetensors.torch import save_file
+
+    factors = load_file(conv / "adapter_model.safetensors")
+    save_file({k: v[..., None, None] for k, v in factors.items()}, conv / "adapter_model.safetensors")
+    cases = [
+        (["--aligned", qlora], 3, "is quantized (bitsandbytes)"),
+        (["--sft", base, "--aligned", dora], 3, "has no lora_magnitude_vector (PEFT would start it from the base"),
+        (["--sft", base, "--aligned", mlx], 3, "is an MLX LoRA adapter (mlx_lm), not a PEFT one"),
+        (["--sft", base, "--aligned", conv], 3, "is a convolution (LoRA factors"),
+    ]
+    for args, code, message in cases:
+        run = expo("merge", *args, "-o", tmp_path / "out", "--alpha", "1")
+        assert run.code == code and message in run.stderr.splitlines()[-1], (args, run.stderr)
+        if args[1] == qlora:
+            assert run.stderr.strip().endswith("pass --sft (or --base) <the unquantized base>")
+        assert not (tmp_path / "out").exists()
+
+
+def _edit_keys(adapter: Path, keep) -> None:
+    from safetensors.torch import save_file
+
+    tensors = load_file(adapter / "adapter_model.safetensors")
+    save_file({k: v for k, v in tensors.items() if keep(k)}, adapter / "adapter_model.safetensors")
+
+
+def test_an_adapter_saved_with_ensure_weight_tying_on_a_tied_head_is_refused(tmp_path, expo, tied_base):
+    adapter = tied_adapter(tmp_path / "a", tied_base, {"r": 4, "lora_alpha": 8, "target_modules": ["lm_head"]})
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "ensure_weight_tying": True}))
+    run = expo("merge", "--sft", tied_base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 3 and "modules_to_save (or ensure_weight_tying) on the tied embeddings" in run.stderr
     assert not (tmp_path / "out").exists()

@@ -105,6 +105,11 @@ def _read_config(path: Path, role: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise InputError(f"{where} is not a JSON object")
     kind = config.get("peft_type")
+    if kind is None and ("lora_parameters" in config or "fine_tune_type" in config):
+        raise InputError(
+            f"--{role} {path.name} is an MLX LoRA adapter (mlx_lm), not a PEFT one: fuse it with mlx_lm.fuse, or "
+            "convert it to PEFT first"
+        )
     if kind != "LORA":
         raise InputError(
             f"--{role} {path.name} is a PEFT {kind} adapter; expo reads LoRA adapters only (merge it "
@@ -140,6 +145,9 @@ def _classify(adapter: Adapter, role: str) -> None:
     adapter.prefix = PREFIX if any(prefixed) else ""
     for key, info in adapter.weights.tensors.items():
         name = key[len(adapter.prefix) :]
+        if ".original_module." in name:  # PEFT's copy of a module to save as it was: the base itself
+            continue
+        name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)  # the trained copy, read as PEFT loads it
         if not info.is_float:
             raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} is {info.dtype}, not floating")
         for suffix, part in (
@@ -171,6 +179,16 @@ def _classify(adapter: Adapter, role: str) -> None:
             raise InputError(f"--{role} {adapter.path.name}: module {module!r} has no {missing} tensor")
         rank, scale = scaling(adapter.config, module, f"--{role} {adapter.path.name}")
         a, b = found["A"], found["B"]
+        if len(a.shape) > 2 or len(b.shape) > 2:
+            raise InputError(
+                f"--{role} {adapter.path.name}: module {module!r} is a convolution (LoRA factors {a.shape}, "
+                f"{b.shape}); expo merges LoRA on linear and embedding layers: merge it with PEFT first"
+            )
+        if adapter.dora and "m" not in found:
+            raise InputError(
+                f"--{role} {adapter.path.name}: use_dora but module {module!r} has no lora_magnitude_vector (PEFT "
+                "would start it from the base weight's row norms); save the adapter again with PEFT"
+            )
         if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1]:
             raise MismatchError(
                 f"--{role} {adapter.path.name}: module {module!r}: lora_A {a.shape} and lora_B "

@@ -137,7 +137,11 @@ def load_checkpoint(path: Path, role: str) -> Checkpoint:
             if isinstance(config["quantization_config"], dict)
             else "?"
         )
-        raise InputError(f"--{role} {path} is quantized ({method}); {SUPPORTED}: merge the unquantized weights")
+        qlora = "; a QLoRA adapter updates unquantized weights: pass --sft (or --base) <the unquantized base>"
+        raise InputError(
+            f"--{role} {path} is quantized ({method}); {SUPPORTED}: merge the unquantized weights"
+            + (qlora if role in ("sft", "base") else "")
+        )
 
     fmt, weight_map = _find_weights(path, role)
     files = (

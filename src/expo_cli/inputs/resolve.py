@@ -20,6 +20,7 @@ from ..fsutil import check_apart, check_output, same_path
 from . import hub
 from .adapters import Adapter, LoraSource, check_against, is_adapter, read_adapter
 from .checkpoint import load_checkpoint
+from .stacking import same_model, stack_kind
 
 
 def resolve_inputs(
@@ -65,9 +66,9 @@ def resolve_inputs(
             raise UsageError(f"--sft is required{why}")
         sft = aligned_adapter.base_model
     sft_adapter = _adapter(str(sft), sft_revision, token, "sft")
-    stack = Stack(sft_adapter, aligned_adapter, _stack_kind(sft_adapter, aligned_adapter, str(sft), adapter_stack))
+    stack = Stack(sft_adapter, aligned_adapter, stack_kind(sft_adapter, aligned_adapter, str(sft), adapter_stack))
     if aligned_adapter and not sft_adapter and aligned_adapter.base_model and warn:
-        if not _same_model(aligned_adapter.base_model, str(sft)):
+        if not same_model(aligned_adapter.base_model, str(sft)):
             warn(
                 f"--aligned {aligned_adapter.path.name} was trained on {aligned_adapter.base_model} (its "
                 f"adapter_config.json) but --sft is {sft}; make sure they are the same model"
@@ -195,26 +196,3 @@ def _adapter(spec: str, revision: str | None, token: str | None, role: str) -> A
     remote = hub.parse_input(spec, revision)
     folder = hub.adapter_snapshot(remote, token) if remote is not None else None
     return read_adapter(folder, role) if folder is not None else None
-
-
-def _same_model(declared: str, given: str) -> bool:
-    """Whether a config's base_model_name_or_path and a --sft value name the same model (paths by folder name)."""
-    return declared == given or Path(declared.rstrip("/")).name == Path(given.rstrip("/")).name
-
-
-def _stack_kind(sft: Adapter | None, aligned: Adapter | None, sft_spec: str, given: str | None) -> str | None:
-    """How two adapters relate: --adapter-stack, or from their configs: the aligned one names the SFT adapter as
-    its base ("on-sft"), or both name the same base ("continued"); otherwise the user must say it."""
-    if sft is None or aligned is None:
-        return None
-    if given:
-        return given
-    if aligned.base_model and _same_model(aligned.base_model, sft_spec):
-        return "on-sft"
-    if aligned.base_model and sft.base_model and _same_model(aligned.base_model, sft.base_model):
-        return "continued"
-    raise UsageError(
-        f"--aligned {aligned.path.name} and --sft {sft.path.name} are both adapters and their configs "
-        "do not tell how: pass --adapter-stack on-sft (trained on the merged SFT model) or continued "
-        "(it continued the SFT adapter; both relative to the base)"
-    )
