@@ -517,24 +517,11 @@ def test_patterns_are_read_as_the_peft_version_that_saved_the_adapter(tmp_path, 
         if version:
             config["peft_version"] = version
         (adapter / "adapter_config.json").write_text(json.dumps(config))
-        run = expo(
-            "merge",
-            "--sft",
-            bases["llama"],
-            "--aligned",
-            adapter,
-            "-o",
-            tmp_path / version_dir(version),
-            "--alpha",
-            "1",
-        )
+        out = tmp_path / f"out-{version or 'none'}"
+        run = expo("merge", "--sft", bases["llama"], "--aligned", adapter, "-o", out, "--alpha", "1")
         assert run.code == code and message in run.stderr.splitlines()[-1], run.stderr
         if version is None:
             assert "'model.layers.0.self_attn.q_proj'" in run.stderr and "PEFT 0.14: r=4" in run.stderr
-
-
-def version_dir(version: str | None) -> str:
-    return f"out-{version or 'none'}"
 
 
 def test_up_to_peft_0_13_one_key_chose_both_the_rank_and_the_alpha(tmp_path, expo, bases):

@@ -157,10 +157,30 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
     path = tmp_path / "run" / "generations" / "selection" / "alpha=0.5.jsonl"
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"batch": 1, "responses": [[2, 0, "w1')  # killed while appending batch 1
+    folder.close()
     again = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     assert again.generations("selection", 0.5) == {0: first}
     assert path.read_bytes() == whole  # the torn line is gone: the next append starts on a line of its own
     assert again.rewards("selection", 0.5) == {0: ([0.25, 0.5], {1})}
     assert again.rewards("confirmation", 0.5) == {} and again.generations("selection", 2.0) == {}
+    again.close()
     other_reward = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "g"})
     assert other_reward.rewards("selection", 0.5) == {} and other_reward.generations("selection", 0.5) == {0: first}
+
+
+def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):
+    from expo_cli.errors import UsageError
+    from expo_cli.tuning.runfolder import RunFolder
+
+    first = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
+    with pytest.raises(UsageError, match="another expo tune is using it"):
+        RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
+    with pytest.raises(UsageError, match="another expo tune is using it"):
+        RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}, fresh=True)  # never emptied under a run
+    assert (tmp_path / "run" / "run.json").is_file()
+    first.close()
+    with RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}, fresh=True) as again:
+        assert again.generations("selection", 0.0) == {}
+    with pytest.raises(UsageError, match="other settings"):
+        RunFolder.open(tmp_path / "run", {"k": 2}, {"reward_fn": "f"})
+    RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}).close()  # a refusal released its lock

@@ -181,37 +181,37 @@ def _tune(
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
     key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
-    folder = RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh)
-    model = candidate = generator = None
-    if not rescore:
-        model = _load_policy(folders[-1], dominant, device)
-        candidate = CandidateModel.attach(model, run)
-        generator = Generator(model, tokenizer, decoding)
-    evaluate = Evaluator(
-        partial(candidate.set_alpha, opts=opts) if candidate else None,
-        generator,
-        texts,
-        prompt_ids,
-        {"selection": parts.selection, "confirmation": parts.confirmation},
-        decoding.batch_size,
-        scorer,
-        folder,
-        opts.progress,
-    )
-    try:
-        outcome = choose(evaluate, grid, budget, parts, decoding.seed)
-    except NotGenerated as err:
-        raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
-    notes = list(run.main.pairing.notes)
-    del model, candidate, generator
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
-    result = TuneResult(
-        texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, inputs, notes
-    )
-    result.save_result()
-    return result
+    with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
+        model = candidate = generator = None
+        if not rescore:
+            model = _load_policy(folders[-1], dominant, device)
+            candidate = CandidateModel.attach(model, run)
+            generator = Generator(model, tokenizer, decoding)
+        evaluate = Evaluator(
+            partial(candidate.set_alpha, opts=opts) if candidate else None,
+            generator,
+            texts,
+            prompt_ids,
+            {"selection": parts.selection, "confirmation": parts.confirmation},
+            decoding.batch_size,
+            scorer,
+            folder,
+            opts.progress,
+        )
+        try:
+            outcome = choose(evaluate, grid, budget, parts, decoding.seed)
+        except NotGenerated as err:
+            raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
+        notes = list(run.main.pairing.notes)
+        del model, candidate, generator
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
+        result = TuneResult(
+            texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, inputs, notes
+        )
+        result.save_result()
+        return result
 
 
 def _check_context(rm: RewardModel, texts: list[str], decoding: Decoding, opts: MergeOptions) -> None:

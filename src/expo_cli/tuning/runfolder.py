@@ -27,6 +27,7 @@ from ..fsutil import fsync_path, write_json_atomically
 from .generation import Response
 
 MARKER = "run.json"
+LOCK = "run.lock"
 
 
 def digest(value: Any) -> str:
@@ -41,8 +42,9 @@ def default_location(key: dict[str, Any]) -> Path:
 
 
 class RunFolder:
-    def __init__(self, path: Path, reward: dict[str, Any]) -> None:
+    def __init__(self, path: Path, reward: dict[str, Any], lock: int) -> None:
         self.path = path
+        self.lock = lock  # held until `close`
         self.reward_folder = path / "rewards" / digest(reward)
         self.reward_folder.mkdir(parents=True, exist_ok=True)
         if not (self.reward_folder / "reward.json").exists():
@@ -50,18 +52,37 @@ class RunFolder:
 
     @classmethod
     def open(cls, path: Path, key: dict[str, Any], reward: dict[str, Any], fresh: bool = False) -> RunFolder:
-        """The run folder at `path` for `key`: created, resumed, or (`fresh`) emptied first. A folder made with
-        another key is refused with the settings that differ."""
+        """The run folder at `path` for `key`, locked for this process: created, resumed, or (`fresh`) emptied
+        first. A folder made with another key is refused with the settings that differ."""
         marker = path / MARKER
-        if path.exists() and not marker.is_file() and any(path.iterdir()):
+        if path.exists() and not marker.is_file() and any(p.name != LOCK for p in path.iterdir()):
             raise UsageError(f"--run-dir {path.name}: exists and is not an expo tune run folder; name another")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputError(f"--run-dir {path.name}: cannot create it ({err.strerror})") from err
+        lock = _lock(path)
+        try:
+            cls._prepare(path, key, fresh)
+        except BaseException:
+            os.close(lock)
+            raise
+        return cls(path, reward, lock)
+
+    @staticmethod
+    def _prepare(path: Path, key: dict[str, Any], fresh: bool) -> None:
+        marker = path / MARKER
         if marker.is_file():
             try:
                 saved = json.loads(marker.read_text())["key"]
             except (OSError, ValueError, KeyError, TypeError) as err:
-                raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
+                if not fresh:
+                    raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
+                saved = None
             if fresh:
-                shutil.rmtree(path)
+                for entry in path.iterdir():
+                    if entry.name != LOCK:
+                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             elif saved != key:
                 changed = ", ".join(_differences(saved, key)) or "the settings"
                 raise UsageError(
@@ -70,11 +91,21 @@ class RunFolder:
                 )
         if not marker.is_file():
             try:
-                path.mkdir(parents=True, exist_ok=True)
                 write_json_atomically(marker, {"key": key})
             except OSError as err:
                 raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
-        return cls(path, reward)
+
+    def close(self) -> None:
+        """Let another run use the folder."""
+        if self.lock >= 0:
+            os.close(self.lock)
+            self.lock = -1
+
+    def __enter__(self) -> RunFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def generations(self, part: str, alpha: float) -> dict[int, list[Response]]:
         """The batches generated so far: batch number -> responses."""
@@ -101,6 +132,20 @@ class RunFolder:
     @staticmethod
     def _file(root: Path, part: str, alpha: float) -> Path:
         return root / part / f"alpha={alpha:g}.jsonl"
+
+
+def _lock(path: Path) -> int:
+    """An exclusive lock on the folder for this process's life: two tunes appending to one folder would interleave
+    their batches."""
+    import fcntl
+
+    fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as err:
+        os.close(fd)
+        raise UsageError(f"--run-dir {path.name}: another expo tune is using it; wait for it or name another") from err
+    return fd
 
 
 def _read_lines(path: Path) -> list[dict[str, Any]]:
