@@ -191,12 +191,22 @@ def test_the_report_of_a_tune_and_of_its_run_folder_are_the_same_page(tmp_path, 
 
 
 def test_report_errors_are_one_line(tmp_path, expo):
+    from expo_cli.constants import VERSION
+
     (tmp_path / "unfinished").mkdir()
+    for name, saved in (
+        ("old", {"report": {}, "records": []}),
+        ("edited", {"expo": VERSION, "report": {}, "records": []}),
+    ):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps(saved))
     (tmp_path / "notes.jsonl").write_text('{"text": "not a tune"}\n')
     for source, message in (
         (tmp_path / "unfinished", "the tune did not finish"),
         (tmp_path / "notes.jsonl", "not a --save-responses file of expo tune"),
         (tmp_path / "nothing", "no such run folder or responses file"),
+        (tmp_path / "old", "old/result.json: written by an earlier expo"),
+        (tmp_path / "edited", "not the result of this expo tune (KeyError"),
     ):
         run = expo("report", source, "-o", tmp_path / "page.html")
         assert run.code == 3 and run.stderr.strip().splitlines()[-1].startswith("Error: ") and message in run.stderr

@@ -115,6 +115,8 @@ def test_the_length_change_is_a_ratio_minus_one_and_the_longer_warning_follows_i
     stats = {s.alpha: s for s in compare(per_alpha, lengths, draws=2000)}
     assert stats[0.0].length_change == 0.0 and stats[1.0].length_change == 0.0
     assert stats[0.5].length_change == pytest.approx(change, abs=1e-12)
+    constant = stats[0.5].length_interval  # every prompt's length is the same: a zero-width interval at it
+    assert (constant.estimate, constant.low, constant.high) == pytest.approx((longer, longer, longer))
     recommendation = recommend(list(stats.values()))
     assert recommendation.alpha == 0.5
     warning = f"α=0.5 makes responses {100 * change:.0f}% longer than α=0"

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..constants import VERSION
 from ..errors import OutputError
 from ..fsutil import write_atomically
 from ..plotting import pyplot, save_png
@@ -176,7 +177,7 @@ class TuneResult:
 
     def save_result(self) -> None:
         """The --json report and every response, into the run folder: what `expo report RUN` renders again."""
-        data = {"report": self.to_json(), "records": self.records()}
+        data = {"expo": VERSION, "report": self.to_json(), "records": self.records()}
         write_atomically(self.run_dir / RESULT, json.dumps(data, ensure_ascii=False).encode())
 
     def write_report(self, path: str | Path) -> None:

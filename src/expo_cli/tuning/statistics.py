@@ -170,6 +170,7 @@ class CandidateStats:
     win_rate: Interval  # against α = 0, per prompt (mean reward over its samples)
     win_rate_responses: Interval  # against α = 0, per response (sample s against sample s), averaged per prompt
     length: float  # mean response length in tokens
+    length_interval: Interval  # its 95% interval over prompts
     length_change: float  # relative to α = 0
     gain_at_equal_length: Interval  # prompts with a truncated response on either side left out of the fit
     truncated: float  # the share of responses cut at --max-new-tokens
@@ -228,6 +229,7 @@ def compare(
                 win_rate=boot.mean(win_credit(means[alpha], means[baseline])),
                 win_rate_responses=boot.mean(win_credit(s.rewards, base.rewards).mean(axis=1)),
                 length=mean_length,
+                length_interval=boot.mean(s.prompt_lengths),
                 length_change=mean_length / base_length - 1 if base_length > 0 else 0.0,
                 gain_at_equal_length=boot.length_adjusted(means[alpha] - means[baseline], length_gains, kept),
                 truncated=float(np.mean(s.truncated)),

@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ...constants import VERSION
 from ...errors import InputError, OutputError, UsageError, first_line
 from ...fsutil import write_atomically
 from ...plotting import pyplot
@@ -53,6 +54,14 @@ def write(output: str | Path, summary: dict[str, Any], records: list[dict[str, A
 
 
 def render(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The page; a summary or records of the wrong shape (an edited or foreign file) are an input error."""
+    try:
+        return _render(summary, records)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise InputError(f"not the result of this expo tune ({type(err).__name__}: {err})") from err
+
+
+def _render(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     try:
         from jinja2 import Environment  # the tune extra (torch brings it too)
     except ImportError as err:
@@ -88,9 +97,15 @@ def load(source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
             )
         try:
             saved = json.loads(path.read_text())
-            return saved["report"], saved["records"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
+            version, summary, records = saved.get("expo"), saved["report"], saved["records"]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise InputError(f"{source.name}/{RESULT}: unreadable ({err})") from err
+        if version != VERSION:
+            raise InputError(
+                f"{source.name}/{RESULT}: written by {f'expo {version}' if version else 'an earlier expo'}, this is "
+                f"{VERSION}; run the same expo tune command again (it reuses every kept response) to render it"
+            )
+        return summary, records
     if not source.is_file():
         raise InputError(f"{source}: no such run folder or responses file")
     return _recomputed(source)
@@ -164,10 +179,7 @@ def charts(summary: dict[str, Any]) -> str:
     figures = []
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     means = [c["reward"]["estimate"] for c in candidates]
-    errors = [
-        [c["reward"]["estimate"] - c["reward"]["low"] for c in candidates],
-        [c["reward"]["high"] - c["reward"]["estimate"] for c in candidates],
-    ]
+    errors = _error_bars([c["reward"] for c in candidates])
     ax.errorbar(alphas, means, yerr=errors, marker="o", capsize=3, label="selection prompts (95% CI)")
     confirmation = summary.get("confirmation") or {}
     if confirmation.get("stats"):
@@ -176,7 +188,7 @@ def charts(summary: dict[str, Any]) -> str:
         ax.errorbar(
             [confirmation["alpha"]],
             [base + gain["estimate"]],
-            yerr=[[gain["estimate"] - gain["low"]], [gain["high"] - gain["estimate"]]],
+            yerr=_error_bars([gain]),
             marker="s",
             capsize=3,
             color="tab:green",
@@ -188,7 +200,16 @@ def charts(summary: dict[str, Any]) -> str:
     ax.legend(fontsize="small")
     figures.append(fig)
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    ax.plot(alphas, [c["length"] for c in candidates], marker="s", color="tab:orange", label="mean length (tokens)")
+    lengths = [c["length_interval"] for c in candidates]
+    ax.errorbar(
+        alphas,
+        [i["estimate"] for i in lengths],
+        yerr=_error_bars(lengths),
+        marker="s",
+        capsize=3,
+        color="tab:orange",
+        label="mean length, tokens (95% CI)",
+    )
     ax.plot(
         alphas, [100 * c["truncated"] for c in candidates], marker="x", color="tab:red", label="% cut at the limit"
     )
@@ -197,6 +218,11 @@ def charts(summary: dict[str, Any]) -> str:
     ax.legend(fontsize="small")
     figures.append(fig)
     return "".join(_svg(plt, f) for f in figures)
+
+
+def _error_bars(intervals: list[dict[str, float]]) -> list[list[float]]:
+    """matplotlib's yerr: the distances below and above each estimate."""
+    return [[i["estimate"] - i["low"] for i in intervals], [i["high"] - i["estimate"] for i in intervals]]
 
 
 def _svg(plt: Any, fig: Any) -> str:
