@@ -151,3 +151,44 @@ def test_float64_is_computed_in_float64(tmp_path):
     sft, aligned = make_pair(tmp_path, dtype=torch.float64)
     expo_cli.merge(sft, aligned, tmp_path / "out", 0.3, progress=False)
     assert_merged(tmp_path / "out", sft, aligned, 0.3)
+
+
+def test_a_profile_accounts_for_the_merge_by_stage_and_thread_and_changes_no_byte(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    plain = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "plain", "--alpha", "0.5", "-q")
+    run = expo(
+        "merge",
+        "--sft",
+        sft,
+        "--aligned",
+        aligned,
+        "-o",
+        tmp_path / "out",
+        "--alpha",
+        "0.5",
+        "--profile",
+        "--json",
+        "-q",
+    )
+    assert plain.code == 0 and run.code == 0, run.stderr
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
+        tmp_path / "plain" / "model.safetensors"
+    ).read_bytes()
+    profile = json.loads(run.stdout)["profile"]
+    stages = {(s["thread"], s["stage"]): s for s in profile["stages"]}
+    for expected in (
+        ("MainThread", "import torch"),
+        ("MainThread", "plan (inputs, headers)"),
+        ("MainThread", "read + compute"),
+        ("MainThread", "finish (index, config, card, side files)"),
+        ("MainThread", "rename into place"),
+        ("expo-writer", "write"),
+        ("expo-writer", "fsync"),
+        ("expo-hasher", "hash"),
+    ):
+        assert expected in stages, expected
+    main = sum(s["wall_seconds"] for (thread, _), s in stages.items() if thread == "MainThread")
+    assert 0 < main <= profile["wall_seconds"] * 1.001  # exclusive stages of one thread never exceed its time
+    assert all(s["cpu_seconds"] <= s["wall_seconds"] * 1.05 + 0.01 for s in profile["stages"])
+    assert 0 < profile["cpu_utilisation"] <= 1.0 and profile["cores"] >= 1
+    assert "Profile: " in run.stderr and "of the machine busy" in run.stderr

@@ -33,6 +33,7 @@ class MergeOptions:
         exclude: tensors matching one of these keep the aligned values.
         allow_architecture_mismatch: skip the config.json model_type/architectures check.
         strict: make inf/NaN already present in an input an error instead of a warning.
+        profile: record where the time goes, stage by stage and thread by thread (`MergeResult.profile`).
         progress: show a progress bar on stderr.
         warn: called with each warning for the user; default: printed to stderr.
         info: called with each informational message (the formula, what was handled); default: stderr.
@@ -62,6 +63,7 @@ class MergeOptions:
     exclude: Sequence[str] = ()
     allow_architecture_mismatch: bool = False
     strict: bool = False
+    profile: bool = False
     progress: bool = True
     warn: Callable[[str], None] | None = None
     info: Callable[[str], None] | None = None

@@ -90,6 +90,14 @@ def merge(
     dry_run: DryRunOpt = False,
     force: ForceOpt = False,
     strict: StrictOpt = False,
+    profile: Annotated[
+        bool,
+        typer.Option(
+            "--profile",
+            help="Show where the time went: wall and CPU seconds per stage and thread (reading + arithmetic, "
+            "waits, write, fsync, hash, finish, rename), and CPU use; also in --json.",
+        ),
+    ] = False,
     allow_architecture_mismatch: AllowArchOpt = False,
     sft_revision: SftRevisionOpt = None,
     aligned_revision: AlignedRevisionOpt = None,
@@ -197,6 +205,7 @@ def merge(
         exclude=exclude,
         allow_architecture_mismatch=allow_architecture_mismatch,
         strict=strict,
+        profile=profile,
         sft_revision=sft_revision,
         aligned_revision=aligned_revision,
         token=token,
@@ -332,6 +341,9 @@ def _report(
         if results[0].skipped_files:
             shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
             out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")
+    if results[0].profile:
+        for line in _profile_table(results[0].profile):
+            out.info(line)
     if json:
         reports = [r.to_json() for r in results]
         if streamed and hub is not None:
@@ -344,3 +356,17 @@ def _report(
         out.result(str(result.output))
     if commit_url:
         out.result(commit_url)
+
+
+def _profile_table(profile: dict[str, Any]) -> list[str]:
+    """--profile on stderr: one line per (thread, stage), then the totals."""
+    lines = [f"{'thread':<14}{'stage':<42}{'wall s':>8}{'CPU s':>8}{'calls':>8}"]
+    for s in profile["stages"]:
+        lines.append(
+            f"{s['thread']:<14}{s['stage']:<42}{s['wall_seconds']:>8.2f}{s['cpu_seconds']:>8.2f}{s['calls']:>8}"
+        )
+    lines.append(
+        f"Profile: {profile['wall_seconds']:.2f} s wall, {profile['cpu_seconds']:.2f} s CPU on {profile['cores']} "
+        f"core(s): {profile['cpu_utilisation']:.0%} of the machine busy (waits: a thread with nothing to do)"
+    )
+    return lines

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..constants import CHUNK_ELEMENTS
+from . import profile as profiling
 from .sources import itemsize, torch_dtype
 from .writer import Shard, ShardStream, TensorSpec
 
@@ -66,11 +67,12 @@ class BufferPool:
 
     def take(self, check: Callable[[], None]) -> torch.Tensor:
         """A free buffer; waits for one to come back, calling `check()` (which raises a writer's error) meanwhile."""
-        while True:
-            try:
-                return self._free.get(timeout=0.5)
-            except queue.Empty:
-                check()
+        with profiling.stage("wait: no free buffer"):
+            while True:
+                try:
+                    return self._free.get(timeout=0.5)
+                except queue.Empty:
+                    check()
 
     def give_back(self, buf: torch.Tensor) -> None:
         self._free.put(buf)

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from ..constants import OUTPUT_FILENAME_PATTERN, SAFETENSORS_INDEX_FILE
 from ..errors import OutputError
 from ..fsutil import human_bytes, write_durably
+from . import profile as profiling
 
 
 class TensorSpec(Protocol):
@@ -177,12 +178,13 @@ class ShardStream:
     ) -> None:
         """Queue bytes; `ready()` is awaited on the writer thread first (a GPU copy), `release()` after."""
         self.check()
-        while True:
-            try:
-                self._queue.put((data, release, ready), timeout=0.5)
-                return
-            except queue.Full:
-                self.check()
+        with profiling.stage("wait: writer busy"):
+            while True:
+                try:
+                    self._queue.put((data, release, ready), timeout=0.5)
+                    return
+                except queue.Full:
+                    self.check()
 
     def close(self) -> None:
         """Wait for every byte to be written, fsync-ed and hashed."""
@@ -212,7 +214,7 @@ class ShardStream:
     def _hash(self) -> None:
         """Hash what the writer wrote, in order, then give the buffer back."""
         try:
-            while (item := self._to_hash.get()) is not None:
+            while (item := self._waiting("wait: nothing written yet", self._to_hash)) is not None:
                 pieces, release = item
                 for name, view in pieces:
                     if view is None:  # the writer closed this shard: it is complete and durable
@@ -221,7 +223,8 @@ class ShardStream:
                         continue
                     if name not in self._hashes:
                         self._hashes[name] = hashlib.sha256()
-                    self._hashes[name].update(view)
+                    with profiling.stage("hash"):
+                        self._hashes[name].update(view)
                 if release is not None:
                     release()
         except BaseException as err:  # handed to the main thread
@@ -232,7 +235,7 @@ class ShardStream:
         current: _ShardFile | None = None
         try:
             while True:
-                item = self._queue.get()
+                item = self._waiting("wait: no data", self._queue)
                 if item is None or self._error is not None:
                     break
                 data, release, ready = item
@@ -244,7 +247,8 @@ class ShardStream:
                     if current is None or current.remaining == 0:
                         current = self._advance(current, shards)
                         continue
-                    n = current.write(view)
+                    with profiling.stage("write"):
+                        n = current.write(view)
                     pieces.append((current.path.name, view[:n]))
                     view = view[n:]
                 self._to_hash.put((pieces, release))
@@ -267,10 +271,16 @@ class ShardStream:
             if current is not None:
                 current.close(durable=False)
 
+    @staticmethod
+    def _waiting(stage: str, source: queue.Queue) -> Any:
+        with profiling.stage(stage):
+            return source.get()
+
     def _advance(self, current: _ShardFile | None, shards: Iterator[Shard]) -> _ShardFile | None:
         """Close (fsync) the finished file and open the next planned one, header written."""
         if current is not None:
-            current.close(durable=True)
+            with profiling.stage("fsync"):
+                current.close(durable=True)
             self._to_hash.put(([(current.path.name, None)], None))
         shard = next(shards, None)
         if shard is None:

@@ -9,11 +9,12 @@ files, fsync, and rename each output into place as the last step.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..alpha import check_alpha, check_alphas
+from ..core import profile as profiling
 from ..fsutil import scratch_folder
 from ..options import MergeOptions
 from .execution import MergeResult, execute, execute_to_hub
@@ -53,7 +54,7 @@ def merge(sft: str | Path, aligned: str | Path, output: str | Path, alpha: float
         ExpoError: a subclass naming what is wrong; the output never exists half-written.
     """
     opts = MergeOptions(**options)
-    return execute(prepare(sft, aligned, {check_alpha(alpha): Path(output)}, opts), opts)[0]
+    return _profiled(opts, lambda: execute(_planned(sft, aligned, {check_alpha(alpha): Path(output)}, opts), opts))[0]
 
 
 def sweep(
@@ -61,7 +62,28 @@ def sweep(
 ) -> list[MergeResult]:
     """One complete checkpoint per α in `output`/alpha-<α>, reading each input tensor once for all of them."""
     opts = MergeOptions(**options)
-    return execute(prepare(sft, aligned, _sweep_targets(output, alphas), opts), opts)
+    return _profiled(opts, lambda: execute(_planned(sft, aligned, _sweep_targets(output, alphas), opts), opts))
+
+
+def _planned(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions) -> PreparedRun:
+    with profiling.stage("plan (inputs, headers)"):
+        return prepare(sft, aligned, targets, opts)
+
+
+def _profiled(opts: MergeOptions, work: Callable[[], list[MergeResult]]) -> list[MergeResult]:
+    """`work()`, recorded stage by stage when `opts.profile` (each result carries the profile)."""
+    if not opts.profile:
+        return work()
+    recorder = profiling.start()
+    try:
+        with profiling.stage("import torch"):
+            import torch  # noqa: F401  (timed: torch loads on first use)
+        results = work()
+    finally:
+        profiling.stop()
+    for result in results:
+        result.profile = recorder.to_json()
+    return results
 
 
 def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any) -> Plan:

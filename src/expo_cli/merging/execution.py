@@ -19,6 +19,7 @@ from typing import Any
 
 from ..alpha import formula
 from ..constants import VERSION
+from ..core import profile as profiling
 from ..core.sinks import BufferPool, ShardSink
 from ..core.streaming import Target, explain_nonfinite, stream
 from ..core.writer import write_index
@@ -49,6 +50,7 @@ class MergeResult:
     seconds: float
     notes: list[str] = field(default_factory=list)
     skipped_files: dict[str, str] = field(default_factory=dict)  # not copied from the aligned folder, and why
+    profile: dict[str, Any] | None = None  # --profile: where the time went
 
     @property
     def bytes_per_s(self) -> float:
@@ -69,10 +71,12 @@ def execute(run: PreparedRun, opts: MergeOptions) -> list[MergeResult]:
     with ExitStack() as stack:
         stagings = {alpha: stack.enter_context(Staging(output)) for alpha, output in run.targets.items()}
         checksums = write_shards(run, {alpha: staging.path for alpha, staging in stagings.items()}, opts)
-        for alpha, staging in stagings.items():
-            finish(run, alpha, staging.path, checksums[alpha])
-        for staging in stagings.values():
-            staging.commit(opts.force)
+        with profiling.stage("finish (index, config, card, side files)"):
+            for alpha, staging in stagings.items():
+                finish(run, alpha, staging.path, checksums[alpha])
+        with profiling.stage("rename into place"):
+            for staging in stagings.values():
+                staging.commit(opts.force)
     seconds = time.perf_counter() - started
     return [result_of(run, alpha, output, seconds) for alpha, output in run.targets.items()]
 
@@ -160,19 +164,21 @@ def write_shards(
                 sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
                 targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
                 try:
-                    stream(
-                        tensors,
-                        weights.sft,
-                        weights.aligned,
-                        targets,
-                        engine,
-                        opts.progress,
-                        lambda t, a, w=weights: explain_nonfinite(
-                            t, w.sft, w.aligned, a, strict=opts.strict, warn=opts.warning
-                        ),
-                    )
-                    for alpha, sink in sinks.items():
-                        checksums[alpha].update(sink.close())
+                    with profiling.stage("read + compute"):
+                        stream(
+                            tensors,
+                            weights.sft,
+                            weights.aligned,
+                            targets,
+                            engine,
+                            opts.progress,
+                            lambda t, a, w=weights: explain_nonfinite(
+                                t, w.sft, w.aligned, a, strict=opts.strict, warn=opts.warning
+                            ),
+                        )
+                    with profiling.stage("wait: writer finishing"):
+                        for alpha, sink in sinks.items():
+                            checksums[alpha].update(sink.close())
                 except BaseException:
                     for sink in sinks.values():
                         sink.abort()
