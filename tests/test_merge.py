@@ -155,21 +155,9 @@ def test_float64_is_computed_in_float64(tmp_path):
 
 def test_a_profile_accounts_for_the_merge_by_stage_and_thread_and_changes_no_byte(tmp_path, expo, llama_pair):
     sft, aligned = llama_pair
-    plain = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "plain", "--alpha", "0.5", "-q")
-    run = expo(
-        "merge",
-        "--sft",
-        sft,
-        "--aligned",
-        aligned,
-        "-o",
-        tmp_path / "out",
-        "--alpha",
-        "0.5",
-        "--profile",
-        "--json",
-        "-q",
-    )
+    pair = ["--sft", sft, "--aligned", aligned, "--alpha", "0.5", "-q"]
+    plain = expo("merge", *pair, "-o", tmp_path / "plain")
+    run = expo("merge", *pair, "-o", tmp_path / "out", "--profile", "--json")
     assert plain.code == 0 and run.code == 0, run.stderr
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (
         tmp_path / "plain" / "model.safetensors"
