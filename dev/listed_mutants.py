@@ -53,9 +53,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "stream.close() skipped": (
         "merging/execution.py",
-        "                    for alpha, sink in sinks.items():\n"
-        "                        checksums[alpha].update(sink.close())",
-        "                    pass",
+        "                        for alpha, sink in sinks.items():\n"
+        "                            checksums[alpha].update(sink.close())",
+        "                        pass",
         GUARANTEES,
     ),
     "verify: 16x looser tolerance": (
@@ -376,6 +376,42 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '        if adapter.dora and "m" not in found:',
         "        if False:",
         "tests/test_lora.py::test_what_expo_cannot_read_is_named_for_what_it_is",
+    ),
+    "runfolder: no lock, two tunes append to one folder": (
+        "tuning/runfolder.py",
+        "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "        pass",
+        "tests/test_tune_runs.py::test_a_run_folder_in_use_is_refused_and_released_when_done",
+    ),
+    "report: a result.json of another version rendered anyway": (
+        "tuning/reporting/__init__.py",
+        "        if version != VERSION:",
+        "        if False:",
+        "tests/test_report.py::test_report_errors_are_one_line",
+    ),
+    "statistics: the length interval of the baseline's lengths": (
+        "tuning/statistics.py",
+        "length_interval=boot.mean(s.prompt_lengths)",
+        "length_interval=boot.mean(base.prompt_lengths)",
+        "tests/test_statistics.py",
+    ),
+    "profile: a stage counts the stages nested in it": (
+        "core/profile.py",
+        "        if stack:  # the enclosing stage pauses\n            self._flush(stack[-1], now, cpu)\n",
+        "",
+        "tests/test_merge.py::test_a_profile_stage_excludes_the_stages_nested_in_it",
+    ),
+    "profile: the writer's time not recorded": (
+        "core/writer.py",
+        '                    with profiling.stage("write"):\n                        n = current.write(view)',
+        "                    if True:\n                        n = current.write(view)",
+        "tests/test_merge.py::test_a_profile_accounts_for_the_merge_by_stage_and_thread_and_changes_no_byte",
+    ),
+    "lora: a tied config taken for an untied one": (
+        "inputs/adapters.py",
+        '    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))',
+        "    return False",
+        "tests/test_lora.py::test_a_tied_checkpoint_storing_its_head_twice_gets_both_copies_updated",
     ),
     "lora: --as-adapter scales A instead of B": (
         "merging/adapter_output.py",

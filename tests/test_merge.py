@@ -180,3 +180,21 @@ def test_a_profile_accounts_for_the_merge_by_stage_and_thread_and_changes_no_byt
     assert all(s["cpu_seconds"] <= s["wall_seconds"] * 1.05 + 0.01 for s in profile["stages"])
     assert 0 < profile["cpu_utilisation"] <= 1.0 and profile["cores"] >= 1
     assert "Profile: " in run.stderr and "of the machine busy" in run.stderr
+
+
+def test_a_profile_stage_excludes_the_stages_nested_in_it():
+    import time
+
+    from expo_cli.core.profile import Profile
+
+    profile = Profile()
+    with profile.stage("outer"):
+        time.sleep(0.05)
+        with profile.stage("inner"):
+            time.sleep(0.1)
+        time.sleep(0.05)
+    stages = {s["stage"]: s for s in profile.to_json()["stages"]}
+    assert stages["outer"]["wall_seconds"] == pytest.approx(0.1, abs=0.03)
+    assert stages["inner"]["wall_seconds"] == pytest.approx(0.1, abs=0.03)
+    assert stages["outer"]["calls"] == stages["inner"]["calls"] == 1
+    assert stages["outer"]["cpu_seconds"] < 0.03  # sleeping is waiting, not CPU

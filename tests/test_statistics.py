@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from expo_cli.tuning.selection import recommend
-from expo_cli.tuning.statistics import Bootstrap, compare, per_prompt, win_credit
+from expo_cli.tuning.statistics import Bootstrap, Scores, compare, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():
@@ -47,8 +47,9 @@ def test_win_credit_counts_ties_as_half():
     assert win_credit(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 4.0])).tolist() == [1.0, 0.5, 0.0]
 
 
-def test_per_prompt_averages_the_samples_of_each_prompt():
-    assert per_prompt([1, 3, 10, 20, 5], [0, 0, 1, 1, 2], 3).tolist() == [2.0, 15.0, 5.0]
+def test_prompt_rewards_average_the_samples_of_each_prompt():
+    scores = Scores.of([[1, 3], [10, 20], [5, 7]])
+    assert scores.prompt_rewards.tolist() == [2.0, 15.0, 6.0]
 
 
 def test_the_gain_at_equal_length_is_the_intercept_of_the_length_regression():

@@ -247,7 +247,7 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
         )
         for stat in tested.stats:
             label = {0.0: name, -1.0: "sft"}.get(stat.alpha, f"{name} + ExPO")
-            test_rewards[label] = _per_prompt(tested.outcome.selection[stat.alpha], settings.test)
+            test_rewards[label] = tested.outcome.selection[stat.alpha].scores(range(settings.test)).prompt_rewards
             lengths[label] = stat.length
         if tuned.alpha == 0:  # no α beat the snapshot on dev: ExPO leaves it as it is
             test_rewards[f"{name} + ExPO"], lengths[f"{name} + ExPO"] = test_rewards[name], lengths[name]
@@ -279,12 +279,6 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
         "dev": dev_gain,
         "20%+ExPO >= 100%": {"holds": twenty.estimate >= 0, "difference": twenty.__dict__},
     }
-
-
-def _per_prompt(candidate, prompts: int) -> np.ndarray:
-    from expo_cli.tuning.statistics import per_prompt
-
-    return per_prompt(candidate.rewards, [r.prompt for r in candidate.responses], prompts)
 
 
 def table(result: dict) -> list[str]:

@@ -173,8 +173,9 @@ def fingerprint(folder: Path) -> str:
     """A short digest of a folder's files (names, sizes, modification times): changes when any file is rewritten,
     without reading them."""
     entries = sorted(
-        (p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
+        (p.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns)
         for p in folder.rglob("*")
         if p.is_file() and not p.name.startswith(".")
+        for stat in (p.stat(),)
     )
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]

@@ -48,20 +48,15 @@ class Profile:
 
     def _flush(self, entry: list[Any], now: float, cpu: float, call: bool = False) -> None:
         name, wall_started, cpu_started = entry
-        key = (threading.current_thread().name, name)
-        with self._lock:
-            totals = self.stages.setdefault(key, [0.0, 0.0, 0])
-            totals[0] += now - wall_started
-            totals[1] += cpu - cpu_started
-            totals[2] += int(call)
+        self.add(name, now - wall_started, cpu - cpu_started, int(call))
         entry[1:] = [now, cpu]
 
-    def add(self, name: str, wall: float, cpu: float = 0.0) -> None:
-        """A stage measured elsewhere (start-up, before the profile began)."""
+    def add(self, name: str, wall: float, cpu: float = 0.0, calls: int = 1) -> None:
+        """Time on this thread's stage `name` (also one measured elsewhere: the start-up)."""
         key = (threading.current_thread().name, name)
         with self._lock:
             totals = self.stages.setdefault(key, [0.0, 0.0, 0])
-            totals[0], totals[1], totals[2] = totals[0] + wall, totals[1] + cpu, totals[2] + 1
+            totals[0], totals[1], totals[2] = totals[0] + wall, totals[1] + cpu, totals[2] + calls
 
     def to_json(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.started

@@ -134,13 +134,13 @@ def scaling(config: dict[str, Any], module: str, where: str = ADAPTER_CONFIG) ->
 
 def _classify(adapter: Adapter, role: str) -> None:
     """Sort the adapter's tensors by what they do to which base tensor (shapes are checked against the base later)."""
+    where = f"--{role} {adapter.path.name}"
     parts: dict[str, dict[str, TensorInfo]] = {}
     prefixed = [key.startswith(PREFIX) for key in adapter.weights.tensors]
     if any(prefixed) and not all(prefixed):  # PEFT writes the prefix; transformers' adapter integration does not
         key = next(k for k in adapter.weights.tensors if not k.startswith(PREFIX))
         raise InputError(
-            f"--{role} {adapter.path.name}: tensor {key!r} lacks the {PREFIX!r} prefix the others "
-            "have; not a PEFT adapter file"
+            f"{where}: tensor {key!r} lacks the {PREFIX!r} prefix the others have; not a PEFT adapter file"
         )
     adapter.prefix = PREFIX if any(prefixed) else ""
     for key, info in adapter.weights.tensors.items():
@@ -149,7 +149,7 @@ def _classify(adapter: Adapter, role: str) -> None:
             continue
         name = re.sub(r"\.modules_to_save\.[^.]+\.", ".", name)  # the trained copy, read as PEFT loads it
         if not info.is_float:
-            raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} is {info.dtype}, not floating")
+            raise InputError(f"{where}: tensor {key!r} is {info.dtype}, not floating")
         for suffix, part in (
             (".lora_A.weight", "A"),
             (".lora_B.weight", "B"),
@@ -167,40 +167,38 @@ def _classify(adapter: Adapter, role: str) -> None:
         else:
             if name.endswith(".lora_B.bias"):
                 module = name[: -len(".lora_B.bias")]
-                scale = scaling(adapter.config, module, f"--{role} {adapter.path.name}")[1]
+                scale = scaling(adapter.config, module, where)[1]
                 adapter.bias_updates[f"{module}.bias"] = (info, scale)
             elif ".lora_" in name:
-                raise InputError(f"--{role} {adapter.path.name}: tensor {key!r} is not a LoRA factor expo knows")
+                raise InputError(f"{where}: tensor {key!r} is not a LoRA factor expo knows")
             else:  # saved whole: modules_to_save copies, trained biases, an embedding's unchanged base
                 adapter.whole[name.replace(".base_layer.", ".")] = info
     for module, found in parts.items():
         if "A" not in found or "B" not in found:
             missing = "lora_A" if "A" not in found else "lora_B"
-            raise InputError(f"--{role} {adapter.path.name}: module {module!r} has no {missing} tensor")
-        rank, scale = scaling(adapter.config, module, f"--{role} {adapter.path.name}")
+            raise InputError(f"{where}: module {module!r} has no {missing} tensor")
+        rank, scale = scaling(adapter.config, module, where)
         a, b = found["A"], found["B"]
         if len(a.shape) > 2 or len(b.shape) > 2:
             raise InputError(
-                f"--{role} {adapter.path.name}: module {module!r} is a convolution (LoRA factors {a.shape}, "
+                f"{where}: module {module!r} is a convolution (LoRA factors {a.shape}, "
                 f"{b.shape}); expo merges LoRA on linear and embedding layers: merge it with PEFT first"
             )
         if adapter.dora and "m" not in found:
             raise InputError(
-                f"--{role} {adapter.path.name}: use_dora but module {module!r} has no lora_magnitude_vector (PEFT "
+                f"{where}: use_dora but module {module!r} has no lora_magnitude_vector (PEFT "
                 "would start it from the base weight's row norms); save the adapter again with PEFT"
             )
         if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1]:
             raise MismatchError(
-                f"--{role} {adapter.path.name}: module {module!r}: lora_A {a.shape} and lora_B "
-                f"{b.shape} do not multiply (rank mismatch)"
+                f"{where}: module {module!r}: lora_A {a.shape} and lora_B {b.shape} do not multiply (rank mismatch)"
             )
         if a.shape[0] != rank:
             raise MismatchError(
-                f"--{role} {adapter.path.name}: module {module!r} has rank {a.shape[0]} but its "
-                f"config (r, rank_pattern) says {rank}"
+                f"{where}: module {module!r} has rank {a.shape[0]} but its config (r, rank_pattern) says {rank}"
             )
         if "m" in found and adapter.dora is False:
-            raise InputError(f"--{role} {adapter.path.name}: DoRA magnitudes but use_dora is false in the config")
+            raise InputError(f"{where}: DoRA magnitudes but use_dora is false in the config")
         adapter.low_rank[f"{module}.weight"] = LowRank(a, b, scale, "embedding" in found, found.get("m"))
 
 
@@ -249,8 +247,8 @@ def _tie(adapter: Adapter, base: TensorSource, where: str) -> None:
     """A tied model's head is its input embedding: PEFT merges a LoRA on the head into that one parameter, so the
     update goes to the embedding (and to a duplicate head the checkpoint may store, which transformers discards
     when it ties them again). What PEFT does not merge into one parameter is refused."""
-    touched = [n for n in adapter.changed if n not in base.tensors or re.search(r"lm_head|embed|wte|\boutput", n)]
-    known = architecture(base.path) if touched else None
+    missing = any(name not in base.tensors for name in adapter.changed)
+    known = architecture(base.path) if missing or _may_tie(base.config or {}) else None
     if known is None or known.tied is None:
         return
     head, embedding = known.tied
@@ -276,6 +274,13 @@ def _tie(adapter: Adapter, base: TensorSource, where: str) -> None:
         adapter.low_rank[head] = update
     else:  # PEFT saved the head's base layer, which is the embedding itself
         adapter.whole.pop(head, None)
+
+
+def _may_tie(config: dict[str, Any]) -> bool:
+    """Whether a config.json may tie the head to the input embedding (when it does not say, the class default
+    decides: ask the architecture)."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    return bool(config.get("tie_word_embeddings", text.get("tie_word_embeddings", True)))
 
 
 def _is_conv1d(adapter: Adapter, base: TensorSource, name: str, where: str) -> bool:

@@ -188,8 +188,7 @@ def _tune(
             candidate = CandidateModel.attach(model, run)
             generator = Generator(model, tokenizer, decoding)
         evaluate = Evaluator(
-            partial(candidate.set_alpha, opts=opts) if candidate else None,
-            generator,
+            (partial(candidate.set_alpha, opts=opts), generator) if candidate and generator else None,
             texts,
             prompt_ids,
             {"selection": parts.selection, "confirmation": parts.confirmation},

@@ -72,8 +72,7 @@ def repetition(text: str, n: int = 3) -> float:
 class Evaluator:
     """Evaluates (α, part) from the run folder, generating and scoring only what it does not hold."""
 
-    set_alpha: Callable[[float], float] | None  # None: --rescore, nothing may be generated
-    generator: Generator | None
+    policy: tuple[Callable[[float], float], Generator] | None  # (set θ(α), generate); None: --rescore
     texts: list[str]
     prompt_ids: list[list[int]]
     parts: dict[str, list[int]]
@@ -90,9 +89,10 @@ class Evaluator:
         plan = [[members[i] for i in batch] for batch in local]
         made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
         missing = [n for n in range(len(plan)) if n not in made]
-        if missing and (self.set_alpha is None or self.generator is None):
+        if missing and self.policy is None:
             raise NotGenerated(f"α={alpha:g}: {len(missing)} of {len(plan)} batch(es) never generated ({part})")
-        update = self.set_alpha(alpha) if missing and self.set_alpha else 0.0
+        set_alpha, generator = self.policy or (None, None)
+        update = set_alpha(alpha) if missing and set_alpha else 0.0
         generate_seconds = score_seconds = 0.0
         generated = 0
         responses: list[Response] = []
@@ -104,7 +104,7 @@ class Evaluator:
             for number, batch in enumerate(plan):
                 if number not in made:
                     started = time.perf_counter()
-                    made[number] = self.generator.batch(number, batch, self.prompt_ids)  # type: ignore[union-attr]
+                    made[number] = generator.batch(number, batch, self.prompt_ids)  # type: ignore[union-attr]
                     generate_seconds += time.perf_counter() - started
                     generated += len(made[number])
                     self.folder.add_generation(part, alpha, number, made[number])

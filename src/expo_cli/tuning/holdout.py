@@ -41,7 +41,7 @@ class Split:
         return {"fraction": self.fraction, "selection": len(self.selection), "confirmation": len(self.confirmation)}
 
 
-def split(count: int, fraction: float | None, seed: int, warn: Callable[[str], None] = print) -> Split:
+def split(count: int, fraction: float | None, seed: int, warn: Callable[[str], None]) -> Split:
     """Split `count` prompts, holding out `fraction` of them (None: the default for that many)."""
     if fraction is None:
         fraction = DEFAULT_FRACTION if count >= DEFAULT_FROM else 0.0

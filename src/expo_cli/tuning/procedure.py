@@ -22,7 +22,7 @@ from .evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
 from .holdout import Split
 from .search import Search
 from .selection import RULE, Confirmation, Recommendation, confirmation, recommend
-from .statistics import DRAWS, Bootstrap, CandidateStats, compare
+from .statistics import DRAWS, Bootstrap, CandidateStats, compare_scores
 
 DEGENERATE = 0.2
 NOISE_DRAWS = 2000  # resamples behind the search's noise-floor test
@@ -82,14 +82,7 @@ def judge(
 
 
 def _compare(candidates: dict[float, Candidate], prompts: list[int], seed: int, draws: int) -> list[CandidateStats]:
-    scores = {a: c.scores(prompts) for a, c in candidates.items()}
-    return compare(
-        {a: s.rewards for a, s in scores.items()},
-        {a: s.lengths for a, s in scores.items()},
-        {a: s.truncated for a, s in scores.items()},
-        draws=draws,
-        seed=seed,
-    )
+    return compare_scores({a: c.scores(prompts) for a, c in candidates.items()}, draws=draws, seed=seed)
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -120,7 +113,7 @@ def _search(
     evaluated: dict[float, Candidate] = {}
 
     def rewards(alpha: float) -> np.ndarray:
-        return evaluated[alpha].scores(prompts).rewards.mean(axis=1)
+        return evaluated[alpha].scores(prompts).prompt_rewards
 
     def indistinguishable(a: float, b: float) -> bool:
         gain = Bootstrap(len(prompts), draws=NOISE_DRAWS, seed=seed).mean(rewards(a) - rewards(b))

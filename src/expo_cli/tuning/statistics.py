@@ -120,12 +120,6 @@ def probability_best(bootstrap: Bootstrap, rewards: Mapping[float, np.ndarray]) 
     return {k: float(c) for k, c in zip(keys, credit, strict=True)}
 
 
-def per_prompt(values: Any, prompts: Any, count: int) -> np.ndarray:
-    """The mean of each prompt's samples."""
-    sums = np.bincount(np.asarray(prompts), weights=np.asarray(values, dtype=np.float64), minlength=count)
-    return sums / np.bincount(np.asarray(prompts), minlength=count)
-
-
 def win_credit(candidate: np.ndarray, baseline: np.ndarray) -> np.ndarray:
     """1 for a win over the baseline, ½ for a tie, 0 for a loss (AlpacaEval's draw credit)."""
     return np.where(candidate > baseline, 1.0, np.where(candidate == baseline, 0.5, 0.0))
@@ -202,7 +196,15 @@ def compare(
 ) -> list[CandidateStats]:
     """Statistics of every candidate against the baseline, sorted by α. Values are per prompt, or per (prompt,
     sample) as arrays of shape (prompts, samples)."""
-    scores = {a: Scores.of(r, (lengths or {}).get(a), (truncated or {}).get(a)) for a, r in sorted(rewards.items())}
+    scores = {a: Scores.of(r, (lengths or {}).get(a), (truncated or {}).get(a)) for a, r in rewards.items()}
+    return compare_scores(scores, baseline, draws, seed)
+
+
+def compare_scores(
+    scores: Mapping[float, Scores], baseline: float = 0.0, draws: int = DRAWS, seed: int = 0
+) -> list[CandidateStats]:
+    """`compare` on each candidate's `Scores`."""
+    scores = dict(sorted(scores.items()))
     base = scores[baseline]
     boot = Bootstrap(len(base.rewards), draws, seed)
     means = {a: s.prompt_rewards for a, s in scores.items()}

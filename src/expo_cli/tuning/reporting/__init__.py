@@ -73,7 +73,7 @@ def _render(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     environment.globals["interval"] = _interval
     inputs = summary.get("inputs") or {}
     names = [inputs[role]["name"] for role in ("sft", "aligned") if role in inputs]
-    compared = summary["alpha"] if summary["alpha"] else _largest(summary)
+    compared = summary["alpha"] if summary["alpha"] else _best_other(summary)
     return environment.from_string(template).render(
         report=summary,
         title=" → ".join(names) or "a tune",
@@ -257,7 +257,7 @@ def _page_data(summary: dict[str, Any], records: list[dict[str, Any]], compared:
     }
 
 
-def _largest(summary: dict[str, Any]) -> float:
+def _best_other(summary: dict[str, Any]) -> float:
     """The candidate a page compares with α = 0 when α = 0 itself was chosen: the best other by mean reward."""
     others = [c for c in summary["candidates"] if c["alpha"] != 0]
     return max(others, key=lambda c: c["reward"]["estimate"])["alpha"] if others else 0.0
