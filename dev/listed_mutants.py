@@ -19,6 +19,8 @@ SRC = ROOT / "src" / "expo_cli"
 GUARANTEES = "tests/test_guarantees.py"
 VERIFY = "tests/test_verify.py"
 MERGE = "tests/test_merge.py::test_every_tensor_matches_the_float64_reference"
+VLLM = "vllm:"  # tests run by the vLLM environment's Python
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
 # name: (file, text, replacement, tests expected to kill it)
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
@@ -492,6 +494,31 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         "tests/test_hub.py::test_a_failed_upload_stops_the_writer_before_the_scratch_fills",
     ),
+    # expo tune --backend vllm: run by the vLLM environment's Python (`make setup-vllm`).
+    "vLLM: sampling seeded per batch, not per response": (
+        "tuning/serving.py",
+        "seed=request_seed(d.seed, prompt, sample)",
+        "seed=request_seed(d.seed + number, prompt, sample)",
+        f"{VLLM}tests/test_vllm.py::test_sampling_is_seeded_per_response_whatever_the_batches",
+    ),
+    "vLLM: prefix cache kept across α": (
+        "tuning/serving.py",
+        "        self.llm.reset_prefix_cache()\n",
+        "",
+        f"{VLLM}tests/test_vllm.py::test_in_place_updates_generate_what_the_merged_checkpoints_do",
+    ),
+    "vLLM: per-tensor rules ignored": (
+        "tuning/serving.py",
+        "alphas = self.run.alphas(alpha, self.run.main.pairing)",
+        "alphas = {t.name: alpha for t in self.run.main.pairing.tensors}",
+        f"{VLLM}tests/test_vllm.py::test_a_float32_run_with_a_per_tensor_rule_is_exact_too",
+    ),
+    "vLLM: the last group of tensors not reloaded": (
+        "tuning/vllm_worker.py",
+        "        for group in _groups(weights.pairing.tensors):",
+        "        for group in list(_groups(weights.pairing.tensors))[:-1]:",
+        f"{VLLM}tests/test_vllm.py::test_in_place_updates_generate_what_the_merged_checkpoints_do",
+    ),
 }
 
 
@@ -500,10 +527,11 @@ def run(name: str, file: str, text: str, replacement: str, tests: str) -> tuple[
     original = path.read_text()
     if original.count(text) != 1:
         return False, f"mutation text not found once in {file}"
+    python = str(VLLM_PYTHON) if tests.startswith(VLLM) else sys.executable
     path.write_text(original.replace(text, replacement))
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.split()],
+            [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests.removeprefix(VLLM).split()],
             cwd=ROOT,
             capture_output=True,
             text=True,

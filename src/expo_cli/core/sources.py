@@ -37,6 +37,8 @@ def itemsize(code: str) -> int:
 
 # The one table of floating dtypes: safetensors code -> the name torch and transformers' config.json use.
 FLOAT_NAMES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+# ... and of the others (copied unchanged).
+OTHER_NAMES = {code: code.lower().replace("i", "int").replace("u", "uint") for code in OTHER_DTYPES} | {"BOOL": "bool"}
 
 
 def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
@@ -47,10 +49,10 @@ def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def torch_dtype(code: str) -> torch.dtype:
-    """The torch dtype of a safetensors dtype code (floating codes only)."""
+    """The torch dtype of a safetensors dtype code."""
     import torch  # torch loads on first use, not with the package
 
-    return getattr(torch, FLOAT_NAMES[code])
+    return getattr(torch, FLOAT_NAMES.get(code) or OTHER_NAMES[code])
 
 
 def dtype_name(code: str) -> str:

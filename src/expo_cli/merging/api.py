@@ -23,12 +23,14 @@ from .parts import parse_part, run_part
 from .planning import prepare
 from .run import Plan, PreparedRun
 from .upload import push
+from .weights import WeightSet
 
 __all__ = [
     "MergeOptions",
     "MergeResult",
     "Plan",
     "PreparedRun",
+    "WeightSet",
     "finish_parts",
     "merge",
     "merge_part",

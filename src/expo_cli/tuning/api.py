@@ -37,8 +37,13 @@ from .result import TuneResult
 from .rewards import Cached, Reward, RewardFunction, RewardModel
 from .runfolder import RunFolder, default_location, digest
 from .search import DEFAULT_EXTRA
+from .serving import VllmPolicy, import_vllm
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
+BACKENDS = ("transformers", "vllm")
+# Prompts per generation batch (a batch is what the run folder keeps at a time): vLLM schedules within a batch, so
+# it needs large ones to run at its speed.
+DEFAULT_BATCH_SIZE = {"transformers": 8, "vllm": 256}
 
 
 def candidate_alphas(alphas: Sequence[float]) -> list[float]:
@@ -68,6 +73,9 @@ def tune(
     fresh: bool = False,
     rescore: bool = False,
     output: str | Path | None = None,
+    backend: str = "transformers",
+    tensor_parallel_size: int = 1,
+    gpu_memory_utilization: float | None = None,
     **options: Any,
 ) -> TuneResult:
     """Evaluate candidate α by generating and scoring; return the statistics, the recommended α and its
@@ -87,6 +95,9 @@ def tune(
             cache named by the settings); `fresh` empties it first; `rescore` generates nothing, judging the kept
             responses with this reward.
         output: checked to be writable before the work starts (the caller merges the chosen α into it).
+        backend: "transformers" (`generate`, one model whose parameters are set in place) or "vllm" (one engine
+            whose weights are reloaded in place: `serving`), with `tensor_parallel_size` GPUs and at most
+            `gpu_memory_utilization` of each (vLLM's default when None).
         **options: the fields of `MergeOptions` (dtype, device, alpha_for, revisions, token, progress, ...).
     """
     with _transformers_bars(options.get("progress", True)):
@@ -111,6 +122,7 @@ def tune(
             fresh=fresh,
             rescore=rescore,
             output=output,
+            serving=(backend, tensor_parallel_size, gpu_memory_utilization),
             **options,
         )
 
@@ -152,12 +164,15 @@ def _tune(
     fresh: bool,
     rescore: bool,
     output: str | Path | None,
+    serving: tuple[str, int, float | None],
     **options: Any,
 ) -> TuneResult:
     import torch  # torch loads on first use, not with the package
 
     grid = candidate_alphas(alphas)
     _check_settings(decoding, reward_model, reward_fn, grid, budget, search)
+    backend, tensor_parallel_size, gpu_memory_utilization = serving
+    _check_backend(backend, tensor_parallel_size, rescore)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
     texts = load_prompts(prompts, prompt_field, split_name, limit, opts.token, seed=decoding.seed)
@@ -180,15 +195,33 @@ def _tune(
     tokenizer = _load_tokenizer(tokenizer_folder)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
     key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
+    if backend != "transformers":  # its responses differ: a folder of the other backend's is refused
+        key["backend"] = {"name": backend, "tensor_parallel_size": tensor_parallel_size}
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
-        model = candidate = generator = None
-        if not rescore:
+        model = engine = policy = None
+        if not rescore and backend == "vllm":
+            engine = VllmPolicy.start(
+                folders[-1],
+                tokenizer_folder,
+                tokenizer,
+                dominant,
+                run,
+                decoding,
+                prompt_ids,
+                tensor_parallel_size=tensor_parallel_size,
+                gpu_memory_utilization=gpu_memory_utilization,
+                strict=opts.strict,
+            )
+            policy = (partial(engine.set_alpha, warn=opts.warning), engine)
+        elif not rescore:
             model = _load_policy(folders[-1], dominant, device)
-            candidate = CandidateModel.attach(model, run)
-            generator = Generator(model, tokenizer, decoding)
+            policy = (
+                partial(CandidateModel.attach(model, run).set_alpha, opts=opts),
+                Generator(model, tokenizer, decoding),
+            )
         evaluate = Evaluator(
-            (partial(candidate.set_alpha, opts=opts), generator) if candidate and generator else None,
+            policy,
             texts,
             prompt_ids,
             {"selection": parts.selection, "confirmation": parts.confirmation},
@@ -201,8 +234,11 @@ def _tune(
             outcome = choose(evaluate, grid, budget, parts, decoding.seed)
         except NotGenerated as err:
             raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
+        finally:
+            if engine is not None:
+                engine.close()
         notes = list(run.main.pairing.notes)
-        del model, candidate, generator
+        del model, engine, policy, evaluate
         if device.type == "cuda":
             torch.cuda.empty_cache()
         inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
@@ -268,6 +304,18 @@ def _check_settings(
         raise UsageError(f"--budget {budget}: the grid alone has {len(grid)} candidates (α = 0 included)")
     if budget is not None and not search:
         raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
+
+
+def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool) -> None:
+    """The generation backend, refused before any model loads (vLLM missing included)."""
+    if backend not in BACKENDS:
+        raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    if tensor_parallel_size < 1:
+        raise UsageError(f"--tensor-parallel-size {tensor_parallel_size}: must be at least 1")
+    if tensor_parallel_size > 1 and backend != "vllm":
+        raise UsageError("--tensor-parallel-size needs --backend vllm")
+    if backend == "vllm" and not rescore:
+        import_vllm()
 
 
 def _prepare_in_one_dtype(

@@ -13,10 +13,12 @@ them (fused MoE experts and similar) are refused: every parameter must be writte
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.sinks import ParameterSink
+from ..core.pairing import TensorPair
+from ..core.sinks import ParameterSink, TensorSink
 from ..core.sources import dtype_name, torch_dtype
 from ..core.streaming import Target, explain_nonfinite, stream
 from ..errors import MismatchError
@@ -24,7 +26,7 @@ from ..errors import MismatchError
 if TYPE_CHECKING:
     import torch
 
-    from ..merging.api import PreparedRun
+    from ..merging.api import PreparedRun, WeightSet
     from ..options import MergeOptions
 
 
@@ -75,25 +77,40 @@ class CandidateModel:
         """Make the model θ(α); return the seconds it took."""
         import torch  # torch loads on first use, not with the package
 
-        from ..core.engine import ChunkEngine  # imports torch
-
         started = time.perf_counter()
         weights = self.run.main
         tensors = [t for t in weights.pairing.tensors if t.name in self.sink.targets]
         device = next(iter(self.sink.targets.values())).device
-        with torch.no_grad(), weights.sft, weights.aligned:
-            stream(
-                tensors,
-                weights.sft,
-                weights.aligned,
-                [Target(self.run.alphas(alpha, weights.pairing), self.sink)],
-                ChunkEngine(device),
-                False,
-                lambda t, a: explain_nonfinite(
-                    t, weights.sft, weights.aligned, a, strict=opts.strict, warn=opts.warning
-                ),
-            )
+        compute_into(
+            weights, tensors, self.run.alphas(alpha, weights.pairing), self.sink, device, opts.strict, opts.warning
+        )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.alpha = alpha
         return time.perf_counter() - started
+
+
+def compute_into(
+    weights: WeightSet,
+    tensors: Sequence[TensorPair],
+    alphas: dict[str, float],
+    sink: TensorSink,
+    device: torch.device,
+    strict: bool,
+    warn: Callable[[str], None],
+) -> None:
+    """θ(α) of `tensors` into `sink`, computed on `device` with `expo merge`'s arithmetic (α per tensor)."""
+    import torch  # torch loads on first use, not with the package
+
+    from ..core.engine import ChunkEngine  # imports torch
+
+    with torch.no_grad(), weights.sft, weights.aligned:
+        stream(
+            tensors,
+            weights.sft,
+            weights.aligned,
+            [Target(alphas, sink)],
+            ChunkEngine(device),
+            False,
+            lambda t, a: explain_nonfinite(t, weights.sft, weights.aligned, a, strict=strict, warn=warn),
+        )

@@ -81,9 +81,9 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool) 
     ]
 
 
-def stop_ids(model: Any, tokenizer: Any) -> list[int]:
+def stop_ids(generation_config: Any, tokenizer: Any) -> list[int]:
     """End-of-sequence ids: the model's generation config (which may list several), else the tokenizer's."""
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     ids = configured if isinstance(configured, list) else [configured]
     ids = [i for i in ids if isinstance(i, int)] or [tokenizer.eos_token_id]
     if ids == [None]:
@@ -104,7 +104,7 @@ class Generator:
         from transformers import GenerationConfig  # transformers loads when a model does
 
         self.model, self.tokenizer, self.decoding = model, tokenizer, decoding
-        self.eos = stop_ids(model, tokenizer)
+        self.eos = stop_ids(getattr(model, "generation_config", None), tokenizer)
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos[0]
         sampling = decoding.temperature > 0
         self.config = GenerationConfig(
@@ -133,12 +133,17 @@ class Generator:
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=self.config)
         responses = []
         for row, tokens in enumerate(out[:, width:].tolist()):
-            cut = next((i for i, token in enumerate(tokens) if token in self.eos), None)
-            kept = tokens[:cut]
             prompt, sample = divmod(row, self.decoding.samples_per_prompt)
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            responses.append(Response(members[prompt], sample, text, len(kept), "length" if cut is None else "stop"))
+            responses.append(response(members[prompt], sample, tokens, self.eos, self.tokenizer))
         return sorted(responses, key=lambda r: (r.prompt, r.sample))
+
+
+def response(prompt: int, sample: int, tokens: Sequence[int], eos: Sequence[int], tokenizer: Any) -> Response:
+    """A generated sequence as a response: cut at its first end token (else marked cut at the limit), decoded."""
+    cut = next((i for i, token in enumerate(tokens) if token in eos), None)
+    kept = list(tokens[:cut])
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    return Response(prompt, sample, text, len(kept), "length" if cut is None else "stop")
 
 
 def generate(

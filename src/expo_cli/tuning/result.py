@@ -108,6 +108,7 @@ class TuneResult:
                     "update_seconds": c.update_seconds,
                     "generate_seconds": c.generate_seconds,
                     "score_seconds": c.score_seconds,
+                    "tokens": sum(r.tokens for r in c.responses),
                 }
                 for c in self._candidates()
             },

@@ -1,0 +1,201 @@
+"""expo tune --backend vllm: an engine whose weights are set to θ(α) in place generates, token for token, what an
+engine started on `expo merge`'s output at that α generates.
+
+These tests run in the vLLM environment `make test` builds (.venv-vllm, vLLM's CPU build; conftest leaves this
+file out of an environment without vLLM). vLLM's CPU attention needs heads of 64, so the models here are wider
+than the other tests' (hidden 256, 4 heads).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import vllm  # noqa: E402,F401  (these tests exist to run it: an environment without it fails here)
+
+import expo_cli  # noqa: E402
+from expo_cli.merging.api import prepare  # noqa: E402
+from expo_cli.options import MergeOptions  # noqa: E402
+from expo_cli.tuning.generation import Decoding, encode_prompts  # noqa: E402
+from expo_cli.tuning.serving import VllmPolicy, request_seed  # noqa: E402
+from helpers import build_model, llama_config, perturb, read_all, save, word_tokenizer  # noqa: E402
+
+PROMPTS = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(3 + i % 5)) for i in range(6)]
+GREEDY = Decoding(max_new_tokens=24, temperature=0)
+
+
+def wide_config(**overrides):
+    return llama_config(
+        hidden_size=256,
+        intermediate_size=512,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        **overrides,
+    )
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory) -> tuple[Path, Path]:
+    """A bfloat16 pair far enough apart (scale 0.02) that greedy answers change with α."""
+    root = tmp_path_factory.mktemp("wide")
+    sft = save(build_model(wide_config(), 0), root / "sft", torch.bfloat16)
+    aligned = save(perturb(build_model(wide_config(), 0), seed=1, scale=0.02), root / "aligned", torch.bfloat16)
+    for folder in (sft, aligned):
+        word_tokenizer().save_pretrained(folder)
+    return sft, aligned
+
+
+def start(model: Path, sft: Path, aligned: Path, decoding: Decoding = GREEDY, **options) -> VllmPolicy:
+    """An engine on `model`, whose in-place updates are θ(α) of (sft, aligned) as `expo merge` computes them."""
+    run = prepare(sft, aligned, {}, MergeOptions(progress=False, **options))
+    dtype = options.get("dtype") or run.main.pairing.dominant_dtype()
+    tokenizer = word_tokenizer()
+    return VllmPolicy.start(model, model, tokenizer, dtype, run, decoding, prompt_ids(tokenizer))
+
+
+def prompt_ids(tokenizer=None) -> list[list[int]]:
+    return encode_prompts(tokenizer or word_tokenizer(), PROMPTS, chat_template=True)
+
+
+def answers(policy: VllmPolicy) -> list[tuple[str, int, str]]:
+    return [(r.text, r.tokens, r.finish) for r in policy.batch(0, list(range(len(PROMPTS))), prompt_ids())]
+
+
+def fresh_answers(model: Path, sft: Path, aligned: Path, decoding: Decoding = GREEDY, **options):
+    """What an engine started on a checkpoint generates (no in-place update)."""
+    policy = start(model, sft, aligned, decoding, **options)
+    try:
+        return answers(policy)
+    finally:
+        policy.close()
+
+
+def test_in_place_updates_generate_what_the_merged_checkpoints_do(tmp_path, pair):
+    sft, aligned = pair
+    merged = expo_cli.sweep(sft, aligned, tmp_path / "sweep", [2.0, -1.0], progress=False)
+    policy = start(aligned, sft, aligned)
+    try:
+        loaded = answers(policy)  # the aligned model as vLLM loaded it
+        seen = {}
+        for alpha in (2.0, -1.0, 0.5, 0.0):  # out of order, and back to the aligned model
+            policy.set_alpha(alpha, warn=pytest.fail)
+            seen[alpha] = answers(policy)
+    finally:
+        policy.close()
+    assert seen[0.0] == loaded
+    assert len({tuple(v) for v in seen.values()}) == 4, "α must change the greedy answers of this pair"
+    for result in merged:
+        assert fresh_answers(result.output, sft, aligned) == seen[result.alpha], f"α={result.alpha:g}"
+
+
+def test_a_float32_run_with_a_per_tensor_rule_is_exact_too(tmp_path, pair):
+    sft, aligned = pair
+    options = {"dtype": "float32", "alpha_for": [r"mlp\.=0.5"]}
+    merged = expo_cli.merge(sft, aligned, tmp_path / "out", 3.0, progress=False, **options)
+    assert read_all(merged.output)["model.layers.0.mlp.down_proj.weight"].dtype == torch.float32
+    policy = start(aligned, sft, aligned, **options)
+    try:
+        policy.set_alpha(3.0, warn=pytest.fail)
+        in_place = answers(policy)
+    finally:
+        policy.close()
+    assert in_place == fresh_answers(merged.output, sft, aligned, **options)
+
+
+def test_a_lora_input_is_updated_in_place_on_its_base_to_the_merged_model(tmp_path, pair):
+    """The LoRA path: the engine runs the base; θ(α) = base + (1+α)·s·B·A merged, exactly as expo merge writes."""
+    from peft import LoraConfig, get_peft_model
+
+    _, base = pair
+    model = build_model(wide_config(), 0)
+    model.load_state_dict(read_all(base), strict=False)
+    lora = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in lora.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=generator) * 0.05)
+    adapter = tmp_path / "adapter"
+    lora.save_pretrained(adapter)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": str(base)}))
+    merged = expo_cli.merge(base, adapter, tmp_path / "out", 1.5, progress=False)
+    policy = start(base, base, adapter)
+    try:
+        before = answers(policy)
+        policy.set_alpha(1.5, warn=pytest.fail)
+        in_place = answers(policy)
+    finally:
+        policy.close()
+    assert in_place != before
+    assert in_place == fresh_answers(merged.output, base, adapter)
+
+
+def test_sampling_is_seeded_per_response_whatever_the_batches(pair):
+    sft, aligned = pair
+    sampling = Decoding(max_new_tokens=16, temperature=1.0, top_p=0.95, top_k=0, samples_per_prompt=2, seed=7)
+    policy = start(aligned, sft, aligned, sampling)
+    try:
+        ids = prompt_ids()
+        whole = policy.batch(0, list(range(6)), ids)
+        split = policy.batch(1, [4, 0], ids) + policy.batch(2, [5, 3, 2, 1], ids)
+    finally:
+        policy.close()
+    key = lambda r: (r.prompt, r.sample)  # noqa: E731
+    assert sorted(whole, key=key) == sorted(split, key=key)
+    assert any(a.text != b.text for a, b in zip(whole[::2], whole[1::2], strict=True)), "samples differ"
+    assert request_seed(7, 0, 1) != request_seed(7, 1, 0) != request_seed(8, 1, 0)
+
+
+def expo_command(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "expo_cli", *map(str, args)], capture_output=True, text=True, timeout=600
+    )
+
+
+def test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function(tmp_path, pair):
+    from helpers import save_reward_model
+
+    sft, aligned = pair
+    (tmp_path / "p.txt").write_text("\n".join(PROMPTS) + "\n")
+    (tmp_path / "g.py").write_text("def n(prompt, response):\n    return float(response.count('w7'))\n")
+    rm = save_reward_model(tmp_path / "rm", word_tokenizer())
+    common = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "p.txt", "--alpha", "0.5,2"]
+    common += ["--max-new-tokens", 12, "--backend", "vllm", "--run-dir", tmp_path / "run", "--json", "-q"]
+    with_model = expo_command(*common, "--reward-model", rm)
+    assert with_model.returncode == 0, with_model.stderr
+    result = json.loads(with_model.stdout)
+    assert [c["alpha"] for c in result["candidates"]] == [0.0, 0.5, 2.0]
+    assert list((tmp_path / "run").rglob("*.jsonl")), "responses are kept in the run folder as they are made"
+    # Same run folder, another reward: nothing is generated again, the engine does not even start.
+    rescored = expo_command(*common, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--rescore")
+    assert rescored.returncode == 0, rescored.stderr
+    assert [c["alpha"] for c in json.loads(rescored.stdout)["candidates"]] == [0.0, 0.5, 2.0]
+
+
+def test_vllm_errors_are_one_line_before_any_generation(tmp_path):
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():  # the GPU check runs this file too
+        pytest.skip("heads of 8 are refused by vLLM's CPU attention only")
+    narrow, sft = tmp_path / "narrow", tmp_path / "sft"
+    save(build_model(llama_config(bos_token_id=1, eos_token_id=2), 0), sft, torch.bfloat16)  # heads of 8
+    save(perturb(build_model(llama_config(bos_token_id=1, eos_token_id=2), 0), 1), narrow, torch.bfloat16)
+    word_tokenizer().save_pretrained(narrow)
+    (tmp_path / "p.txt").write_text("w9 w10\n")
+    (tmp_path / "g.py").write_text("def n(prompt, response):\n    return 1.0\n")
+    args = ["tune", "--sft", sft, "--aligned", narrow, "--prompts", tmp_path / "p.txt", "--backend", "vllm"]
+    done = expo_command(*args, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--run-dir", tmp_path / "run")
+    assert done.returncode == 3, done.stderr
+    assert (
+        done.stderr.strip().splitlines()[-1].startswith("Error: --backend vllm: narrow has attention heads of size 8")
+    )
+    assert "Traceback" not in done.stderr
