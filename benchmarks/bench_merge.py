@@ -1,6 +1,7 @@
 """Benchmark `expo merge` against the I/O floor and its peers, on the same pair, in one run.
 
     python benchmarks/bench_merge.py [--repeat 3] [--sizes small,2gb] [--alpha 0.5] [--baseline OTHER/src]
+        [--streams 1,4] [--max-shard-size 500MB] [--expo-only]
 
 Builds (once, cached in benchmarks/.cache) Llama-architecture bfloat16 pairs saved by transformers with different
 shard sizes for the two models, the aligned one a small perturbation of the SFT one. For each pair it measures,
@@ -13,7 +14,8 @@ with the page cache warmed the same way before every run (all input files read o
 
 "Durable" time is the wall time plus a `sync` afterwards for tools that do not fsync themselves. Peak RSS comes
 from wait4(); peak anonymous memory (RssAnon: memory-mapped input pages are the page cache's, not the tool's) is
-sampled from /proc every 5 ms. Every output is checked against the float64 reference of the formula rounded once
+sampled from /proc every 5 ms; "CPU busy" is the tool's CPU seconds (user + system, from wait4) over wall time ×
+the cores it may use. Every output is checked against the float64 reference of the formula rounded once
 to bfloat16: the share of elements equal to it, and the largest difference in units of the last place.
 """
 
@@ -29,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -139,7 +142,14 @@ def run_tool(command: list[str], durable_sync: bool) -> dict:
     stderr = proc.stderr.read().decode(errors="replace")
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{command[0]} failed: {stderr[-2000:]}")
-    return {"wall": seconds, "durable": durable, "rss_mib": usage.ru_maxrss / 1024, "anon_mib": peak_anon / 1024}
+    cpu = (usage.ru_utime + usage.ru_stime) / (seconds * len(os.sched_getaffinity(0)))  # share of the machine busy
+    return {
+        "wall": seconds,
+        "durable": durable,
+        "rss_mib": usage.ru_maxrss / 1024,
+        "anon_mib": peak_anon / 1024,
+        "cpu": cpu,
+    }
 
 
 def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
@@ -178,7 +188,15 @@ def check_output(out: Path, sft: Path, aligned: Path, alpha: float) -> dict:
 
 
 def tools(
-    sft: Path, aligned: Path, out: Path, alpha: float, work: Path, mergekit: str | None, baseline: Path | None = None
+    sft: Path,
+    aligned: Path,
+    out: Path,
+    alpha: float,
+    work: Path,
+    mergekit: str | None,
+    baseline: Path | None = None,
+    streams: Sequence[int] = (),
+    shard_size: str | None = None,
 ) -> dict:
     """name -> (command, needs a sync to be durable)."""
     found = {
@@ -227,8 +245,13 @@ def tools(
             True,
         ),
     }
-    if baseline:  # another expo (e.g. a checkout of the previous commit's src/), interleaved with this one
+    if shard_size:  # several output shards, as a large model has: what parallel shard streams work on
         for name in [n for n in found if n.startswith("expo")]:
+            found[name] = ([*found[name][0], "--max-shard-size", shard_size], False)
+    for count in streams:  # parallel shard streams against one (the default is measured as "expo merge")
+        found[f"expo merge --streams {count}"] = ([*found["expo merge"][0], "--streams", str(count)], False)
+    if baseline:  # another expo (e.g. a checkout of the previous commit's src/), interleaved with this one
+        for name in [n for n in found if n.startswith("expo") and "--streams" not in n]:
             command, sync = found[name]
             found[f"{name} [baseline {baseline.parent.name}]"] = (["env", f"PYTHONPATH={baseline}", *command], sync)
     if mergekit:
@@ -250,13 +273,15 @@ def bench_pair(
     mergekit: str | None,
     expo_only: bool,
     baseline: Path | None = None,
+    streams: Sequence[int] = (),
+    shard_size: str | None = None,
 ) -> list[dict]:
     """Floor and expo runs interleaved (floor, merge, sweep, floor, ...) so that all see the same disk: a cloud disk's
     speed drifts over minutes. Peers are slow and run once, after."""
     sft, aligned = build_pair(name)
     size = sum(f.stat().st_size for f in weight_files(aligned))
     out = work / "out"
-    commands = tools(sft, aligned, out, alpha, work, mergekit, baseline)
+    commands = tools(sft, aligned, out, alpha, work, mergekit, baseline, streams, shard_size)
     ours = [t for t in commands if t.startswith("expo")]
     peers = [] if name == "small" or expo_only else [t for t in commands if t not in ours]  # small: memory only
     runs: dict[str, list[dict]] = {"floor": [], **{t: [] for t in commands}}
@@ -286,6 +311,7 @@ def bench_pair(
             "ratio": 1.0,
             "rss_mib": None,
             "anon_mib": None,
+            "cpu": None,
             "exact": None,
         }
     ]
@@ -299,6 +325,7 @@ def bench_pair(
                 "ratio": statistics.median(durable) / floor,
                 "rss_mib": max(r["rss_mib"] for r in runs[tool]),
                 "anon_mib": max(r["anon_mib"] for r in runs[tool]),
+                "cpu": statistics.median(r["cpu"] for r in runs[tool]),
                 "exact": checks[tool]["exact"],
                 "max_ulp": checks[tool]["max_ulp"],
             }
@@ -322,8 +349,9 @@ def sweep_ratios(rows: list[dict]) -> list[str]:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| pair | tool | durable s (median [min–max]) | × I/O floor | peak RSS MiB | peak RssAnon MiB | exact |",
-        "|---|---|---|---|---|---|---|",
+        "| pair | tool | durable s (median [min–max]) | × I/O floor | CPU busy | peak RSS MiB | peak RssAnon MiB "
+        "| exact |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         d = r["durable"]
@@ -331,9 +359,10 @@ def table(rows: list[dict]) -> str:
         exact = "" if r["exact"] is None else f"{100 * r['exact']:.4f}% (max error {r['max_ulp']:.2f})"
         rss = "" if r["rss_mib"] is None else f"{r['rss_mib']:.0f}"
         anon = "" if r["anon_mib"] is None else f"{r['anon_mib']:.0f}"
+        cpu = "" if r["cpu"] is None else f"{r['cpu']:.0%}"
         lines.append(
-            f"| {r['pair']} ({r['model_gb']:.2f} GB) | {r['tool']} | {times} | {r['ratio']:.2f} | {rss} | {anon} "
-            f"| {exact} |"
+            f"| {r['pair']} ({r['model_gb']:.2f} GB) | {r['tool']} | {times} | {r['ratio']:.2f} | {cpu} | {rss} "
+            f"| {anon} | {exact} |"
         )
     return "\n".join(lines)
 
@@ -347,12 +376,25 @@ def main() -> None:
     parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"), help="mergekit-yaml to compare with")
     parser.add_argument("--expo-only", action="store_true", help="measure the floor and expo only (quick)")
     parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
+    parser.add_argument("--max-shard-size", help="expo's output shard size (default: expo's own, one 2 GB shard)")
+    parser.add_argument("--streams", default="", help="also expo merge --streams N for each N of this comma list")
     args = parser.parse_args()
+    streams = [int(n) for n in args.streams.split(",") if n]
     rows = []
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         for name in args.sizes.split(","):
-            rows += bench_pair(name, args.alpha, args.repeat, Path(tmp), args.mergekit, args.expo_only, args.baseline)
+            rows += bench_pair(
+                name,
+                args.alpha,
+                args.repeat,
+                Path(tmp),
+                args.mergekit,
+                args.expo_only,
+                args.baseline,
+                streams,
+                args.max_shard_size,
+            )
     print(table(rows))
     print()
     print("\n".join(sweep_ratios(rows)))

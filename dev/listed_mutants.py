@@ -494,6 +494,18 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         "tests/test_hub.py::test_a_failed_upload_stops_the_writer_before_the_scratch_fills",
     ),
+    "parallel streams: an abort is told instead of the failure": (
+        "merging/execution.py",
+        "        raise next((e for e in failures if not isinstance(e, Aborted)), failures[0])",
+        "        raise failures[0]",
+        "tests/test_merge.py::test_a_failure_in_any_stream_stops_them_all_and_writes_nothing",
+    ),
+    "parallel streams: the last run of shards dropped": (
+        "merging/execution.py",
+        "    return groups\n",
+        "    return groups[:-1] if len(groups) > 1 else groups\n",
+        "tests/test_merge.py::test_parallel_shard_streams_write_the_bytes_of_one_stream",
+    ),
     # expo tune --backend vllm: run by the vLLM environment's Python (`make setup-vllm`).
     "vLLM: sampling seeded per batch, not per response": (
         "tuning/serving.py",

@@ -198,3 +198,32 @@ def test_a_profile_stage_excludes_the_stages_nested_in_it():
     assert stages["inner"]["wall_seconds"] == pytest.approx(0.1, abs=0.03)
     assert stages["outer"]["calls"] == stages["inner"]["calls"] == 1
     assert stages["outer"]["cpu_seconds"] < 0.03  # sleeping is waiting, not CPU
+
+
+def test_parallel_shard_streams_write_the_bytes_of_one_stream(tmp_path, expo, llama_pair):
+    """Shards written at once by several streams: every file (shards, index, provenance, card) as one stream
+    writes it, for a merge and a sweep."""
+    from helpers import files_of
+
+    sft, aligned = llama_pair
+    common = ["--sft", sft, "--aligned", aligned, "--max-shard-size", "12KB", "-q"]
+    for alphas in ("0.5", "0.3,-0.5"):
+        written = {}
+        for streams in (1, 3):
+            out = tmp_path / f"{alphas}-{streams}"
+            run = expo("merge", *common, "-o", out, "--alpha", alphas, "--streams", streams)
+            assert run.code == 0, run.stderr
+            written[streams] = files_of(out)
+        assert sum(name.endswith(".safetensors") for name in written[1]) > 3  # more shards than streams
+        assert written[3] == written[1]
+
+
+def test_a_failure_in_any_stream_stops_them_all_and_writes_nothing(tmp_path, expo):
+    """The overflow is in the last shard (another stream than the calling thread's): its error is the one told."""
+    sft, aligned = make_pair(tmp_path, dtype=torch.float16)
+    out = tmp_path / "out"
+    args = ["-o", out, "--alpha", "0.5", "--alpha-for", "lm_head=1e9", "--max-shard-size", "12KB", "--streams", "3"]
+    run = expo("merge", "--sft", sft, "--aligned", aligned, *args)
+    assert run.code == 6, run.stderr
+    assert "tensor 'lm_head.weight': α=1e+09 overflows float16" in run.stderr.strip().splitlines()[-1]
+    assert not out.exists() and not list(tmp_path.glob(".expo-partial-*"))

@@ -24,7 +24,9 @@ from expo_cli.tuning.generation import Decoding, encode_prompts  # noqa: E402
 from expo_cli.tuning.serving import VllmPolicy, request_seed  # noqa: E402
 from helpers import build_model, llama_config, perturb, read_all, save, word_tokenizer  # noqa: E402
 
-PROMPTS = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(3 + i % 5)) for i in range(6)]
+PROMPTS = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(3 + i % 5)) for i in range(5)]
+# ... and one longer than a KV-cache block (128 tokens on a CPU): a prefix cache kept across α would serve it
+PROMPTS.append(" ".join(f"w{4 + (j * 13) % 90}" for j in range(200)))
 GREEDY = Decoding(max_new_tokens=24, temperature=0)
 
 
@@ -34,7 +36,7 @@ def wide_config(**overrides):
         intermediate_size=512,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=512,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=3,

@@ -16,6 +16,7 @@ import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 
 from .constants import PARTIAL_PREFIX
@@ -179,3 +180,28 @@ def fingerprint(folder: Path) -> str:
         for stat in (p.stat(),)
     )
     return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity: a Slurm or container limit), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def read_ahead(files: Iterable[Path], budget: int) -> None:
+    """Ask the kernel to start reading the first `budget` bytes of these files, in order (posix_fadvise
+    WILLNEED: advice, returns at once), so that a cold disk works while the process does something else."""
+    for path in files:
+        if budget <= 0 or not hasattr(os, "posix_fadvise"):
+            return
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:  # not a local file (a Hub view): nothing to advise
+            continue
+        try:
+            length = min(budget, os.fstat(fd).st_size)
+            os.posix_fadvise(fd, 0, length, os.POSIX_FADV_WILLNEED)
+            budget -= length
+        except OSError:  # advice only
+            pass
+        finally:
+            os.close(fd)

@@ -46,6 +46,9 @@ class MergeOptions:
         copy, skip: globs of aligned-folder files to copy, or to leave out, whatever the side-file policy says.
         mistral_format: also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.
         stream: read Hub inputs by range requests instead of downloading them (`merge_to_hub`).
+        streams: shards written at once, each with its own arithmetic, write and hash threads (0: one per two
+            cores, at least 2; 1: one after the other). Each costs a block buffer pool (`expo merge --dry-run`
+            states the peak); outputs are byte for byte the same whatever the number.
         connections: with `stream`, range requests in flight per input (each input also reads ahead at most
             128 MB, so memory stays bounded whatever the model size).
         tuning: how `expo tune` chose α (its summary), recorded in the provenance and the model card.
@@ -77,6 +80,7 @@ class MergeOptions:
     skip: Sequence[str] = ()
     mistral_format: bool = False
     stream: bool = False
+    streams: int = 0
     connections: int = 4
     tuning: dict[str, Any] | None = None
     base: str | None = None
@@ -89,6 +93,8 @@ class MergeOptions:
         for role, hub_id in (("sft", self.sft_id), ("aligned", self.aligned_id)):
             if hub_id is not None and not REPO_ID.match(hub_id):
                 raise UsageError(f"--{role}-id {hub_id!r}: write the Hub repo as org/name or org/name@revision")
+        if self.streams < 0:
+            raise UsageError(f"--streams {self.streams}: must be 0 (automatic) or more")
         if self.connections < 1:
             raise UsageError(f"--connections {self.connections}: must be at least 1")
         if self.mistral_format and self.rules:

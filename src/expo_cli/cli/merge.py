@@ -164,6 +164,15 @@ def merge(
             "upload each output shard as it closes; no local copy of either (see --scratch).",
         ),
     ] = False,
+    streams: Annotated[
+        int,
+        typer.Option(
+            "--streams",
+            metavar="N",
+            help="Shards written at once, each with its own arithmetic, write and hash threads and buffers "
+            "(default 0: one per two cores, at least 2; 1 with --stream or on a GPU). Same bytes whatever N.",
+        ),
+    ] = 0,
     connections: Annotated[
         int,
         typer.Option(
@@ -219,6 +228,7 @@ def merge(
         mistral_format=mistral_format,
         as_adapter=as_adapter,
         connections=connections,
+        streams=streams,
     )
     if dry_run:
         _dry_run(sft, aligned, output or _scratch_output(scratch, hub), alphas, options, mode, json)

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ..fsutil import available_cores
+
 
 class Profile:
     """Stages from `start()` on; the totals count from the process's start (its CPU time is the process's)."""
@@ -61,7 +63,7 @@ class Profile:
     def to_json(self) -> dict[str, Any]:
         wall = time.perf_counter() - self.started
         cpu = time.process_time()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = available_cores()
         return {
             "wall_seconds": wall,
             "cpu_seconds": cpu,

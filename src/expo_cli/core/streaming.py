@@ -15,8 +15,9 @@ import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..constants import CHUNK_ELEMENTS
 from ..errors import NonFiniteError
@@ -100,24 +101,17 @@ def stream(
     progress: bool,
     nonfinite: Callable[[TensorPair, float], None],
     limit: int | None = None,
+    bar: Any = None,
 ) -> None:
     """Read every block of both inputs once and hand every target its result.
 
     `nonfinite(t, α)` is called for a tensor whose result at α holds inf/NaN (it explains, warns or raises).
+    `bar`: a progress bar shared with other streams of the run (else one is made, shown when `progress`).
     """
-    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
-
     total = sum(t.nbytes for t in tensors) * len(targets)
     probes: list[list] = [[] for _ in targets]
-    with tqdm(
-        total=total,
-        unit="B",
-        unit_scale=True,
-        desc="Merging",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
+    shared = bar is not None
+    with nullcontext(bar) if shared else progress_bar(total, progress) as bar:
         done, started = 0, time.monotonic()
         for block in walk(tensors, sft, aligned, limit):
             t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
@@ -155,7 +149,19 @@ def stream(
                         nonfinite(t, target.alphas[t.name])
                     probes[i] = []
                 done += 1
-                bar.set_postfix_str(f"{done}/{len(tensors)} tensors{_network(sft, aligned, started)}", refresh=False)
+                if not shared:  # several streams: their counts would overwrite each other
+                    bar.set_postfix_str(
+                        f"{done}/{len(tensors)} tensors{_network(sft, aligned, started)}", refresh=False
+                    )
+
+
+def progress_bar(total: int, shown: bool) -> Any:
+    """The merge's bar on stderr, in bytes written."""
+    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
+
+    return tqdm(
+        total=total, unit="B", unit_scale=True, desc="Merging", disable=not shown, file=sys.stderr, dynamic_ncols=True
+    )
 
 
 def explain_nonfinite(

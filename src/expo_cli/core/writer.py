@@ -138,6 +138,10 @@ def disk_full(folder: Path, needed: int) -> OutputError:
     return OutputError(f"disk full writing {folder}: the output needs {human_bytes(needed)}; free space and run again")
 
 
+class Aborted(RuntimeError):
+    """What a stream raises once aborted (another part of the run failed first, and its error is the one told)."""
+
+
 class ShardStream:
     """Appends data to the planned shards in order, on a background thread, fsync-ing each full file.
 
@@ -195,7 +199,7 @@ class ShardStream:
 
     def abort(self) -> None:
         """Stop the thread without waiting for pending data (the files are being discarded)."""
-        self._error = self._error or RuntimeError("aborted")
+        self._error = self._error or Aborted("aborted")
         try:
             while True:
                 self._queue.get_nowait()

@@ -140,9 +140,10 @@ def read_safetensors_header(file: Path) -> tuple[list[TensorInfo], int]:
 
 
 def _second_opinion(file: Path) -> None:
-    """Let the safetensors library validate the file too: it is the reference reader of the format."""
+    """Let the safetensors library validate the file too: it is the reference reader of the format (opened for
+    numpy, which reads no tensor here: validating headers does not wait for torch to import)."""
     try:
-        with safe_open(file, framework="pt"):
+        with safe_open(file, framework="numpy"):
             pass
     except Exception as err:  # SafetensorError and friends: any refusal means the file is unusable
         raise InputError(f"{file}: rejected by safetensors ({err}); the file is corrupt") from err

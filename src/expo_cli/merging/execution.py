@@ -9,22 +9,23 @@ place as the very last step (`output.Staging`).
 from __future__ import annotations
 
 import json
-import os
+import threading
 import time
 from collections.abc import Callable, Collection
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ..alpha import formula
 from ..constants import VERSION
 from ..core import profile as profiling
 from ..core.sinks import BufferPool, ShardSink
-from ..core.streaming import Target, explain_nonfinite, stream
-from ..core.writer import write_index
+from ..core.streaming import Target, explain_nonfinite, progress_bar, stream
+from ..core.writer import Aborted, Shard, write_index
 from ..errors import OutputError
-from ..fsutil import write_durably
+from ..fsutil import available_cores, write_durably
 from ..inputs.adapters import ADAPTER_CONFIG
 from ..options import MergeOptions
 from . import sidefiles
@@ -32,6 +33,9 @@ from .card import provenance, write_config, write_model_card
 from .run import PreparedRun
 from .staging import Staging, remove_partial
 from .upload import Uploader, commit, prepare_repo, upload_operations
+from .weights import WeightSet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -141,51 +145,121 @@ def write_shards(
 ) -> dict[float, dict[str, str]]:
     """Stream the planned shards of every target (or only the files named in `only`) into its folder.
 
-    `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader takes it).
-    Returns, per target, file name -> sha256 of every shard written.
+    The shards are split into `run.streams` runs of consecutive shards, written at once, each by its own
+    arithmetic, writer and hasher threads and its own buffers: shards are independent files, so no single write or
+    SHA-256 stream caps the merge, and every file gets the bytes a single stream would write. A failure anywhere
+    stops them all. `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader
+    takes it: then one stream, so the scratch folder holds at most two shards). Returns, per target, file name ->
+    sha256 of every shard written.
     """
     import torch  # torch loads on first use, not with the package
 
-    from ..core.engine import ChunkEngine  # imports torch
-
-    engine = ChunkEngine(run.device)
     checksums: dict[float, dict[str, str]] = {alpha: {} for alpha in folders}
+    count = 1 if on_shard_closed is not None else run.streams
     threads = torch.get_num_threads()
-    # The writer and the hasher each keep a core busy: the arithmetic gets the others (measured on 2 cores:
-    # one arithmetic thread merged the 6 GB pair ~15% faster than two fighting the hasher for a core).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
-    torch.set_num_threads(max(1, cores - 2))
+    # The writers and hashers keep cores busy too: the arithmetic of all streams gets the rest (measured on 2
+    # cores: one arithmetic thread merged the 6 GB pair ~15% faster than two fighting the hasher for a core).
+    torch.set_num_threads(max(1, available_cores() - 2 * count))
     try:
         for weights in run.weights:
             shards = [s for s in weights.shards if only is None or s.filename in only]
-            tensors = [t for s in shards for t in s.tensors]
-            with weights.sft, weights.aligned:
-                pool = BufferPool(shards, pinned=engine.cuda)
-                sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
-                targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
-                try:
-                    with profiling.stage("read + compute"):
-                        stream(
-                            tensors,
-                            weights.sft,
-                            weights.aligned,
-                            targets,
-                            engine,
-                            opts.progress,
-                            lambda t, a, w=weights: explain_nonfinite(
-                                t, w.sft, w.aligned, a, strict=opts.strict, warn=opts.warning
-                            ),
-                        )
-                    with profiling.stage("wait: writer finishing"):
-                        for alpha, sink in sinks.items():
-                            checksums[alpha].update(sink.close())
-                except BaseException:
-                    for sink in sinks.values():
-                        sink.abort()
-                    raise
+            total = sum(t.nbytes for s in shards for t in s.tensors) * len(folders)
+            with weights.sft, weights.aligned, progress_bar(total, opts.progress) as bar:
+                sinks: list[ShardSink] = []  # of every stream: a failure in one aborts them all
+                jobs = [
+                    partial(_write_group, run, weights, group, folders, opts, on_shard_closed, bar, sinks)
+                    for group in consecutive_groups(shards, count)
+                ]
+                for written in all_at_once(jobs):
+                    for alpha, sums in written.items():
+                        checksums[alpha].update(sums)
     finally:
         torch.set_num_threads(threads)
     return checksums
+
+
+def _write_group(
+    run: PreparedRun,
+    weights: WeightSet,
+    shards: list[Shard],
+    folders: dict[float, Path],
+    opts: MergeOptions,
+    on_shard_closed: Callable[[Path, str], None] | None,
+    bar: Any,
+    every_sink: list[ShardSink],
+) -> dict[float, dict[str, str]]:
+    """One stream: these consecutive shards of every target, read, computed, written and hashed in order."""
+    from ..core.engine import ChunkEngine  # imports torch
+
+    engine = ChunkEngine(run.device)
+    pool = BufferPool(shards, pinned=engine.cuda)
+    sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
+    every_sink.extend(sinks.values())
+    targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
+    try:
+        with profiling.stage("read + compute"):
+            stream(
+                [t for s in shards for t in s.tensors],
+                weights.sft,
+                weights.aligned,
+                targets,
+                engine,
+                opts.progress,
+                lambda t, a: explain_nonfinite(
+                    t, weights.sft, weights.aligned, a, strict=opts.strict, warn=opts.warning
+                ),
+                bar=bar,
+            )
+        with profiling.stage("wait: writer finishing"):
+            return {alpha: sink.close() for alpha, sink in sinks.items()}
+    except BaseException:
+        for sink in list(every_sink):
+            sink.abort()
+        raise
+
+
+def consecutive_groups(shards: list[Shard], count: int) -> list[list[Shard]]:
+    """At most `count` runs of consecutive shards of about equal bytes (each at least one shard)."""
+    count = max(1, min(count, len(shards)))
+    total = sum(s.size for s in shards)
+    groups: list[list[Shard]] = [[]]
+    done = 0
+    for i, shard in enumerate(shards):
+        left = len(shards) - i  # every later group needs a shard
+        if groups[-1] and len(groups) < count and (done >= total * len(groups) / count or left <= count - len(groups)):
+            groups.append([])
+        groups[-1].append(shard)
+        done += shard.size
+    return groups
+
+
+def all_at_once(jobs: list[Callable[[], T]]) -> list[T]:
+    """Run the first job on this thread (it takes Ctrl-C) and the others on threads; their results in order.
+
+    Every job is waited for; the error told is the first that is not just another job's abort."""
+    if len(jobs) == 1:
+        return [jobs[0]()]
+    results: list[Any] = [None] * len(jobs)
+    errors: list[BaseException | None] = [None] * len(jobs)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = jobs[i]()
+        except BaseException as err:  # handed to the calling thread
+            errors[i] = err
+
+    workers = [threading.Thread(target=work, args=(i,), name=f"expo-stream-{i}") for i in range(1, len(jobs))]
+    for worker in workers:
+        worker.start()
+    try:
+        work(0)
+    finally:
+        for worker in workers:
+            worker.join()
+    failures = [e for e in errors if e is not None]
+    if failures:
+        raise next((e for e in failures if not isinstance(e, Aborted)), failures[0])
+    return results
 
 
 def finish(run: PreparedRun, alpha: float, folder: Path, checksums: dict[str, str], uploaded: bool = False) -> None:

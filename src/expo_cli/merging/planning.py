@@ -24,7 +24,7 @@ from ..core.pairing import IDENTICAL, Pairing, pair_tensors
 from ..core.sources import TensorSource, blocks, compute_dtype, layout_sha256, torch_dtype
 from ..core.writer import mirror_shards, plan_shards
 from ..errors import MismatchError, UsageError
-from ..fsutil import HEADROOM, check_space
+from ..fsutil import HEADROOM, available_cores, check_space, read_ahead
 from ..inputs.adapters import ADAPTER_CONFIG, LoraSource, changed_tensors, input_folders, own_tensors
 from ..inputs.checkpoint import load_consolidated
 from ..inputs.hub import RemoteCheckpoint, download
@@ -42,6 +42,7 @@ from .weights import WeightSet
 # files: config.json and the card (as large as the aligned model's), the index (about INDEX_BYTES_PER_SHARD per
 # shard), and what else the commit writes (COMMIT_FILES_BYTES at most).
 INDEX_BYTES_PER_SHARD = 256
+READ_AHEAD = 256 * 2**20  # bytes of the inputs the kernel is asked to read while torch imports
 COMMIT_FILES_BYTES = 16_384
 
 
@@ -58,7 +59,7 @@ def prepare(
     `download=False` (a dry run) keeps Hub inputs as header-only views; `whole=False` (a part of a job array)
     leaves the space check to the part, which knows its own shards.
     """
-    run_device = device(opts.device)
+    check_device_name(opts.device)
     sft_ckpt, aligned_ckpt = resolve_inputs(
         sft,
         aligned,
@@ -77,6 +78,11 @@ def prepare(
         warn=opts.warning,
     )
     pairing = pair_tensors(sft_ckpt, aligned_ckpt, opts.out_code)
+    # Headers read and paired without torch: the kernel starts reading the first blocks while torch imports.
+    read_ahead(
+        dict.fromkeys(f for t in pairing.tensors for f in (t.aligned.file, t.sft and t.sft.file) if f), READ_AHEAD
+    )
+    run_device = device(opts.device)
     check_rules_match(opts.rules, [t.name for t in pairing.tensors if t.sft is not None])
     hub_ids = {"sft": opts.sft_id, "aligned": opts.aligned_id}
     folder = aligned_ckpt.path
@@ -114,7 +120,18 @@ def prepare(
         side_folder=folder,
         tuning=opts.tuning,
         adapter_config=adapter_config,
+        streams=shard_streams(opts, run_device, sum(len(w.shards) for w in weights)),
     )
+
+
+def shard_streams(opts: MergeOptions, device: Any, shards: int) -> int:
+    """How many shards are written at once: --streams, else one per two cores and at least two on a CPU (the
+    arithmetic, the kernel's copy into the page cache and SHA-256 of one stream do not fill two cores); one on a
+    GPU (its arithmetic is not the limit) and with --stream (the scratch folder holds two shards at most)."""
+    if opts.stream or getattr(device, "type", "cpu") == "cuda":
+        return 1
+    wanted = opts.streams or max(2, available_cores() // 2)
+    return max(1, min(wanted, shards))
 
 
 def _weight_sets(
@@ -226,13 +243,17 @@ def _identical(sft: TensorSource, aligned: TensorSource, pairing: Pairing) -> bo
     return True
 
 
+def check_device_name(name: str) -> None:
+    if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
+        raise UsageError(f"--device {name!r}: choose cpu, cuda or auto")
+
+
 def device(name: str):  # torch.device, imported lazily
     import torch  # torch loads on first use, not with the package
 
+    check_device_name(name)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise UsageError(f"--device {name!r}: choose cpu, cuda or auto")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is available; use --device cpu")
     return torch.device(name)

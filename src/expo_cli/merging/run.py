@@ -100,6 +100,7 @@ class PreparedRun:
     side_folder: Path | None = None  # where the side files come from (with --stream: a download of just those)
     tuning: dict[str, Any] | None = None  # how expo tune chose α
     adapter_config: dict[str, Any] | None = None  # --as-adapter: the output is a PEFT adapter with this config
+    streams: int = 1  # shards written at once (execution.write_shards)
 
     @property
     def main(self) -> WeightSet:
@@ -152,7 +153,7 @@ class PreparedRun:
         rules = [{**r.to_json(), "tensors": sum(map(r.matches, names))} for r in self.rules]
         tensors = [t for w in self.weights for t in w.pairing.tensors]
         widest = max((itemsize(t.out_dtype) for t in tensors), default=1)
-        buffers = (BUFFERS * widest + 2 * 8) * CHUNK_ELEMENTS  # the sinks' pool + widened scratch, at most
+        buffers = self.streams * (BUFFERS * widest + 2 * 8) * CHUNK_ELEMENTS  # pools + widened scratch, at most
         return Plan(
             outputs=dict(self.targets),
             tensors=len(tensors),
