@@ -19,6 +19,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,20 +51,16 @@ def import_vllm() -> Any:
     return vllm
 
 
+@dataclass
 class VllmPolicy:
     """The policy of a tune on vLLM: `set_alpha(α)` then `batch(...)`, like the transformers backend."""
 
-    def __init__(
-        self, llm: Any, tokenizer: Any, decoding: Decoding, eos: list[int], run: PreparedRun, strict: bool
-    ) -> None:
-        self.llm, self.tokenizer, self.decoding, self.eos, self.run, self.strict = (
-            llm,
-            tokenizer,
-            decoding,
-            eos,
-            run,
-            strict,
-        )
+    llm: Any  # vllm.LLM
+    tokenizer: Any
+    decoding: Decoding
+    eos: list[int]  # the stop tokens, as the transformers backend's
+    run: PreparedRun
+    strict: bool  # inf/NaN inherited from an input is an error
 
     @classmethod
     def start(
