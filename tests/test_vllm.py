@@ -201,3 +201,13 @@ def test_vllm_errors_are_one_line_before_any_generation(tmp_path):
         done.stderr.strip().splitlines()[-1].startswith("Error: --backend vllm: narrow has attention heads of size 8")
     )
     assert "Traceback" not in done.stderr
+    for folder in (sft, narrow):  # both alike: the pair's own check passes, vLLM's is the one that refuses
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps({**config, "architectures": ["NotAModelForCausalLM"]}))
+    done = expo_command(*args, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--run-dir", tmp_path / "run2")
+    assert done.returncode == 3, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "Error: --backend vllm: narrow is a NotAModelForCausalLM, which this vLLM cannot load "
+        "(use --backend transformers)"
+    )
+    assert "Traceback" not in done.stderr

@@ -89,6 +89,7 @@ class VllmPolicy:
                 f" ({INSTALL_HINT})"
             )
         config = _read_config(model_folder)
+        _check_architecture(vllm, config, model_folder)
         _check_head_size(config, model_folder)
         longest = max(len(ids) for ids in prompt_ids)
         positions = config.get("max_position_embeddings")
@@ -202,6 +203,22 @@ def _read_config(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError) as err:
         raise InputError(f"{folder.name}/config.json: cannot read it ({first_line(err)})") from err
     return config if isinstance(config, dict) else {}
+
+
+def _check_architecture(vllm: Any, config: dict[str, Any], folder: Path) -> None:
+    """An architecture neither vLLM nor transformers (vLLM's fallback backend) implements: refused before
+    start-up, not in its engine's log."""
+    import transformers  # transformers loads when a model does
+
+    named = config.get("architectures")
+    if not isinstance(named, list) or not named:
+        return  # vLLM works it out from model_type, or says why
+    supported = vllm.ModelRegistry.get_supported_archs()
+    if not any(arch in supported or hasattr(transformers, str(arch)) for arch in named):
+        raise InputError(
+            f"--backend vllm: {folder.name} is a {', '.join(map(str, named))}, which this vLLM cannot load "
+            "(use --backend transformers)"
+        )
 
 
 def _check_head_size(config: dict[str, Any], folder: Path) -> None:
