@@ -506,6 +506,18 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    return groups[:-1] if len(groups) > 1 else groups\n",
         "tests/test_merge.py::test_parallel_shard_streams_write_the_bytes_of_one_stream",
     ),
+    "headers validated by safetensors for torch (imports it before the plan)": (
+        "inputs/headers.py",
+        'with safe_open(file, framework="numpy"):',
+        'with safe_open(file, framework="pt"):',
+        "tests/test_inputs.py::test_headers_are_read_validated_and_paired_before_torch_is_imported",
+    ),
+    "--stream writes several shards at once (the scratch bound broken)": (
+        "merging/planning.py",
+        '    if opts.stream or getattr(device, "type", "cpu") == "cuda":',
+        '    if getattr(device, "type", "cpu") == "cuda":',
+        "tests/test_hub.py::test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input",
+    ),
     # expo tune --backend vllm: run by the vLLM environment's Python (`make setup-vllm`).
     "vLLM: sampling seeded per batch, not per response": (
         "tuning/serving.py",
@@ -530,6 +542,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        for group in _groups(weights.pairing.tensors):",
         "        for group in list(_groups(weights.pairing.tensors))[:-1]:",
         f"{VLLM}tests/test_vllm.py::test_in_place_updates_generate_what_the_merged_checkpoints_do",
+    ),
+    "vLLM: an unknown architecture reaches the engine": (
+        "tuning/serving.py",
+        "        _check_architecture(vllm, config, model_folder)\n",
+        "",
+        f"{VLLM}tests/test_vllm.py::test_vllm_errors_are_one_line_before_any_generation",
     ),
 }
 

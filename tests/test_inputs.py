@@ -42,3 +42,25 @@ def test_sft_may_be_left_out_only_for_an_adapter(llama_pair):
 def test_an_unknown_adapter_stack_is_refused(llama_pair):
     with pytest.raises(UsageError, match="--adapter-stack 'stacked': choose on-sft or continued"):
         resolve_inputs(*llama_pair, adapter_stack="stacked")
+
+
+def test_headers_are_read_validated_and_paired_before_torch_is_imported(llama_pair):
+    """The plan's first part needs no torch, so the disk reads ahead while torch imports (a second process: this one
+    has torch already)."""
+    import subprocess
+    import sys
+
+    sft, aligned = llama_pair
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from expo_cli.core.pairing import pair_tensors\n"
+        "from expo_cli.inputs.checkpoint import load_checkpoint\n"
+        f"sft = load_checkpoint(Path({str(sft)!r}), 'sft')\n"
+        f"pairing = pair_tensors(sft, load_checkpoint(Path({str(aligned)!r}), 'aligned'))\n"
+        "assert pairing.tensors, 'paired'\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -149,17 +149,16 @@ def write_shards(
     arithmetic, writer and hasher threads and its own buffers: shards are independent files, so no single write or
     SHA-256 stream caps the merge, and every file gets the bytes a single stream would write. A failure anywhere
     stops them all. `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader
-    takes it: then one stream, so the scratch folder holds at most two shards). Returns, per target, file name ->
-    sha256 of every shard written.
+    takes it: a --stream run plans one stream, so the scratch folder holds at most two shards). Returns, per
+    target, file name -> sha256 of every shard written.
     """
     import torch  # torch loads on first use, not with the package
 
     checksums: dict[float, dict[str, str]] = {alpha: {} for alpha in folders}
-    count = 1 if on_shard_closed is not None else run.streams
     threads = torch.get_num_threads()
     # The writers and hashers keep cores busy too: the arithmetic of all streams gets the rest (measured on 2
     # cores: one arithmetic thread merged the 6 GB pair ~15% faster than two fighting the hasher for a core).
-    torch.set_num_threads(max(1, available_cores() - 2 * count))
+    torch.set_num_threads(max(1, available_cores() - 2 * run.streams))
     try:
         for weights in run.weights:
             shards = [s for s in weights.shards if only is None or s.filename in only]
@@ -168,7 +167,7 @@ def write_shards(
                 sinks: list[ShardSink] = []  # of every stream: a failure in one aborts them all
                 jobs = [
                     partial(_write_group, run, weights, group, folders, opts, on_shard_closed, bar, sinks)
-                    for group in consecutive_groups(shards, count)
+                    for group in consecutive_groups(shards, run.streams)
                 ]
                 for written in all_at_once(jobs):
                     for alpha, sums in written.items():

@@ -191,8 +191,7 @@ def kv_cache_bytes(config: dict[str, Any], dtype: str, sequences: int, context: 
     text = config.get("text_config", config)
     layers, heads = text.get("num_hidden_layers", 1), text.get("num_attention_heads", 1)
     kv_heads = text.get("num_key_value_heads") or heads
-    size = text.get("head_dim") or text.get("hidden_size", 0) // max(heads, 1)
-    per_token = 2 * layers * kv_heads * size * (4 if dtype == "float32" else 2)
+    per_token = 2 * layers * kv_heads * (_head_size(config) or 0) * (4 if dtype == "float32" else 2)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(min(max(per_token * context * sequences * 1.25, 256 * 2**20), max(free // 4, 256 * 2**20)))
 
@@ -229,15 +228,21 @@ def _check_head_size(config: dict[str, Any], folder: Path) -> None:
         return
     from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
 
-    text = config.get("text_config", config)
-    heads, hidden = text.get("num_attention_heads"), text.get("hidden_size")
-    size = text.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) else None)
+    size = _head_size(config)
     supported = CPUAttentionBackend.get_supported_head_sizes()
     if isinstance(size, int) and size not in supported:
         raise InputError(
             f"--backend vllm: {folder.name} has attention heads of size {size}; vLLM's CPU attention takes "
             f"{', '.join(map(str, supported))} (use --backend transformers, or a GPU)"
         )
+
+
+def _head_size(config: dict[str, Any]) -> int | None:
+    """The attention head size a config declares (head_dim, else hidden_size / heads), None if it does not say."""
+    text = config.get("text_config", config)
+    heads, hidden = text.get("num_attention_heads"), text.get("hidden_size")
+    size = text.get("head_dim") or (hidden // heads if isinstance(hidden, int) and isinstance(heads, int) else None)
+    return size if isinstance(size, int) else None
 
 
 def _cause(err: BaseException) -> str:

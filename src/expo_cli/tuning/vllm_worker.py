@@ -50,7 +50,7 @@ class WeightUpdater:
         from ..core.sources import torch_dtype
 
         weights = self.expo_weights
-        device = torch.device(self.device) if not isinstance(self.device, torch.device) else self.device
+        device = torch.device(self.device)
         for group in _groups(weights.pairing.tensors):
             targets = {t.name: torch.empty(t.shape, dtype=torch_dtype(t.out_dtype), device=device) for t in group}
             compute_into(weights, group, alphas, ParameterSink(targets), device, strict, warnings.append)
