@@ -154,6 +154,7 @@ def write_shards(
     """
     import torch  # torch loads on first use, not with the package
 
+    assert on_shard_closed is None or run.streams == 1, "an uploader takes one shard at a time"
     checksums: dict[float, dict[str, str]] = {alpha: {} for alpha in folders}
     threads = torch.get_num_threads()
     # The writers and hashers keep cores busy too: the arithmetic of all streams gets the rest (measured on 2
