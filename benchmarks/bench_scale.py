@@ -1,12 +1,13 @@
 """Bigger than the disk, bigger than one machine: a streamed Hub-to-Hub merge and a job array, on one pair.
 
     python benchmarks/bench_scale.py [--size 2gb] [--parts 4] [--max-shard-size 500MB]
-    python benchmarks/bench_scale.py --network [--size small] [--latency 0.02] [--bandwidth 20MB]
-                                     [--baseline OTHER/src]
+    python benchmarks/bench_scale.py --network [--size small] [--latency 0.02] [--bandwidth 20e6]
+                                     [--connections 1 4 8] [--no-latency-only] [--baseline OTHER/src]
 
-1. The pair (bench_merge.py's cached one) is published to the test Hub server of tests/hub_server.py on 127.0.0.1,
-   then `expo merge --stream --push-to-hub` merges it Hub to Hub: wall time, and the peak size of its scratch
-   folder (sampled every 10 ms) against the size of one input.
+1. The pair (bench_merge.py's cached one) is published to the test Hub of tests/hub_server.py on 127.0.0.1 (in a
+   process of its own, as a real Hub is; it shares this machine's cores with expo), then `expo merge --stream
+   --push-to-hub` merges it Hub to Hub: wall time, and the peak size of its scratch folder (sampled every 10 ms)
+   against the size of one input.
    With --network: streamed merges against the same pair merged locally, in one run: with no added latency, and
    with the server adding --latency seconds to every response and pacing every connection at --bandwidth bytes/s,
    for 1 and several `--connections` (and another expo's src, --baseline, for a before/after): wall time, read
@@ -66,6 +67,30 @@ def peak_anon(pid: int, peak: list[int]) -> None:
         time.sleep(0.005)
 
 
+def serve_pair(sft: Path, aligned: Path, latency: float, bandwidth: float | None) -> None:
+    """The test Hub in this process, holding the pair as bench/sft and bench/aligned: its port on stdout, then it
+    serves until stdin closes (run by `hub_process`)."""
+    hub, server = serve()
+    hub.latency, hub.bandwidth = latency, bandwidth
+    for repo, folder in (("bench/sft", sft), ("bench/aligned", aligned)):
+        hub.create(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+    print(server.server_address[1], flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+def hub_process(sft: Path, aligned: Path, latency: float, bandwidth: float | None) -> tuple[subprocess.Popen, int]:
+    """The Hub in a process of its own, as a real one is: it does not share an interpreter lock with this
+    benchmark's samplers (it still shares the machine's cores with expo). (process, port)"""
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(sft), str(aligned), str(latency), str(bandwidth or 0)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, int(proc.stdout.readline())
+
+
 def streamed(
     sft: Path,
     aligned: Path,
@@ -78,13 +103,10 @@ def streamed(
     src: Path | None = None,
 ) -> tuple[float, int, int]:
     """One streamed merge: (wall seconds, peak scratch bytes, peak anonymous memory of the expo process)."""
-    hub, server = serve()
-    hub.latency, hub.bandwidth = latency, bandwidth
-    for repo, folder in (("bench/sft", sft), ("bench/aligned", aligned)):
-        hub.create(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
+    server, port = hub_process(sft, aligned, latency, bandwidth)
     env = {
         **os.environ,
-        "HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}",
         "HF_TOKEN": WRITE_TOKEN,
         "HF_HUB_DISABLE_XET": "1",
         "HF_HOME": str(work / "hf-home"),
@@ -116,6 +138,7 @@ def streamed(
             *extra,
         ],
         env=env,
+        stdout=subprocess.DEVNULL,
     )
     anon = [0]
     watcher = threading.Thread(target=peak_anon, args=(proc.pid, anon), daemon=True)
@@ -126,7 +149,7 @@ def streamed(
     seconds = time.perf_counter() - started
     done.set()
     sampler.join()
-    server.shutdown()
+    server.communicate()
     return seconds, peak[0], anon[0]
 
 
@@ -138,6 +161,7 @@ def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> flo
         [*EXPO, "--sft", str(sft), "--aligned", str(aligned), "-o", str(out), "--alpha", str(alpha), "--force"]
         + ["--max-shard-size", shard],
         check=True,
+        stdout=subprocess.DEVNULL,
     )
     return time.perf_counter() - started
 
@@ -149,20 +173,22 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
     print("|---|---|---|---|---|---|---|---|")
     base = local(sft, aligned, args.alpha, work, args.max_shard_size)
     print(f"| local merge | | | | {base:.1f} | | | |")
-    cases = [(0.0, None, n) for n in (1, 4)] + [(args.latency, args.bandwidth, n) for n in (1, 4, 8)]
+    cases = [(0.0, None, n) for n in args.connections] + [(args.latency, args.bandwidth, n) for n in args.connections]
+    if args.no_latency_only:
+        cases = cases[: len(args.connections)]
     for latency, bandwidth, connections in cases:
         runs = [("expo", None, ("--connections", str(connections)))]
-        if args.baseline and connections == 1:
-            runs.append((f"baseline {args.baseline.parent.name}", args.baseline, ()))
+        if args.baseline:
+            runs.append((f"baseline {args.baseline.parent.name}", args.baseline, ("--connections", str(connections))))
         for name, src, extra in runs:
             seconds, _, anon = streamed(
                 sft, aligned, args.alpha, work, args.max_shard_size, latency, bandwidth, extra, src
             )
             rate = read / seconds
-            allowed = f"{rate / (2 * connections * bandwidth):.0%}" if bandwidth and not src else ""
+            allowed = f"{rate / (2 * connections * bandwidth):.0%}" if bandwidth else ""
             print(
                 f"| {name} streamed ({seconds / base:.2f}× local) | {latency * 1000:.0f} ms | "
-                f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections if not src else 1} | {seconds:.1f} | "
+                f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections} | {seconds:.1f} | "
                 f"{rate / 1e6:.0f} | {allowed} | {anon / 2**20:.0f} |",
                 flush=True,
             )
@@ -229,8 +255,15 @@ def main() -> None:
     parser.add_argument("--network", action="store_true", help="streamed merges under latency and bandwidth caps")
     parser.add_argument("--latency", type=float, default=0.02, help="seconds the server adds to every response")
     parser.add_argument("--bandwidth", type=float, default=20e6, help="bytes/s per connection")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 8], help="--connections of each case")
+    parser.add_argument("--no-latency-only", action="store_true", help="skip the slow-link cases")
     parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
+    parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # SFT ALIGNED LATENCY BANDWIDTH: the Hub process
     args = parser.parse_args()
+    if args.serve:
+        sft, aligned, latency, bandwidth = args.serve
+        serve_pair(Path(sft), Path(aligned), float(latency), float(bandwidth) or None)
+        return
     sft, aligned = build_pair(args.size)
     if args.network:
         CACHE.mkdir(parents=True, exist_ok=True)

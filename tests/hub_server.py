@@ -2,10 +2,15 @@
 
 Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
 uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
-`drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many), and for
-ranged reads of tensor data (what `--stream` makes) `range_faults` (that share of them, drawn with a seeded
-generator, fails by each of `fault_kinds` in turn: a connection reset mid-body, 503 with Retry-After: 0, 429 with
-Retry-After: 1, a body half as long as asked) and `failing_file` (every such read of that file answers 503).
+`drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many),
+`commit_failures` (that many commits answered 503), and for ranged reads of tensor data (what `--stream` makes)
+`range_faults` (that share of them, drawn with a seeded generator, fails by each of `fault_kinds` in turn: a
+connection reset mid-body, 503 with Retry-After: 0, 429 with Retry-After: 1, a body half as long as asked, or with
+"stall" half a body and then silence, or with "shifted" the range from one byte later; `most_faults` of them at
+most) and `failing_file` (every such read of that
+file answers 503). Server-wide: `signed_urls` (LFS files redirect to a CDN URL on another origin that expires),
+`latency` and `bandwidth` (a network link); a request in absolute form (sent to a proxy: this server plays one
+too) is recorded in `proxied`.
 Tokens: "write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in
 hub-api-notes.md of the project's shared notes.
 """
@@ -37,17 +42,27 @@ class Repo:
     gated: bool = False
     drop_downloads: bool = False
     uploads_before_drop: int | None = None  # after this many LFS uploads, cut every further one
+    commit_failures: int = 0  # the next commits answered 503 (Retry-After: 0), one fewer each time
     range_faults: float = 0.0  # the share of ranged tensor-data reads that fail
+    most_faults: int | None = None  # then no more than this many of them
     fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
     failing_file: str | None = None  # every ranged tensor-data read of this file answers 503
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit
     prs: int = 0
+    etags: dict[int, tuple[bytes, str]] = field(default_factory=dict)  # id(file bytes) -> (the bytes, ETag)
 
     def commit(self, files: dict[str, bytes], parent: str | None, message: str) -> str:
         sha = hashlib.sha1(json.dumps([parent, message, sorted(files)]).encode() + str(len(self.commits)).encode())
         self.commits[sha.hexdigest()] = files
+        for path, data in files.items():  # hashed once, here: not by the first read of a file
+            if id(data) not in self.etags:
+                lfs = path.endswith((".safetensors", ".bin"))
+                self.etags[id(data)] = (data, hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data))
         return sha.hexdigest()
+
+    def etag(self, data: bytes) -> str:
+        return self.etags[id(data)][1]
 
     def resolve(self, revision: str) -> str | None:
         revision = unquote(revision)
@@ -64,24 +79,29 @@ class Hub:
         self.lfs: dict[str, bytes] = {}
         self.lock = threading.Lock()
         self.requests: list[tuple[str, str]] = []
-        self.etags: dict[tuple[str, str, str], str] = {}
         self.random = random.Random(0)
         self.latency = 0.0  # seconds before each response, as a round trip over a real network would take
         self.bandwidth: float | None = None  # bytes per second per connection, for response bodies
-        self.injected: list[tuple[str, str, int, int]] = []  # (fault kind, file, bytes [start, stop) asked for)
+        self.signed_urls: float | None = None  # LFS files redirect to a CDN URL valid this many seconds
+        self.stall = 3.0  # seconds a "stall" fault holds the connection silent before dropping it
+        self.proxied: list[tuple[str, str | None, str | None]] = []  # (path, Range, Proxy-Authorization)
+        self.cdn_reads: list[tuple[str | None, str | None, bool]] = []  # (Range, Authorization, expired)
+        self.injected: list[tuple[str, str, int, int]] = []  # (fault kind, repo/file, bytes [start, stop) asked for)
 
-    def fault(self, repo: Repo, filename: str, data: bytes, start: int, stop: int) -> str | None:
+    def fault(self, repo_id: str, filename: str, data: bytes, start: int, stop: int) -> str | None:
         """The fault to inject into a ranged read from `start`, if any: tensor data only (headers read cleanly).
         Called with the hub's lock held, like every request."""
         if not filename.endswith(".safetensors") or start < 8 + int.from_bytes(data[:8], "little"):
             return None
+        repo = self.repos[repo_id]
         if repo.failing_file == filename:
             kind = "503"
-        elif repo.range_faults and self.random.random() < repo.range_faults:
+        elif repo.range_faults and repo.most_faults != 0 and self.random.random() < repo.range_faults:
             kind = repo.fault_kinds[len(self.injected) % len(repo.fault_kinds)]  # each kind in turn
+            repo.most_faults = None if repo.most_faults is None else repo.most_faults - 1
         else:
             return None
-        self.injected.append((kind, filename, start, stop))
+        self.injected.append((kind, f"{repo_id}/{filename}", start, stop))
         return kind
 
     def create(self, repo_id: str, files: dict[str, bytes] | None = None, **flags: object) -> str:
@@ -117,19 +137,20 @@ class Handler(BaseHTTPRequestHandler):
     def _send(
         self,
         status: int,
-        body: bytes = b"",
+        body: bytes | memoryview = b"",
         headers: dict[str, str] | None = None,
         head: bool = False,
-        cut: bool = False,
+        fault: str | None = None,
     ) -> None:
         """Decide the response (under the hub's lock); `_flush` sends it after the lock is released, so that
-        connections overlap their latency and bandwidth as on a real network."""
-        self._out = (status, body, headers or {}, head, cut)
+        connections overlap their latency and bandwidth as on a real network. `fault`: "reset" sends half the body
+        and drops the connection, "stall" sends half and holds the connection silent (`hub.stall` s) first."""
+        self._out = (status, body, headers or {}, head, fault)
 
     def _flush(self) -> None:
         if self._out is None:
             return
-        status, body, headers, head, cut = self._out
+        status, body, headers, head, fault = self._out
         self._out = None
         if self.hub.latency:
             time.sleep(self.hub.latency)
@@ -140,9 +161,11 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
-        if cut:  # send half, then drop the connection
+        if fault in ("reset", "stall"):  # send half, then drop the connection
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
+            if fault == "stall":
+                time.sleep(self.hub.stall)
             self.close_connection = True
             self.connection.shutdown(2)
             return
@@ -195,7 +218,11 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         path, query = url.path, parse_qs(url.query)
         body = self._body() if method in ("POST", "PUT") else b""
+        # an upload is hashed before the lock is taken: reads go on meanwhile, as on a real Hub
+        self._sha256 = hashlib.sha256(body).hexdigest() if method == "PUT" else None
         self.hub.requests.append((method, path, self.headers.get("Range")))
+        if self.path.startswith("http://"):  # sent to a proxy: this server plays one too
+            self.hub.proxied.append((path, self.headers.get("Range"), self.headers.get("Proxy-Authorization")))
         self._out: tuple | None = None
         with self.hub.lock:
             self._dispatch(method, path, query, body)
@@ -206,6 +233,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._info(m[1], m[2] or "main")
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
             return self._tree(m[1], m[2], m[3] or "")
+        if m := re.fullmatch(r"/cdn/([0-9a-f]{64})", path):
+            return self._cdn(m[1], float(query.get("expires", ["0"])[0]), method == "HEAD")
         if m := re.fullmatch(r"/([^/]+/[^/]+)/resolve/([^/]+)/(.+)", path):
             return self._resolve(m[1], m[2], unquote(m[3]), method == "HEAD")
         if path == "/api/whoami-v2":
@@ -288,25 +317,51 @@ class Handler(BaseHTTPRequestHandler):
                 self.send_header(k, v)
             self.end_headers()
             return
-        key = (repo_id, sha, filename)  # hashed once: ranged reads of a big file come many times
-        if key not in self.hub.etags:
-            lfs = filename.endswith((".safetensors", ".bin"))
-            self.hub.etags[key] = hashlib.sha256(data).hexdigest() if lfs else git_blob_sha1(data)
-        etag = self.hub.etags[key]
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes"}
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{repo.etag(data)}"', "Accept-Ranges": "bytes"}
+        if self.hub.signed_urls is not None and filename.endswith((".safetensors", ".bin")):
+            expires = time.time() + self.hub.signed_urls
+            port = self.endpoint.rsplit(":", 1)[1]  # another origin: "localhost", not the endpoint's 127.0.0.1
+            location = f"http://localhost:{port}/cdn/{repo.etag(data)}?expires={expires}"
+            return self._send(
+                302,
+                headers={
+                    **headers,
+                    "Location": location,
+                    "X-Linked-Etag": headers["ETag"],
+                    "X-Linked-Size": str(len(data)),
+                },
+            )
         status, body, fault = 200, data, None
         if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):
             start = int(m[1])
             stop = min(int(m[2]) + 1 if m[2] else len(data), len(data))
-            fault = None if head else self.hub.fault(repo, filename, data, start, stop)
+            fault = None if head else self.hub.fault(repo_id, filename, data, start, stop)
             if fault in ("503", "429"):
                 return self._send(int(fault), b"come back later", {"Retry-After": "0" if fault == "503" else "1"})
             if fault == "short":  # a well-formed answer, but shorter than asked
                 stop = start + max(1, (stop - start) // 2)
-            status, body = 206, data[start:stop]
+            if fault == "shifted":  # another range than the one asked for, as a broken proxy might send
+                start += 1
+            status, body = 206, memoryview(data)[start:stop]  # no copy: served as fast as a real server would
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         cut = repo.drop_downloads and not head and filename.endswith(".safetensors") and status == 200
-        self._send(status, body, headers, head=head, cut=cut or fault == "reset")
+        self._send(status, body, headers, head=head, fault="reset" if cut else fault)
+
+    def _cdn(self, oid: str, expires: float, head: bool) -> None:
+        """A signed URL of the CDN the Hub redirects LFS files to: refused (403) once it has expired."""
+        expired = time.time() > expires
+        self.hub.cdn_reads.append((self.headers.get("Range"), self.headers.get("Authorization"), expired))
+        if expired:
+            return self._error(403, "Forbidden", "Request has expired")
+        data = next((d for r in self.hub.repos.values() for d, etag in r.etags.values() if etag == oid), None)
+        if data is None:
+            return self._error(404, "NotFound", "no such object")
+        status, body, headers = 200, memoryview(data), {"ETag": f'"{oid}"', "Accept-Ranges": "bytes"}
+        if (wanted := self.headers.get("Range")) and (m := re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())):
+            start, stop = int(m[1]), min(int(m[2]) + 1 if m[2] else len(data), len(data))
+            status, body = 206, body[start:stop]
+            headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
+        self._send(status, body, headers, head=head)
 
     def _create(self, request: dict) -> None:
         if self._token() != WRITE_TOKEN:
@@ -363,7 +418,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.connection.shutdown(2)
                 return
             repo.uploads_before_drop -= 1
-        if hashlib.sha256(body).hexdigest() != oid:
+        if self._sha256 != oid:
             return self._error(400, "BadRequest", "sha256 mismatch")
         self.hub.lfs[oid] = body
         self._send(200, b"", {"ETag": f'"{oid}"'})
@@ -372,6 +427,9 @@ class Handler(BaseHTTPRequestHandler):
         repo = self._repo(repo_id, write=True)
         if repo is None:
             return
+        if repo.commit_failures:
+            repo.commit_failures -= 1
+            return self._send(503, b"come back later", {"Retry-After": "0"})
         parent = repo.resolve(revision)
         if parent is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
@@ -390,6 +448,7 @@ class Handler(BaseHTTPRequestHandler):
                 if value["oid"] not in self.hub.lfs:
                     return self._error(422, "BadRequest", f"LFS object {value['oid']} was never uploaded")
                 files[value["path"]] = self.hub.lfs[value["oid"]]
+                repo.etags.setdefault(id(files[value["path"]]), (files[value["path"]], value["oid"]))  # its sha256
             elif item["key"] == "deletedFile":
                 files.pop(value["path"], None)
         sha = repo.commit(files, parent, summary)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -417,11 +419,12 @@ def test_a_failed_upload_stops_the_writer_before_the_scratch_fills(tmp_path, exp
 
 
 def test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge(tmp_path, expo, hub, token):
-    """A quarter of the tensor-data reads fail (resets mid-body, 503, 429 with Retry-After, short bodies): each is
-    retried, asking only for the bytes still missing, and the output is the local merge's, byte for byte."""
+    """The first eight tensor-data reads of each input fail, two by each kind (resets mid-body, 503, 429 with
+    Retry-After, short bodies): each is retried, asking only for the bytes still missing, and the output is the
+    local merge's, byte for byte."""
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
-    publish(hub, "org/faulty-sft", sft, range_faults=0.25)
-    publish(hub, "org/faulty-dpo", aligned, range_faults=0.25)
+    publish(hub, "org/faulty-sft", sft, range_faults=1.0, most_faults=8)
+    publish(hub, "org/faulty-dpo", aligned, range_faults=1.0, most_faults=8)
     hub.injected.clear()
     hub.requests.clear()
     scratch = tmp_path / "scratch"  # missing: created
@@ -446,11 +449,11 @@ def test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merg
     for method, path, asked in hub.requests:
         if method == "GET" and asked:
             first, last = asked.removeprefix("bytes=").split("-")
-            reads.append((path.rsplit("/", 1)[-1], int(first), int(last) + 1))
+            repo, file = path.lstrip("/").split("/resolve/")
+            reads.append((f"{repo}/{file.split('/', 1)[1]}", int(first), int(last) + 1))
     for kind, file, start, stop in hub.injected:
         if kind in ("reset", "short"):  # its retry asks only for what did not arrive
-            retry = next(r for r in reads[reads.index((file, start, stop)) + 1 :] if r[0] == file and r[2] == stop)
-            assert retry[1] > start, (kind, file, start, stop, retry)
+            assert any(r[0] == file and start < r[1] < stop and r[2] == stop for r in reads), (kind, file, start, stop)
     local = tmp_path / "local"
     assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *shards, "-q").code == 0
     back = files_of(Path(snapshot_download("me/faulty", cache_dir=tmp_path / "cache")))
@@ -577,3 +580,151 @@ def test_quiet_silences_the_hubs_bars_too(tmp_path, expo, hub, local_pair, token
     assert run.code == 0 and run.stderr == "", run.stderr
     run = expo("merge", "--sft", sft, "--aligned", "org/quiet-dpo", "-o", tmp_path / "o2", "--alpha", "0.5")
     assert run.code == 0 and "Merging" in run.stderr  # and the bars are back for the next command
+
+
+def assert_streamed_like_local(tmp_path, expo, repo_id: str, sft: Path, aligned: Path, *args: str) -> None:
+    """The shards and index a streamed merge published are those of the same merge made locally, byte for byte."""
+    local = tmp_path / "local"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *args, "-q").code == 0
+    back = files_of(Path(snapshot_download(repo_id, cache_dir=tmp_path / "cache")))
+    merged = files_of(local)
+    written = [name for name in merged if name.endswith((".safetensors", ".index.json"))]
+    assert len(written) > 2 and all(back[name] == merged[name] for name in written)
+
+
+def streamed_merge(expo, sft: str, aligned: str, out: str, scratch: Path, *args: object):
+    return expo(
+        "merge", "--sft", sft, "--aligned", aligned, "--stream", "--push-to-hub", out, "--scratch", scratch, *args
+    )
+
+
+def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, token, monkeypatch):
+    """A connection that goes silent mid-body is given up after HF_HUB_DOWNLOAD_TIMEOUT (not waited on for as long
+    as the server holds it) and the rest of the range asked for again."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", 0.5)  # as HF_HUB_DOWNLOAD_TIMEOUT=0.5 sets it
+    monkeypatch.setattr(hub, "stall", 60.0)
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    publish(hub, "org/stall-sft", sft, range_faults=1.0, fault_kinds=("stall",), most_faults=2)
+    publish(hub, "org/stall-dpo", aligned)
+    hub.injected.clear()
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    started = time.monotonic()
+    run = streamed_merge(expo, "org/stall-sft", "org/stall-dpo", "me/stalled", tmp_path / "scratch", *shards)
+    assert run.code == 0, run.stderr
+    assert time.monotonic() - started < 30 and [fault[0] for fault in hub.injected] == ["stall", "stall"]
+    assert_streamed_like_local(tmp_path, expo, "me/stalled", sft, aligned, *shards)
+
+
+def test_signed_urls_are_asked_for_again_when_they_expire_and_never_get_the_token(
+    tmp_path, expo, hub, token, monkeypatch
+):
+    """The Hub redirects LFS files to a signed CDN URL on another origin, valid 0.1 s here: ranged reads go there
+    directly, without the token, and an expired URL is replaced by asking the Hub again. The progress bar tells
+    how fast the link reads and uploads."""
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    publish(hub, "org/cdn-sft", sft)
+    publish(hub, "org/cdn-dpo", aligned)
+    monkeypatch.setattr(hub, "signed_urls", 0.1)
+    monkeypatch.setattr(hub, "latency", 0.05)
+    hub.cdn_reads.clear()
+    hub.requests.clear()
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    run = streamed_merge(expo, "org/cdn-sft", "org/cdn-dpo", "me/cdn", tmp_path / "scratch", *shards)
+    assert run.code == 0, run.stderr
+    ranged = [(asked, auth, expired) for asked, auth, expired in hub.cdn_reads if asked]
+    assert ranged and all(auth is None for _, auth, _ in hub.cdn_reads)
+    assert any(expired for _, _, expired in ranged) and not ranged[-1][2]
+    heads = [path for method, path, _ in hub.requests if method == "HEAD" and "/resolve/" in path]
+    assert len(heads) > len(set(heads))  # a file located again
+    assert re.search(r"reading [\d.]+ [kMG]?B/s, uploading [\d.]+ [kMG]?B/s", run.stderr), run.stderr
+    monkeypatch.setattr(hub, "signed_urls", None)
+    assert_streamed_like_local(tmp_path, expo, "me/cdn", sft, aligned, *shards)
+
+
+def test_ranged_reads_go_through_the_proxy_the_environment_names(tmp_path, expo, hub, token, monkeypatch):
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    publish(hub, "org/proxy-sft", sft)
+    publish(hub, "org/proxy-dpo", aligned)
+    port = os.environ["HF_ENDPOINT"].rsplit(":", 1)[1]
+    monkeypatch.setenv("HTTP_PROXY", f"http://someone:p%40ss@127.0.0.1:{port}")  # this server plays the proxy
+    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    hub.proxied.clear()
+    hub.requests.clear()
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    run = streamed_merge(expo, "org/proxy-sft", "org/proxy-dpo", "me/proxied", tmp_path / "scratch", *shards)
+    assert run.code == 0, run.stderr
+    # every read of tensor data (the headers were read before, by huggingface_hub's own client)
+    ranged = Counter(
+        (p, r) for m, p, r in hub.requests if m == "GET" and r and p.endswith(".safetensors") and r[6] != "0"
+    )
+    credentials = "Basic " + base64.b64encode(b"someone:p@ss").decode()
+    proxied = Counter((path, asked) for path, asked, auth in hub.proxied if auth == credentials)
+    assert ranged and ranged <= proxied, (ranged, proxied)
+    monkeypatch.delenv("HTTP_PROXY")
+    assert_streamed_like_local(tmp_path, expo, "me/proxied", sft, aligned, *shards)
+
+
+def test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_busy(
+    tmp_path, hub, local_pair, token, monkeypatch
+):
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.ranged import RangedSource
+
+    _, aligned, _ = local_pair
+    publish(hub, "org/adjacent", aligned)
+    remote = fetch_headers(HubInput("org/adjacent", None), "aligned")
+    infos = list(remote.tensors.values())
+    files = {info.file for info in infos}
+    monkeypatch.setattr(hub, "latency", 0.1)  # the one connection stays busy while the walk announces more
+    with RangedSource(remote, connections=1) as source, load_checkpoint(aligned, "aligned") as local:
+        hub.requests.clear()
+        for info in infos:
+            source.prefetch(info, 0, info.numel)
+        for info in infos:
+            assert bytes(source.raw(info, 0, info.numel)) == bytes(local.raw(local.tensors[info.name], 0, info.numel))
+    reads = [asked for method, _, asked in hub.requests if method == "GET" and asked]
+    assert len(reads) <= 2 * len(files) < len(infos), (len(reads), len(files), len(infos))
+
+
+def test_a_commit_the_hub_refuses_for_now_is_tried_again(tmp_path, expo, hub, local_pair, token):
+    """huggingface_hub retries uploads but not the commit that ends them: two 503s are waited out (one commit
+    made); a Hub that keeps refusing ends the run with exit 7 after the retry budget, and no commit."""
+    sft, aligned, _ = local_pair
+    publish(hub, "org/commit-sft", sft)
+    publish(hub, "org/commit-dpo", aligned)
+    hub.create("me/commit-later", commit_failures=2)
+    before = len(hub.repos["me/commit-later"].commits)
+    args = ["--alpha", "0.5", "--max-shard-size", "20KB", "-q"]
+    run = streamed_merge(expo, "org/commit-sft", "org/commit-dpo", "me/commit-later", tmp_path / "s", *args)
+    assert run.code == 0, run.stderr
+    assert (
+        len(hub.repos["me/commit-later"].commits) == before + 1 and hub.repos["me/commit-later"].commit_failures == 0
+    )
+    hub.create("me/commit-never", commit_failures=100)
+    refs = dict(hub.repos["me/commit-never"].refs)
+    run = streamed_merge(expo, "org/commit-sft", "org/commit-dpo", "me/commit-never", tmp_path / "s", *args)
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 7 and "upload failed" in last and "503" in last, run.stderr
+    assert hub.repos["me/commit-never"].commit_failures == 100 - 8 and hub.repos["me/commit-never"].refs == refs
+
+
+def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, token):
+    """A range answered from another offset (a broken proxy or CDN) would shift every byte after it: the run ends
+    with exit 7 and one line saying so, and publishes nothing."""
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32)
+    publish(hub, "org/shifted-sft", sft, range_faults=1.0, fault_kinds=("shifted",), most_faults=1)
+    publish(hub, "org/shifted-dpo", aligned)
+    hub.create("me/shifted")
+    refs = dict(hub.repos["me/shifted"].refs)
+    run = streamed_merge(expo, "org/shifted-sft", "org/shifted-dpo", "me/shifted", tmp_path, "--alpha", "0.5")
+    last = run.stderr.strip().splitlines()[-1]
+    expected = (
+        r"Error: org/shifted-sft/model\.safetensors: asked for bytes from (\d+), the server sent from (\d+) \(a proxy "
+        r"in the way\?\); set NO_PROXY for the Hub, or merge without --stream"
+    )
+    assert run.code == 7 and (m := re.fullmatch(expected, last)) and int(m[2]) == int(m[1]) + 1, run.stderr
+    assert hub.repos["me/shifted"].refs == refs and not list(tmp_path.glob(".expo-stream-*"))

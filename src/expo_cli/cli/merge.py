@@ -178,7 +178,8 @@ def merge(
         typer.Option(
             "--connections",
             metavar="N",
-            help="With --stream: range requests in flight per input, reading ahead while blocks are computed.",
+            help="With --stream: range requests in flight per input, reading ahead while blocks are computed "
+            "(at most 128 MB ahead per input, whatever the model size).",
         ),
     ] = 4,
     scratch: Annotated[

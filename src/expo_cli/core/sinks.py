@@ -87,8 +87,9 @@ class ShardSink:
         shards: Sequence[Shard],
         pool: BufferPool | None = None,
         on_shard_closed: Callable[[Path, str], None] | None = None,
+        transient: bool = False,
     ) -> None:
-        self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed)
+        self.stream = ShardStream(folder, shards, on_shard_closed=on_shard_closed, transient=transient)
         self.pool = pool or BufferPool(shards)
         self._lent: dict[int, torch.Tensor] = {}
 

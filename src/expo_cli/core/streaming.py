@@ -12,7 +12,6 @@ check per tensor and target.
 from __future__ import annotations
 
 import sys
-import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -21,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..constants import CHUNK_ELEMENTS
 from ..errors import NonFiniteError
-from ..fsutil import human_bytes
 from .pairing import TensorPair
 from .sinks import TensorSink
 from .sources import TensorSource, blocks, dtype_name, itemsize
@@ -69,15 +67,6 @@ def walk(
         yield Block(t, start, stop, max(start, shared_stop), last)
 
 
-def _network(sft: TensorSource, aligned: TensorSource, started: float) -> str:
-    """How fast sources that read over the network (`bytes_fetched`) receive: a slow link tells from a slow merge."""
-    fetched = [getattr(source, "bytes_fetched", None) for source in (sft, aligned)]
-    if all(f is None for f in fetched):
-        return ""
-    rate = sum(f or 0 for f in fetched) / max(time.monotonic() - started, 1e-3)
-    return f", reading {human_bytes(rate)}/s"
-
-
 def _prefetch(t: TensorPair, sft: TensorSource, aligned: TensorSource, start: int, stop: int) -> None:
     aligned.prefetch(t.aligned, start, stop)
     if t.sft is not None and start < t.shared:
@@ -102,17 +91,19 @@ def stream(
     nonfinite: Callable[[TensorPair, float], None],
     limit: int | None = None,
     bar: Any = None,
+    status: Callable[[], str] | None = None,
 ) -> None:
     """Read every block of both inputs once and hand every target its result.
 
     `nonfinite(t, α)` is called for a tensor whose result at α holds inf/NaN (it explains, warns or raises).
     `bar`: a progress bar shared with other streams of the run (else one is made, shown when `progress`).
+    `status()`: more for the bar to show after each tensor (how fast the network reads and uploads).
     """
     total = sum(t.nbytes for t in tensors) * len(targets)
     probes: list[list] = [[] for _ in targets]
     shared = bar is not None
     with nullcontext(bar) if shared else progress_bar(total, progress) as bar:
-        done, started = 0, time.monotonic()
+        done = 0
         for block in walk(tensors, sft, aligned, limit):
             t, start, stop, shared_stop = block.tensor, block.start, block.stop, block.shared_stop
             if shared_stop > start:
@@ -149,10 +140,12 @@ def stream(
                         nonfinite(t, target.alphas[t.name])
                     probes[i] = []
                 done += 1
-                if not shared:  # several streams: their counts would overwrite each other
-                    bar.set_postfix_str(
-                        f"{done}/{len(tensors)} tensors{_network(sft, aligned, started)}", refresh=False
-                    )
+                # several streams share a bar: their counts would overwrite each other
+                shown = [] if shared else [f"{done}/{len(tensors)} tensors"]
+                if status is not None and (more := status()):
+                    shown.append(more)
+                if shown:
+                    bar.set_postfix_str(", ".join(shown), refresh=False)
 
 
 def progress_bar(total: int, shown: bool) -> Any:

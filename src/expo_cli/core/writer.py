@@ -148,8 +148,9 @@ class ShardStream:
     `write(data, release)` queues a buffer; `release()` is called once its bytes are in the file and hashed,
     so the caller can reuse the buffer. The sha256 of each shard is computed on a third thread, beside the
     writes rather than before them; `on_shard_closed(path, sha256)` is called there once a shard is complete,
-    fsync-ed and hashed (an uploader can take it from there). Errors on the threads (disk full) are raised by
-    the next `write` or `close`.
+    fsync-ed and hashed (an uploader can take it from there). `transient` shards (a scratch folder's, deleted once
+    uploaded) are neither fsync-ed nor written back early: they stay in the page cache for the upload to read, and
+    need not reach the disk at all. Errors on the threads (disk full) are raised by the next `write` or `close`.
     """
 
     def __init__(
@@ -158,9 +159,11 @@ class ShardStream:
         shards: Sequence[Shard],
         depth: int = 4,
         on_shard_closed: Callable[[Path, str], None] | None = None,
+        transient: bool = False,
     ) -> None:
         self.folder = folder
         self.on_shard_closed = on_shard_closed
+        self.transient = transient
         self.shards = list(shards)
         self.total = sum(s.size for s in self.shards)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -284,12 +287,12 @@ class ShardStream:
         """Close (fsync) the finished file and open the next planned one, header written."""
         if current is not None:
             with profiling.stage("fsync"):
-                current.close(durable=True)
+                current.close(durable=not self.transient)
             self._to_hash.put(([(current.path.name, None)], None))
         shard = next(shards, None)
         if shard is None:
             return None
-        opened = _ShardFile(self.folder / shard.filename, shard)
+        opened = _ShardFile(self.folder / shard.filename, shard, write_back=not self.transient)
         self._to_hash.put(([(shard.filename, opened.head)], None))
         return opened
 
@@ -300,8 +303,9 @@ class _ShardFile:
 
     FLUSH_EVERY = 64 * 1024 * 1024
 
-    def __init__(self, path: Path, shard: Shard) -> None:
+    def __init__(self, path: Path, shard: Shard, write_back: bool = True) -> None:
         self.path = path
+        self.write_back = write_back
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.position = self.flushed = 0
         self.head = len(shard.header).to_bytes(8, "little") + shard.header
@@ -312,7 +316,7 @@ class _ShardFile:
         while len(view):
             n = os.write(self.fd, view)
             view, self.position = view[n:], self.position + n
-        if self.position - self.flushed >= self.FLUSH_EVERY and hasattr(os, "posix_fadvise"):
+        if self.write_back and self.position - self.flushed >= self.FLUSH_EVERY and hasattr(os, "posix_fadvise"):
             # DONTNEED starts asynchronous writeback of the range and keeps no clean pages we never read again.
             os.posix_fadvise(self.fd, self.flushed, self.position - self.flushed, os.POSIX_FADV_DONTNEED)
             self.flushed = self.position

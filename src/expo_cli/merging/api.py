@@ -144,12 +144,19 @@ def merge_to_hub(
     """
     opts = MergeOptions(**{**options, "stream": True})
     work = scratch_folder(Path(scratch) if scratch is not None else None)
-    try:
-        target = work / repo_id.rsplit("/", 1)[-1]
-        run = prepare(sft, aligned, {check_alpha(alpha): target}, opts)
-        return execute_to_hub(
+    urls: list[str] = []
+
+    def streamed() -> list[MergeResult]:
+        run = _planned(sft, aligned, {check_alpha(alpha): work / repo_id.rsplit("/", 1)[-1]}, opts)
+        result, url = execute_to_hub(
             run, opts, repo_id, private=private, revision=revision, commit_message=commit_message, create_pr=create_pr
         )
+        urls.append(url)
+        return [result]
+
+    try:
+        (result,) = _profiled(opts, streamed)
+        return result, urls[0]
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -25,7 +25,7 @@ from ..core.sinks import BufferPool, ShardSink
 from ..core.streaming import Target, explain_nonfinite, progress_bar, stream
 from ..core.writer import Aborted, Shard, write_index
 from ..errors import OutputError
-from ..fsutil import available_cores, write_durably
+from ..fsutil import available_cores, human_bytes, write_durably
 from ..inputs.adapters import ADAPTER_CONFIG
 from ..options import MergeOptions
 from . import sidefiles
@@ -116,23 +116,27 @@ def execute_to_hub(
     """--stream: each shard uploaded as it closes and deleted, then one commit; (result, commit or PR URL)."""
     started = time.perf_counter()
     ((alpha, folder),) = run.targets.items()
-    prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=opts.token)
+    with profiling.stage("prepare the repo"):
+        prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=opts.token)
     opts.inform(formula(alpha))
     folder.mkdir(parents=True)
     uploader = Uploader(repo_id, revision, create_pr, opts.token)
     try:
-        checksums = write_shards(run, {alpha: folder}, opts, on_shard_closed=uploader.shard_closed)[alpha]
+        checksums = write_shards(run, {alpha: folder}, opts, uploader=uploader)[alpha]
     finally:
-        uploaded = uploader.close()
-    finish(run, alpha, folder, checksums, uploaded=True)
-    url = commit(
-        repo_id,
-        uploaded + upload_operations(folder),
-        revision=revision,
-        create_pr=create_pr,
-        token=opts.token,
-        message=commit_message or f"Upload {run.model_names[alpha]} made with expo {VERSION} (streamed)",
-    )
+        with profiling.stage("wait: the last upload"):
+            uploaded = uploader.close()
+    with profiling.stage("finish (index, config, card, side files)"):
+        finish(run, alpha, folder, checksums, uploaded=True)
+    with profiling.stage("commit"):
+        url = commit(
+            repo_id,
+            uploaded + upload_operations(folder),
+            revision=revision,
+            create_pr=create_pr,
+            token=opts.token,
+            message=commit_message or f"Upload {run.model_names[alpha]} made with expo {VERSION} (streamed)",
+        )
     return result_of(run, alpha, folder, time.perf_counter() - started), url
 
 
@@ -141,20 +145,20 @@ def write_shards(
     folders: dict[float, Path],
     opts: MergeOptions,
     only: Collection[str] | None = None,
-    on_shard_closed: Callable[[Path, str], None] | None = None,
+    uploader: Uploader | None = None,
 ) -> dict[float, dict[str, str]]:
     """Stream the planned shards of every target (or only the files named in `only`) into its folder.
 
     The shards are split into `run.streams` runs of consecutive shards, written at once, each by its own
     arithmetic, writer and hasher threads and its own buffers: shards are independent files, so no single write or
     SHA-256 stream caps the merge, and every file gets the bytes a single stream would write. A failure anywhere
-    stops them all. `on_shard_closed(path, sha256)` is called as each shard is complete and durable (an uploader
-    takes it: a --stream run plans one stream, so the scratch folder holds at most two shards). Returns, per
-    target, file name -> sha256 of every shard written.
+    stops them all. An `uploader` takes each shard as it is complete and durable (a --stream run plans one stream,
+    so the scratch folder holds at most two shards). Returns, per target, file name -> sha256 of every shard
+    written.
     """
     import torch  # torch loads on first use, not with the package
 
-    assert on_shard_closed is None or run.streams == 1, "an uploader takes one shard at a time"
+    assert uploader is None or run.streams == 1, "an uploader takes one shard at a time"
     checksums: dict[float, dict[str, str]] = {alpha: {} for alpha in folders}
     threads = torch.get_num_threads()
     # The writers and hashers keep cores busy too: the arithmetic of all streams gets the rest (measured on 2
@@ -166,8 +170,9 @@ def write_shards(
             total = sum(t.nbytes for s in shards for t in s.tensors) * len(folders)
             with weights.sft, weights.aligned, progress_bar(total, opts.progress) as bar:
                 sinks: list[ShardSink] = []  # of every stream: a failure in one aborts them all
+                status = transfer_status(weights, uploader)
                 jobs = [
-                    partial(_write_group, run, weights, group, folders, opts, on_shard_closed, bar, sinks)
+                    partial(_write_group, run, weights, group, folders, opts, uploader, bar, sinks, status)
                     for group in consecutive_groups(shards, run.streams)
                 ]
                 for written in all_at_once(jobs):
@@ -184,16 +189,22 @@ def _write_group(
     shards: list[Shard],
     folders: dict[float, Path],
     opts: MergeOptions,
-    on_shard_closed: Callable[[Path, str], None] | None,
+    uploader: Uploader | None,
     bar: Any,
     every_sink: list[ShardSink],
+    status: Callable[[], str] | None,
 ) -> dict[float, dict[str, str]]:
     """One stream: these consecutive shards of every target, read, computed, written and hashed in order."""
     from ..core.engine import ChunkEngine  # imports torch
 
     engine = ChunkEngine(run.device)
     pool = BufferPool(shards, pinned=engine.cuda)
-    sinks = {alpha: ShardSink(folder, shards, pool, on_shard_closed) for alpha, folder in folders.items()}
+    closed = uploader.shard_closed if uploader is not None else None
+    # shards on their way to the Hub are deleted once uploaded: no need to make them durable
+    sinks = {
+        alpha: ShardSink(folder, shards, pool, closed, transient=uploader is not None)
+        for alpha, folder in folders.items()
+    }
     every_sink.extend(sinks.values())
     targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
     try:
@@ -209,6 +220,7 @@ def _write_group(
                     t, weights.sft, weights.aligned, a, strict=opts.strict, warn=opts.warning
                 ),
                 bar=bar,
+                status=status,
             )
         with profiling.stage("wait: writer finishing"):
             return {alpha: sink.close() for alpha, sink in sinks.items()}
@@ -216,6 +228,26 @@ def _write_group(
         for sink in list(every_sink):
             sink.abort()
         raise
+
+
+def transfer_status(weights: WeightSet, uploader: Uploader | None) -> Callable[[], str] | None:
+    """How fast inputs read over the network arrive and shards leave, for the progress bar (None when neither
+    happens): a slow link tells from a slow merge."""
+    sources = [s for s in (weights.sft, weights.aligned) if hasattr(s, "bytes_fetched")]
+    if not sources and uploader is None:
+        return None
+    started = time.monotonic()
+
+    def status() -> str:
+        shown = []
+        if sources:
+            seconds = max(time.monotonic() - started, 1e-3)
+            shown.append(f"reading {human_bytes(sum(s.bytes_fetched for s in sources) / seconds)}/s")
+        if uploader is not None and uploader.seconds_sending:
+            shown.append(f"uploading {human_bytes(uploader.bytes_sent / uploader.seconds_sending)}/s")
+        return ", ".join(shown)
+
+    return status
 
 
 def consecutive_groups(shards: list[Shard], count: int) -> list[list[Shard]]:

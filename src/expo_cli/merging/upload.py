@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from ..constants import CONFIG_NAME, REPO_ID, VERSION
-from ..errors import InputError
-from ..inputs.hub import api, hub_errors
+from ..core import profile as profiling
+from ..errors import HubError, InputError
+from ..inputs import retry
+from ..inputs.hub import api, hub_errors, network_cause
 
 
 def push(
@@ -74,12 +77,38 @@ def commit(
     create_pr: bool = False,
     token: str | None = None,
 ) -> str:
-    """One commit of these operations; the commit (or pull request) URL."""
-    with hub_errors(repo_id, revision, action="upload"):
-        info = api(token).create_commit(
-            repo_id, operations, revision=revision, create_pr=create_pr, commit_message=message
-        )
-    return str(info.pr_url or info.commit_url)
+    """One commit of these operations; the commit (or pull request) URL.
+
+    huggingface_hub retries every upload but not the commit that ends it: here a commit the Hub refused for now
+    (408/425/429/5xx) or that could not reach it is tried again (see `inputs.retry`), so that a long streamed merge
+    is not lost to one bad answer at its very end. A connection lost after the request was sent is not retried
+    (the commit may have been made): that ends the run, and running it again resumes.
+    """
+    failures = 0
+    while True:
+        try:
+            with hub_errors(repo_id, revision, action="upload"):
+                info = api(token).create_commit(
+                    repo_id, operations, revision=revision, create_pr=create_pr, commit_message=message
+                )
+            return str(info.pr_url or info.commit_url)
+        except HubError as err:
+            failures += 1
+            again, asked = _commit_again(err.__cause__)
+            if not again or failures >= retry.ATTEMPTS:
+                raise
+            time.sleep(retry.wait(failures, asked))
+
+
+def _commit_again(err: BaseException | None) -> tuple[bool, str | None]:
+    """Whether a failed commit may be tried again (it was surely not made), and the Retry-After it was given."""
+    from huggingface_hub import errors  # the Hub client loads when the Hub is used
+
+    if isinstance(err, errors.HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        return retry.retried_status(status), err.response.headers.get("Retry-After")
+    unsent = ("ConnectError", "ConnectTimeout", "ConnectionRefusedError")  # nothing reached the Hub
+    return network_cause(err) is not None and type(network_cause(err)).__name__ in unsent, None
 
 
 def upload_operations(folder: Path) -> list[Any]:
@@ -123,6 +152,8 @@ class Uploader:
         self.client = api(token)
         self.repo_id, self.revision, self.create_pr = repo_id, revision, create_pr
         self.operations: list[Any] = []
+        self.bytes_sent = 0  # of the shards uploaded, and the seconds their uploads took: the upload speed
+        self.seconds_sending = 0.0
         self._queue: queue.Queue = queue.Queue()
         self._idle = threading.Semaphore(1)  # released when an upload ends, whatever its outcome
         self._error: BaseException | None = None
@@ -149,10 +180,13 @@ class Uploader:
                     continue  # after a failure, nothing more is sent (the run ends with that error)
                 operation = CommitOperationAdd(path_in_repo=path.name, path_or_fileobj=str(path))
                 operation.upload_info.sha256 = bytes.fromhex(sha256)
-                with hub_errors(self.repo_id, self.revision, action="upload"):
+                started = time.monotonic()
+                with hub_errors(self.repo_id, self.revision, action="upload"), profiling.stage("upload"):
                     self.client.preupload_lfs_files(
                         self.repo_id, [operation], revision=self.revision, create_pr=self.create_pr
                     )
+                self.seconds_sending += time.monotonic() - started
+                self.bytes_sent += operation.upload_info.size
                 path.unlink()
                 self.operations.append(operation)
             except BaseException as err:  # raised on the hashing thread by shard_closed, and by close()
