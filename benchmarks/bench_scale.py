@@ -11,8 +11,9 @@
    With --network: streamed merges against the same pair merged locally, in one run: with no added latency, and
    with the server adding --latency seconds to every response and pacing every connection at --bandwidth bytes/s,
    for 1 and several `--connections` (and another expo's src, --baseline, for a before/after): wall time, read
-   throughput (both inputs' bytes / wall) against what the connections allow (2 inputs × N × bandwidth), and the
-   peak resident memory of the expo process.
+   throughput (both inputs' bytes / wall, and / the seconds from the first range request to the last answer, which
+   `--json` reports; an expo before it does not), each against what the connections allow (2 inputs × N ×
+   bandwidth), the upload speed, and the peak resident memory of the expo process.
 2. A job array on the local pair: N `expo merge --part I/N` processes started at once (the last one finishes the
    output), against one `expo merge` process, the outputs compared byte for byte.
 """
@@ -20,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -101,8 +103,9 @@ def streamed(
     bandwidth: float | None = None,
     extra: tuple[str, ...] = (),
     src: Path | None = None,
-) -> tuple[float, int, int]:
-    """One streamed merge: (wall seconds, peak scratch bytes, peak anonymous memory of the expo process)."""
+) -> tuple[float, int, int, dict]:
+    """One streamed merge: (wall seconds, peak scratch bytes, peak anonymous memory of the expo process, what the
+    merge reports of its network transfers: `--json`'s "network", absent from an expo before it)."""
     server, port = hub_process(sft, aligned, latency, bandwidth)
     env = {
         **os.environ,
@@ -135,10 +138,11 @@ def streamed(
             str(scratch),
             "--max-shard-size",
             shard,
+            "--json",
             *extra,
         ],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
     )
     anon = [0]
     watcher = threading.Thread(target=peak_anon, args=(proc.pid, anon), daemon=True)
@@ -147,10 +151,11 @@ def streamed(
     if status:
         raise RuntimeError(f"the streamed merge failed ({status})")
     seconds = time.perf_counter() - started
+    network = json.loads(proc.stdout.read()).get("network") or {}
     done.set()
     sampler.join()
     server.communicate()
-    return seconds, peak[0], anon[0]
+    return seconds, peak[0], anon[0], network
 
 
 def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> float:
@@ -169,10 +174,13 @@ def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> flo
 def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> None:
     """Streamed against local, with and without a slow link, this expo against --baseline: one table."""
     read = sum(f.stat().st_size for p in (sft, aligned) for f in weight_files(p))
-    print("| run | latency | bandwidth/connection | connections | wall s | read MB/s | of allowed | peak RssAnon MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| run | latency | bandwidth/connection | connections | wall s | read MB/s over the wall | of allowed "
+        "| read MB/s while reading | of allowed | upload MB/s | peak RssAnon MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     base = local(sft, aligned, args.alpha, work, args.max_shard_size)
-    print(f"| local merge | | | | {base:.1f} | | | |")
+    print(f"| local merge | | | | {base:.1f} | | | | | | |")
     cases = [(0.0, None, n) for n in args.connections] + [(args.latency, args.bandwidth, n) for n in args.connections]
     if args.no_latency_only:
         cases = cases[: len(args.connections)]
@@ -181,15 +189,22 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
         if args.baseline:
             runs.append((f"baseline {args.baseline.parent.name}", args.baseline, ("--connections", str(connections))))
         for name, src, extra in runs:
-            seconds, _, anon = streamed(
+            seconds, _, anon, network = streamed(
                 sft, aligned, args.alpha, work, args.max_shard_size, latency, bandwidth, extra, src
             )
-            rate = read / seconds
-            allowed = f"{rate / (2 * connections * bandwidth):.0%}" if bandwidth else ""
+            reading = network.get("read_bytes", 0) / network["read_seconds"] if network.get("read_seconds") else None
+            uploading = network["upload_bytes"] / network["upload_seconds"] if network.get("upload_seconds") else None
+            cap = 2 * connections * bandwidth if bandwidth else None  # what the connections allow, both inputs
+
+            def share(rate: float | None, cap: float | None = cap) -> str:
+                return f"{rate / cap:.0%}" if rate and cap else ""
+
             print(
                 f"| {name} streamed ({seconds / base:.2f}× local) | {latency * 1000:.0f} ms | "
                 f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections} | {seconds:.1f} | "
-                f"{rate / 1e6:.0f} | {allowed} | {anon / 2**20:.0f} |",
+                f"{read / seconds / 1e6:.0f} | {share(read / seconds)} | "
+                f"{f'{reading / 1e6:.0f}' if reading else '–'} | {share(reading)} | "
+                f"{f'{uploading / 1e6:.0f}' if uploading else '–'} | {anon / 2**20:.0f} |",
                 flush=True,
             )
 
@@ -272,7 +287,7 @@ def main() -> None:
         return
     largest = max(sum(f.stat().st_size for f in weight_files(p)) for p in (sft, aligned))
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        seconds, peak, _ = streamed(sft, aligned, args.alpha, Path(tmp), args.max_shard_size)
+        seconds, peak, _, _ = streamed(sft, aligned, args.alpha, Path(tmp), args.max_shard_size)
         print(
             f"streamed Hub-to-Hub merge ({args.size}, --max-shard-size {args.max_shard_size}): {seconds:.1f} s, "
             f"peak scratch {peak / 1e6:.0f} MB (one input: {largest / 1e6:.0f} MB)"

@@ -478,21 +478,27 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "ranged: read-ahead past its memory budget": (
         "inputs/ranged.py",
-        "or self._in_flight + size > self.budget:",
-        "or False:",
+        "            if self._in_flight + end - begin > self.budget:",
+        "            if False:",
         "tests/test_hub.py::test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files",
     ),
     "ranged: adjacent small blocks never coalesced": (
         "inputs/ranged.py",
-        "                and request.end == key[1]\n",
-        "                and False\n",
+        "(following := self._announced[0])[0] == file and following[1] == end:",
+        "(following := self._announced[0])[0] == file and False:",
         "tests/test_hub.py::test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_busy",
     ),
-    "ranged: a request grows after a connection took it": (
+    "ranged: a block announced beyond the budget never read ahead": (
         "inputs/ranged.py",
-        "                and not request.started\n",
+        "                self._in_flight -= key[2] - key[1]\n                self._start()\n",
+        "                self._in_flight -= key[2] - key[1]\n",
+        "tests/test_hub.py::test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room",
+    ),
+    "network report: read seconds not measured": (
+        "inputs/ranged.py",
+        "        self.reading[1] = max(self.reading[1], time.monotonic())\n",
         "",
-        "tests/test_hub.py::test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge",
+        "tests/test_hub.py::test_a_stalled_connection_is_timed_out_and_retried",
     ),
     "ranged: a coalesced block served from the wrong offset": (
         "inputs/ranged.py",

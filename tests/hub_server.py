@@ -122,7 +122,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     # -- plumbing ----------------------------------------------------------------------------------------------
-    def _body(self) -> bytes:
+    def _body(self) -> bytes | bytearray:
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             data = b""
             while True:
@@ -132,7 +132,20 @@ class Handler(BaseHTTPRequestHandler):
                     return data
                 data += self.rfile.read(size)
                 self.rfile.readline()
-        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        size = int(self.headers.get("Content-Length") or 0)
+        if self.command != "PUT":
+            return self.rfile.read(size)
+        # an upload is hashed as it arrives (as a real object store does), not after: reads go on meanwhile
+        body, digest, received = bytearray(size), hashlib.sha256(), 0
+        view = memoryview(body)
+        while received < size:
+            count = self.rfile.readinto(view[received : received + 8 * 2**20])
+            if not count:
+                break
+            digest.update(view[received : received + count])
+            received += count
+        self._sha256 = digest.hexdigest()
+        return body if received == size else body[:received]
 
     def _send(
         self,
@@ -217,9 +230,8 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         url = urlparse(self.path)
         path, query = url.path, parse_qs(url.query)
+        self._sha256: str | None = None  # of an uploaded body, computed by `_body` as it arrives
         body = self._body() if method in ("POST", "PUT") else b""
-        # an upload is hashed before the lock is taken: reads go on meanwhile, as on a real Hub
-        self._sha256 = hashlib.sha256(body).hexdigest() if method == "PUT" else None
         self.hub.requests.append((method, path, self.headers.get("Range")))
         if self.path.startswith("http://"):  # sent to a proxy: this server plays one too
             self.hub.proxied.append((path, self.headers.get("Range"), self.headers.get("Proxy-Authorization")))

@@ -611,9 +611,16 @@ def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, toke
     hub.injected.clear()
     shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
     started = time.monotonic()
-    run = streamed_merge(expo, "org/stall-sft", "org/stall-dpo", "me/stalled", tmp_path / "scratch", *shards)
+    run = streamed_merge(expo, "org/stall-sft", "org/stall-dpo", "me/stalled", tmp_path / "scratch", *shards, "--json")
     assert run.code == 0, run.stderr
     assert time.monotonic() - started < 30 and [fault[0] for fault in hub.injected] == ["stall", "stall"]
+    # what crossed the network: every tensor byte read once (and the block the identical-inputs check samples
+    # first), every shard uploaded
+    result = json.loads(run.stdout)
+    network = result["network"]
+    assert result["bytes_read"] <= network["read_bytes"] < 1.25 * result["bytes_read"]
+    assert network["upload_bytes"] == result["bytes_written"]
+    assert network["read_seconds"] > 0 and network["upload_seconds"] > 0
     assert_streamed_like_local(tmp_path, expo, "me/stalled", sft, aligned, *shards)
 
 
@@ -728,3 +735,26 @@ def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, tok
     )
     assert run.code == 7 and (m := re.fullmatch(expected, last)) and int(m[2]) == int(m[1]) + 1, run.stderr
     assert hub.repos["me/shifted"].refs == refs and not list(tmp_path.glob(".expo-stream-*"))
+
+
+def test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room(tmp_path, hub, local_pair, token):
+    """The budget delays a read ahead, never drops it: once a block is used, the next one announced starts."""
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.ranged import RangedSource
+
+    _, aligned, _ = local_pair
+    publish(hub, "org/later", aligned)
+    remote = fetch_headers(HubInput("org/later", None), "aligned")
+    sizes = Counter(info.nbytes for info in remote.tensors.values())
+    size = max(sizes, key=lambda n: (sizes[n], n))
+    # four blocks of one size, announced last first: never adjacent in that order, so none ride together
+    chosen = sorted((i for i in remote.tensors.values() if i.nbytes == size), key=lambda i: (i.file, -i.offset))[:4]
+    assert len(chosen) == 4
+    with RangedSource(remote, connections=4, budget=2 * size) as source, load_checkpoint(aligned, "aligned") as local:
+        for info in chosen:
+            source.prefetch(info, 0, info.numel)
+        assert source.reserved_bytes == 2 * size
+        for info in chosen:
+            assert bytes(source.raw(info, 0, info.numel)) == bytes(local.raw(local.tensors[info.name], 0, info.numel))
+            assert source.reserved_bytes == size * min(2, len(chosen) - 1 - chosen.index(info))

@@ -349,6 +349,13 @@ def _report(
                 f"written in {len(result.shards)} shard(s), {result.seconds:.1f} s, "
                 f"{human_bytes(result.bytes_per_s)}/s"
             )
+        if (network := results[0].network) is not None:
+            out.info(
+                f"Network: {human_bytes(network['read_bytes'])} read in {network['read_seconds']:.1f} s "
+                f"({human_bytes(network['read_bytes'] / max(network['read_seconds'], 1e-9))}/s), "
+                f"{human_bytes(network['upload_bytes'])} uploaded in {network['upload_seconds']:.1f} s "
+                f"({human_bytes(network['upload_bytes'] / max(network['upload_seconds'], 1e-9))}/s)"
+            )
         if results[0].skipped_files:
             shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())
             out.info(f"Not copied from the aligned folder: {shown}. --copy GLOB keeps a file.")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,17 @@ if TYPE_CHECKING:
     import torch
 
 CONNECTIONS = 4  # range requests in flight per input (`--connections`)
-READ_AHEAD_BYTES = 128 * 1000**2  # per input: the most bytes read ahead and not yet used
+READ_AHEAD_BYTES = 128 * 1000**2  # per input: the most bytes read ahead and not yet used (at least; see below)
+READ_AHEAD_PER_CONNECTION = 32 * 1000**2  # and this much per connection: two 16 MB blocks, one arriving, one waiting
 COALESCE_BYTES = 8 * 1000**2  # adjacent small blocks ride in one request up to this size
+
+
+def read_ahead_budget(connections: int) -> int:
+    """The most bytes one input holds read ahead and not yet used: fixed, whatever the model size."""
+    return max(READ_AHEAD_BYTES, READ_AHEAD_PER_CONNECTION * connections)
+
+
+Key = tuple[Path, int, int]  # a block's file and byte range [begin, end)
 
 
 @dataclass(eq=False)
@@ -44,7 +54,6 @@ class _Request:
     begin: int
     end: int
     future: Future[bytearray] | None = None
-    started: bool = False
 
 
 class RangedSource:
@@ -55,22 +64,24 @@ class RangedSource:
         remote: RemoteCheckpoint,
         token: str | None = None,
         connections: int = CONNECTIONS,
-        budget: int = READ_AHEAD_BYTES,
+        budget: int | None = None,
     ) -> None:
         self.remote = remote
         self.path = Path(remote.repo_id)
         self.config = remote.config
         self.tensors = remote.tensors
         self.connections = connections
-        self.budget = budget
-        self.read_ahead = 2 * connections  # blocks the streaming walk announces ahead of their turn
+        self.budget = budget if budget is not None else read_ahead_budget(connections)
+        self.read_ahead = 4 * connections  # blocks the streaming walk announces ahead of their turn
         self.bytes_fetched = 0
+        self.reading: list[float] = []  # when the first range request started and the last one ended (monotonic)
         self.client = RangeClient(remote.repo_id, remote.sha, token)
         self._starts: dict[Path, int] = {}
-        self._pending: dict[tuple[Path, int, int], _Request] = {}  # announced blocks, by their byte range
-        self._open: _Request | None = None  # the newest request, while no connection has taken it: it may grow
-        self._lock = threading.Lock()
-        self._in_flight = 0  # bytes of the announced blocks not yet used: at most `budget`
+        self._announced: deque[Key] = deque()  # blocks announced and not started yet, in the walk's order
+        self._pending: dict[Key, _Request] = {}  # blocks started ahead of their turn, and their request
+        self._lock = threading.RLock()
+        self._running = 0  # requests on a connection now: at most `connections`
+        self._in_flight = 0  # bytes of the blocks started ahead and not used yet: at most `budget`
         self._pool: ThreadPoolExecutor | None = None
 
     @property
@@ -97,7 +108,7 @@ class RangedSource:
                 if request.future is not None:
                     request.future.cancel()
             self._pending.clear()
-            self._open = None
+            self._announced.clear()
             self._in_flight = 0
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
@@ -113,6 +124,8 @@ class RangedSource:
         run with one line naming the file and the byte range (exit 7): running it again resumes. See `retry`.
         """
         name = file.as_posix()[len(self.remote.repo_id) + 1 :]
+        if not self.reading:
+            self.reading[:] = [time.monotonic()] * 2
         data = bytearray(end - begin)
         view = memoryview(data)
         received = failures = 0
@@ -131,18 +144,40 @@ class RangedSource:
                     "run again to resume"
                 )
             time.sleep(retry.wait(failures, asked))
+        self.reading[1] = max(self.reading[1], time.monotonic())
         return data
 
     def _fetch(self, request: _Request) -> bytearray:
-        """A pool thread takes a request: from now on it does not grow."""
-        with self._lock:
-            request.started = True
-            if self._open is request:
-                self._open = None
-        with profiling.stage("range request"):
-            return self._get(request.file, request.begin, request.end)
+        """One request on a pool thread; its connection then takes the next announced blocks."""
+        try:
+            with profiling.stage("range request"):
+                return self._get(request.file, request.begin, request.end)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._start()
 
-    def _range(self, info: TensorInfo, start: int, stop: int) -> tuple[Path, int, int]:
+    def _start(self) -> None:
+        """Start the announced blocks, in order, while a connection is free and the budget holds them; adjacent
+        small blocks (up to COALESCE_BYTES) go in one request. Called with the lock held."""
+        while self._announced and self._pool is not None and self._running < self.connections:
+            file, begin, end = self._announced[0]
+            if self._in_flight + end - begin > self.budget:
+                return
+            keys = [self._announced.popleft()]
+            while self._announced and (following := self._announced[0])[0] == file and following[1] == end:
+                if following[2] - begin > COALESCE_BYTES or self._in_flight + following[2] - begin > self.budget:
+                    break
+                keys.append(self._announced.popleft())
+                end = following[2]
+            request = _Request(file, begin, end)
+            for key in keys:
+                self._pending[key] = request
+            self._in_flight += end - begin
+            self._running += 1
+            request.future = self._pool.submit(self._fetch, request)
+
+    def _range(self, info: TensorInfo, start: int, stop: int) -> Key:
         size = itemsize(info.dtype)
         begin = self._starts[info.file] + info.offset
         return info.file, begin + start * size, begin + stop * size
@@ -155,6 +190,9 @@ class RangedSource:
             request = self._pending.pop(key, None)
             if request is not None:
                 self._in_flight -= key[2] - key[1]
+                self._start()
+            elif key in self._announced:  # too big for the budget on its own: read now, not ahead
+                self._announced.remove(key)
         with profiling.stage("wait: network"):
             if request is None or request.future is None:
                 data = memoryview(self._get(*key))
@@ -177,28 +215,13 @@ class RangedSource:
         return torch.frombuffer(data, dtype=dtype)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
-        """Start reading a block the walk will ask for soon, on one of `connections` threads, unless the reads in
-        flight already hold `budget` bytes (it is then read when asked for): memory stays bounded, whatever the
-        model size. A small block that starts where the newest request ends, while no connection has taken that
-        request yet, rides along in it (up to COALESCE_BYTES): adjacent small tensors cost one round trip."""
+        """Announce a block the walk will ask for soon: it is read ahead on one of `connections` threads as soon as
+        one is free and the blocks read ahead and not used yet leave room for it within `budget` bytes (memory stays
+        bounded, whatever the model size); adjacent small blocks ride in one request: one round trip for many
+        small tensors."""
         key = self._range(info, start, stop)
-        size = key[2] - key[1]
         with self._lock:
-            if self._pool is None or key in self._pending or self._in_flight + size > self.budget:
+            if self._pool is None or key in self._pending or key in self._announced:
                 return
-            self._in_flight += size
-            request = self._open
-            if (
-                request is not None
-                and not request.started
-                and request.file == key[0]
-                and request.end == key[1]
-                and request.end - request.begin + size <= COALESCE_BYTES
-            ):
-                request.end = key[2]
-                self._pending[key] = request
-                return
-            request = _Request(*key)
-            self._pending[key] = request
-            self._open = request if size < COALESCE_BYTES else None
-            request.future = self._pool.submit(self._fetch, request)
+            self._announced.append(key)
+            self._start()

@@ -55,6 +55,7 @@ class MergeResult:
     notes: list[str] = field(default_factory=list)
     skipped_files: dict[str, str] = field(default_factory=dict)  # not copied from the aligned folder, and why
     profile: dict[str, Any] | None = None  # --profile: where the time went
+    network: dict[str, float] | None = None  # --stream: bytes and seconds read and uploaded (see `network_report`)
 
     @property
     def bytes_per_s(self) -> float:
@@ -137,7 +138,23 @@ def execute_to_hub(
             token=opts.token,
             message=commit_message or f"Upload {run.model_names[alpha]} made with expo {VERSION} (streamed)",
         )
-    return result_of(run, alpha, folder, time.perf_counter() - started), url
+    result = result_of(run, alpha, folder, time.perf_counter() - started)
+    result.network = network_report(run, uploader)
+    return result, url
+
+
+def network_report(run: PreparedRun, uploader: Uploader) -> dict[str, float]:
+    """What crossed the network: bytes read and the seconds from the first range request to the last answer,
+    bytes uploaded and the seconds the uploads took; their ratios are the link's speed, the merge's waits apart."""
+    sources = [s for w in run.weights for s in (w.sft, w.aligned) if getattr(s, "reading", None)]
+    read = sum(s.bytes_fetched for s in sources)
+    seconds = max((s.reading[1] for s in sources), default=0.0) - min((s.reading[0] for s in sources), default=0.0)
+    return {
+        "read_bytes": read,
+        "read_seconds": seconds,
+        "upload_bytes": uploader.bytes_sent,
+        "upload_seconds": uploader.seconds_sending,
+    }
 
 
 def write_shards(
