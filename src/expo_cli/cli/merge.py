@@ -179,7 +179,7 @@ def merge(
             "--connections",
             metavar="N",
             help="With --stream: range requests in flight per input, reading ahead while blocks are computed "
-            "(at most 128 MB ahead per input, whatever the model size).",
+            "(at most max(128 MB, 32 MB × N) ahead per input, whatever the model size).",
         ),
     ] = 4,
     scratch: Annotated[
