@@ -480,7 +480,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "inputs/ranged.py",
         "            if self._in_flight + end - begin > self.budget:",
         "            if False:",
-        "tests/test_hub.py::test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files",
+        "tests/test_hub.py::test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room",
     ),
     "ranged: adjacent small blocks never coalesced": (
         "inputs/ranged.py",

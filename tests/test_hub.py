@@ -620,7 +620,7 @@ def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, toke
     network = result["network"]
     assert result["bytes_read"] <= network["read_bytes"] < 1.25 * result["bytes_read"]
     assert network["upload_bytes"] == result["bytes_written"]
-    assert network["read_seconds"] > 0 and network["upload_seconds"] > 0
+    assert network["read_seconds"] >= 0.5 and network["upload_seconds"] > 0  # a stall's timeout was read time
     assert_streamed_like_local(tmp_path, expo, "me/stalled", sft, aligned, *shards)
 
 
@@ -754,6 +754,8 @@ def test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room(tmp_
     with RangedSource(remote, connections=4, budget=2 * size) as source, load_checkpoint(aligned, "aligned") as local:
         for info in chosen:
             source.prefetch(info, 0, info.numel)
+        assert source.reserved_bytes == 2 * size
+        time.sleep(0.5)  # both reads done: only using a block makes room for the next
         assert source.reserved_bytes == 2 * size
         for info in chosen:
             assert bytes(source.raw(info, 0, info.numel)) == bytes(local.raw(local.tensors[info.name], 0, info.numel))
