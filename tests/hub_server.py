@@ -22,6 +22,7 @@ import hashlib
 import json
 import random
 import re
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -493,11 +494,13 @@ class QuietServer(ThreadingHTTPServer):
         """Connections cut on purpose (or by the client) are part of the tests, not errors to print."""
 
 
-def serve() -> tuple[Hub, ThreadingHTTPServer]:
-    """Start a server on a free port of 127.0.0.1 in a daemon thread."""
+def serve(tls: ssl.SSLContext | None = None) -> tuple[Hub, ThreadingHTTPServer]:
+    """Start a server on a free port of 127.0.0.1 in a daemon thread (HTTPS with `tls`, a server context)."""
     hub = Hub()
-    server = QuietServer(("127.0.0.1", 0), Handler)
-    Handler.hub = hub
-    Handler.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    handler = type("Handler", (Handler,), {"hub": hub})  # each server its own hub
+    server = QuietServer(("127.0.0.1", 0), handler)
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    handler.endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
     threading.Thread(target=server.serve_forever, name="hub-server", daemon=True).start()
     return hub, server

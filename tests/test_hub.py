@@ -6,6 +6,7 @@ import base64
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -16,8 +17,8 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, snapshot_download
 
-from helpers import assert_merged, build_model, files_of, llama_config, make_pair, read_all, save
-from hub_server import READ_TOKEN, WRITE_TOKEN
+from helpers import assert_merged, build_model, files_of, llama_config, make_pair, read_all, save, skip_or_fail
+from hub_server import READ_TOKEN, WRITE_TOKEN, serve
 
 
 @pytest.fixture(scope="module")
@@ -760,3 +761,51 @@ def test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room(tmp_
         for info in chosen:
             assert bytes(source.raw(info, 0, info.numel)) == bytes(local.raw(local.tensors[info.name], 0, info.numel))
             assert source.reserved_bytes == size * min(2, len(chosen) - 1 - chosen.index(info))
+
+
+def test_a_streamed_merge_over_https_verifies_the_certificate(tmp_path, expo):
+    """The Hub is HTTPS: the range reads (our own client, not huggingface_hub's) trust the certificate SSL_CERT_FILE
+    names, and give the bytes of a local merge; a Hub whose certificate is not trusted is refused in one line."""
+    cert, key, other = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "other.pem"
+    for out, keyout in ((cert, key), (other, tmp_path / "other-key.pem")):
+        made = subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", keyout, "-out", out, "-days", "1"]
+            + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+            capture_output=True,
+        )
+        if made.returncode != 0:
+            skip_or_fail(f"cannot make a certificate with openssl: {made.stderr.decode().strip()}")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    secure, server = serve(tls=context)
+    sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
+    secure.create("org/tls-sft", files_of(sft))
+    secure.create("org/tls-dpo", files_of(aligned))
+    secure.create("me/tls")
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": f"https://127.0.0.1:{server.server_address[1]}",
+        "HF_TOKEN": WRITE_TOKEN,
+        "SSL_CERT_FILE": str(cert),
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/tls-sft", "--aligned", "org/tls-dpo", *shards]
+    command += ["--stream", "--push-to-hub", "me/tls", "--scratch", str(tmp_path / "scratch"), "-q"]
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    local = tmp_path / "local"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *shards, "-q").code == 0
+    published = secure.repos["me/tls"].commits[secure.repos["me/tls"].refs["main"]]
+    merged = files_of(local)
+    written = [name for name in merged if name.endswith((".safetensors", ".index.json"))]
+    assert len(written) > 2 and all(bytes(published[name]) == merged[name] for name in written)
+    untrusted = subprocess.run(
+        [*command[:-5], "--push-to-hub", "me/tls", "--scratch", str(tmp_path / "scratch"), "-q"],
+        env={**env, "SSL_CERT_FILE": str(other)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert untrusted.returncode == 7 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr.strip().splitlines()[-1]
+    server.shutdown()
