@@ -542,6 +542,18 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            if True:",
         "tests/test_hub.py::test_a_commit_the_hub_refuses_for_now_is_tried_again",
     ),
+    "scratch shards: every output left unsynced": (
+        "merging/execution.py",
+        "ShardSink(folder, shards, pool, closed, transient=uploader is not None)",
+        "ShardSink(folder, shards, pool, closed, transient=True)",
+        GUARANTEES,
+    ),
+    "network report: the inputs read over the network not found": (
+        "merging/execution.py",
+        "    return [s for s in (weights.sft, weights.aligned) if isinstance(s, RangedSource)]",
+        "    return []",
+        "tests/test_hub.py::test_a_stalled_connection_is_timed_out_and_retried",
+    ),
     "progress: no network rates": (
         "merging/execution.py",
         "                status = transfer_status(weights, uploader)",

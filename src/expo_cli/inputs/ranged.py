@@ -95,7 +95,7 @@ class RangedSource:
 
     def __enter__(self) -> RangedSource:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix="expo-range")
+            self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix=f"expo-range-{self.path.name}")
         files = sorted({t.file for t in self.tensors.values()} - set(self._starts))
         # where each file's data starts, asked `connections` at a time: a round trip per file adds up at 100 ms
         for file, size in zip(files, self._pool.map(lambda f: self._get(f, 0, 8), files), strict=True):

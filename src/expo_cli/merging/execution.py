@@ -27,6 +27,7 @@ from ..core.writer import Aborted, Shard, write_index
 from ..errors import OutputError
 from ..fsutil import available_cores, human_bytes, write_durably
 from ..inputs.adapters import ADAPTER_CONFIG
+from ..inputs.ranged import RangedSource
 from ..options import MergeOptions
 from . import sidefiles
 from .card import provenance, write_config, write_model_card
@@ -146,7 +147,7 @@ def execute_to_hub(
 def network_report(run: PreparedRun, uploader: Uploader) -> dict[str, float]:
     """What crossed the network: bytes read and the seconds from the first range request to the last answer,
     bytes uploaded and the seconds the uploads took; their ratios are the link's speed, the merge's waits apart."""
-    sources = [s for w in run.weights for s in (w.sft, w.aligned) if getattr(s, "reading", None)]
+    sources = [s for w in run.weights for s in network_sources(w) if s.reading]
     read = sum(s.bytes_fetched for s in sources)
     seconds = max((s.reading[1] for s in sources), default=0.0) - min((s.reading[0] for s in sources), default=0.0)
     return {
@@ -247,10 +248,15 @@ def _write_group(
         raise
 
 
+def network_sources(weights: WeightSet) -> list[RangedSource]:
+    """The inputs of a weight set read over the network (--stream)."""
+    return [s for s in (weights.sft, weights.aligned) if isinstance(s, RangedSource)]
+
+
 def transfer_status(weights: WeightSet, uploader: Uploader | None) -> Callable[[], str] | None:
     """How fast inputs read over the network arrive and shards leave, for the progress bar (None when neither
     happens): a slow link tells from a slow merge."""
-    sources = [s for s in (weights.sft, weights.aligned) if hasattr(s, "bytes_fetched")]
+    sources = network_sources(weights)
     if not sources and uploader is None:
         return None
     started = time.monotonic()

@@ -107,8 +107,9 @@ def _commit_again(err: BaseException | None) -> tuple[bool, str | None]:
     if isinstance(err, errors.HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
         return retry.retried_status(status), err.response.headers.get("Retry-After")
+    cause = network_cause(err)
     unsent = ("ConnectError", "ConnectTimeout", "ConnectionRefusedError")  # nothing reached the Hub
-    return network_cause(err) is not None and type(network_cause(err)).__name__ in unsent, None
+    return cause is not None and type(cause).__name__ in unsent, None
 
 
 def upload_operations(folder: Path) -> list[Any]:
