@@ -2,11 +2,11 @@
 
     python benchmarks/bench_scale.py [--size 2gb] [--parts 4] [--max-shard-size 500MB]
     python benchmarks/bench_scale.py --network [--size small] [--latency 0.02] [--bandwidth 20e6]
-                                     [--connections 1 4 8] [--no-latency-only] [--baseline OTHER/src]
+                                     [--connections 1 4 8] [--no-latency-only] [--baseline OTHER/src] [--repeat 3]
 
 1. The pair (bench_merge.py's cached one) is published to the test Hub of tests/hub_server.py on 127.0.0.1 (in a
    process of its own, as a real Hub is; it shares this machine's cores with expo), then `expo merge --stream
-   --push-to-hub` merges it Hub to Hub: wall time, and the peak size of its scratch folder (sampled every 10 ms)
+   --push-to-hub` merges it Hub to Hub: wall time, and the peak size of its scratch folder (sampled every 25 ms)
    against the size of one input.
    With --network: streamed merges against the same pair merged locally, in one run: with no added latency, and
    with the server adding --latency seconds to every response and pacing every connection at --bandwidth bytes/s,
@@ -52,11 +52,11 @@ def peak_size(path: Path, done: threading.Event, peak: list[int]) -> None:
             peak[0] = max(peak[0], folder_size(path))
         except FileNotFoundError:  # a file removed while being counted
             pass
-        time.sleep(0.01)
+        time.sleep(0.025)
 
 
 def peak_anon(pid: int, peak: list[int]) -> None:
-    """Peak anonymous memory (RssAnon) of a process, sampled every 5 ms until it exits: what the tool itself holds
+    """Peak anonymous memory (RssAnon) of a process, sampled every 25 ms until it exits: what the tool itself holds
     (RSS would also count the page cache of the files it maps)."""
     while True:
         try:
@@ -66,14 +66,14 @@ def peak_anon(pid: int, peak: list[int]) -> None:
                         peak[0] = max(peak[0], int(line.split()[1]) * 1024)
         except (FileNotFoundError, ProcessLookupError, ValueError):
             return
-        time.sleep(0.005)
+        time.sleep(0.025)
 
 
 def serve_pair(sft: Path, aligned: Path, latency: float, bandwidth: float | None) -> None:
     """The test Hub in this process, holding the pair as bench/sft and bench/aligned: its port on stdout, then it
     serves until stdin closes (run by `hub_process`)."""
     hub, server = serve()
-    hub.latency, hub.bandwidth = latency, bandwidth
+    hub.latency, hub.bandwidth, hub.keep_uploads = latency, bandwidth, False
     for repo, folder in (("bench/sft", sft), ("bench/aligned", aligned)):
         hub.create(repo, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()})
     print(server.server_address[1], flush=True)
@@ -107,6 +107,7 @@ def streamed(
     """One streamed merge: (wall seconds, peak scratch bytes, peak anonymous memory of the expo process, what the
     merge reports of its network transfers: `--json`'s "network", absent from an expo before it)."""
     server, port = hub_process(sft, aligned, latency, bandwidth)
+    hub_setup = cpu_seconds(server.pid)  # publishing the pair, before the merge starts
     env = {
         **os.environ,
         "HF_ENDPOINT": f"http://127.0.0.1:{port}",
@@ -147,15 +148,22 @@ def streamed(
     anon = [0]
     watcher = threading.Thread(target=peak_anon, args=(proc.pid, anon), daemon=True)
     watcher.start()
-    _, status, _ = os.wait4(proc.pid, 0)
+    _, status, usage = os.wait4(proc.pid, 0)
     if status:
         raise RuntimeError(f"the streamed merge failed ({status})")
     seconds = time.perf_counter() - started
     network = json.loads(proc.stdout.read()).get("network") or {}
+    network["cpu_expo"], network["cpu_hub"] = usage.ru_utime + usage.ru_stime, cpu_seconds(server.pid) - hub_setup
     done.set()
     sampler.join()
     server.communicate()
     return seconds, peak[0], anon[0], network
+
+
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user and system) a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> float:
@@ -171,16 +179,24 @@ def local(sft: Path, aligned: Path, alpha: float, work: Path, shard: str) -> flo
     return time.perf_counter() - started
 
 
+def spread(seconds: list[float]) -> str:
+    """The median of sorted timings, and their range when there are several."""
+    median = f"{seconds[len(seconds) // 2]:.1f}"
+    return median if len(seconds) == 1 else f"{median} ({seconds[0]:.1f}–{seconds[-1]:.1f})"
+
+
 def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> None:
-    """Streamed against local, with and without a slow link, this expo against --baseline: one table."""
+    """Streamed against local, with and without a slow link, this expo against --baseline: one table (each
+    case's median of --repeat runs, their range in brackets, and the median run's other figures)."""
     read = sum(f.stat().st_size for p in (sft, aligned) for f in weight_files(p))
     print(
         "| run | latency | bandwidth/connection | connections | wall s | read MB/s over the wall | of allowed "
         "| read MB/s while reading | of allowed | upload MB/s | peak RssAnon MB |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
-    base = local(sft, aligned, args.alpha, work, args.max_shard_size)
-    print(f"| local merge | | | | {base:.1f} | | | | | | |")
+    locals_ = sorted(local(sft, aligned, args.alpha, work, args.max_shard_size) for _ in range(args.repeat))
+    base = locals_[len(locals_) // 2]
+    print(f"| local merge | | | | {spread(locals_)} | | | | | | |")
     cases = [(0.0, None, n) for n in args.connections] + [(args.latency, args.bandwidth, n) for n in args.connections]
     if args.no_latency_only:
         cases = cases[: len(args.connections)]
@@ -189,9 +205,14 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
         if args.baseline:
             runs.append((f"baseline {args.baseline.parent.name}", args.baseline, ("--connections", str(connections))))
         for name, src, extra in runs:
-            seconds, _, anon, network = streamed(
-                sft, aligned, args.alpha, work, args.max_shard_size, latency, bandwidth, extra, src
+            repeats = sorted(
+                (
+                    streamed(sft, aligned, args.alpha, work, args.max_shard_size, latency, bandwidth, extra, src)
+                    for _ in range(args.repeat)
+                ),
+                key=lambda run: run[0],
             )
+            seconds, _, anon, network = repeats[len(repeats) // 2]  # the median run
             reading = network.get("read_bytes", 0) / network["read_seconds"] if network.get("read_seconds") else None
             uploading = network["upload_bytes"] / network["upload_seconds"] if network.get("upload_seconds") else None
             cap = 2 * connections * bandwidth if bandwidth else None  # what the connections allow, both inputs
@@ -201,7 +222,8 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
 
             print(
                 f"| {name} streamed ({seconds / base:.2f}× local) | {latency * 1000:.0f} ms | "
-                f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections} | {seconds:.1f} | "
+                f"{bandwidth / 1e6 if bandwidth else 0:.0f} MB/s | {connections} | "
+                f"{spread([run[0] for run in repeats])} | "
                 f"{read / seconds / 1e6:.0f} | {share(read / seconds)} | "
                 f"{f'{reading / 1e6:.0f}' if reading else '–'} | {share(reading)} | "
                 f"{f'{uploading / 1e6:.0f}' if uploading else '–'} | {anon / 2**20:.0f} |",
@@ -273,6 +295,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 4, 8], help="--connections of each case")
     parser.add_argument("--no-latency-only", action="store_true", help="skip the slow-link cases")
     parser.add_argument("--baseline", type=Path, help="another expo's src/ folder to measure in the same run")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each case: the median is reported")
     parser.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)  # SFT ALIGNED LATENCY BANDWIDTH: the Hub process
     args = parser.parse_args()
     if args.serve:

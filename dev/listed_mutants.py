@@ -494,6 +494,19 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                self._in_flight -= key[2] - key[1]\n",
         "tests/test_hub.py::test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room",
     ),
+    "ranged: a receive buffer used again while a block still refers to it": (
+        "inputs/ranged.py",
+        "if count == ALONE}",
+        "if count >= ALONE}",
+        "tests/test_hub.py::test_receive_buffers_are_used_again_only_once_nothing_refers_to_them "
+        "tests/test_hub.py::test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merge",
+    ),
+    "ranged: receive buffers kept beyond their limit": (
+        "inputs/ranged.py",
+        "            if self.kept_bytes + len(found) <= self.limit:",
+        "            if True:",
+        "tests/test_hub.py::test_receive_buffers_are_used_again_only_once_nothing_refers_to_them",
+    ),
     "network report: read seconds not measured": (
         "inputs/ranged.py",
         "        self.reading[1] = max(self.reading[1], time.monotonic())\n",
@@ -502,8 +515,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "ranged: a coalesced block served from the wrong offset": (
         "inputs/ranged.py",
-        "data = memoryview(whole)[key[1] - request.begin : key[2] - request.begin]",
-        "data = memoryview(whole)[: key[2] - key[1]]",
+        "data = request.future.result()[key[1] - request.begin : key[2] - request.begin]",
+        "data = request.future.result()[: key[2] - key[1]]",
         "tests/test_hub.py::test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_busy",
     ),
     "range client: no timeout on a stalled connection": (

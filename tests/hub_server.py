@@ -83,6 +83,9 @@ class Hub:
         self.random = random.Random(0)
         self.latency = 0.0  # seconds before each response, as a round trip over a real network would take
         self.bandwidth: float | None = None  # bytes per second per connection, for response bodies
+        # False: an LFS upload is received and its sha256 checked, then dropped instead of held in this process's
+        # memory (a benchmark's Hub: a real one stores uploads elsewhere, not on the machine that merges)
+        self.keep_uploads = True
         self.signed_urls: float | None = None  # LFS files redirect to a CDN URL valid this many seconds
         self.stall = 3.0  # seconds a "stall" fault holds the connection silent before dropping it
         self.proxied: list[tuple[str, str | None, str | None]] = []  # (path, Range, Proxy-Authorization)
@@ -137,15 +140,19 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "PUT":
             return self.rfile.read(size)
         # an upload is hashed as it arrives (as a real object store does), not after: reads go on meanwhile
-        body, digest, received = bytearray(size), hashlib.sha256(), 0
+        keep = self.hub.keep_uploads
+        body, digest, received = bytearray(size if keep else 8 * 2**20), hashlib.sha256(), 0
         view = memoryview(body)
         while received < size:
-            count = self.rfile.readinto(view[received : received + 8 * 2**20])
+            piece = view[received : received + 8 * 2**20] if keep else view[: size - received]
+            count = self.rfile.readinto(piece)
             if not count:
                 break
-            digest.update(view[received : received + count])
+            digest.update(piece[:count])
             received += count
         self._sha256 = digest.hexdigest()
+        if not keep:
+            return b""
         return body if received == size else body[:received]
 
     def _send(
@@ -308,9 +315,13 @@ class Handler(BaseHTTPRequestHandler):
         for path, data in sorted(repo.commits[sha].items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):
                 continue
-            entry = {"type": "file", "path": path, "size": len(data), "oid": git_blob_sha1(data)}
-            if path.endswith((".safetensors", ".bin")):
-                entry["lfs"] = {"oid": hashlib.sha256(data).hexdigest(), "size": len(data), "pointerSize": 134}
+            entry = {"type": "file", "path": path, "size": len(data), "oid": repo.etag(data)}
+            if path.endswith((".safetensors", ".bin")):  # git holds the LFS pointer; its sha256 was hashed at commit
+                pointer = (
+                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{repo.etag(data)}\nsize {len(data)}\n"
+                )
+                entry["oid"] = git_blob_sha1(pointer.encode())
+                entry["lfs"] = {"oid": repo.etag(data), "size": len(data), "pointerSize": len(pointer)}
             entries.append(entry)
         self._json(200, entries)
 

@@ -484,6 +484,32 @@ def test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files(tm
         assert source.reserved_bytes == 0 and source.bytes_fetched == sum(info.nbytes for info in infos)
 
 
+def test_receive_buffers_are_used_again_only_once_nothing_refers_to_them():
+    from expo_cli.inputs.ranged import ReceiveBuffers
+
+    buffers = ReceiveBuffers(limit=3 * 2**20)
+    first = buffers.take(1000)
+    first[:] = b"a" * 1000
+    reused = id(first.obj)
+    tensor = torch.frombuffer(first[:500], dtype=torch.uint8)  # as `flat` hands a block to the arithmetic
+    queued = first[500:]  # as `raw` hands a block to the writer's queue
+    del first
+    second = buffers.take(1000)
+    second[:] = b"b" * 1000
+    assert id(second.obj) != reused and bytes(tensor.numpy()) == b"a" * 500 and bytes(queued) == b"a" * 500
+    del tensor
+    third = buffers.take(1000)  # the queued view still refers to the first buffer
+    assert id(third.obj) not in (reused, id(second.obj))
+    del queued, second
+    fourth = buffers.take(2**20)  # free again, and a whole MiB: big enough
+    assert id(fourth.obj) == reused and len(fourth) == 2**20
+    held = [buffers.take(2**20) for _ in range(3)]  # beyond the limit: buffers of their own, not kept
+    assert buffers.kept_bytes == 3 * 2**20 and all(len(view) == 2**20 for view in held)
+    del held, third, fourth
+    big = buffers.take(2 * 2**20)  # no kept buffer is big enough: the free ones make room for it
+    assert buffers.kept_bytes == 2 * 2**20 and id(big.obj) != reused
+
+
 def test_a_file_that_keeps_failing_ends_with_exit_7_naming_its_byte_range(tmp_path, expo, hub, token):
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32)
     name = sorted(p.name for p in aligned.glob("*.safetensors"))[0]

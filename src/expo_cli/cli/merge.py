@@ -378,10 +378,11 @@ def _report(
 
 def _profile_table(profile: dict[str, Any]) -> list[str]:
     """--profile on stderr: one line per (thread, stage), then the totals."""
-    lines = [f"{'thread':<14}{'stage':<42}{'wall s':>8}{'CPU s':>8}{'calls':>8}"]
+    width = max([len("thread"), *(len(s["thread"]) for s in profile["stages"])]) + 2  # range threads' names vary
+    lines = [f"{'thread':<{width}}{'stage':<42}{'wall s':>8}{'CPU s':>8}{'calls':>8}"]
     for s in profile["stages"]:
         lines.append(
-            f"{s['thread']:<14}{s['stage']:<42}{s['wall_seconds']:>8.2f}{s['cpu_seconds']:>8.2f}{s['calls']:>8}"
+            f"{s['thread']:<{width}}{s['stage']:<42}{s['wall_seconds']:>8.2f}{s['cpu_seconds']:>8.2f}{s['calls']:>8}"
         )
     lines.append(
         f"Profile: {profile['wall_seconds']:.2f} s wall, {profile['cpu_seconds']:.2f} s CPU on {profile['cores']} "
