@@ -537,6 +537,18 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                raise Transient(",
         "tests/test_hub.py::test_signed_urls_are_asked_for_again_when_they_expire_and_never_get_the_token",
     ),
+    "range client: certificates not verified": (
+        "inputs/range_client.py",
+        "            self._tls = ssl.create_default_context()",
+        "            self._tls = ssl._create_unverified_context()",
+        "tests/test_hub.py::test_a_streamed_merge_over_https_verifies_the_certificate",
+    ),
+    "range client: a certificate not trusted retried as if transient": (
+        "inputs/range_client.py",
+        "            except ssl.SSLCertVerificationError as err:",
+        "            except () as err:",
+        "tests/test_hub.py::test_a_streamed_merge_over_https_verifies_the_certificate",
+    ),
     "range client: the proxy ignored": (
         "inputs/range_client.py",
         "        proxy = proxy_for(url)\n",

@@ -834,4 +834,36 @@ def test_a_streamed_merge_over_https_verifies_the_certificate(tmp_path, expo):
         timeout=300,
     )
     assert untrusted.returncode == 7 and "CERTIFICATE_VERIFY_FAILED" in untrusted.stderr.strip().splitlines()[-1]
+    # that refusal came from huggingface_hub's header fetch: the range client verifies on its own too. Located
+    # under the trusted certificate, its reads under another are refused at once (no retry changes a certificate)
+    name = sorted(p.name for p in sft.glob("*.safetensors"))[0]
+    script = (
+        "import os, sys, time\n"
+        "from expo_cli.errors import HubError\n"
+        "from expo_cli.inputs.range_client import RangeClient\n"
+        "repo, sha, name, other = sys.argv[1:]\n"
+        "into = memoryview(bytearray(8))\n"
+        "RangeClient(repo, sha, None).read_into(name, 0, into)\n"
+        "print(int.from_bytes(into, 'little'))\n"
+        "client = RangeClient(repo, sha, None)\n"
+        "client.locate(name)\n"
+        "os.environ['SSL_CERT_FILE'] = other\n"
+        "started = time.monotonic()\n"
+        "try:\n"
+        "    client.read_into(name, 0, into)\n"
+        "except HubError as err:\n"
+        "    print(round(time.monotonic() - started), err)\n"
+    )
+    sha = secure.repos["org/tls-sft"].refs["main"]
+    alone = subprocess.run(
+        [sys.executable, "-c", script, "org/tls-sft", sha, name, str(other)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    header_size = int.from_bytes((sft / name).read_bytes()[:8], "little")
+    read, refused = alone.stdout.strip().splitlines()
+    assert int(read) == header_size, alone.stderr
+    assert refused.startswith("0 ") and "CERTIFICATE_VERIFY_FAILED" in refused and "SSL_CERT_FILE" in refused
     server.shutdown()

@@ -179,7 +179,8 @@ def merge(
             "--connections",
             metavar="N",
             help="With --stream: range requests in flight per input, reading ahead while blocks are computed "
-            "(at most max(128 MB, 32 MB × N) ahead per input, whatever the model size).",
+            "(at most max(128 MB, 32 MB × N) ahead per input, and twice that in reused buffers, whatever the "
+            "model size).",
         ),
     ] = 4,
     scratch: Annotated[

@@ -141,13 +141,20 @@ class RangeClient:
 
     def _send(self, location: Location, headers: dict[str, str]) -> http.client.HTTPResponse:
         """Send the request on this thread's connection and read the answer's head. A kept-alive connection the
-        server has closed in the meantime is replaced once, at no cost; any other failure is `Transient`."""
+        server has closed in the meantime is replaced once, at no cost; a certificate not trusted is a `HubError`;
+        any other failure is `Transient`."""
         for reused in (True, False):
             connection, target, extra = self._connection(location.url)
             reused = reused and connection.sock is not None
             try:
                 connection.request("GET", target, headers={**headers, **extra})
                 return connection.getresponse()
+            except ssl.SSLCertVerificationError as err:  # no retry changes a certificate
+                self._drop(location.url)
+                raise HubError(
+                    f"{urlsplit(location.url).netloc}: its certificate is not trusted ({err.verify_message}; "
+                    "CERTIFICATE_VERIFY_FAILED); name the authority that signed it with SSL_CERT_FILE"
+                ) from err
             except (OSError, http.client.HTTPException) as err:
                 self._drop(location.url)
                 stale = isinstance(err, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))
