@@ -13,7 +13,8 @@
    for 1 and several `--connections` (and another expo's src, --baseline, for a before/after): wall time, read
    throughput (both inputs' bytes / wall, and / the seconds from the first range request to the last answer, which
    `--json` reports; an expo before it does not), each against what the connections allow (2 inputs × N ×
-   bandwidth), the upload speed, and the peak resident memory of the expo process.
+   bandwidth), the upload speed, the peak resident memory of the expo process, and the CPU seconds expo and the
+   Hub spent (on the same cores: a real Hub spends its own elsewhere).
 2. A job array on the local pair: N `expo merge --part I/N` processes started at once (the last one finishes the
    output), against one `expo merge` process, the outputs compared byte for byte.
 """
@@ -191,12 +192,12 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
     read = sum(f.stat().st_size for p in (sft, aligned) for f in weight_files(p))
     print(
         "| run | latency | bandwidth/connection | connections | wall s | read MB/s over the wall | of allowed "
-        "| read MB/s while reading | of allowed | upload MB/s | peak RssAnon MB |"
+        "| read MB/s while reading | of allowed | upload MB/s | peak RssAnon MB | CPU s: expo, Hub |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     locals_ = sorted(local(sft, aligned, args.alpha, work, args.max_shard_size) for _ in range(args.repeat))
     base = locals_[len(locals_) // 2]
-    print(f"| local merge | | | | {spread(locals_)} | | | | | | |")
+    print(f"| local merge | | | | {spread(locals_)} | | | | | | | |")
     cases = [(0.0, None, n) for n in args.connections] + [(args.latency, args.bandwidth, n) for n in args.connections]
     if args.no_latency_only:
         cases = cases[: len(args.connections)]
@@ -226,7 +227,8 @@ def network(args: argparse.Namespace, sft: Path, aligned: Path, work: Path) -> N
                 f"{spread([run[0] for run in repeats])} | "
                 f"{read / seconds / 1e6:.0f} | {share(read / seconds)} | "
                 f"{f'{reading / 1e6:.0f}' if reading else '–'} | {share(reading)} | "
-                f"{f'{uploading / 1e6:.0f}' if uploading else '–'} | {anon / 2**20:.0f} |",
+                f"{f'{uploading / 1e6:.0f}' if uploading else '–'} | {anon / 2**20:.0f} | "
+                f"{network['cpu_expo']:.1f}, {network['cpu_hub']:.1f} |",
                 flush=True,
             )
 
