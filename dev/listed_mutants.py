@@ -567,6 +567,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            if True:",
         "tests/test_hub.py::test_a_commit_the_hub_refuses_for_now_is_tried_again",
     ),
+    "commit: sent again after its answer was lost": (
+        "merging/upload.py",
+        "    return cause is not None and type(cause).__name__ in unsent, None",
+        "    return cause is not None, None",
+        "tests/test_hub.py::test_a_commit_whose_answer_is_lost_is_not_sent_again_and_running_again_resumes",
+    ),
     "scratch shards: every output left unsynced": (
         "merging/execution.py",
         "ShardSink(folder, shards, pool, closed, transient=uploader is not None)",

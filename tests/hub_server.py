@@ -44,6 +44,7 @@ class Repo:
     drop_downloads: bool = False
     uploads_before_drop: int | None = None  # after this many LFS uploads, cut every further one
     commit_failures: int = 0  # the next commits answered 503 (Retry-After: 0), one fewer each time
+    commit_drops: int = 0  # the next commits: the connection dropped once the request arrived, nothing committed
     range_faults: float = 0.0  # the share of ranged tensor-data reads that fail
     most_faults: int | None = None  # then no more than this many of them
     fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
@@ -454,6 +455,11 @@ class Handler(BaseHTTPRequestHandler):
         if repo.commit_failures:
             repo.commit_failures -= 1
             return self._send(503, b"come back later", {"Retry-After": "0"})
+        if repo.commit_drops:  # the answer lost: the client cannot tell whether the commit was made
+            repo.commit_drops -= 1
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return None
         parent = repo.resolve(revision)
         if parent is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")

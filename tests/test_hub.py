@@ -746,6 +746,28 @@ def test_a_commit_the_hub_refuses_for_now_is_tried_again(tmp_path, expo, hub, lo
     assert hub.repos["me/commit-never"].commit_failures == 100 - 8 and hub.repos["me/commit-never"].refs == refs
 
 
+def test_a_commit_whose_answer_is_lost_is_not_sent_again_and_running_again_resumes(
+    tmp_path, expo, hub, local_pair, token
+):
+    """A connection lost once the commit was sent: it may have been made, so it is not sent again (the run ends
+    with exit 7 and one line, no commit); running it again commits, without uploading the shards a second time."""
+    sft, aligned, _ = local_pair
+    publish(hub, "org/lost-sft", sft)
+    publish(hub, "org/lost-dpo", aligned)
+    hub.create("me/lost-answer", commit_drops=1)
+    refs = dict(hub.repos["me/lost-answer"].refs)
+    args = ["--alpha", "0.5", "--max-shard-size", "20KB", "-q"]
+    run = streamed_merge(expo, "org/lost-sft", "org/lost-dpo", "me/lost-answer", tmp_path / "s", *args)
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 7 and len(lines) == 1 and "me/lost-answer" in lines[0] and "run again" in lines[0], run.stderr
+    assert hub.repos["me/lost-answer"].commit_drops == 0 and hub.repos["me/lost-answer"].refs == refs
+    uploads = sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/"))
+    run = streamed_merge(expo, "org/lost-sft", "org/lost-dpo", "me/lost-answer", tmp_path / "s", *args)
+    assert run.code == 0, run.stderr
+    assert sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/")) == uploads
+    assert hub.repos["me/lost-answer"].refs["main"] != refs["main"]
+
+
 def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, token):
     """A range answered from another offset (a broken proxy or CDN) would shift every byte after it: the run ends
     with exit 7 and one line saying so, and publishes nothing."""
