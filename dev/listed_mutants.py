@@ -565,13 +565,13 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "merging/upload.py",
         "            if not again or failures >= retry.ATTEMPTS:",
         "            if True:",
-        "tests/test_hub.py::test_a_commit_the_hub_refuses_for_now_is_tried_again",
+        "tests/test_hub.py::test_the_commit_that_ends_a_stream_is_tried_again_only_when_it_surely_was_not_made",
     ),
     "commit: sent again after its answer was lost": (
         "merging/upload.py",
         "    return cause is not None and type(cause).__name__ in unsent, None",
         "    return cause is not None, None",
-        "tests/test_hub.py::test_a_commit_whose_answer_is_lost_is_not_sent_again_and_running_again_resumes",
+        "tests/test_hub.py::test_the_commit_that_ends_a_stream_is_tried_again_only_when_it_surely_was_not_made",
     ),
     "scratch shards: every output left unsynced": (
         "merging/execution.py",

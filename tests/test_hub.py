@@ -724,48 +724,44 @@ def test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_bus
     assert len(reads) <= 2 * len(files) < len(infos), (len(reads), len(files), len(infos))
 
 
-def test_a_commit_the_hub_refuses_for_now_is_tried_again(tmp_path, expo, hub, local_pair, token):
+def test_the_commit_that_ends_a_stream_is_tried_again_only_when_it_surely_was_not_made(
+    tmp_path, expo, hub, local_pair, token
+):
     """huggingface_hub retries uploads but not the commit that ends them: two 503s are waited out (one commit
-    made); a Hub that keeps refusing ends the run with exit 7 after the retry budget, and no commit."""
+    made); a Hub that keeps refusing ends the run with exit 7 after the retry budget, and no commit. A connection
+    lost once the commit was sent is not: it may have been made, so the run ends with exit 7 and one line, and
+    running it again commits, without uploading the shards a second time."""
     sft, aligned, _ = local_pair
     publish(hub, "org/commit-sft", sft)
     publish(hub, "org/commit-dpo", aligned)
     hub.create("me/commit-later", commit_failures=2)
+    hub.create("me/commit-never", commit_failures=100)
+    hub.create("me/lost-answer", commit_drops=1)
     before = len(hub.repos["me/commit-later"].commits)
+    refs = {repo: dict(hub.repos[repo].refs) for repo in ("me/commit-never", "me/lost-answer")}
     args = ["--alpha", "0.5", "--max-shard-size", "20KB", "-q"]
-    run = streamed_merge(expo, "org/commit-sft", "org/commit-dpo", "me/commit-later", tmp_path / "s", *args)
+
+    def merge_into(repo: str):
+        return streamed_merge(expo, "org/commit-sft", "org/commit-dpo", repo, tmp_path / "s", *args)
+
+    run = merge_into("me/commit-later")
     assert run.code == 0, run.stderr
     assert (
         len(hub.repos["me/commit-later"].commits) == before + 1 and hub.repos["me/commit-later"].commit_failures == 0
     )
-    hub.create("me/commit-never", commit_failures=100)
-    refs = dict(hub.repos["me/commit-never"].refs)
-    run = streamed_merge(expo, "org/commit-sft", "org/commit-dpo", "me/commit-never", tmp_path / "s", *args)
+    run = merge_into("me/commit-never")
     last = run.stderr.strip().splitlines()[-1]
     assert run.code == 7 and "upload failed" in last and "503" in last, run.stderr
-    assert hub.repos["me/commit-never"].commit_failures == 100 - 8 and hub.repos["me/commit-never"].refs == refs
-
-
-def test_a_commit_whose_answer_is_lost_is_not_sent_again_and_running_again_resumes(
-    tmp_path, expo, hub, local_pair, token
-):
-    """A connection lost once the commit was sent: it may have been made, so it is not sent again (the run ends
-    with exit 7 and one line, no commit); running it again commits, without uploading the shards a second time."""
-    sft, aligned, _ = local_pair
-    publish(hub, "org/lost-sft", sft)
-    publish(hub, "org/lost-dpo", aligned)
-    hub.create("me/lost-answer", commit_drops=1)
-    refs = dict(hub.repos["me/lost-answer"].refs)
-    args = ["--alpha", "0.5", "--max-shard-size", "20KB", "-q"]
-    run = streamed_merge(expo, "org/lost-sft", "org/lost-dpo", "me/lost-answer", tmp_path / "s", *args)
+    assert hub.repos["me/commit-never"].commit_failures == 100 - 8
+    assert hub.repos["me/commit-never"].refs == refs["me/commit-never"]
+    run = merge_into("me/lost-answer")
     lines = run.stderr.strip().splitlines()
     assert run.code == 7 and len(lines) == 1 and "me/lost-answer" in lines[0] and "run again" in lines[0], run.stderr
-    assert hub.repos["me/lost-answer"].commit_drops == 0 and hub.repos["me/lost-answer"].refs == refs
+    assert hub.repos["me/lost-answer"].commit_drops == 0 and hub.repos["me/lost-answer"].refs == refs["me/lost-answer"]
     uploads = sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/"))
-    run = streamed_merge(expo, "org/lost-sft", "org/lost-dpo", "me/lost-answer", tmp_path / "s", *args)
-    assert run.code == 0, run.stderr
+    assert merge_into("me/lost-answer").code == 0
     assert sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/")) == uploads
-    assert hub.repos["me/lost-answer"].refs["main"] != refs["main"]
+    assert hub.repos["me/lost-answer"].refs["main"] != refs["me/lost-answer"]["main"]
 
 
 def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, token):
