@@ -55,9 +55,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "stream.close() skipped": (
         "merging/execution.py",
-        "                        for alpha, sink in sinks.items():\n"
-        "                            checksums[alpha].update(sink.close())",
-        "                        pass",
+        "            return {alpha: sink.close() for alpha, sink in sinks.items()}",
+        "            return {alpha: {} for alpha in sinks}",
         GUARANTEES,
     ),
     "verify: 16x looser tolerance": (
@@ -186,8 +185,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "generation: a response not cut at its first end token": (
         "tuning/generation.py",
-        "            cut = next((i for i, token in enumerate(tokens) if token in self.eos), None)",
-        "            cut = None",
+        "    cut = next((i for i, token in enumerate(tokens) if token in eos), None)",
+        "    cut = None",
         "tests/test_generation.py",
     ),
     "generation: tokens counted past the end token": (
