@@ -536,6 +536,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                raise Transient(",
         "tests/test_hub.py::test_signed_urls_are_asked_for_again_when_they_expire_and_never_get_the_token",
     ),
+    "profile: a fixed thread column that long thread names overflow": (
+        "cli/merge.py",
+        '    width = max([len("thread"), *(len(s["thread"]) for s in profile["stages"])]) + 2',
+        "    width = 14",
+        "tests/test_merge.py::test_the_profile_table_keeps_its_columns_whatever_the_thread_names",
+    ),
     "range client: certificates not verified": (
         "inputs/range_client.py",
         "            self._tls = ssl.create_default_context()",

@@ -316,13 +316,12 @@ class Handler(BaseHTTPRequestHandler):
         for path, data in sorted(repo.commits[sha].items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):
                 continue
-            entry = {"type": "file", "path": path, "size": len(data), "oid": repo.etag(data)}
-            if path.endswith((".safetensors", ".bin")):  # git holds the LFS pointer; its sha256 was hashed at commit
-                pointer = (
-                    f"version https://git-lfs.github.com/spec/v1\noid sha256:{repo.etag(data)}\nsize {len(data)}\n"
-                )
+            hashed = repo.etag(data)  # at commit: the git blob id, or an LFS file's sha256
+            entry = {"type": "file", "path": path, "size": len(data), "oid": hashed}
+            if path.endswith((".safetensors", ".bin")):  # git holds the LFS pointer
+                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashed}\nsize {len(data)}\n"
                 entry["oid"] = git_blob_sha1(pointer.encode())
-                entry["lfs"] = {"oid": repo.etag(data), "size": len(data), "pointerSize": len(pointer)}
+                entry["lfs"] = {"oid": hashed, "size": len(data), "pointerSize": len(pointer)}
             entries.append(entry)
         self._json(200, entries)
 

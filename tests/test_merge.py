@@ -182,6 +182,21 @@ def test_a_profile_accounts_for_the_merge_by_stage_and_thread_and_changes_no_byt
     assert "Profile: " in run.stderr and "of the machine busy" in run.stderr
 
 
+def test_the_profile_table_keeps_its_columns_whatever_the_thread_names():
+    """--stream's range threads carry the input's name: the thread column widens to the longest, so every stage and
+    figure stays in its column."""
+    from expo_cli.cli.merge import _profile_table
+
+    threads = ["MainThread", "expo-range-some-long-model-name_11", "expo-writer"]
+    stage = {"wall_seconds": 1.5, "cpu_seconds": 0.25, "calls": 3}
+    profile = {"stages": [{"thread": t, "stage": "range request", **stage} for t in threads]}
+    profile |= {"wall_seconds": 2.0, "cpu_seconds": 1.0, "cores": 2, "cpu_utilisation": 0.25}
+    header, *rows, total = _profile_table(profile)
+    column = header.index("stage")
+    assert column > len(threads[1]) and all(row.index("range request") == column for row in rows)
+    assert len({len(row) for row in [header, *rows]}) == 1 and total.startswith("Profile: 2.00 s wall")
+
+
 def test_a_profile_stage_excludes_the_stages_nested_in_it():
     import time
 
