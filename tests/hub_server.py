@@ -3,11 +3,11 @@
 Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
 uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
 `drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many),
-`commit_failures` (that many commits answered 503), and for ranged reads of tensor data (what `--stream` makes)
+`commit_failures` (that many commits answered 503), `commits_then_504` (made, then answered 504), and for ranged reads of tensor data (what `--stream` makes)
 `range_faults` (that share of them, drawn with a seeded generator, fails by each of `fault_kinds` in turn: a
 connection reset mid-body, 503 with Retry-After: 0, 429 with Retry-After: 1, a body half as long as asked, or with
-"stall" half a body and then silence, or with "shifted" the range from one byte later; `most_faults` of them at
-most) and `failing_file` (every such read of that
+"stall" half a body and then silence, or with "shifted" the range from one byte later, with "onebyte" one byte and a hang-up, with "drip" a byte every
+0.1 s, with "retry-nan"/"retry-huge" 503 and Retry-After nan/99999; `most_faults` of them at most) and `failing_file` (every such read of that
 file answers 503). Server-wide: `signed_urls` (LFS files redirect to a CDN URL on another origin that expires),
 `latency` and `bandwidth` (a network link); a request in absolute form (sent to a proxy: this server plays one
 too) is recorded in `proxied`.
@@ -45,6 +45,7 @@ class Repo:
     uploads_before_drop: int | None = None  # after this many LFS uploads, cut every further one
     commit_failures: int = 0  # the next commits answered 503 (Retry-After: 0), one fewer each time
     commit_drops: int = 0  # the next commits: the connection dropped once the request arrived, nothing committed
+    commits_then_504: int = 0  # the next commits are made, then answered 504 (a gateway that gave up waiting)
     range_faults: float = 0.0  # the share of ranged tensor-data reads that fail
     most_faults: int | None = None  # then no more than this many of them
     fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
@@ -183,6 +184,25 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if head:
             return
+        if fault == "onebyte":  # one byte of the body, then hang up: progress that never finishes
+            self.wfile.write(body[:1])
+            self.wfile.flush()
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if fault == "drip":  # a byte every 0.1 s, for up to `hub.stall` seconds: alive, but useless
+            started = time.monotonic()
+            for offset in range(len(body)):
+                if time.monotonic() - started > self.hub.stall:
+                    break
+                try:
+                    self.wfile.write(body[offset : offset + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+                time.sleep(0.1)
+            self.close_connection = True
+            return
         if fault in ("reset", "stall"):  # send half, then drop the connection
             self.wfile.write(body[: len(body) // 2])
             self.wfile.flush()
@@ -252,6 +272,8 @@ class Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str, path: str, query: dict, body: bytes) -> None:
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
             return self._info(m[1], m[2] or "main")
+        if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/refs", path):
+            return self._refs(m[1], "include_prs" in query)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
             return self._tree(m[1], m[2], m[3] or "")
         if m := re.fullmatch(r"/cdn/([0-9a-f]{64})", path):
@@ -308,6 +330,20 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _refs(self, repo_id: str, pull_requests: bool) -> None:
+        if (repo := self._repo(repo_id)) is None:
+            return
+        branches = [r for r in repo.refs if not r.startswith("refs/")]
+        prs = [r for r in repo.refs if r.startswith("refs/pr/")]
+        answer = {
+            "branches": [{"name": b, "ref": f"refs/heads/{b}", "targetCommit": repo.refs[b]} for b in branches],
+            "converts": [],
+            "tags": [],
+        }
+        if pull_requests:
+            answer["pullRequests"] = [{"name": r, "ref": r, "targetCommit": repo.refs[r]} for r in prs]
+        self._json(200, answer)
+
     def _tree(self, repo_id: str, revision: str, prefix: str) -> None:
         if (found := self._revision(repo_id, revision)) is None:
             return
@@ -362,6 +398,8 @@ class Handler(BaseHTTPRequestHandler):
             fault = None if head else self.hub.fault(repo_id, filename, data, start, stop)
             if fault in ("503", "429"):
                 return self._send(int(fault), b"come back later", {"Retry-After": "0" if fault == "503" else "1"})
+            if fault in ("retry-nan", "retry-huge"):  # a Retry-After no client should trust as it stands
+                return self._send(503, b"come back later", {"Retry-After": "nan" if fault == "retry-nan" else "99999"})
             if fault == "short":  # a well-formed answer, but shorter than asked
                 stop = start + max(1, (stop - start) // 2)
             if fault == "shifted":  # another range than the one asked for, as a broken proxy might send
@@ -464,13 +502,15 @@ class Handler(BaseHTTPRequestHandler):
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
         files = dict(repo.commits[parent])
         summary = ""
-        for line in body.decode().splitlines():
+        for line in body.decode().split("\n"):
             if not line.strip():
                 continue
             item = json.loads(line)
             value = item["value"]
             if item["key"] == "header":
                 summary = value.get("summary", "")
+                if value.get("parentCommit") not in (None, parent):  # as the Hub: the branch moved since
+                    return self._error(412, "PreconditionFailed", "A commit has happened since. Please refresh.")
             elif item["key"] == "file":
                 files[value["path"]] = base64.b64decode(value["content"])
             elif item["key"] == "lfsFile":
@@ -488,6 +528,9 @@ class Handler(BaseHTTPRequestHandler):
             result["pullRequestUrl"] = f"{self.endpoint}/{repo_id}/discussions/{repo.prs}"
         else:
             repo.refs[unquote(revision)] = sha
+        if repo.commits_then_504:  # made, but the answer never reaches the client
+            repo.commits_then_504 -= 1
+            return self._send(504, b"Gateway Time-out")
         self._json(200, result)
 
     def _branch(self, repo_id: str, branch: str, request: dict) -> None:

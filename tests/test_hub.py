@@ -724,44 +724,60 @@ def test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_bus
     assert len(reads) <= 2 * len(files) < len(infos), (len(reads), len(files), len(infos))
 
 
-def test_the_commit_that_ends_a_stream_is_tried_again_only_when_it_surely_was_not_made(
+def test_the_commit_that_ends_a_stream_is_made_once_however_its_answers_are_lost(
     tmp_path, expo, hub, local_pair, token
 ):
-    """huggingface_hub retries uploads but not the commit that ends them: two 503s are waited out (one commit
-    made); a Hub that keeps refusing ends the run with exit 7 after the retry budget, and no commit. A connection
-    lost once the commit was sent is not: it may have been made, so the run ends with exit 7 and one line, and
-    running it again commits, without uploading the shards a second time."""
+    """huggingface_hub retries uploads but not the commit that ends them. Two 503s are waited out (one commit); a Hub
+    that keeps refusing ends the run with exit 7 after the retry budget, and no commit. A lost answer (the connection
+    dropped, nothing made) is tried again once the refs show it was not made; a commit made and then answered 504
+    (or opened as a pull request and answered 504) is found, not made again: one commit, one pull request, exit 0.
+    Running a finished publish again makes nothing new and uploads nothing."""
     sft, aligned, _ = local_pair
+    endpoint = os.environ["HF_ENDPOINT"]
     publish(hub, "org/commit-sft", sft)
     publish(hub, "org/commit-dpo", aligned)
     hub.create("me/commit-later", commit_failures=2)
     hub.create("me/commit-never", commit_failures=100)
     hub.create("me/lost-answer", commit_drops=1)
-    before = len(hub.repos["me/commit-later"].commits)
-    refs = {repo: dict(hub.repos[repo].refs) for repo in ("me/commit-never", "me/lost-answer")}
+    hub.create("me/made-then-504", commits_then_504=1)
+    hub.create("me/pr-then-504", commits_then_504=1)
+    commits = {repo: len(hub.repos[repo].commits) for repo in hub.repos if repo.startswith("me/")}
+    refs = {repo: dict(hub.repos[repo].refs) for repo in hub.repos if repo.startswith("me/")}
     args = ["--alpha", "0.5", "--max-shard-size", "20KB", "-q"]
 
-    def merge_into(repo: str):
-        return streamed_merge(expo, "org/commit-sft", "org/commit-dpo", repo, tmp_path / "s", *args)
+    def merge_into(repo: str, *more: str):
+        return streamed_merge(expo, "org/commit-sft", "org/commit-dpo", repo, tmp_path / "s", *args, *more)
+
+    def uploads() -> int:
+        return sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/"))
 
     run = merge_into("me/commit-later")
     assert run.code == 0, run.stderr
-    assert (
-        len(hub.repos["me/commit-later"].commits) == before + 1 and hub.repos["me/commit-later"].commit_failures == 0
-    )
+    assert len(hub.repos["me/commit-later"].commits) == commits["me/commit-later"] + 1
+    assert hub.repos["me/commit-later"].commit_failures == 0
     run = merge_into("me/commit-never")
     last = run.stderr.strip().splitlines()[-1]
     assert run.code == 7 and "upload failed" in last and "503" in last, run.stderr
     assert hub.repos["me/commit-never"].commit_failures == 100 - 8
     assert hub.repos["me/commit-never"].refs == refs["me/commit-never"]
-    run = merge_into("me/lost-answer")
-    lines = run.stderr.strip().splitlines()
-    assert run.code == 7 and len(lines) == 1 and "me/lost-answer" in lines[0] and "run again" in lines[0], run.stderr
-    assert hub.repos["me/lost-answer"].commit_drops == 0 and hub.repos["me/lost-answer"].refs == refs["me/lost-answer"]
-    uploads = sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/"))
-    assert merge_into("me/lost-answer").code == 0
-    assert sum(1 for method, path, _ in hub.requests if method == "PUT" and path.startswith("/lfs/")) == uploads
-    assert hub.repos["me/lost-answer"].refs["main"] != refs["me/lost-answer"]["main"]
+    for repo in ("me/lost-answer", "me/made-then-504"):
+        run = merge_into(repo)
+        assert run.code == 0, run.stderr
+        assert len(hub.repos[repo].commits) == commits[repo] + 1, repo
+        assert hub.repos[repo].refs["main"] != refs[repo]["main"]
+        assert run.stdout.strip() == f"{endpoint}/{repo}/commit/{hub.repos[repo].refs['main']}"
+    assert hub.repos["me/lost-answer"].commit_drops == hub.repos["me/made-then-504"].commits_then_504 == 0
+    run = merge_into("me/pr-then-504", "--create-pr")
+    assert run.code == 0, run.stderr
+    assert [r for r in hub.repos["me/pr-then-504"].refs if r.startswith("refs/pr/")] == ["refs/pr/1"]
+    assert run.stdout.strip() == f"{endpoint}/me/pr-then-504/discussions/1"
+    sent = uploads()
+    head = hub.repos["me/made-then-504"].refs["main"]
+    again = merge_into("me/made-then-504")
+    assert again.code == 0 and again.stdout.strip().endswith(f"/me/made-then-504/commit/{head}"), again.stderr
+    assert len(hub.repos["me/made-then-504"].commits) == commits["me/made-then-504"] + 1 and uploads() == sent
+    assert merge_into("me/pr-then-504", "--create-pr").code == 0
+    assert [r for r in hub.repos["me/pr-then-504"].refs if r.startswith("refs/pr/")] == ["refs/pr/1"]
 
 
 def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, token):

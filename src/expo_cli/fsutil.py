@@ -14,15 +14,68 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from .constants import PARTIAL_PREFIX
-from .errors import OutputError
+from .errors import InputError, OutputError
 
 HEADROOM = 1024 * 1024  # config.json, the model card and folder entries, beyond what is counted
+
+
+MAX_SIDE_FILE_BYTES = 2**30  # a file copied or uploaded beside the weights (tokenizers reach ~100 MB)
+
+
+def folder_files(folder: Path, ignored: Iterable[str] = ()) -> list[str]:
+    """Every file below a folder as a sorted relative POSIX path, folders named in `ignored` left out.
+
+    Links to folders are not entered (a link can make a tree endless, or reach anywhere); links to files are
+    listed, and `contained_file` decides whether they may be read.
+    """
+    ignored = set(ignored)
+    found = []
+    for root, folders, files in os.walk(folder, followlinks=False):
+        folders[:] = [f for f in folders if f not in ignored and not os.path.islink(os.path.join(root, f))]
+        base = Path(root).relative_to(folder)
+        found += [(base / name).as_posix() for name in files]
+    return sorted(found)
+
+
+def contained_file(folder: Path, relative: str, limit: int | None = MAX_SIDE_FILE_BYTES) -> Path:
+    """The regular file `relative` names inside `folder`, refusing what would read or publish something else.
+
+    A link is followed only when its target is inside the folder, or, for a huggingface_hub cache snapshot
+    (`.../snapshots/<commit>/`), inside the repo's own `blobs/` folder: a `LICENSE -> ~/.cache/huggingface/token`
+    planted in a cloned folder is refused, not copied into the output or pushed. Devices, pipes and files larger
+    than `limit` bytes are refused too.
+
+    Raises:
+        InputError: naming the file and what to do.
+    """
+    path = folder / relative
+    target = path.resolve()
+    roots = [folder.resolve()]
+    if folder.resolve().parent.name == "snapshots":
+        roots.append(folder.resolve().parent.parent / "blobs")
+    if not any(target.is_relative_to(root) for root in roots):
+        raise InputError(
+            f"{path}: a link to a file outside the folder; refusing to copy or publish it: replace the link with the file itself, or leave it out (--skip)"
+        )
+    try:
+        found = target.stat()
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror}); fix or remove it") from err
+    if not stat.S_ISREG(found.st_mode):
+        raise InputError(f"{path}: not a regular file; remove it or leave it out (--skip)")
+    if limit is not None and found.st_size > limit:
+        raise InputError(
+            f"{path}: {human_bytes(found.st_size)}, more than the {human_bytes(limit)} a file beside the weights may "
+            "be; leave it out (--skip)"
+        )
+    return target
 
 
 def human_bytes(n: float) -> str:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import base64
 import http.client
+import socket
 import ssl
 import threading
+import time
 import urllib.request
 from dataclasses import dataclass
 from urllib.parse import SplitResult, unquote, urlsplit
@@ -27,6 +29,7 @@ from .hub import hub_errors, network_cause
 from .retry import retried_status
 
 PIECE_BYTES = 4 * 1024 * 1024  # read per `readinto` call: what a connection dropped mid-body loses at most
+MIN_BYTES_PER_SECOND = 64_000  # a body arriving slower than this (after the timeout) is cut and asked for again
 REFUSED_SIGNED = frozenset({401, 403, 404, 410})  # how a CDN says its signed URL expired
 
 
@@ -62,6 +65,51 @@ def proxy_for(url: str) -> str | None:
     return proxy if "://" in proxy else f"http://{proxy}"
 
 
+class Watchdog:
+    """Cuts the connections whose request ran past its deadline.
+
+    A socket timeout bounds each wait for a byte, not a request: a server that drips a byte every few seconds keeps
+    a read going for ever. Each body is read under a deadline (the timeout plus its size at MIN_BYTES_PER_SECOND);
+    one thread, started on first use, shuts down the sockets past theirs, which ends the read as a dropped
+    connection would (retried, as `Transient`).
+    """
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.period = period
+        self._watched: dict[int, tuple[float, socket.socket]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, sock: socket.socket, deadline: float) -> int:
+        with self._lock:
+            key = id(sock)
+            self._watched[key] = (deadline, sock)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="expo-range-watchdog", daemon=True)
+                self._thread.start()
+            return key
+
+    def release(self, key: int) -> None:
+        with self._lock:
+            self._watched.pop(key, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.period)
+            now = time.monotonic()
+            with self._lock:
+                late = [key for key, (deadline, _) in self._watched.items() if deadline < now]
+                for key in late:
+                    _, sock = self._watched.pop(key)
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except OSError:
+                        pass
+
+
+WATCHDOG = Watchdog()
+
+
 class RangeClient:
     """Ranged GETs of one Hub repo's files at one commit, each into a caller's buffer."""
 
@@ -94,6 +142,11 @@ class RangeClient:
                 raise
         if metadata.commit_hash not in (None, self.sha):
             raise HubError(f"{self.repo_id}/{name}: the Hub served commit {metadata.commit_hash}, not {self.sha}")
+        if urlsplit(url).scheme == "https" and urlsplit(metadata.location).scheme != "https":
+            raise HubError(
+                f"{self.repo_id}/{name}: the Hub redirected an https request to {urlsplit(metadata.location).scheme}:// "
+                f"({urlsplit(metadata.location).hostname}); refusing to read weights over an unencrypted link"
+            )
         headers = build_hf_headers(token=self.token)
         signed = not same_origin(metadata.location, url)
         if signed:  # the token is for the Hub: a signed URL carries its own authorization
@@ -166,6 +219,10 @@ class RangeClient:
         """Read the body into `into`, a piece at a time; the bytes received, also when the connection drops."""
         received = 0
         size = len(into) if response.length is None else min(len(into), response.length)
+        started = time.monotonic()
+        deadline = started + (self.timeout or 10.0) + size / MIN_BYTES_PER_SECOND
+        sock = self._local.__dict__.get("connections", {}).get(_key(url))
+        watched = WATCHDOG.watch(sock.sock, deadline) if sock is not None and sock.sock is not None else None
         try:
             while received < size:
                 count = response.readinto(into[received : min(size, received + PIECE_BYTES)])
@@ -175,6 +232,16 @@ class RangeClient:
         except (OSError, http.client.HTTPException) as err:
             self._drop(url)
             raise Transient(f"{type(err).__name__}: {err}", received=received) from err
+        finally:
+            if watched is not None:
+                WATCHDOG.release(watched)
+        if received < size and time.monotonic() >= deadline:
+            self._drop(url)
+            raise Transient(
+                f"{received} of {size} bytes in {time.monotonic() - started:.0f} s, slower than "
+                f"{MIN_BYTES_PER_SECOND // 1000} kB/s",
+                received=received,
+            )
         if response.length:  # more than asked: never used, and the connection cannot be reused
             self._drop(url)
         return received
@@ -234,6 +301,11 @@ class RangeClient:
         """Close the calling thread's connections (each pool thread's end with it)."""
         for connection in self._local.__dict__.pop("connections", {}).values():
             connection.close()
+
+
+def _key(url: str) -> tuple[str, str | None, int | None]:
+    parts = urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port
 
 
 def _transient(err: Exception) -> Transient | None:

@@ -163,14 +163,17 @@ class RangedSource:
 
         Transient failures (a dropped connection or timeout, 408/425/429/5xx, a body shorter than asked) are
         retried with exponential backoff and jitter, or after the Retry-After the Hub asks for; what was received
-        is kept and only the rest is asked for again. ATTEMPTS failures in a row without a byte of progress end the
-        run with one line naming the file and the byte range (exit 7): running it again resumes. See `retry`.
+        is kept and only the rest is asked for again. ATTEMPTS failures (progress or not), a block still incomplete
+        BLOCK_SECONDS after its first failure, or the run's retry budget spent end the run with one line naming the
+        file and the byte range (exit 7): running it again resumes. See `retry`.
         """
         name = file.as_posix()[len(self.remote.repo_id) + 1 :]
         if not self.reading:
             self.reading[:] = [time.monotonic()] * 2
         view = self.buffers.take(end - begin)
+        what = f"{self.remote.repo_id}/{name}, bytes {begin}-{end - 1}"
         received = failures = 0
+        deadline: float | None = None  # BLOCK_SECONDS after the first failure, however many bytes arrive after it
         while received < len(view):
             try:
                 self.client.read_into(name, begin + received, view[received:])
@@ -179,13 +182,11 @@ class RangedSource:
             except Transient as err:
                 reason, asked, progress = str(err), err.retry_after, err.received
             received += progress
-            failures = 0 if progress else failures + 1
+            failures += 1
+            deadline = deadline if deadline is not None else time.monotonic() + retry.BLOCK_SECONDS
             if failures >= retry.ATTEMPTS:
-                raise HubError(
-                    f"{self.remote.repo_id}/{name}, bytes {begin}-{end - 1}: {reason} ({retry.ATTEMPTS} attempts); "
-                    "run again to resume"
-                )
-            time.sleep(retry.wait(failures, asked))
+                raise HubError(f"{what}: {reason} ({retry.ATTEMPTS} attempts); run again to resume")
+            retry.wait(failures, asked, f"{what}: {reason}", deadline)
         self.reading[1] = max(self.reading[1], time.monotonic())
         return view
 

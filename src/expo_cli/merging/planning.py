@@ -27,6 +27,7 @@ from ..errors import MismatchError, UsageError
 from ..fsutil import HEADROOM, available_cores, check_space, read_ahead
 from ..inputs.adapters import ADAPTER_CONFIG, LoraSource, changed_tensors, input_folders, own_tensors
 from ..inputs.checkpoint import load_consolidated
+from ..inputs import retry
 from ..inputs.hub import RemoteCheckpoint, download
 from ..inputs.ranged import RangedSource
 from ..inputs.resolve import resolve_inputs
@@ -60,6 +61,7 @@ def prepare(
     leaves the space check to the part, which knows its own shards.
     """
     check_device_name(opts.device)
+    retry.new_run()
     sft_ckpt, aligned_ckpt = resolve_inputs(
         sft,
         aligned,

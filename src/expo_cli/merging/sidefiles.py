@@ -22,7 +22,7 @@ from typing import Any
 
 from ..constants import CONFIG_NAME, MISTRAL_INDEX_FILE, REPOCARD_NAME, WEIGHT_EXTENSIONS, WEIGHT_INDEX_SUFFIXES
 from ..errors import UsageError
-from ..fsutil import fsync_path
+from ..fsutil import contained_file, folder_files, fsync_path
 
 # Folders that belong to tools, not to the model: never looked at, never listed.
 TOOL_FOLDERS = (".git", ".cache", ".huggingface")
@@ -146,12 +146,10 @@ def select(
 
     Raises:
         UsageError: a --copy or --skip glob matches no file, or --copy names a weight file.
+        InputError: a file to copy is a link out of the folder, not a regular file, or too large
+            (see `fsutil.contained_file`).
     """
-    files = sorted(
-        p.relative_to(folder).as_posix()
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part in TOOL_FOLDERS for part in p.relative_to(folder).parts)
-    )
+    files = folder_files(folder, TOOL_FOLDERS)
     for option, globs in (("--copy", copy), ("--skip", skip)):
         for glob in globs:
             if not any(fnmatch.fnmatchcase(f, glob) for f in files):
@@ -181,6 +179,8 @@ def select(
             result.copied.append(path)
         else:
             result.skipped[path] = OTHER_REASON
+    for path in result.copied:  # before any work: a link out of the folder, a device, a huge file
+        contained_file(folder, path)
     return result
 
 
@@ -212,7 +212,7 @@ def copy_files(source: Path, files: Sequence[str], target: Path) -> None:
             if not (target / parent).is_dir():
                 (target / parent).mkdir()
             created.add(target / parent)
-        shutil.copyfile(source / relative, destination)
+        shutil.copyfile(contained_file(source, relative), destination)
         fsync_path(destination)
     for folder in sorted(created, key=lambda p: len(p.parts), reverse=True):
         fsync_path(folder)

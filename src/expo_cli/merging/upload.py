@@ -8,6 +8,7 @@ adds config, card and side files and points at the uploaded shards.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
@@ -15,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..constants import CONFIG_NAME, REPO_ID, VERSION
+from ..constants import CONFIG_NAME, PARTIAL_PREFIX, REPO_ID, VERSION
 from ..core import profile as profiling
 from ..errors import HubError, InputError
+from ..fsutil import contained_file, folder_files
 from ..inputs import retry
 from ..inputs.hub import api, hub_errors, network_cause
 
@@ -37,6 +39,7 @@ def push(
     Running it again after a lost connection resumes: files the Hub already holds are not sent again.
     """
     folder = Path(folder)
+    retry.new_run()
     if not (folder / CONFIG_NAME).is_file():
         raise InputError(f"{folder}: not a model folder (no {CONFIG_NAME}); push the output of expo merge")
     prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=token)
@@ -77,19 +80,32 @@ def commit(
     create_pr: bool = False,
     token: str | None = None,
 ) -> str:
-    """One commit of these operations; the commit (or pull request) URL.
+    """One commit of these operations, made at most once; the commit (or pull request) URL.
 
-    huggingface_hub retries every upload but not the commit that ends it: here a commit the Hub refused for now
-    (408/425/429/5xx) or that could not reach it is tried again (see `inputs.retry`), so that a long streamed merge
-    is not lost to one bad answer at its very end. A connection lost after the request was sent is not retried
-    (the commit may have been made): that ends the run, and running it again resumes.
+    Publishing is idempotent: a ref that already holds exactly these files (the same sha256 for LFS files, the same
+    git blob for the others) is the result, and no commit is made; so is a pull request opened by an earlier
+    attempt. The commit names the branch head it builds on (`parent_commit`): the Hub refuses it if anything landed
+    in between, so it is never applied twice. huggingface_hub does not retry the commit; here one that failed for
+    a reason a retry may cure (the connection, 408/425/429/5xx; see `inputs.retry`) is tried again, but only after
+    looking whether the failed attempt was made after all (a 504 can come after the commit).
     """
+    client = api(token)
+    branch = revision or "main"
+    with hub_errors(repo_id, revision, action="upload"):
+        before = _refs(client, repo_id)
+        if (published := _published(client, repo_id, operations, before, branch, create_pr, None)) is not None:
+            return published
     failures = 0
     while True:
         try:
             with hub_errors(repo_id, revision, action="upload"):
-                info = api(token).create_commit(
-                    repo_id, operations, revision=revision, create_pr=create_pr, commit_message=message
+                info = client.create_commit(
+                    repo_id,
+                    operations,
+                    revision=revision,
+                    create_pr=create_pr,
+                    commit_message=message,
+                    parent_commit=before.get(f"refs/heads/{branch}"),
                 )
             return str(info.pr_url or info.commit_url)
         except HubError as err:
@@ -97,19 +113,89 @@ def commit(
             again, asked = _commit_again(err.__cause__)
             if not again or failures >= retry.ATTEMPTS:
                 raise
-            time.sleep(retry.wait(failures, asked))
+            retry.wait(failures, asked, f"{repo_id}: the commit")
+            with hub_errors(repo_id, revision, action="upload"):
+                now = _refs(client, repo_id)
+                if (published := _published(client, repo_id, operations, now, branch, create_pr, before)) is not None:
+                    return published
 
 
 def _commit_again(err: BaseException | None) -> tuple[bool, str | None]:
-    """Whether a failed commit may be tried again (it was surely not made), and the Retry-After it was given."""
+    """Whether a failed commit may be tried again once it is known not to have been made, and the Retry-After."""
     from huggingface_hub import errors  # the Hub client loads when the Hub is used
 
     if isinstance(err, errors.HfHubHTTPError) and err.response is not None:
         status = err.response.status_code
         return retry.retried_status(status), err.response.headers.get("Retry-After")
-    cause = network_cause(err)
-    unsent = ("ConnectError", "ConnectTimeout", "ConnectionRefusedError")  # nothing reached the Hub
-    return cause is not None and type(cause).__name__ in unsent, None
+    return network_cause(err) is not None, None
+
+
+def _refs(client: Any, repo_id: str) -> dict[str, str]:
+    """The repo's branches and pull requests: full ref name -> commit."""
+    refs = client.list_repo_refs(repo_id, include_pull_requests=True)
+    return {ref.ref: ref.target_commit for ref in [*refs.branches, *(refs.pull_requests or [])]}
+
+
+REGULAR_FILE_BYTES = 10 * 1000**2  # larger files are LFS objects on the Hub, compared by sha256
+RECENT_PULL_REQUESTS = 20  # how many of the newest open pull requests a --create-pr run looks into first
+
+
+def _published(
+    client: Any,
+    repo_id: str,
+    operations: list[Any],
+    refs: dict[str, str],
+    branch: str,
+    create_pr: bool,
+    before: dict[str, str] | None,
+) -> str | None:
+    """The URL of a ref that already holds exactly these files: the branch (or, with `create_pr`, a pull request;
+    after a failed attempt, one opened since `before`), else None."""
+    if create_pr:
+        numbers = sorted(
+            (int(ref.rsplit("/", 1)[1]) for ref in refs if ref.startswith("refs/pr/") and ref.rsplit("/", 1)[1].isdigit()),
+            reverse=True,
+        )
+        opened = [n for n in numbers if before is None or f"refs/pr/{n}" not in before][:RECENT_PULL_REQUESTS]
+        for number in opened:
+            if _holds(client, repo_id, f"refs/pr/{number}", operations):
+                return f"{client.endpoint}/{repo_id}/discussions/{number}"
+        return None
+    head = refs.get(f"refs/heads/{branch}")
+    if head is not None and _holds(client, repo_id, head, operations):
+        return f"{client.endpoint}/{repo_id}/commit/{head}"
+    return None
+
+
+def _holds(client: Any, repo_id: str, revision: str, operations: list[Any]) -> bool:
+    """Whether the repo at `revision` has every file of `operations` with the same content."""
+    files = {
+        entry.path: entry
+        for entry in client.list_repo_tree(repo_id, revision=revision, recursive=True)
+        if hasattr(entry, "blob_id")
+    }
+    for operation in operations:
+        entry = files.get(operation.path_in_repo)
+        if entry is None:
+            return False
+        if entry.lfs is not None:
+            if entry.lfs.sha256 != operation.upload_info.sha256.hex():
+                return False
+        elif entry.blob_id != _git_blob_id(operation):
+            return False
+    return True
+
+
+def _git_blob_id(operation: Any) -> str | None:
+    """The git blob id of a small file the commit would add (None when it cannot be read: an uploaded shard)."""
+    if operation.upload_info.size > REGULAR_FILE_BYTES:
+        return None
+    try:
+        with operation.as_file() as fh:
+            data = fh.read()
+    except OSError:
+        return None
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def upload_operations(folder: Path) -> list[Any]:
@@ -129,10 +215,10 @@ def upload_operations(folder: Path) -> list[Any]:
     checksums, sizes = record.get("shards") or {}, record.get("shard_sizes") or {}
     written = config.stat().st_mtime_ns
     operations = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        relative = path.relative_to(folder).as_posix()
-        if relative.startswith((".cache/", ".expo-partial-")):
+    for relative in folder_files(folder, (".cache",)):
+        if relative.startswith(PARTIAL_PREFIX):
             continue
+        path = contained_file(folder, relative, limit=None)  # a link out of the folder is never published
         operation = CommitOperationAdd(path_in_repo=relative, path_or_fileobj=str(path))
         stat = path.stat()
         if relative in checksums and sizes.get(relative) == stat.st_size and stat.st_mtime_ns <= written:
