@@ -1,18 +1,18 @@
 """A small, real Hugging Face Hub for the tests: the HTTP API that huggingface_hub uses, on 127.0.0.1.
 
-Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already
-uploaded (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`,
-`drop_downloads` (weight downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many),
-`commit_failures` (that many commits answered 503), `commits_then_504` (made, then answered 504), and for ranged reads of tensor data (what `--stream` makes)
-`range_faults` (that share of them, drawn with a seeded generator, fails by each of `fault_kinds` in turn: a
-connection reset mid-body, 503 with Retry-After: 0, 429 with Retry-After: 1, a body half as long as asked, or with
-"stall" half a body and then silence, or with "shifted" the range from one byte later, with "onebyte" one byte and a hang-up, with "drip" a byte every
-0.1 s, with "retry-nan"/"retry-huge" 503 and Retry-After nan/99999; `most_faults` of them at most) and `failing_file` (every such read of that
-file answers 503). Server-wide: `signed_urls` (LFS files redirect to a CDN URL on another origin that expires),
-`latency` and `bandwidth` (a network link); a request in absolute form (sent to a proxy: this server plays one
-too) is recorded in `proxied`.
-Tokens: "write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in
-hub-api-notes.md of the project's shared notes.
+Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already uploaded
+(so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`, `drop_downloads` (weight
+downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many), `commit_failures` (that many
+commits answered 503), `commits_then_504` (made, then answered 504), and for ranged reads of tensor data (what
+`--stream` makes) `range_faults` (that share of them, drawn with a seeded generator, fails by each of `fault_kinds`
+in turn: a connection reset mid-body, 503 with Retry-After: 0, 429 with Retry-After: 1, a body half as long as
+asked, or with "stall" half a body and then silence, "shifted" the range from one byte later, "onebyte" one byte and
+a hang-up, "drip" a byte every 0.1 s, "retry-nan"/"retry-huge" 503 with Retry-After nan/99999, "flip" one bit of the
+body changed; `most_faults` of them at most) and `failing_file` (every such read of that file answers 503);
+`unpinned` (file answers name no commit). Server-wide: `signed_urls` (LFS files redirect to a CDN URL on another
+origin that expires), `latency` and `bandwidth` (a network link); a request in absolute form (sent to a proxy: this
+server plays one too) is recorded in `proxied`. Tokens: "write-token" may write, "read-token" may only read. Stdlib
+only; the protocol is described in hub-api-notes.md of the project's shared notes.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Repo:
     most_faults: int | None = None  # then no more than this many of them
     fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
     failing_file: str | None = None  # every ranged tensor-data read of this file answers 503
+    unpinned: bool = False  # file answers carry no X-Repo-Commit
     commits: dict[str, dict[str, bytes]] = field(default_factory=dict)
     refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit
     prs: int = 0
@@ -271,7 +272,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str, path: str, query: dict, body: bytes) -> None:
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)(?:/revision/([^/]+))?", path):
-            return self._info(m[1], m[2] or "main")
+            return self._info(m[1], m[2] or "main", "blobs" in query)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/refs", path):
             return self._refs(m[1], "include_prs" in query)
         if m := re.fullmatch(r"/api/models/([^/]+/[^/]+)/tree/([^/]+)(?:/(.*))?", path):
@@ -312,12 +313,24 @@ class Handler(BaseHTTPRequestHandler):
             return None
         return repo, sha
 
-    def _info(self, repo_id: str, revision: str) -> None:
+    def _blob(self, repo: Repo, path: str, data: bytes) -> dict:
+        """What the Hub lists for a file: its git blob id and, for an LFS file, the pointer's object."""
+        hashed = repo.etag(data)  # at commit: the git blob id, or an LFS file's sha256
+        if not path.endswith((".safetensors", ".bin")):
+            return {"blobId": hashed}
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashed}\nsize {len(data)}\n"
+        lfs = {"sha256": hashed, "oid": hashed, "size": len(data), "pointerSize": len(pointer)}
+        return {"blobId": git_blob_sha1(pointer.encode()), "lfs": lfs}
+
+    def _info(self, repo_id: str, revision: str, blobs: bool = False) -> None:
         if (found := self._revision(repo_id, revision)) is None:
             return
         repo, sha = found
         files = repo.commits[sha]
         siblings = [{"rfilename": p, "size": len(d)} for p, d in sorted(files.items())]
+        if blobs:  # files_metadata=True: each file's git blob id, and an LFS file's sha256
+            for sibling in siblings:
+                sibling.update(self._blob(repo, sibling["rfilename"], files[sibling["rfilename"]]))
         self._json(
             200,
             {
@@ -352,12 +365,10 @@ class Handler(BaseHTTPRequestHandler):
         for path, data in sorted(repo.commits[sha].items()):
             if prefix and not path.startswith(prefix.rstrip("/") + "/"):
                 continue
-            hashed = repo.etag(data)  # at commit: the git blob id, or an LFS file's sha256
-            entry = {"type": "file", "path": path, "size": len(data), "oid": hashed}
-            if path.endswith((".safetensors", ".bin")):  # git holds the LFS pointer
-                pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{hashed}\nsize {len(data)}\n"
-                entry["oid"] = git_blob_sha1(pointer.encode())
-                entry["lfs"] = {"oid": hashed, "size": len(data), "pointerSize": len(pointer)}
+            blob = self._blob(repo, path, data)
+            entry = {"type": "file", "path": path, "size": len(data), "oid": blob["blobId"]}
+            if "lfs" in blob:  # git holds the LFS pointer
+                entry["lfs"] = {k: blob["lfs"][k] for k in ("oid", "size", "pointerSize")}
             entries.append(entry)
         self._json(200, entries)
 
@@ -378,6 +389,8 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             return
         headers = {"X-Repo-Commit": sha, "ETag": f'"{repo.etag(data)}"', "Accept-Ranges": "bytes"}
+        if repo.unpinned:  # a mirror or proxy that does not say which commit it serves
+            del headers["X-Repo-Commit"]
         if self.hub.signed_urls is not None and filename.endswith((".safetensors", ".bin")):
             expires = time.time() + self.hub.signed_urls
             port = self.endpoint.rsplit(":", 1)[1]  # another origin: "localhost", not the endpoint's 127.0.0.1
@@ -405,6 +418,8 @@ class Handler(BaseHTTPRequestHandler):
             if fault == "shifted":  # another range than the one asked for, as a broken proxy might send
                 start += 1
             status, body = 206, memoryview(data)[start:stop]  # no copy: served as fast as a real server would
+            if fault == "flip":  # one bit changed on the way (a plain-HTTP hop), the answer well-formed otherwise
+                body = bytes([body[0] ^ 0x40]) + bytes(body[1:])
             headers["Content-Range"] = f"bytes {start}-{stop - 1}/{len(data)}"
         cut = repo.drop_downloads and not head and filename.endswith(".safetensors") and status == 200
         self._send(status, body, headers, head=head, fault="reset" if cut else fault)

@@ -4,12 +4,17 @@ committed."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import struct
 import time
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from helpers import make_pair
+from helpers import files_of, make_pair
 from test_hub import assert_streamed_like_local, publish, streamed_merge
 
 
@@ -29,22 +34,24 @@ def test_retry_after_is_read_strictly_and_capped():
 
 
 def test_a_server_that_sends_a_byte_and_hangs_up_is_given_up_per_block(hub, token, pair, monkeypatch):
-    """Progress does not reset the failures: a block whose every answer is one byte and a hang-up is given up
-    after ATTEMPTS tries, or sooner when BLOCK_SECONDS have passed since its first failure."""
+    """A byte of progress does not reset the failures: a block whose every answer is one byte and a hang-up is given
+    up after ATTEMPTS tries, or sooner when BLOCK_SECONDS have passed since its first failure."""
     from expo_cli.errors import HubError
     from expo_cli.inputs import retry
-    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.hub import HubInput
     from expo_cli.inputs.ranged import RangedSource
+    from expo_cli.inputs.remote import fetch_headers
 
     sft, _ = pair
     publish(hub, "org/onebyte", sft, range_faults=1.0, fault_kinds=("onebyte",))
     monkeypatch.setattr(retry, "BACKOFF_SECONDS", (0.01, 0.02))
     retry.new_run()
+    hub.injected.clear()
     remote = fetch_headers(HubInput("org/onebyte", None), "sft")
     info = max(remote.tensors.values(), key=lambda i: i.numel)
     with RangedSource(remote, connections=1) as source, pytest.raises(HubError) as caught:
         source.raw(info, 0, info.numel)
-    assert f"org/onebyte/model.safetensors, bytes " in str(caught.value)
+    assert "org/onebyte/model.safetensors, bytes " in str(caught.value)
     assert "(8 attempts); run again to resume" in str(caught.value)
     assert [kind for kind, *_ in hub.injected] == ["onebyte"] * 8
     monkeypatch.setattr(retry, "BACKOFF_SECONDS", (0.4, 0.4))
@@ -95,3 +102,197 @@ def test_a_dripping_body_is_cut_and_a_malformed_retry_after_is_ignored(tmp_path,
     assert [kind for kind, *_ in hub.injected] == ["drip", "retry-nan", "drip"]
     assert time.monotonic() - started < 20
     assert_streamed_like_local(tmp_path, expo, "me/drip", sft, aligned, *shards)
+
+
+@pytest.mark.parametrize(
+    ("flipped", "file"),
+    [("sft", "org/flip-sft-sft/model.safetensors"), ("dpo", "org/flip-dpo-dpo/model-00001-of-00003")],
+)
+def test_bytes_changed_on_the_way_are_caught_before_the_commit(tmp_path, expo, hub, token, pair, flipped, file):
+    """One bit flipped in one range answer (well-formed otherwise, as a plain-HTTP hop could do) is caught before the
+    commit, whichever input it hits: exit 7 and one line naming the file, nothing committed. (A block read once fails
+    the file's sha256; one read twice, as blocks used out of order and the identical-inputs check's are, fails the
+    comparison of the two reads: see the FileDigest tests.)"""
+    sft, aligned = pair
+    faults = {"range_faults": 1.0, "fault_kinds": ("flip",), "most_faults": 1}
+    sft_repo, dpo_repo, out = f"org/flip-{flipped}-sft", f"org/flip-{flipped}-dpo", f"me/flip-{flipped}"
+    publish(hub, sft_repo, sft, **(faults if flipped == "sft" else {}))
+    publish(hub, dpo_repo, aligned, **(faults if flipped == "dpo" else {}))
+    hub.create(out)
+    refs = dict(hub.repos[out].refs)
+    hub.injected.clear()
+    run = streamed_merge(expo, sft_repo, dpo_repo, out, tmp_path, "--alpha", "0.5", "-q")
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 7 and len(lines) == 1 and lines[0].startswith(f"Error: {file}"), run.stderr
+    assert "the bytes read do not match the sha256" in lines[0] or "sent different bytes for the same" in lines[0]
+    assert "nothing was published" in lines[0]
+    assert [kind for kind, *_ in hub.injected] == ["flip"] and hub.repos[out].refs == refs
+
+
+def _digest(data: bytes, lfs: bool = True):
+    from expo_cli.inputs.integrity import FileDigest, Listed
+
+    sha = hashlib.sha256(data).hexdigest() if lfs else None
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return FileDigest("org/x/f.safetensors", Listed(len(data), sha, blob))
+
+
+@pytest.mark.parametrize("lfs", [True, False])
+def test_a_file_digest_fed_in_any_order_checks_exactly_the_bytes_used(lfs):
+    """Constructed data, every feeding order of its blocks: the digest accepts the true bytes, reading again exactly
+    the blocks used out of order; a changed byte in a block read once fails the file's hash; a block whose second
+    read differs from its first is named."""
+    from expo_cli.errors import HubError
+
+    data = bytes(range(256)) * 40  # 10240 bytes
+    blocks = [(0, 1000), (1000, 4096), (4096, 4100), (4100, 9000), (9000, 10240)]
+    # the order blocks are used in -> the blocks read again: exactly those used ahead of the hash's position
+    expected = {
+        (0, 1, 2, 3, 4): [],
+        (0, 3, 1, 2, 4): [blocks[3], blocks[4]],
+        (4, 3, 2, 1, 0): blocks[1:],
+        (2, 0, 1, 2, 3, 4, 1): [],  # block 2 used early, then again in order: its two reads compared, none again
+    }
+    for order, again in expected.items():
+        digest, reread = _digest(data, lfs), []
+        for i in order:
+            digest.feed(blocks[i][0], data[slice(*blocks[i])])
+        digest.finish(lambda begin, end, reread=reread: reread.append((begin, end)) or data[begin:end])
+        assert reread == again, order
+    tampered = bytearray(data)
+    tampered[5000] ^= 1
+    digest = _digest(data, lfs)
+    for begin, end in blocks:
+        digest.feed(begin, tampered[begin:end])
+    with pytest.raises(HubError, match=r"^org/x/f\.safetensors: the bytes read do not match the (sha256|git blob id)"):
+        digest.finish(lambda begin, end: data[begin:end])
+    digest = _digest(data, lfs)
+    digest.feed(4100, tampered[4100:9000])  # used out of order with a changed byte, read again as it should be
+    for begin, end in blocks:
+        if begin != 4100:
+            digest.feed(begin, data[begin:end])
+    with pytest.raises(HubError, match=r"bytes 4100-8999: the server sent different bytes for the same range"):
+        digest.finish(lambda begin, end: data[begin:end])
+
+
+def test_an_answer_that_names_no_commit_is_refused(tmp_path, expo, hub, token, pair):
+    sft, aligned = pair
+    publish(hub, "org/unpinned-sft", sft, unpinned=True)
+    publish(hub, "org/unpinned-dpo", aligned)
+    hub.create("me/unpinned")
+    run = streamed_merge(expo, "org/unpinned-sft", "org/unpinned-dpo", "me/unpinned", tmp_path, "--alpha", "0.5")
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 7 and "org/unpinned-sft/config.json: the Hub answered for commit (none named)" in last
+
+
+def _safetensors(header: object, data: bytes, length: int | None = None) -> bytes:
+    encoded = json.dumps(header).encode()
+    return struct.pack("<Q", len(encoded) if length is None else length) + encoded + data
+
+
+def _verdict(load, label: str) -> str:
+    """ "ok", or the error's message with the file's name in place of where it is."""
+    from expo_cli.errors import ExpoError
+
+    try:
+        load()
+    except ExpoError as err:
+        return f"{type(err).__name__}: {str(err).replace(label, '<file>')}"
+    return "ok"
+
+
+DTYPES = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "F64": 8}
+
+
+@st.composite
+def headers(draw):
+    """A safetensors file as a hostile uploader might make it: tensors whose offsets may overlap, leave gaps, or
+    disagree with their shapes; metadata of the wrong type; data shorter or longer; a length prefix that lies."""
+    names = draw(st.lists(st.sampled_from(["a", "b", "c.weight", "d"]), min_size=0, max_size=4, unique=True))
+    header: dict[str, object] = {}
+    end = 0
+    for name in names:
+        dtype = draw(st.sampled_from([*DTYPES, "Q4"]))
+        shape = draw(st.lists(st.integers(0, 3), max_size=2))
+        size = DTYPES.get(dtype, 1) * int(torch.tensor(shape).prod()) if shape else DTYPES.get(dtype, 1)
+        begin = max(0, end + draw(st.sampled_from([0, 0, 0, -2, 4])))
+        stop = begin + size + draw(st.sampled_from([0, 0, 0, 2, -1]))
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [begin, stop]}
+        end = max(end, stop)
+    metadata = draw(st.sampled_from([None, {"format": "pt"}, {"format": 1}, ["pt"]]))
+    if metadata is not None:
+        header["__metadata__"] = metadata
+    data = b"\x01" * max(0, end + draw(st.sampled_from([0, 0, -3, 5])))
+    length = draw(st.sampled_from([None, None, None, 10**6, 2]))
+    return _safetensors(header, data, length)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(raw=headers())
+def test_remote_headers_get_the_verdict_of_local_ones(tmp_path_factory, hub, token, raw):
+    """Random, truncated, overlapping and gapped safetensors headers: a Hub repo is refused, or accepted, exactly as
+    the same files in a local folder are, with the same message."""
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput
+    from expo_cli.inputs.remote import fetch_headers
+
+    folder = tmp_path_factory.mktemp("header")
+    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": raw}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    repo = f"org/h-{hashlib.sha1(raw).hexdigest()[:16]}"
+    if repo not in hub.repos:
+        hub.create(repo, files)
+    local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
+    remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
+    assert remote == local
+
+
+@pytest.mark.parametrize(
+    "shard",
+    [
+        "../../other/private/resolve/main/model.safetensors",
+        "/etc/model.safetensors",
+        "sub/model.safetensors",
+        "..\\model.safetensors",
+        "model.bin",
+    ],
+)
+def test_an_index_naming_files_outside_the_repo_is_refused_before_any_request_for_them(
+    tmp_path, expo, hub, token, pair, shard
+):
+    """The shard names of a Hub repo's index are held to the local rule (plain file names of the same repo): the
+    token is never sent to another repo's path."""
+    _, aligned = pair
+    files = files_of(aligned)
+    index = json.loads(files["model.safetensors.index.json"])
+    first = next(iter(index["weight_map"]))
+    index["weight_map"][first] = shard
+    files["model.safetensors.index.json"] = json.dumps(index).encode()
+    hub.create("org/traversal", files)
+    hub.requests.clear()
+    run = expo("merge", "--sft", "org/traversal", "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "1")
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 3 and "which is not a plain .safetensors file name" in last and repr(shard) in last
+    assert not any("other" in path or path.endswith(shard) for _, path, _ in hub.requests)
+    assert not (tmp_path / "out").exists()
+
+
+def test_oversized_config_and_index_are_refused_from_the_listing(tmp_path, expo, hub, token, pair):
+    """A 17 MB config.json (the limit is 16 MiB) is refused from the size the Hub lists: nothing of it is read.
+    The same file in a local folder gets the same refusal."""
+    sft, aligned = pair
+    files = files_of(aligned)
+    files["config.json"] = files["config.json"].rstrip(b"}") + b" " * 17_000_000 + b"}"
+    hub.create("org/huge-config", files)
+    hub.requests.clear()
+    run = expo("merge", "--sft", sft, "--aligned", "org/huge-config", "-o", tmp_path / "out", "--alpha", "1")
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 3 and "org/huge-config/config.json: 17" in last and "more than such a file may be" in last
+    assert not any(path.endswith("config.json") for _, path, _ in hub.requests)
+    local = tmp_path / "local"
+    local.mkdir()
+    for name, data in files.items():
+        (local / name).write_bytes(data)
+    run = expo("merge", "--sft", sft, "--aligned", local, "-o", tmp_path / "out", "--alpha", "1")
+    assert run.code == 3 and "config.json: 17" in run.stderr and "more than a config may be" in run.stderr

@@ -296,10 +296,11 @@ def test_a_branch_that_moves_between_validation_and_download_is_refused(tmp_path
     """The weights downloaded must be the commit whose headers were validated."""
     from expo_cli.errors import HubError
     from expo_cli.inputs import hub as expo_hub
+    from expo_cli.inputs.remote import fetch_headers
 
     _, aligned, aligned_v2 = local_pair
     publish(hub, "org/moving", aligned)
-    remote = expo_hub.fetch_headers(expo_hub.HubInput("org/moving", "main"), "aligned")
+    remote = fetch_headers(expo_hub.HubInput("org/moving", "main"), "aligned")
     repo = hub.repos["org/moving"]
     repo.refs["main"] = repo.commit(files_of(aligned_v2), repo.refs["main"], "pushed meanwhile")
     with pytest.raises(HubError, match="the branch moved during the download; run again"):
@@ -465,8 +466,9 @@ def test_a_streamed_merge_through_network_faults_gives_the_bytes_of_a_local_merg
 
 def test_read_ahead_stays_within_its_budget_and_serves_the_bytes_of_the_files(tmp_path, hub, local_pair, token):
     from expo_cli.inputs.checkpoint import load_checkpoint
-    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.hub import HubInput
     from expo_cli.inputs.ranged import RangedSource
+    from expo_cli.inputs.remote import fetch_headers
 
     _, aligned, _ = local_pair
     publish(hub, "org/ahead", aligned)
@@ -642,10 +644,13 @@ def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, toke
     assert run.code == 0, run.stderr
     assert time.monotonic() - started < 30 and [fault[0] for fault in hub.injected] == ["stall", "stall"]
     # what crossed the network: every tensor byte read once (and the block the identical-inputs check samples
-    # first), every shard uploaded
+    # first), every shard uploaded; and, to check the SFT file's sha256, the bytes the merge used out of its order
+    # (its tensors lie in another order than the aligned shards': at most the file once more)
     result = json.loads(run.stdout)
     network = result["network"]
-    assert result["bytes_read"] <= network["read_bytes"] < 1.25 * result["bytes_read"]
+    verified, sft_size = network["verify_read_bytes"], (sft / "model.safetensors").stat().st_size
+    assert result["bytes_read"] <= network["read_bytes"] - verified < 1.25 * result["bytes_read"]
+    assert 0 < verified <= sft_size
     assert network["upload_bytes"] == result["bytes_written"]
     assert network["read_seconds"] >= 0.5 and network["upload_seconds"] > 0  # a stall's timeout was read time
     assert_streamed_like_local(tmp_path, expo, "me/stalled", sft, aligned, *shards)
@@ -705,8 +710,9 @@ def test_adjacent_small_blocks_ride_in_one_request_while_the_connections_are_bus
     tmp_path, hub, local_pair, token, monkeypatch
 ):
     from expo_cli.inputs.checkpoint import load_checkpoint
-    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.hub import HubInput
     from expo_cli.inputs.ranged import RangedSource
+    from expo_cli.inputs.remote import fetch_headers
 
     _, aligned, _ = local_pair
     publish(hub, "org/adjacent", aligned)
@@ -801,8 +807,9 @@ def test_a_server_that_answers_another_range_is_refused(tmp_path, expo, hub, tok
 def test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room(tmp_path, hub, local_pair, token):
     """The budget delays a read ahead, never drops it: once a block is used, the next one announced starts."""
     from expo_cli.inputs.checkpoint import load_checkpoint
-    from expo_cli.inputs.hub import HubInput, fetch_headers
+    from expo_cli.inputs.hub import HubInput
     from expo_cli.inputs.ranged import RangedSource
+    from expo_cli.inputs.remote import fetch_headers
 
     _, aligned, _ = local_pair
     publish(hub, "org/later", aligned)

@@ -62,7 +62,8 @@ def contained_file(folder: Path, relative: str, limit: int | None = MAX_SIDE_FIL
         roots.append(folder.resolve().parent.parent / "blobs")
     if not any(target.is_relative_to(root) for root in roots):
         raise InputError(
-            f"{path}: a link to a file outside the folder; refusing to copy or publish it: replace the link with the file itself, or leave it out (--skip)"
+            f"{path}: a link to a file outside the folder; refusing to copy or publish it: replace the link with "
+            "the file itself, or leave it out (--skip)"
         )
     try:
         found = target.stat()

@@ -356,6 +356,12 @@ def _report(
                 f"({human_bytes(network['read_bytes'] / max(network['read_seconds'], 1e-9))}/s), "
                 f"{human_bytes(network['upload_bytes'])} uploaded in {network['upload_seconds']:.1f} s "
                 f"({human_bytes(network['upload_bytes'] / max(network['upload_seconds'], 1e-9))}/s)"
+                + (
+                    f"; {human_bytes(network['verify_read_bytes'])} of the reads checked the inputs' sha256 (their "
+                    "tensors were used out of file order)"
+                    if network.get("verify_read_bytes")
+                    else ""
+                )
             )
         if results[0].skipped_files:
             shown = "; ".join(f"{path} ({reason})" for path, reason in results[0].skipped_files.items())

@@ -9,6 +9,7 @@ served as flat, zero-copy views of memory-mapped files, chunk by chunk.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -168,21 +169,29 @@ def load_consolidated(path: Path, role: str) -> Checkpoint:
     return Checkpoint(path, {}, tensors, format="safetensors", weight_files=files, data_starts=starts)
 
 
+HeaderReader = Callable[[Path], tuple[list[TensorInfo], int]]
+
+
 def read_weights(
-    path: Path, files: list[Path], fmt: str, weight_map: dict[str, str] | None, role: str
+    path: Path,
+    files: list[Path],
+    fmt: str,
+    weight_map: dict[str, str] | None,
+    role: str,
+    read_header: HeaderReader | None = None,
 ) -> tuple[dict[str, TensorInfo], dict[Path, int]]:
     """Every tensor's header facts, in file order, checked against the index and each other; and where each
-    safetensors file's data section starts."""
-    for file in files:
-        if not file.is_file():
-            raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
+    safetensors file's data section starts. `read_header` reads one file's header (a Hub repo's over the network);
+    by default the local files are read, and must exist."""
+    if read_header is None:
+        for file in files:
+            if not file.is_file():
+                raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
+        read_header = read_safetensors_header if fmt == "safetensors" else _bin_header
     tensors: dict[str, TensorInfo] = {}
     starts: dict[Path, int] = {}
     for file in files:
-        if fmt == "safetensors":
-            infos, starts[file] = read_safetensors_header(file)
-        else:
-            infos = read_bin_header(file)
+        infos, starts[file] = read_header(file)
         for info in infos:
             if info.name in tensors:
                 raise InputError(f"{file}: tensor {info.name!r} is also stored in {tensors[info.name].file.name}")
@@ -201,6 +210,10 @@ def read_weights(
                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}; the index and the shards disagree"
             )
     return tensors, starts
+
+
+def _bin_header(file: Path) -> tuple[list[TensorInfo], int]:
+    return read_bin_header(file), 0  # a .bin has no data section at a fixed offset
 
 
 # Where transformers looks for weights, in its order: (file, format, True for an index).

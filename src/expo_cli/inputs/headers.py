@@ -55,8 +55,15 @@ def read_config(path: Path, role: str) -> dict[str, Any]:
     file = path / CONFIG_NAME
     if not file.is_file():
         raise InputError(f"--{role} {path}: no {CONFIG_NAME}; a transformers checkpoint folder needs one")
+    if file.stat().st_size > MAX_CONFIG_BYTES:
+        raise InputError(f"{file}: {file.stat().st_size} bytes, more than a config may be ({MAX_CONFIG_BYTES})")
+    return parse_config(file, file.read_bytes())
+
+
+def parse_config(file: Path, raw: bytes) -> dict[str, Any]:
+    """A config.json's object, from its bytes (a local file's or a Hub repo's)."""
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
+        config = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise InputError(f"{file}: not valid JSON ({err})") from err
     if not isinstance(config, dict):
@@ -82,10 +89,24 @@ def is_plain_filename(name: str) -> bool:
     )
 
 
+MAX_CONFIG_BYTES = 16 * 2**20  # config.json (a real one is a few kB; a 400 MB one is an attack on memory)
+MAX_INDEX_BYTES = 64 * 2**20  # a weight index (DeepSeek-V3's, ~90k tensors, is ~9 MB)
+MAX_SHARDS = 10_000  # files one index may name (a 405B model has ~200)
+
+
 def read_index(file: Path, extension: str) -> dict[str, str]:
-    """Parse a `*.index.json` into its weight_map, refusing anything that could escape the folder."""
+    """Parse a local `*.index.json` into its weight_map, refusing anything that could escape the folder."""
+    size = file.stat().st_size
+    if size > MAX_INDEX_BYTES:
+        raise InputError(f"{file}: {size} bytes, more than an index may be ({MAX_INDEX_BYTES}); refusing it")
+    return parse_index(file, file.read_bytes(), extension)
+
+
+def parse_index(file: Path, raw: bytes, extension: str) -> dict[str, str]:
+    """An index's weight_map, from its bytes (a local file's or a Hub repo's): every shard a plain `extension`
+    file name in the same folder or repo (no folder part, no `..`, no absolute path), at most MAX_SHARDS of them."""
     try:
-        index = json.loads(file.read_text(encoding="utf-8"), object_pairs_hook=_reject_duplicates)
+        index = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{file}: not a valid index ({err}); re-download the checkpoint") from err
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
@@ -97,46 +118,62 @@ def read_index(file: Path, extension: str) -> dict[str, str]:
                 f"{file}: tensor {tensor!r} points to {shard!r}, which is not a plain {extension} file name "
                 "in the folder; refusing a hostile or corrupt index"
             )
+    if len(set(weight_map.values())) > MAX_SHARDS:
+        raise InputError(f"{file}: names {len(set(weight_map.values()))} files, more than {MAX_SHARDS}; refusing it")
     return weight_map
 
 
 def read_safetensors_header(file: Path) -> tuple[list[TensorInfo], int]:
-    """Parse and validate a safetensors header; return its tensors in data order and where its data starts."""
+    """Parse and validate a local safetensors header; return its tensors in data order and where its data starts."""
     size = file.stat().st_size
     with open(file, "rb") as fh:
-        prefix = fh.read(8)
-        if len(prefix) < 8:
-            raise InputError(f"{file}: truncated (only {size} bytes); re-download it")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > min(size - 8, MAX_HEADER_BYTES):
-            raise InputError(
-                f"{file}: header length {header_len} exceeds the file ({size} bytes); truncated or corrupt"
-            )
-        raw = fh.read(header_len)
+        length = header_length(file, fh.read(8), size)
+        raw = fh.read(length)
+    infos = parse_safetensors_header(file, raw, size)
+    _second_opinion(file)
+    return infos, 8 + length
+
+
+def header_length(file: Path, prefix: bytes, size: int) -> int:
+    """The header length the first 8 bytes of a safetensors file of `size` bytes announce, checked against it."""
+    if len(prefix) < 8:
+        raise InputError(f"{file}: truncated (only {size} bytes); re-download it")
+    (length,) = struct.unpack("<Q", prefix)
+    if length > min(size - 8, MAX_HEADER_BYTES):
+        raise InputError(f"{file}: header length {length} exceeds the file ({size} bytes); truncated or corrupt")
+    return length
+
+
+def parse_safetensors_header(file: Path, raw: bytes, size: int) -> list[TensorInfo]:
+    """A safetensors header's tensors in data order, from its bytes and the file's size (a local file's or a Hub
+    repo's: both pass the same checks): valid JSON without repeated keys, known dtypes, offsets that agree with the
+    shapes, no two tensors overlapping, every tensor inside the file."""
     try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_reject_duplicates)
+        header = json.loads(bytes(raw).decode("utf-8"), object_pairs_hook=_reject_duplicates)
     except (UnicodeDecodeError, ValueError) as err:
         raise InputError(f"{file}: header is not valid JSON ({err}); the file is corrupt") from err
     if not isinstance(header, dict):
         raise InputError(f"{file}: header is not a JSON object; the file is corrupt")
-    header.pop("__metadata__", None)
-    data_start = 8 + header_len
-    data_size = size - data_start
-    infos = []
-    for name, entry in header.items():
-        infos.append(parse_entry(file, name, entry))
-    infos.sort(key=lambda info: info.offset)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InputError(f"{file}: __metadata__ is not an object of strings; the file is corrupt")
+    data_size = size - 8 - len(raw)
+    infos = [parse_entry(file, name, entry) for name, entry in header.items()]
+    infos.sort(key=lambda info: (info.offset, info.nbytes))
     end = 0
-    for info in infos:
+    for info in infos:  # as the safetensors library requires: back to back from 0, covering the data exactly
         if info.offset < end:
             raise InputError(f"{file}: tensor {info.name!r} overlaps the previous tensor; the file is corrupt")
+        if info.offset > end:
+            raise InputError(f"{file}: tensor {info.name!r} leaves a gap before it; the file is corrupt")
         end = info.offset + info.nbytes
     if end > data_size:
         raise InputError(
             f"{file}: truncated: its header needs {end} data bytes, the file has {data_size}; re-download it"
         )
-    _second_opinion(file)
-    return infos, data_start
+    if end < data_size:
+        raise InputError(f"{file}: {data_size - end} bytes after its last tensor; the file is corrupt")
+    return infos
 
 
 def _second_opinion(file: Path) -> None:

@@ -7,15 +7,13 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..constants import (
-    CONFIG_NAME,
     PYTORCH_INDEX_FILE,
     REPO_ID,
     SAFETENSORS_INDEX_FILE,
@@ -25,7 +23,7 @@ from ..constants import (
 from ..core.sources import TensorInfo
 from ..errors import HubError, InputError, first_line
 from .adapters import ADAPTER_CONFIG
-from .headers import check_supported, parse_entry
+from .integrity import Listed
 
 # What a merge needs from a repo besides the weights: configs, tokenizer, chat template, custom code.
 # (expo's side-file policy then picks from these what the output carries.)
@@ -131,6 +129,9 @@ class RemoteCheckpoint:
     config: dict[str, Any]
     tensors: dict[str, TensorInfo]
     weight_patterns: list[str]
+    listed: dict[str, Listed] = field(default_factory=dict)  # every file of the commit: size and hash
+    data_starts: dict[Path, int] = field(default_factory=dict)  # where each shard's data section starts
+    headers: dict[Path, bytes] = field(default_factory=dict)  # each shard's first bytes, as read and validated
 
     @property
     def path(self) -> Path:
@@ -145,45 +146,6 @@ class RemoteCheckpoint:
 
     def __exit__(self, *exc: object) -> None:
         pass
-
-
-def fetch_headers(source: HubInput, role: str, token: str | None = None) -> RemoteCheckpoint:
-    """Resolve the revision, read config.json, the index and every shard's header (ranged requests)."""
-    from huggingface_hub import hf_hub_download  # the Hub client loads when the Hub is used
-
-    client = api(token)
-    with hub_errors(source.repo_id, source.revision):
-        info = client.model_info(source.repo_id, revision=source.revision)
-        sha = info.sha
-        files = {s.rfilename for s in info.siblings or []}
-        if CONFIG_NAME not in files:
-            raise InputError(f"--{role} {source.repo_id}: no {CONFIG_NAME} in the repo; not a transformers model")
-        config_path = hf_hub_download(source.repo_id, CONFIG_NAME, revision=sha, token=token)
-        if SAFETENSORS_SINGLE_FILE in files or SAFETENSORS_INDEX_FILE in files:
-            metadata = client.get_safetensors_metadata(source.repo_id, revision=sha, token=token)
-            patterns = [SAFETENSORS_INDEX_FILE, *sorted(set(metadata.weight_map.values()))]
-        elif "pytorch_model.bin" in files or PYTORCH_INDEX_FILE in files:
-            metadata, patterns = None, ["pytorch_model*.bin", PYTORCH_INDEX_FILE]
-        else:
-            raise InputError(f"--{role} {source.repo_id}: no safetensors or pytorch_model.bin weights in the repo")
-    try:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(f"--{role} {source.repo_id}: config.json is not valid JSON ({err})") from err
-    tensors: dict[str, TensorInfo] = {}
-    # In the order a local copy is read (files by name, tensors by offset), so that both plan the same output.
-    for filename, file_metadata in sorted(metadata.files_metadata.items()) if metadata else ():
-        infos = []
-        for name, tensor in file_metadata.tensors.items():
-            entry = {"dtype": tensor.dtype, "shape": list(tensor.shape), "data_offsets": list(tensor.data_offsets)}
-            infos.append(parse_entry(Path(f"{source.repo_id}/{filename}"), name, entry))
-        for info in sorted(infos, key=lambda i: i.offset):
-            check_supported(info)
-            if info.name in tensors:
-                raise InputError(f"{source.repo_id}: tensor {info.name!r} is stored in two shards")
-            tensors[info.name] = info
-    config = config if isinstance(config, dict) else {}
-    return RemoteCheckpoint(source.repo_id, source.revision, sha, config, tensors, patterns)
 
 
 def _snapshot(

@@ -21,12 +21,17 @@ import ssl
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import SplitResult, unquote, urlsplit
 
-from ..errors import HubError
+from ..errors import ExpoError, HubError
+from . import retry
 from .hub import hub_errors, network_cause
 from .retry import retried_status
+
+T = TypeVar("T")
 
 PIECE_BYTES = 4 * 1024 * 1024  # read per `readinto` call: what a connection dropped mid-body loses at most
 MIN_BYTES_PER_SECOND = 64_000  # a body arriving slower than this (after the timeout) is cut and asked for again
@@ -34,12 +39,19 @@ REFUSED_SIGNED = frozenset({401, 403, 404, 410})  # how a CDN says its signed UR
 
 
 class Transient(Exception):
-    """A failure worth retrying: `received` bytes arrived before it, and the server may have asked for a wait."""
+    """A failure worth retrying: `received` of the `asked` bytes arrived before it, and the server may have asked
+    for a wait."""
 
-    def __init__(self, reason: str, received: int = 0, retry_after: str | None = None) -> None:
+    def __init__(self, reason: str, received: int = 0, retry_after: str | None = None, asked: int = 0) -> None:
         super().__init__(reason)
-        self.received = received
+        self.received, self.asked = received, asked
         self.retry_after = retry_after
+
+    @property
+    def progressed(self) -> bool:
+        """Whether at least half of what was asked arrived: a link that drops now and then, not a server that
+        sends a byte and hangs up (which may halve what is left at most log2(size) times)."""
+        return self.asked > 0 and 2 * self.received >= self.asked
 
 
 @dataclass(frozen=True)
@@ -140,12 +152,16 @@ class RangeClient:
                 raise transient from err
             with hub_errors(self.repo_id, self.sha):
                 raise
-        if metadata.commit_hash not in (None, self.sha):
-            raise HubError(f"{self.repo_id}/{name}: the Hub served commit {metadata.commit_hash}, not {self.sha}")
-        if urlsplit(url).scheme == "https" and urlsplit(metadata.location).scheme != "https":
+        if metadata.commit_hash != self.sha:  # every answer names the commit it is from: the validated one
             raise HubError(
-                f"{self.repo_id}/{name}: the Hub redirected an https request to {urlsplit(metadata.location).scheme}:// "
-                f"({urlsplit(metadata.location).hostname}); refusing to read weights over an unencrypted link"
+                f"{self.repo_id}/{name}: the Hub answered for commit {metadata.commit_hash or '(none named)'}, not "
+                f"{self.sha}; run again (if the branch moved) or check HF_ENDPOINT and proxies"
+            )
+        target = urlsplit(metadata.location)
+        if urlsplit(url).scheme == "https" and target.scheme != "https":
+            raise HubError(
+                f"{self.repo_id}/{name}: the Hub redirected an https request to {target.scheme}://{target.hostname}; "
+                "refusing to read weights over an unencrypted link"
             )
         headers = build_hf_headers(token=self.token)
         signed = not same_origin(metadata.location, url)
@@ -155,6 +171,23 @@ class RangeClient:
         with self._lock:
             self._locations[name] = location
         return location
+
+    def read(self, name: str, begin: int, into: memoryview) -> None:
+        """Bytes [begin, begin + len(into)) of `name` into `into`, through network faults (see `retried`): what
+        arrived before a failure is kept and only the rest asked for again."""
+        received = 0
+
+        def attempt() -> None:
+            nonlocal received
+            try:
+                self.read_into(name, begin + received, into[received:])
+                received = len(into)
+            except Transient as err:
+                err.asked = len(into) - received
+                received += err.received
+                raise
+
+        retried(attempt, f"{self.repo_id}/{name}, bytes {begin}-{begin + len(into) - 1}")
 
     def read_into(self, name: str, begin: int, into: memoryview) -> None:
         """Receive bytes [begin, begin + len(into)) of `name` into `into`.
@@ -301,6 +334,29 @@ class RangeClient:
         """Close the calling thread's connections (each pool thread's end with it)."""
         for connection in self._local.__dict__.pop("connections", {}).values():
             connection.close()
+
+
+def retried(call: Callable[[], T], what: str) -> T:
+    """`call()`, tried again through what a retry may cure (`Transient`, or a Hub request's network error or
+    408/425/429/5xx) under the one policy of `retry`: ATTEMPTS failures in a row (a failure that brought half of
+    what was asked starts the count again; one byte does not), BLOCK_SECONDS after the first failure, or the run's
+    retry budget end it with a HubError naming `what`."""
+    failures = 0
+    deadline: float | None = None
+    while True:
+        try:
+            return call()
+        except ExpoError:  # already a verdict (no access, not found, a refused answer): no retry changes it
+            raise
+        except Exception as err:
+            failure = err if isinstance(err, Transient) else _transient(err)
+            if failure is None:
+                raise
+        failures = 1 if isinstance(failure, Transient) and failure.progressed else failures + 1
+        deadline = deadline if deadline is not None else time.monotonic() + retry.BLOCK_SECONDS
+        if failures >= retry.ATTEMPTS:
+            raise HubError(f"{what}: {failure} ({retry.ATTEMPTS} attempts); run again to resume")
+        retry.wait(failures, failure.retry_after, f"{what}: {failure}", deadline)
 
 
 def _key(url: str) -> tuple[str, str | None, int | None]:

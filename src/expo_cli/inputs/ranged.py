@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 
 from ..core import profile as profiling
 from ..core.sources import TensorInfo, itemsize, torch_dtype
-from ..errors import HubError
-from . import retry
 from .hub import RemoteCheckpoint
-from .range_client import RangeClient, Transient
+from .integrity import FileDigest
+from .range_client import RangeClient
 
 if TYPE_CHECKING:
     import torch
@@ -116,10 +115,12 @@ class RangedSource:
         self.budget = budget if budget is not None else read_ahead_budget(connections)
         self.read_ahead = 4 * connections  # blocks the streaming walk announces ahead of their turn
         self.bytes_fetched = 0
+        self.bytes_verified = 0  # of those, read again by `verify` (blocks the merge used out of file order)
         self.reading: list[float] = []  # when the first range request started and the last one ended (monotonic)
         self.client = RangeClient(remote.repo_id, remote.sha, token)
         self.buffers = ReceiveBuffers(2 * self.budget)  # the budget read ahead, and the blocks in use
-        self._starts: dict[Path, int] = {}
+        self._starts: dict[Path, int] = remote.data_starts
+        self._digests: dict[Path, FileDigest] = {}  # each file's hash, fed the blocks as they are used
         self._announced: deque[Key] = deque()  # blocks announced and not started yet, in the walk's order
         self._pending: dict[Key, _Request] = {}  # blocks started ahead of their turn, and their request
         self._lock = threading.RLock()
@@ -139,11 +140,16 @@ class RangedSource:
     def __enter__(self) -> RangedSource:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.connections, thread_name_prefix=f"expo-range-{self.path.name}")
-        files = sorted({t.file for t in self.tensors.values()} - set(self._starts))
-        # where each file's data starts, asked `connections` at a time: a round trip per file adds up at 100 ms
-        for file, size in zip(files, self._pool.map(lambda f: self._get(f, 0, 8), files), strict=True):
-            self._starts[file] = 8 + int.from_bytes(bytes(size), "little")
+        for file in sorted({t.file for t in self.tensors.values()} - set(self._digests)):
+            self._digests[file] = digest = FileDigest(str(file), self.remote.listed[file.name])
+            digest.feed(0, self.remote.headers[file])  # the header, as read and validated
         return self
+
+    def verify(self) -> None:
+        """Check every file read against the hash the Hub lists (see `integrity`), reading again what the merge
+        skipped or used out of order; a HubError naming the file when they differ. Called before the commit."""
+        for file, digest in sorted(self._digests.items()):
+            digest.finish(lambda begin, end, file=file: self._read(file, begin, end))
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
@@ -159,34 +165,13 @@ class RangedSource:
         self.client.close()
 
     def _get(self, file: Path, begin: int, end: int) -> memoryview:
-        """Bytes [begin, end) of one file of the repo, at the validated commit (so a retry never mixes revisions).
-
-        Transient failures (a dropped connection or timeout, 408/425/429/5xx, a body shorter than asked) are
-        retried with exponential backoff and jitter, or after the Retry-After the Hub asks for; what was received
-        is kept and only the rest is asked for again. ATTEMPTS failures (progress or not), a block still incomplete
-        BLOCK_SECONDS after its first failure, or the run's retry budget spent end the run with one line naming the
-        file and the byte range (exit 7): running it again resumes. See `retry`.
-        """
+        """Bytes [begin, end) of one file of the repo, at the validated commit (so a retry never mixes revisions),
+        through network faults: see `RangeClient.read` (the bounds on retrying are `retry`'s)."""
         name = file.as_posix()[len(self.remote.repo_id) + 1 :]
         if not self.reading:
             self.reading[:] = [time.monotonic()] * 2
         view = self.buffers.take(end - begin)
-        what = f"{self.remote.repo_id}/{name}, bytes {begin}-{end - 1}"
-        received = failures = 0
-        deadline: float | None = None  # BLOCK_SECONDS after the first failure, however many bytes arrive after it
-        while received < len(view):
-            try:
-                self.client.read_into(name, begin + received, view[received:])
-                received = len(view)
-                continue
-            except Transient as err:
-                reason, asked, progress = str(err), err.retry_after, err.received
-            received += progress
-            failures += 1
-            deadline = deadline if deadline is not None else time.monotonic() + retry.BLOCK_SECONDS
-            if failures >= retry.ATTEMPTS:
-                raise HubError(f"{what}: {reason} ({retry.ATTEMPTS} attempts); run again to resume")
-            retry.wait(failures, asked, f"{what}: {reason}", deadline)
+        self.client.read(name, begin, view)
         self.reading[1] = max(self.reading[1], time.monotonic())
         return view
 
@@ -241,7 +226,16 @@ class RangedSource:
                 data = self._get(*key)
             else:
                 data = request.future.result()[key[1] - request.begin : key[2] - request.begin]
+        with profiling.stage("hash"):
+            self._digests[info.file].feed(key[1], data)
         self.bytes_fetched += len(data)
+        return data
+
+    def _read(self, file: Path, begin: int, end: int) -> memoryview:
+        """Bytes read again for `verify`: counted as read."""
+        data = self._get(file, begin, end)
+        self.bytes_fetched += len(data)
+        self.bytes_verified += len(data)
         return data
 
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:

@@ -17,7 +17,7 @@ from ..core.pairing import check_configs, pair_tensors
 from ..core.sources import TensorSource
 from ..errors import MismatchError, UsageError
 from ..fsutil import check_apart, check_output, same_path
-from . import hub
+from . import hub, remote
 from .adapters import Adapter, LoraSource, check_against, is_adapter, read_adapter
 from .checkpoint import load_checkpoint
 from .stacking import same_model, stack_kind
@@ -185,7 +185,7 @@ def _view(spec: str, remote_id: hub.HubInput | None, role: str, token: str | Non
         return load_checkpoint(Path(spec), role)
     if hub.offline():
         return load_checkpoint(hub.cached(remote_id), role)
-    return hub.fetch_headers(remote_id, role, token)
+    return remote.fetch_headers(remote_id, role, token)
 
 
 def _adapter(spec: str, revision: str | None, token: str | None, role: str) -> Adapter | None:

@@ -1,13 +1,12 @@
-"""When a Hub request is tried again, and how long to wait first: one policy for header reads, range reads and
-commits.
+"""When a Hub request is tried again, and how long to wait first: one policy for header reads, range reads and commits.
 
-Transient failures (a dropped, stalled or dripping connection, 408/425/429/5xx) are retried with exponential
-backoff and jitter, or after the Retry-After the server asks for. Every wait is bounded, so no server can hold a
-run: a request gives up at ATTEMPTS failures (progress does not reset the count: a server that sends one byte and
-hangs up is failing), a block still incomplete BLOCK_SECONDS after its first failure is given up however many bytes
-trickled in, a Retry-After is read strictly and capped, and the whole run waits at most EXPO_RETRY_BUDGET seconds
-(default RUN_BUDGET_SECONDS) for retries in all; past any of these the run ends with one line naming repo, file and
-byte range (exit 7), and running it again resumes.
+Transient failures (a dropped, stalled or dripping connection, 408/425/429/5xx) are retried with exponential backoff
+and jitter, or after the Retry-After the server asks for. Every wait is bounded, so no server can hold a run: a
+request gives up at ATTEMPTS failures in a row (only a failure that brought half of what was asked starts the count
+again: a server that sends one byte and hangs up is failing), a block still incomplete BLOCK_SECONDS after its first
+failure is given up however many bytes trickled in, a Retry-After is read strictly and capped, and the whole run
+waits at most EXPO_RETRY_BUDGET seconds (default RUN_BUDGET_SECONDS) for retries in all; past any of these the run
+ends with one line naming repo, file and byte range (exit 7), and running it again resumes.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import time
 
 from ..errors import HubError, UsageError
 
-ATTEMPTS = 8  # failures of one request before it gives up
+ATTEMPTS = 8  # failures in a row of one request before it gives up
 BACKOFF_SECONDS = (0.5, 16.0)  # the first wait, doubled at each failure up to the second; about a minute in all
 BLOCK_SECONDS = 60.0  # a block still incomplete this long after its first failure is given up
 MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is capped (within the block's deadline)
@@ -75,7 +74,7 @@ class Budget:
             if self.spent + seconds > self.seconds:
                 raise HubError(
                     f"{what}: the run's retry budget is spent ({self.spent:.0f} of {self.seconds:g} s waited for "
-                    f"retries; {BUDGET_VARIABLE} sets it); the network or the Hub is failing: run again later to resume"
+                    f"retries; {BUDGET_VARIABLE} sets it); the network or the Hub keeps failing: run again later"
                 )
             self.spent += seconds
 

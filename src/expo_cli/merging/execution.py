@@ -128,6 +128,10 @@ def execute_to_hub(
     finally:
         with profiling.stage("wait: the last upload"):
             uploaded = uploader.close()
+    with profiling.stage("verify the inputs' sha256"):
+        for weights in run.weights:
+            for source in network_sources(weights):
+                source.verify()  # every byte computed from matches the Hub's listing, or nothing is committed
     with profiling.stage("finish (index, config, card, side files)"):
         finish(run, alpha, folder, checksums, uploaded=True)
     with profiling.stage("commit"):
@@ -152,6 +156,7 @@ def network_report(run: PreparedRun, uploader: Uploader) -> dict[str, float]:
     seconds = max((s.reading[1] for s in sources), default=0.0) - min((s.reading[0] for s in sources), default=0.0)
     return {
         "read_bytes": read,
+        "verify_read_bytes": sum(s.bytes_verified for s in sources),
         "read_seconds": seconds,
         "upload_bytes": uploader.bytes_sent,
         "upload_seconds": uploader.seconds_sending,

@@ -25,9 +25,9 @@ from ..core.sources import TensorSource, blocks, compute_dtype, layout_sha256, t
 from ..core.writer import mirror_shards, plan_shards
 from ..errors import MismatchError, UsageError
 from ..fsutil import HEADROOM, available_cores, check_space, read_ahead
+from ..inputs import retry
 from ..inputs.adapters import ADAPTER_CONFIG, LoraSource, changed_tensors, input_folders, own_tensors
 from ..inputs.checkpoint import load_consolidated
-from ..inputs import retry
 from ..inputs.hub import RemoteCheckpoint, download
 from ..inputs.ranged import RangedSource
 from ..inputs.resolve import resolve_inputs

@@ -153,7 +153,11 @@ def _published(
     after a failed attempt, one opened since `before`), else None."""
     if create_pr:
         numbers = sorted(
-            (int(ref.rsplit("/", 1)[1]) for ref in refs if ref.startswith("refs/pr/") and ref.rsplit("/", 1)[1].isdigit()),
+            (
+                int(ref.rsplit("/", 1)[1])
+                for ref in refs
+                if ref.startswith("refs/pr/") and ref.rsplit("/", 1)[1].isdigit()
+            ),
             reverse=True,
         )
         opened = [n for n in numbers if before is None or f"refs/pr/{n}" not in before][:RECENT_PULL_REQUESTS]
