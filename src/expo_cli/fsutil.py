@@ -72,11 +72,15 @@ def contained_file(folder: Path, relative: str, limit: int | None = MAX_SIDE_FIL
     if not stat.S_ISREG(found.st_mode):
         raise InputError(f"{path}: not a regular file; remove it or leave it out (--skip)")
     if limit is not None and found.st_size > limit:
-        raise InputError(
-            f"{path}: {human_bytes(found.st_size)}, more than the {human_bytes(limit)} a file beside the weights may "
-            "be; leave it out (--skip)"
-        )
+        raise too_large(str(path), found.st_size, limit)
     return target
+
+
+def too_large(label: str, size: int, limit: int = MAX_SIDE_FILE_BYTES) -> InputError:
+    return InputError(
+        f"{label}: {human_bytes(size)}, more than the {human_bytes(limit)} a file beside the weights may be; "
+        "leave it out (--skip)"
+    )
 
 
 def human_bytes(n: float) -> str:

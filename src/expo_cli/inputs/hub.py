@@ -7,6 +7,7 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from ..constants import (
 )
 from ..core.sources import TensorInfo
 from ..errors import HubError, InputError, first_line
+from ..fsutil import MAX_SIDE_FILE_BYTES, too_large
 from .adapters import ADAPTER_CONFIG
 from .integrity import Listed
 
@@ -149,9 +151,15 @@ class RemoteCheckpoint:
 
 
 def _snapshot(
-    repo_id: str, revision: str | None, patterns: Sequence[str], token: str | None = None, cached: bool = False
+    repo_id: str,
+    revision: str | None,
+    patterns: Sequence[str],
+    token: str | None = None,
+    cached: bool = False,
+    skip: Sequence[str] = (),
 ) -> Path:
-    """The files of a repo matching `patterns`, through the huggingface_hub cache (`cached`: from it alone)."""
+    """The files of a repo matching `patterns` but not `skip`, through the huggingface_hub cache (`cached`: from
+    it alone)."""
     from huggingface_hub import snapshot_download  # the Hub client loads when the Hub is used
 
     return Path(
@@ -159,6 +167,7 @@ def _snapshot(
             repo_id,
             revision=revision,
             allow_patterns=list(patterns),
+            ignore_patterns=list(skip) or None,
             token=token,
             local_files_only=cached,
             library_name="expo-cli",
@@ -194,20 +203,33 @@ def adapter_snapshot(source: HubInput, token: str | None = None) -> Path | None:
 
 
 def download(
-    remote: RemoteCheckpoint, token: str | None = None, extra: Sequence[str] = (), weights: bool = True
+    remote: RemoteCheckpoint,
+    token: str | None = None,
+    extra: Sequence[str] = (),
+    weights: bool = True,
+    side: Sequence[str] = SIDE_FILES,
+    skip: Sequence[str] = (),
 ) -> Path:
-    """Download the weights of one format (unless `weights` is False: `--stream` reads them by ranges), the side
-    files and `extra` patterns through the cache, at the validated commit.
+    """Download the weights of one format (unless `weights` is False: `--stream` reads them by ranges), the `side`
+    files (but those `skip` names) and `extra` patterns through the cache, at the validated commit.
 
-    Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
+    Every side file is checked against MAX_SIDE_FILE_BYTES from the size the Hub lists, before anything is
+    downloaded. Asked by the user's revision (so the cache learns the branch, for HF_HUB_OFFLINE runs later), then
     checked to be the commit whose headers were validated.
     """
-    patterns = [*(remote.weight_patterns if weights else []), *SIDE_FILES, *extra]
+    for name, listed in sorted(remote.listed.items()):
+        if listed.size > MAX_SIDE_FILE_BYTES and _matches(name, side) and not _matches(name, skip):
+            raise too_large(f"{remote.repo_id}/{name}", listed.size, MAX_SIDE_FILE_BYTES)
+    patterns = [*(remote.weight_patterns if weights else []), *side, *extra]
     with hub_errors(remote.repo_id, remote.revision):
-        folder = _snapshot(remote.repo_id, remote.revision, patterns, token)
+        folder = _snapshot(remote.repo_id, remote.revision, patterns, token, skip=skip)
     if folder.name != remote.sha:
         raise HubError(f"{remote.repo_id}@{remote.revision}: the branch moved during the download; run again")
     return folder
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
 
 
 def cached(source: HubInput) -> Path:

@@ -89,7 +89,7 @@ def prepare(
     hub_ids = {"sft": opts.sft_id, "aligned": opts.aligned_id}
     folder = aligned_ckpt.path
     if opts.stream and download:
-        sft_ckpt, aligned_ckpt, folder = _ranged(sft_ckpt, aligned_ckpt, hub_ids, opts.token, opts.connections)
+        sft_ckpt, aligned_ckpt, folder = _ranged(sft_ckpt, aligned_ckpt, hub_ids, opts)
     header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
     if not header_only and not opts.force and _identical(sft_ckpt, aligned_ckpt, pairing):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
@@ -194,9 +194,11 @@ def _model_names(card: AlignedCard, aligned: Source, alphas: list[float], name: 
 
 
 def _ranged(
-    sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None], token: str | None, connections: int
+    sft: TensorSource, aligned: TensorSource, hub_ids: dict[str, str | None], opts: MergeOptions
 ) -> tuple[TensorSource, TensorSource, Path]:
-    """--stream: Hub inputs read by range requests; only the aligned repo's side files are downloaded."""
+    """--stream: Hub inputs read by range requests; of the aligned repo, only the files the output may carry are
+    downloaded (the side-file policy's loader files and the custom code its auto_map names), each within
+    MAX_SIDE_FILE_BYTES by the size the Hub lists."""
     pair = {"sft": sft, "aligned": aligned}
     if not any(isinstance(source, RemoteCheckpoint) for source in pair.values()):
         raise UsageError("--stream reads Hub inputs by ranges; both inputs are local folders (drop --stream)")
@@ -205,8 +207,17 @@ def _ranged(
             if not source.tensors:
                 raise UsageError(f"--stream: --{role} {source.repo_id} has no safetensors weights to read by ranges")
             hub_ids[role] = hub_ids[role] or f"{source.repo_id}@{source.sha}"
-            pair[role] = RangedSource(source, token, connections)
-    folder = download(aligned, token, weights=False) if isinstance(aligned, RemoteCheckpoint) else aligned.path
+            pair[role] = RangedSource(source, opts.token, opts.connections)
+    if not isinstance(aligned, RemoteCheckpoint):
+        return pair["sft"], pair["aligned"], aligned.path
+    side = sidefiles.loader_patterns(opts.copy, opts.mistral_format)
+    folder = download(aligned, opts.token, weights=False, side=side, skip=opts.skip)
+    fetched: set[str] = set()
+    # the custom code auto_map names, and what it imports, module by module (each a plain .py of the repo)
+    while wanted := (sidefiles.custom_code_wanted(folder) & set(aligned.listed)) - fetched:
+        fetched |= wanted
+        side = [*side, *sorted(wanted)]
+        folder = download(aligned, opts.token, weights=False, side=side, skip=opts.skip)
     return pair["sft"], pair["aligned"], folder
 
 

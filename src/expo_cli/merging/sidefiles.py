@@ -218,8 +218,31 @@ def copy_files(source: Path, files: Sequence[str], target: Path) -> None:
         fsync_path(folder)
 
 
-def custom_code(folder: Path, files: Sequence[str]) -> set[str]:
-    """The `.py` files the folder's `auto_map` entries name, and the modules they import relatively."""
+def loader_patterns(copy: Sequence[str] = (), mistral_format: bool = False) -> list[str]:
+    """The globs of every file the policy may copy but custom code (see `custom_code_wanted`): what a streamed merge
+    downloads of the aligned repo, and nothing else (config.json and the card are read for the output's own)."""
+    mistral = [MISTRAL_PARAMS] if mistral_format else []
+    return [
+        CONFIG_NAME,
+        REPOCARD_NAME,
+        *TOKENIZER_FILES,
+        *TEMPLATE_FILES,
+        *CONFIG_FILES,
+        *LICENSE_FILES,
+        *mistral,
+        *copy,
+    ]
+
+
+def custom_code_wanted(folder: Path) -> set[str]:
+    """The `.py` modules the folder's custom code needs that it does not hold yet (fetch them, then ask again)."""
+    files = folder_files(folder, TOOL_FOLDERS)
+    return custom_code(folder, files, missing=True) - set(files)
+
+
+def custom_code(folder: Path, files: Sequence[str], missing: bool = False) -> set[str]:
+    """The `.py` files the folder's `auto_map` entries name, and the modules they import relatively (`missing`:
+    also those named but absent)."""
     present = set(files)
     wanted: list[str] = []
     for name in files:
@@ -236,9 +259,11 @@ def custom_code(folder: Path, files: Sequence[str]) -> set[str]:
     found: set[str] = set()
     while wanted:
         module = wanted.pop()
-        if module in found or module not in present:
+        if module in found or (module not in present and not missing):
             continue
         found.add(module)
+        if module not in present:
+            continue
         try:
             source = (folder / module).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
