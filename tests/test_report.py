@@ -211,3 +211,16 @@ def test_report_errors_are_one_line(tmp_path, expo):
         run = expo("report", source, "-o", tmp_path / "page.html")
         assert run.code == 3 and run.stderr.strip().splitlines()[-1].startswith("Error: ") and message in run.stderr
         assert not (tmp_path / "page.html").exists()
+
+
+def test_a_responses_file_holding_line_separators_in_its_text_is_read_back(tmp_path, expo):
+    """U+2028, U+2029, U+0085, form feed and a lone CR inside a response and a prompt are text, not line ends: the
+    report reads the file expo wrote (ensure_ascii=False keeps them raw) and shows them."""
+    lines = records(prompts=12, hostile=False)
+    odd = "first\u2028second\u2029third\x85fourth\x0cfifth\rsixth"
+    lines[0]["response"], lines[1]["prompt"] = odd, f"ask\u2028{odd}"
+    saved = save(tmp_path / "responses.jsonl", lines)
+    assert "\u2028" in saved.read_text(encoding="utf-8")
+    run = expo("report", saved, "-o", tmp_path / "page.html")
+    assert run.code == 0, run.stderr
+    assert "first\u2028second" in (tmp_path / "page.html").read_text(encoding="utf-8")

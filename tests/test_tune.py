@@ -524,6 +524,6 @@ def test_a_short_context_reward_model_is_announced_before_generating_and_its_cut
     assert warning in run.stderr and run.stderr.index(warning) < run.stderr.index("α=0")  # before any generation
     report = json.loads(run.stdout)
     for candidate in report["candidates"]:  # <s> w4 (3 words) </s> w5 (response) </s>: cut past 8 response words
-        kept = Path(report["run"]["dir"]) / "generations" / "selection" / f"alpha={candidate['alpha']:g}.jsonl"
+        kept = Path(report["run"]["dir"]) / "generations" / "selection" / f"alpha={float(candidate['alpha'])!r}.jsonl"
         texts = [r[2] for line in kept.read_text().splitlines() for r in json.loads(line)["responses"]]
         assert candidate["scoring_cut"] == sum(len(t.split()) > 8 for t in texts) > 0

@@ -133,7 +133,7 @@ def test_rescore_judges_the_saved_responses_with_another_reward_without_generati
     report = json.loads(rescored.stdout)
     assert report["run"]["generated"] == 0 and report["reward"] == "grader.py:length"
     for candidate in report["candidates"]:  # the reward is now the length in words of the very responses kept
-        kept = (run_dir / "generations" / "selection" / f"alpha={candidate['alpha']:g}.jsonl").read_text()
+        kept = (run_dir / "generations" / "selection" / f"alpha={float(candidate['alpha'])!r}.jsonl").read_text()
         words = [len(r[2].split()) for line in kept.splitlines() for r in json.loads(line)["responses"]]
         assert candidate["reward"]["estimate"] == pytest.approx(sum(words) / len(words))
     assert set(report["evaluated_order"]) <= set(original["evaluated_order"])
@@ -184,3 +184,55 @@ def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):
     with pytest.raises(UsageError, match="other settings"):
         RunFolder.open(tmp_path / "run", {"k": 2}, {"reward_fn": "f"})
     RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}).close()  # a refusal released its lock
+
+
+def test_close_alphas_never_share_a_file_and_a_foreign_or_corrupt_line_is_one_error(tmp_path):
+    """0.1234561 and 0.1234564 (one "%g" apart from nothing) keep their own files; a line of another α copied into
+    a file, or a complete line that is not JSON, is refused with the file and line named and --fresh suggested."""
+    from expo_cli.errors import UsageError
+    from expo_cli.tuning.generation import Response
+    from expo_cli.tuning.runfolder import RunFolder
+
+    folder = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
+    near, other = 0.1234561, 0.1234564
+    folder.add_generation("selection", near, 0, [Response(0, 0, "near", 1, "stop")])
+    folder.add_generation("selection", other, 0, [Response(0, 0, "other", 1, "stop")])
+    folder.add_generation("confirmation", near, 0, [Response(5, 0, "held\u2028out", 2, "stop")])
+    assert folder.generations("selection", near) == {0: [Response(0, 0, "near", 1, "stop")]}
+    assert folder.generations("selection", other) == {0: [Response(0, 0, "other", 1, "stop")]}
+    assert folder.generations("confirmation", near) == {0: [Response(5, 0, "held\u2028out", 2, "stop")]}
+    generations = tmp_path / "run" / "generations" / "selection"
+    assert sorted(p.name for p in generations.iterdir()) == ["alpha=0.1234561.jsonl", "alpha=0.1234564.jsonl"]
+    mine, theirs = generations / "alpha=0.1234561.jsonl", generations / "alpha=0.1234564.jsonl"
+    mine.write_bytes(mine.read_bytes() + theirs.read_bytes())  # a line of another α, complete and valid
+    with pytest.raises(UsageError) as caught:
+        folder.generations("selection", near)
+    assert str(caught.value) == (
+        "--run-dir run: generations/selection/alpha=0.1234561.jsonl line 2: not a record of α=0.1234561 "
+        "(selection); the folder was changed or mixed: pass --fresh to start the run again"
+    )
+    theirs.write_bytes(theirs.read_bytes() + b'{"alpha": 0.1234564, "part": "selection", "batch": 1, "respo}\n')
+    with pytest.raises(UsageError, match=r"alpha=0\.1234564\.jsonl line 2: not valid JSON \(.*\); pass --fresh"):
+        folder.generations("selection", other)
+    folder.close()
+
+
+def test_a_corrupt_run_folder_line_ends_tune_in_one_line(tmp_path, expo):
+    """Through the CLI: exit 2, one line, no traceback, and --fresh starts the run again."""
+    sft, aligned = steered_pair(tmp_path / "pair")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("w8 w20\u2028w21\nw9 w22\n" * 3)  # U+2028 is inside a prompt, not between two
+    grader = tmp_path / "grader.py"
+    grader.write_text("def w7(prompt, response):\n    return response.split().count('w7')\n")
+    args = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts, "--reward-fn", f"{grader}:w7"]
+    args += ["--alpha", "1", "--max-new-tokens", "4", "--holdout", "0", "--run-dir", tmp_path / "run", "-q", "--json"]
+    first = expo(*args)
+    assert first.code == 0, first.stderr
+    assert json.loads(first.stdout)["prompts"] == 6  # three times two prompts, none split at U+2028
+    (kept,) = (tmp_path / "run" / "generations" / "selection").glob("alpha=1.0.jsonl")
+    kept.write_bytes(kept.read_bytes() + b"{not json}\n")
+    run = expo(*args)
+    errors = [line for line in run.stderr.splitlines() if line.startswith("Error: ")]
+    assert run.code == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
+    assert "generations/selection/alpha=1.0.jsonl line 2: not valid JSON" in errors[0] and "--fresh" in errors[0]
+    assert expo(*args, "--fresh").code == 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError, first_line
+from ..lines import json_lines, split_lines
 from .holdout import sample
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
@@ -105,9 +106,14 @@ def _read_file(path: Path) -> Iterable[Any]:
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"--prompts {path.name}: cannot read it as UTF-8 text ({err})") from err
     if suffix == ".txt":
-        return [line for line in text.splitlines() if line.strip()]
+        return [line for _, line in split_lines(text)]
     if suffix == ".jsonl":
-        return _json_lines(text, path.name)
+        return [
+            value
+            for _, value in json_lines(
+                text, lambda n, why: InputError(f"--prompts {path.name} line {n}: not valid JSON ({why})")
+            )
+        ]
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
@@ -117,18 +123,6 @@ def _read_file(path: Path) -> Iterable[Any]:
     if not isinstance(data, list):
         raise InputError(f"--prompts {path.name}: expected a JSON list of prompts")
     return data
-
-
-def _json_lines(text: str, name: str) -> list[Any]:
-    records = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise InputError(f"--prompts {name} line {number}: not valid JSON ({err.msg})") from err
-    return records
 
 
 def _read_dataset(name: str, split: str, token: str | None) -> Iterable[Any]:

@@ -3,14 +3,17 @@
 Layout of a run folder:
 
     run.json                                  what the responses depend on (the key), written first
-    generations/<part>/alpha=<α>.jsonl        one line per generated batch: its number and responses
+    generations/<part>/alpha=<α>.jsonl        one line per generated batch: its α, part, number and responses
     rewards/<reward digest>/reward.json       which reward judged them
-    rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its number and rewards
+    rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its α, part, number and rewards
 
-Each line is appended and fsynced as soon as its batch is done; a line cut short by a crash is dropped (and cut
-off the file) when the folder is read again. Responses depend only on the key (both inputs, per-tensor α rules,
-dtype, device, prompts, split and decoding settings): a folder made with another key is refused, never mixed.
-Rewards are kept per reward, so another reward model or function re-judges the same responses (`--rescore`).
+<α> is the exact value (`repr`, which round-trips: 0.1234561 and 0.1234564 never share a file), and every line
+says which α and part it belongs to, checked when read. Each line is appended and fsynced as soon as its batch is
+done; a line cut short by a crash is dropped (and cut off the file) when the folder is read again; a complete line
+that is not what expo wrote is an error that names it and suggests --fresh.
+
+Responses depend only on the key (both inputs, per-tensor α rules, dtype, device, prompts, split and decoding
+settings): a folder made with another key is refused, never mixed. Rewards are kept per reward, so another reward model or function re-judges the same responses (`--rescore`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, UsageError, first_line
 from ..fsutil import fsync_path, write_json_atomically
+from ..lines import json_lines
 from .generation import Response
 
+T = TypeVar("T")
 MARKER = "run.json"
 LOCK = "run.lock"
 
@@ -109,29 +115,46 @@ class RunFolder:
 
     def generations(self, part: str, alpha: float) -> dict[int, list[Response]]:
         """The batches generated so far: batch number -> responses."""
-        return {
-            line["batch"]: [Response(*r) for r in line["responses"]]
-            for line in _read_lines(self._file(self.path / "generations", part, alpha))
-        }
+        file = self._file(self.path / "generations", part, alpha)
+        return dict(
+            self._records(file, part, alpha, lambda line: (line["batch"], [Response(*r) for r in line["responses"]]))
+        )
 
     def add_generation(self, part: str, alpha: float, number: int, responses: list[Response]) -> None:
         rows = [[r.prompt, r.sample, r.text, r.tokens, r.finish] for r in responses]
-        _append(self._file(self.path / "generations", part, alpha), {"batch": number, "responses": rows})
+        record = {"alpha": alpha, "part": part, "batch": number, "responses": rows}
+        _append(self._file(self.path / "generations", part, alpha), record)
 
     def rewards(self, part: str, alpha: float) -> dict[int, tuple[list[float], set[int]]]:
         """The batches scored so far by this folder's reward: batch number -> (rewards, positions cut to fit)."""
-        return {
-            line["batch"]: (line["rewards"], set(line["cut"]))
-            for line in _read_lines(self._file(self.reward_folder, part, alpha))
-        }
+        file = self._file(self.reward_folder, part, alpha)
+        return dict(
+            self._records(file, part, alpha, lambda line: (line["batch"], (line["rewards"], set(line["cut"]))))
+        )
 
     def add_rewards(self, part: str, alpha: float, number: int, rewards: list[float], cut: set[int]) -> None:
-        record = {"batch": number, "rewards": rewards, "cut": sorted(cut)}
+        record = {"alpha": alpha, "part": part, "batch": number, "rewards": rewards, "cut": sorted(cut)}
         _append(self._file(self.reward_folder, part, alpha), record)
 
     @staticmethod
     def _file(root: Path, part: str, alpha: float) -> Path:
-        return root / part / f"alpha={alpha:g}.jsonl"
+        return root / part / f"alpha={alpha!r}.jsonl"
+
+    def _records(self, file: Path, part: str, alpha: float, parse: Callable[[dict[str, Any]], T]) -> list[T]:
+        """Each complete line of a per-α file, checked to belong to this α and part, through `parse`."""
+        where = f"--run-dir {self.path.name}: {file.relative_to(self.path).as_posix()}"
+        records = []
+        for number, line in _read_lines(file, where):
+            if not isinstance(line, dict) or line.get("alpha") != alpha or line.get("part") != part:
+                raise UsageError(
+                    f"{where} line {number}: not a record of α={alpha!r} ({part}); the folder was changed or mixed: "
+                    "pass --fresh to start the run again"
+                )
+            try:
+                records.append(parse(line))
+            except (KeyError, TypeError, ValueError) as err:
+                raise UsageError(f"{where} line {number}: incomplete ({first_line(err)}); pass --fresh") from err
+        return records
 
 
 def _lock(path: Path) -> int:
@@ -148,8 +171,9 @@ def _lock(path: Path) -> int:
     return fd
 
 
-def _read_lines(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of a JSON-lines file; a last line cut short by a crash is cut off the file."""
+def _read_lines(path: Path, where: str) -> list[tuple[int, Any]]:
+    """The complete lines of a JSON-lines file, numbered; a last line cut short by a crash is cut off the file, a
+    complete line that is not JSON is a UsageError naming it (`where`)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
@@ -158,7 +182,20 @@ def _read_lines(path: Path) -> list[dict[str, Any]]:
         with open(path, "r+b") as fh:
             fh.truncate(end)
             os.fsync(fh.fileno())
-    return [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+
+    def corrupt(number: int, why: str) -> UsageError:
+        return UsageError(f"{where} line {number}: not valid JSON ({why}); pass --fresh to start the run again")
+
+    try:
+        text = data[:end].decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise corrupt(_line_of(data, err.start), "not UTF-8") from err
+    return json_lines(text, corrupt)
+
+
+def _line_of(data: bytes, offset: int) -> int:
+    """The line number (from 1) of a byte offset."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 from ...constants import VERSION
 from ...errors import InputError, OutputError, UsageError, first_line
 from ...fsutil import write_atomically
+from ...lines import json_lines
 from ...plotting import pyplot
 from ..evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
 from ..generation import Response
@@ -114,8 +115,8 @@ def load(source: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 def _recomputed(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """The statistics of a --save-responses file, computed again as the tune computed them."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-        records = [json.loads(line) for line in lines if line.strip()]
+        text = path.read_text(encoding="utf-8")
+        records = [value for _, value in json_lines(text, lambda n, why: ValueError(f"line {n}: {why}"))]
         candidates = _candidates(records)
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"{path.name}: not a --save-responses file of expo tune ({first_line(err)})") from err
