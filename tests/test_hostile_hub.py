@@ -4,9 +4,13 @@ committed."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import os
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -14,7 +18,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import files_of, make_pair
+from helpers import certificate, files_of, make_pair
+from hub_server import WRITE_TOKEN, serve
 from test_hub import assert_streamed_like_local, publish, streamed_merge
 
 
@@ -296,3 +301,49 @@ def test_oversized_config_and_index_are_refused_from_the_listing(tmp_path, expo,
         (local / name).write_bytes(data)
     run = expo("merge", "--sft", sft, "--aligned", local, "-o", tmp_path / "out", "--alpha", "1")
     assert run.code == 3 and "config.json: 17" in run.stderr and "more than a config may be" in run.stderr
+
+
+def test_an_https_proxy_is_spoken_to_over_tls_with_its_credentials(tmp_path, expo, hub, pair):
+    """HTTP_PROXY=https://user:pass@proxy: every request, the range reads included, reaches the proxy over TLS (its
+    certificate verified against SSL_CERT_FILE) with the credentials in Proxy-Authorization; nothing reaches the Hub
+    around it; the shards published are those of a local merge. A second test Hub serving TLS plays the proxy (it
+    answers from the same repos). In a process of its own: huggingface_hub keeps the clients it made."""
+    sft, aligned = pair
+    cert, context = certificate(tmp_path / "proxy")
+    proxy, server = serve(tls=context)
+    for holder in (hub, proxy):
+        publish(holder, "org/tls-proxy-sft", sft)
+        publish(holder, "org/tls-proxy-dpo", aligned)
+    proxy.create("me/tls-proxied")
+    hub.requests.clear()
+    environment = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    environment |= {
+        "HTTP_PROXY": f"https://someone:p%40ss@127.0.0.1:{server.server_address[1]}",
+        "SSL_CERT_FILE": str(cert),
+        "HF_TOKEN": WRITE_TOKEN,
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
+    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/tls-proxy-sft", "--aligned"]
+    command += [
+        "org/tls-proxy-dpo",
+        *shards,
+        "--stream",
+        "--push-to-hub",
+        "me/tls-proxied",
+        "--scratch",
+        tmp_path / "s",
+    ]
+    run = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    credentials = "Basic " + base64.b64encode(b"someone:p@ss").decode()
+    data = [path for path, asked, _ in proxy.proxied if asked and asked[6] != "0" and path.endswith(".safetensors")]
+    assert data and all(auth == credentials for _, _, auth in proxy.proxied)
+    assert not [path for _, path, _ in hub.requests if "tls-prox" in path]
+    local = tmp_path / "local"
+    assert expo("merge", "--sft", sft, "--aligned", aligned, "-o", local, *shards, "-q").code == 0
+    published = proxy.repos["me/tls-proxied"].commits[proxy.repos["me/tls-proxied"].refs["main"]]
+    merged = files_of(local)
+    written = [name for name in merged if name.endswith((".safetensors", ".index.json"))]
+    assert len(written) > 2 and all(bytes(published[name]) == merged[name] for name in written)
+    server.shutdown()

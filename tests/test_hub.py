@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import re
-import ssl
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard, snapshot_download
 
-from helpers import assert_merged, build_model, files_of, llama_config, make_pair, read_all, save, skip_or_fail
+from helpers import assert_merged, build_model, certificate, files_of, llama_config, make_pair, read_all, save
 from hub_server import READ_TOKEN, WRITE_TOKEN, serve
 
 
@@ -682,14 +681,16 @@ def test_signed_urls_are_asked_for_again_when_they_expire_and_never_get_the_toke
     assert_streamed_like_local(tmp_path, expo, "me/cdn", sft, aligned, *shards)
 
 
-def test_ranged_reads_go_through_the_proxy_the_environment_names(tmp_path, expo, hub, token, monkeypatch):
+@pytest.mark.parametrize("variable", ["HTTP_PROXY", "ALL_PROXY"])
+def test_ranged_reads_go_through_the_proxy_the_environment_names(tmp_path, expo, hub, token, monkeypatch, variable):
+    """HTTP_PROXY, or ALL_PROXY when no proxy is named for the scheme (as huggingface_hub's client reads them)."""
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
     publish(hub, "org/proxy-sft", sft)
     publish(hub, "org/proxy-dpo", aligned)
     port = os.environ["HF_ENDPOINT"].rsplit(":", 1)[1]
-    monkeypatch.setenv("HTTP_PROXY", f"http://someone:p%40ss@127.0.0.1:{port}")  # this server plays the proxy
-    for name in ("NO_PROXY", "no_proxy", "http_proxy"):
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, f"http://someone:p%40ss@127.0.0.1:{port}")  # this server plays the proxy
     hub.proxied.clear()
     hub.requests.clear()
     shards = ["--alpha", "0.5", "--max-shard-size", "20KB"]
@@ -702,7 +703,7 @@ def test_ranged_reads_go_through_the_proxy_the_environment_names(tmp_path, expo,
     credentials = "Basic " + base64.b64encode(b"someone:p@ss").decode()
     proxied = Counter((path, asked) for path, asked, auth in hub.proxied if auth == credentials)
     assert ranged and ranged <= proxied, (ranged, proxied)
-    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.delenv(variable)
     assert_streamed_like_local(tmp_path, expo, "me/proxied", sft, aligned, *shards)
 
 
@@ -833,17 +834,7 @@ def test_blocks_announced_beyond_the_budget_are_read_ahead_once_it_has_room(tmp_
 def test_a_streamed_merge_over_https_verifies_the_certificate(tmp_path, expo):
     """The Hub is HTTPS: the range reads (our own client, not huggingface_hub's) trust the certificate SSL_CERT_FILE
     names, and give the bytes of a local merge; a Hub whose certificate is not trusted is refused in one line."""
-    cert, key, other = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "other.pem"
-    for out, keyout in ((cert, key), (other, tmp_path / "other-key.pem")):
-        made = subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", keyout, "-out", out, "-days", "1"]
-            + ["-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-            capture_output=True,
-        )
-        if made.returncode != 0:
-            skip_or_fail(f"cannot make a certificate with openssl: {made.stderr.decode().strip()}")
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    (cert, context), (other, _) = certificate(tmp_path / "cert"), certificate(tmp_path / "other")
     secure, server = serve(tls=context)
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
     secure.create("org/tls-sft", files_of(sft))
