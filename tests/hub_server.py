@@ -3,16 +3,17 @@
 Repos live in memory as commits of {path: bytes}; LFS objects are stored by sha256 and skipped when already uploaded
 (so an interrupted upload resumes). Faults are switched on per repo: `gated`, `private`, `drop_downloads` (weight
 downloads cut halfway), `uploads_before_drop` (LFS uploads cut after that many), `commit_failures` (that many
-commits answered 503), `commits_then_504` (made, then answered 504), and for ranged reads of tensor data (what
-`--stream` makes) `range_faults` (that share of them, drawn with a seeded generator, fails by each of `fault_kinds`
-in turn: a connection reset mid-body, 503 with Retry-After: 0, 429 with Retry-After: 1, a body half as long as
-asked, or with "stall" half a body and then silence, "shifted" the range from one byte later, "onebyte" one byte and
-a hang-up, "drip" a byte every 0.1 s, "retry-nan"/"retry-huge" 503 with Retry-After nan/99999, "flip" one bit of the
-body changed; `most_faults` of them at most) and `failing_file` (every such read of that file answers 503);
-`unpinned` (file answers name no commit). Server-wide: `signed_urls` (LFS files redirect to a CDN URL on another
-origin that expires), `latency` and `bandwidth` (a network link); a request in absolute form (sent to a proxy: this
-server plays one too) is recorded in `proxied`. Tokens: "write-token" may write, "read-token" may only read. Stdlib
-only; the protocol is described in hub-api-notes.md of the project's shared notes.
+commits answered 503), `commits_then_504` (made, then answered 504), `raced_commits` (another writer commits to the
+branch first), and for ranged reads of tensor data (what `--stream` makes) `range_faults` (that share of them, drawn
+with a seeded generator, fails by each of `fault_kinds` in turn: a connection reset mid-body, 503 with Retry-After:
+0, 429 with Retry-After: 1, a body half as long as asked, or with "stall" half a body and then silence, "shifted"
+the range from one byte later, "onebyte" one byte and a hang-up, "drip" a byte every 0.1 s, "retry-nan"/"retry-huge"
+503 with Retry-After nan/99999, "flip" one bit of the body changed; `most_faults` of them at most) and
+`failing_file` (every such read of that file answers 503); `unpinned` (file answers name no commit). Server-wide:
+`signed_urls` (LFS files redirect to a CDN URL on another origin that expires), `latency` and `bandwidth` (a network
+link); a request in absolute form (sent to a proxy: this server plays one too) is recorded in `proxied`. Tokens:
+"write-token" may write, "read-token" may only read. Stdlib only; the protocol is described in hub-api-notes.md of
+the project's shared notes.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class Repo:
     commit_failures: int = 0  # the next commits answered 503 (Retry-After: 0), one fewer each time
     commit_drops: int = 0  # the next commits: the connection dropped once the request arrived, nothing committed
     commits_then_504: int = 0  # the next commits are made, then answered 504 (a gateway that gave up waiting)
+    raced_commits: int = 0  # the next commits find that another writer committed to the branch just before
     range_faults: float = 0.0  # the share of ranged tensor-data reads that fail
     most_faults: int | None = None  # then no more than this many of them
     fault_kinds: tuple[str, ...] = ("reset", "503", "429", "short")
@@ -515,6 +517,10 @@ class Handler(BaseHTTPRequestHandler):
         parent = repo.resolve(revision)
         if parent is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {unquote(revision)}")
+        if repo.raced_commits and not create_pr:  # another writer got there first
+            repo.raced_commits -= 1
+            files = {**repo.commits[parent], "NOTES.md": b"someone else's commit"}
+            parent = repo.refs[unquote(revision)] = repo.commit(files, parent, "a concurrent commit")
         files = dict(repo.commits[parent])
         summary = ""
         for line in body.decode().split("\n"):

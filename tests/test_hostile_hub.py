@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,7 +35,7 @@ def test_retry_after_is_read_strictly_and_capped():
     for malformed in ("nan", "inf", "-inf", "-1", "1e9", "0x10", " ", "soon", "١٢"):
         assert retry_after(malformed) is None, malformed
     assert retry_after("7") == 7.0 and retry_after(" 0 ") == 0.0
-    assert retry_after("99999") == MAX_RETRY_AFTER_SECONDS == 60.0
+    assert retry_after("99999") == retry_after("9" * 400) == MAX_RETRY_AFTER_SECONDS == 60.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
 
 
@@ -347,3 +348,186 @@ def test_an_https_proxy_is_spoken_to_over_tls_with_its_credentials(tmp_path, exp
     written = [name for name in merged if name.endswith((".safetensors", ".index.json"))]
     assert len(written) > 2 and all(bytes(published[name]) == merged[name] for name in written)
     server.shutdown()
+
+
+def test_downloaded_weights_are_checked_against_the_listed_sha256_once(tmp_path, expo, hub, token, pair):
+    """huggingface_hub checks a download's size only: expo hashes each downloaded weight file once (shown as
+    "Checking sha256"), remembers it while the cached blob is unchanged, and refuses a blob whose bytes changed
+    (a byte flipped on the way or on the disk): exit 7 naming the file and what to delete, no output."""
+    sft, aligned = pair
+    publish(hub, "org/checked-sft", sft)
+    publish(hub, "org/checked-dpo", aligned)
+    args = ["--sft", "org/checked-sft", "--aligned", "org/checked-dpo", "--alpha", "0.5"]
+    first = expo("merge", *args, "-o", tmp_path / "first")
+    assert first.code == 0 and "Checking sha256" in first.stderr, first.stderr
+    second = expo("merge", *args, "-o", tmp_path / "second")
+    assert second.code == 0 and "Checking sha256" not in second.stderr, second.stderr
+    cache = Path(os.environ["HF_HOME"]) / "hub" / "models--org--checked-dpo"
+    (shard,) = list((cache / "snapshots").rglob("model-00002-of-*.safetensors"))
+    blob = shard.resolve()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1
+    blob.write_bytes(bytes(data))
+    run = expo("merge", *args, "-o", tmp_path / "third")
+    last = run.stderr.strip().splitlines()[-1]
+    assert run.code == 7 and last == (
+        f"Error: {shard}: the downloaded bytes do not match the sha256 the Hub lists ({blob.name[:12]}…); "
+        f"delete {blob} and run again"
+    ), run.stderr
+    assert not (tmp_path / "third").exists()
+
+
+def test_a_commit_never_lands_on_top_of_one_made_meanwhile(tmp_path, expo, hub, token, pair):
+    """Another writer commits to the branch while the run uploads: the run's commit names the head it built on, so
+    the Hub refuses it rather than stacking it silently: exit 7 and one line, the other commit stays the head; running
+    again commits on top of it, knowingly."""
+    sft, aligned = pair
+    publish(hub, "org/race-sft", sft)
+    publish(hub, "org/race-dpo", aligned)
+    hub.create("me/raced", raced_commits=1)
+    args = ["--alpha", "0.5", "-q"]
+    run = streamed_merge(expo, "org/race-sft", "org/race-dpo", "me/raced", tmp_path, *args)
+    lines = run.stderr.strip().splitlines()
+    assert run.code == 7 and lines == [
+        "Error: me/raced@main: another commit landed on the branch while this run uploaded; nothing was committed: "
+        "run again to commit on top of it"
+    ], run.stderr
+    repo = hub.repos["me/raced"]
+    assert set(repo.commits[repo.refs["main"]]) == {".gitattributes", "NOTES.md"}
+    assert streamed_merge(expo, "org/race-sft", "org/race-dpo", "me/raced", tmp_path, *args).code == 0
+    assert {"NOTES.md", "config.json"} <= set(repo.commits[repo.refs["main"]])
+
+
+def test_a_redirect_from_https_to_http_is_refused(tmp_path, pair):
+    """An HTTPS Hub whose LFS redirect points to a plain-HTTP URL: the weights would cross the network unencrypted
+    (and could be changed on the way), so the run ends with exit 7 and one line before reading a byte of them."""
+    sft, aligned = pair
+    cert, context = certificate(tmp_path / "hub")
+    secure, server = serve(tls=context)
+    secure.create("org/downgrade-sft", files_of(sft))
+    secure.create("org/downgrade-dpo", files_of(aligned))
+    secure.create("me/downgraded")
+    secure.signed_urls = 600.0  # LFS files redirect to http://localhost:<port>/cdn/...
+    environment = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    environment |= {
+        "HF_ENDPOINT": f"https://127.0.0.1:{server.server_address[1]}",
+        "HF_TOKEN": WRITE_TOKEN,
+        "SSL_CERT_FILE": str(cert),
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/downgrade-sft", "--aligned"]
+    command += ["org/downgrade-dpo", "--alpha", "0.5", "--stream", "--push-to-hub", "me/downgraded", "-q"]
+    run = subprocess.run(command + ["--scratch", tmp_path / "s"], env=environment, capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 7 and len(lines) == 1, run.stderr
+    assert lines[0].startswith("Error: org/downgrade-")
+    assert "the Hub redirected an https request to http://localhost; refusing to read weights over" in lines[0]
+    assert not any(asked for asked, _, _ in secure.cdn_reads)
+    assert len(secure.repos["me/downgraded"].commits) == 1
+    server.shutdown()
+
+
+def test_a_small_file_is_checked_whole_against_its_listed_hash():
+    """config.json and the index are checked against the git blob id (or sha256) the Hub lists, and their size."""
+    from expo_cli.errors import HubError
+    from expo_cli.inputs.integrity import Listed, check_whole
+
+    data = b'{"model_type": "llama"}'
+    blob = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    check_whole("org/x/config.json", data, Listed(len(data), None, blob))
+    check_whole("org/x/config.json", data, Listed(len(data), hashlib.sha256(data).hexdigest(), "pointer id"))
+    for changed, listed in (
+        (data.replace(b"llama", b"llamb"), Listed(len(data), None, blob)),
+        (data + b" ", Listed(len(data), None, blob)),
+        (data, Listed(len(data), None, None)),
+    ):
+        with pytest.raises(HubError, match=r"^org/x/config\.json: "):
+            check_whole("org/x/config.json", changed, listed)
+
+
+def test_proxy_urls_are_read_as_the_ecosystem_reads_them(monkeypatch):
+    """An https:// proxy without a port is on 443 (not 80), one without a scheme is http://, NO_PROXY is honoured, and
+    a SOCKS proxy (which range reads do not speak) is refused in one line rather than bypassed."""
+    from expo_cli.errors import HubError
+    from expo_cli.inputs.range_client import RangeClient
+
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    client = RangeClient("org/x", "0" * 40, None)
+    monkeypatch.setenv("HTTPS_PROXY", "https://someone:secret@proxy.example")
+    manager = client._manager("https://hub.example/org/x/resolve/main/model.safetensors")
+    assert (manager.proxy.scheme, manager.proxy.host, manager.proxy.port) == ("https", "proxy.example", 443)
+    assert manager.proxy_headers["proxy-authorization"] == "Basic " + base64.b64encode(b"someone:secret").decode()
+    assert "secret" not in str(manager.proxy)  # the credentials travel in the header to the proxy only
+    monkeypatch.setenv("HTTP_PROXY", "proxy.example:3128")
+    manager = client._manager("http://hub.example/org/x")
+    assert (manager.proxy.scheme, manager.proxy.port) == ("http", 3128)
+    monkeypatch.setenv("NO_PROXY", "hub.example")
+    assert client._manager("https://hub.example/x") is client._manager("http://hub.example/x")  # direct, both
+    monkeypatch.delenv("NO_PROXY")
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.delenv("HTTP_PROXY")
+    monkeypatch.setenv("ALL_PROXY", "socks5://proxy.example:1080")
+    with pytest.raises(HubError, match=r"^socks5:// proxies are not supported for range reads; name an http:// or"):
+        client._manager("https://hub.example/x")
+
+
+INDEX_NAMES = [
+    "model-00001-of-00001.safetensors",
+    "../model-00001-of-00001.safetensors",
+    "/abs.safetensors",
+    "sub/x.safetensors",
+    "missing.safetensors",
+    "model.bin",
+    "a\\\\b.safetensors",
+    "",
+]
+
+
+@st.composite
+def indexes(draw):
+    """A weight index as a hostile uploader might write it: shard names that climb out, are absolute, name another
+    format or a file that is not there; tensors the shard does not hold; no weight_map; not JSON."""
+    shape = draw(st.sampled_from(["good", "good", "no map", "not json", "list"]))
+    if shape == "not json":
+        return b"{weight_map"
+    if shape == "list":
+        return b"[]"
+    if shape == "no map":
+        return json.dumps({"metadata": {}}).encode()
+    weight_map = {name: draw(st.sampled_from(INDEX_NAMES[:1] * 4 + INDEX_NAMES)) for name in ("a", "b")}
+    if draw(st.booleans()):
+        weight_map["c"] = draw(st.sampled_from(INDEX_NAMES))  # a tensor the shard does not hold
+    return json.dumps({"metadata": {}, "weight_map": weight_map}).encode()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(index=indexes())
+def test_remote_indexes_get_the_verdict_of_local_ones(tmp_path_factory, hub, token, index):
+    """Random and hostile index files: a Hub repo is refused, or accepted, exactly as the same files in a local
+    folder are, with the same message."""
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput
+    from expo_cli.inputs.remote import fetch_headers
+
+    shard = _safetensors(
+        {
+            "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+        },
+        b"\0" * 8,
+    )
+    files = {
+        "config.json": b'{"model_type": "llama"}',
+        "model.safetensors.index.json": index,
+        "model-00001-of-00001.safetensors": shard,
+    }
+    folder = tmp_path_factory.mktemp("index")
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    repo = f"org/i-{hashlib.sha1(index).hexdigest()[:16]}"
+    if repo not in hub.repos:
+        hub.create(repo, files)
+    local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
+    remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
+    assert remote == local

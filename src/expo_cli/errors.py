@@ -64,7 +64,8 @@ EXIT_CODES_HELP = (
     "3 unreadable, corrupt or unsupported input; "
     "4 the two checkpoints do not match (or are the same); 5 output cannot be written (exists, no space, "
     "read-only, inside an input); "
-    "6 non-finite result; 7 Hub error; 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
+    "6 non-finite result; 7 Hub error (refused, still failing past the retry bounds or EXPO_RETRY_BUDGET, or bytes "
+    "not matching the Hub's sha256: nothing committed); 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
 )
 
 

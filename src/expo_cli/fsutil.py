@@ -83,6 +83,12 @@ def too_large(label: str, size: int, limit: int = MAX_SIDE_FILE_BYTES) -> InputE
     )
 
 
+def cache_root() -> Path:
+    """expo's own cache: `$EXPO_CACHE`, else `$XDG_CACHE_HOME/expo`, else ~/.cache/expo."""
+    root = os.environ.get("EXPO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "expo"
+    return Path(root)
+
+
 def human_bytes(n: float) -> str:
     """Decimal units, like huggingface_hub's sizes: 5.00 GB is 5e9 bytes."""
     if abs(n) < 1000:

@@ -161,7 +161,9 @@ def merge(
         typer.Option(
             "--stream",
             help="With --push-to-hub and Hub inputs: read the inputs by range requests and "
-            "upload each output shard as it closes; no local copy of either (see --scratch).",
+            "upload each output shard as it closes; no local copy of either (see --scratch). Every byte read is "
+            "checked against the Hub's sha256 before the commit; retries wait at most EXPO_RETRY_BUDGET seconds "
+            "in all (default 600).",
         ),
     ] = False,
     streams: Annotated[

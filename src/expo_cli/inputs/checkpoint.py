@@ -186,7 +186,7 @@ def read_weights(
     if read_header is None:
         for file in files:
             if not file.is_file():
-                raise InputError(f"{file}: listed in the index of --{role} but missing; re-download the checkpoint")
+                raise missing_shard(file, role)
         read_header = read_safetensors_header if fmt == "safetensors" else _bin_header
     tensors: dict[str, TensorInfo] = {}
     starts: dict[Path, int] = {}
@@ -210,6 +210,11 @@ def read_weights(
                 f"{f' (+{len(missing) - 1} more)' if len(missing) > 1 else ''}; the index and the shards disagree"
             )
     return tensors, starts
+
+
+def missing_shard(file: Path, role: str) -> InputError:
+    """A shard the index names that the folder or repo does not hold: the same words for both."""
+    return InputError(f"{file}: listed in the index of --{role} but missing; the checkpoint is incomplete")
 
 
 def _bin_header(file: Path) -> tuple[list[TensorInfo], int]:

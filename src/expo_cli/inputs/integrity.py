@@ -1,6 +1,11 @@
 """Every byte read from the Hub checked against the hash the Hub lists for its file, before anything made from it
 is published.
 
+Downloaded weights (`check_snapshot`): huggingface_hub checks a download's size, not its bytes. Its cache names an
+LFS file's blob by the sha256 the Hub gave for it, so each weight file of a snapshot is hashed once and compared
+with that name and with the sha256 the Hub lists at the validated commit; a marker in expo's cache, kept with the
+blob's size, time and inode, spares the next run the hashing while the blob is unchanged.
+
 The Hub names each file by a hash: an LFS file (every weight shard) by its sha256, a file kept in git (config.json,
 an index) by its git blob id. A small file is checked whole as it arrives. A weight shard read by ranges (`--stream`)
 is hashed as its blocks are used, in file order; a block used out of that order (two inputs sharded differently, two
@@ -12,13 +17,19 @@ covers exactly the bytes the merge computed from. A mismatch is a HubError namin
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import HubError
+from ..fsutil import available_cores, cache_root, write_json_atomically
 
-CHUNK_BYTES = 16 * 2**20  # what `finish` reads at a time
+CHUNK_BYTES = 16 * 2**20  # what `finish` and `check_snapshot` read at a time
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -118,3 +129,67 @@ class FileDigest:
             f"{self.label}, bytes {block[0]}-{block[1] - 1}: the server sent different bytes for the same range; "
             "nothing was published: run again, or without --stream"
         )
+
+
+def check_snapshot(folder: Path, names: Sequence[str], listed: dict[str, Listed] | None = None) -> None:
+    """The weight files `names` of a huggingface_hub cache snapshot hold the bytes the Hub named them by: the sha256
+    their blob is named after, and the one `listed` (when known). A HubError naming the first that does not."""
+    from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used: its bars obey --quiet
+
+    todo = []
+    for name in names:
+        blob = (folder / name).resolve()
+        expected = listed[name].sha256 if listed and name in listed and listed[name].sha256 else None
+        if SHA256.fullmatch(blob.name) and expected not in (None, blob.name):
+            raise HubError(
+                f"{folder / name}: the cached file is not the one the Hub lists ({expected[:12]}…); run again"
+            )
+        expected = expected or (blob.name if SHA256.fullmatch(blob.name) else None)
+        if expected is not None and not _checked(blob, expected):
+            todo.append((name, blob, expected))
+    if not todo:
+        return
+    total = sum(blob.stat().st_size for _, blob, _ in todo)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="Checking sha256") as bar:
+
+        def check(item: tuple[str, Path, str]) -> None:
+            name, blob, expected = item
+            hasher = hashlib.sha256()
+            with open(blob, "rb") as fh:
+                while chunk := fh.read(CHUNK_BYTES):
+                    hasher.update(chunk)  # releases the interpreter lock: files hash side by side
+                    bar.update(len(chunk))
+            if hasher.hexdigest() != expected:
+                raise HubError(
+                    f"{folder / name}: the downloaded bytes do not match the sha256 the Hub lists ({expected[:12]}…); "
+                    f"delete {blob} and run again"
+                )
+            _remember(blob, expected)
+
+        with ThreadPoolExecutor(min(len(todo), available_cores())) as pool:
+            list(pool.map(check, todo))
+
+
+def _marker(expected: str) -> Path:
+    return cache_root() / "checked" / expected
+
+
+def _stamp(blob: Path) -> list[int]:
+    found = blob.stat()
+    return [found.st_size, found.st_mtime_ns, found.st_ino]
+
+
+def _checked(blob: Path, expected: str) -> bool:
+    """Whether this blob, as it is now, was hashed before and matched."""
+    try:
+        return json.loads(_marker(expected).read_text()) == {"blob": str(blob), "stamp": _stamp(blob)}
+    except (OSError, ValueError):
+        return False
+
+
+def _remember(blob: Path, expected: str) -> None:
+    try:
+        _marker(expected).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(_marker(expected), {"blob": str(blob), "stamp": _stamp(blob)})
+    except OSError:  # a cache that cannot be written only costs hashing again next time
+        pass

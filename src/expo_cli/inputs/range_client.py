@@ -249,8 +249,8 @@ class RangeClient:
                 ) from err
             if isinstance(err, urllib3.exceptions.ProxyError) and " 407" in str(cause):
                 raise HubError(
-                    f"{urlsplit(proxy_for(location.url) or '').hostname}: the proxy refused the credentials in its URL "
-                    "(407); check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY"
+                    f"{urlsplit(proxy_for(location.url) or '').hostname}: the proxy refused the credentials in its "
+                    "URL (407); check HTTPS_PROXY/HTTP_PROXY/ALL_PROXY"
                 ) from err
             raise Transient(f"{type(cause).__name__}: {cause}") from err
 

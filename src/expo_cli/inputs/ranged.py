@@ -226,7 +226,7 @@ class RangedSource:
                 data = self._get(*key)
             else:
                 data = request.future.result()[key[1] - request.begin : key[2] - request.begin]
-        with profiling.stage("hash"):
+        with profiling.stage("hash"):  # here, not on a thread of its own: measured faster on 2 busy cores
             self._digests[info.file].feed(key[1], data)
         self.bytes_fetched += len(data)
         return data

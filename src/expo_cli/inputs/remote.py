@@ -14,7 +14,7 @@ from typing import Any
 from ..constants import CONFIG_NAME, PYTORCH_INDEX_FILE, SAFETENSORS_INDEX_FILE, SAFETENSORS_SINGLE_FILE
 from ..core.sources import TensorInfo
 from ..errors import HubError, InputError
-from .checkpoint import read_weights
+from .checkpoint import missing_shard, read_weights
 from .headers import (
     MAX_CONFIG_BYTES,
     MAX_HEADER_BYTES,
@@ -59,7 +59,7 @@ def fetch_headers(source: HubInput, role: str, token: str | None = None) -> Remo
         def read_header(file: Path) -> tuple[list[TensorInfo], int]:
             name = file.name
             if name not in listed:
-                raise InputError(f"{file}: listed in the index of --{role} but not in the repo; refusing it")
+                raise missing_shard(file, role)
             prefix = reader.read(name, 0, 8)
             length = header_length(file, prefix, listed[name].size)
             raw = reader.read(name, 8, 8 + length)

@@ -20,6 +20,7 @@ from ..fsutil import check_apart, check_output, same_path
 from . import hub, remote
 from .adapters import Adapter, LoraSource, check_against, is_adapter, read_adapter
 from .checkpoint import load_checkpoint
+from .integrity import check_snapshot
 from .stacking import same_model, stack_kind
 
 
@@ -95,7 +96,9 @@ def resolve_inputs(
     }
     for output in outputs:  # the Hub cache may be anywhere: the output must not be inside it
         check_apart(output, paths)
-    views.update({role: load_checkpoint(path, role) for role, path in paths.items()})
+    for role, path in paths.items():
+        views[role] = load_checkpoint(path, role)
+        check_snapshot(path, [f.name for f in views[role].weight_files], remote[role].listed)
     return stack.wrap(views)
 
 
@@ -184,7 +187,9 @@ def _view(spec: str, remote_id: hub.HubInput | None, role: str, token: str | Non
     if remote_id is None:
         return load_checkpoint(Path(spec), role)
     if hub.offline():
-        return load_checkpoint(hub.cached(remote_id), role)
+        checkpoint = load_checkpoint(hub.cached(remote_id), role)
+        check_snapshot(checkpoint.path, [f.name for f in checkpoint.weight_files])
+        return checkpoint
     return remote.fetch_headers(remote_id, role, token)
 
 

@@ -49,14 +49,12 @@ def retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        seconds = float(int(value))
+        seconds = float(min(int(value), MAX_RETRY_AFTER_SECONDS))  # capped first: 400 digits overflow a float
     else:
         try:
             seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
         except (TypeError, ValueError, OverflowError):
             return None
-    if not math.isfinite(seconds):
-        return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 

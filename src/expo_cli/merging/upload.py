@@ -109,6 +109,11 @@ def commit(
                 )
             return str(info.pr_url or info.commit_url)
         except HubError as err:
+            if _status(err.__cause__) == 412:  # the pinned parent is no longer the head
+                raise HubError(
+                    f"{repo_id}@{branch}: another commit landed on the branch while this run uploaded; nothing was "
+                    "committed: run again to commit on top of it"
+                ) from err
             failures += 1
             again, asked = _commit_again(err.__cause__)
             if not again or failures >= retry.ATTEMPTS:
@@ -128,6 +133,11 @@ def _commit_again(err: BaseException | None) -> tuple[bool, str | None]:
         status = err.response.status_code
         return retry.retried_status(status), err.response.headers.get("Retry-After")
     return network_cause(err) is not None, None
+
+
+def _status(err: BaseException | None) -> int | None:
+    response = getattr(err, "response", None)
+    return getattr(response, "status_code", None)
 
 
 def _refs(client: Any, repo_id: str) -> dict[str, str]:

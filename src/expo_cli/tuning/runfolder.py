@@ -13,7 +13,8 @@ done; a line cut short by a crash is dropped (and cut off the file) when the fol
 that is not what expo wrote is an error that names it and suggests --fresh.
 
 Responses depend only on the key (both inputs, per-tensor α rules, dtype, device, prompts, split and decoding
-settings): a folder made with another key is refused, never mixed. Rewards are kept per reward, so another reward model or function re-judges the same responses (`--rescore`).
+settings): a folder made with another key is refused, never mixed. Rewards are kept per reward, so another reward
+model or function re-judges the same responses (`--rescore`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import OutputError, UsageError, first_line
-from ..fsutil import fsync_path, write_json_atomically
+from ..fsutil import cache_root, fsync_path, write_json_atomically
 from ..lines import json_lines
 from .generation import Response
 
@@ -42,9 +43,8 @@ def digest(value: Any) -> str:
 
 
 def default_location(key: dict[str, Any]) -> Path:
-    """The cache folder for runs with this key: `$EXPO_CACHE`, else `$XDG_CACHE_HOME/expo`, else ~/.cache/expo."""
-    root = os.environ.get("EXPO_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "expo"
-    return Path(root) / "tune" / digest(key)
+    """The cache folder for runs with this key, in expo's cache (`fsutil.cache_root`)."""
+    return cache_root() / "tune" / digest(key)
 
 
 class RunFolder:
