@@ -223,4 +223,5 @@ def test_a_responses_file_holding_line_separators_in_its_text_is_read_back(tmp_p
     assert "\u2028" in saved.read_text(encoding="utf-8")
     run = expo("report", saved, "-o", tmp_path / "page.html")
     assert run.code == 0, run.stderr
-    assert "first\u2028second" in (tmp_path / "page.html").read_text(encoding="utf-8")
+    page = (tmp_path / "page.html").read_text(encoding="utf-8")  # the page's data is JSON: separators escaped
+    assert "first\\u2028second\\u2029third\\u0085fourth\\ffifth\\rsixth" in page
