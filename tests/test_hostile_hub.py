@@ -5,6 +5,7 @@ committed."""
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from helpers import certificate, files_of, make_pair
@@ -37,6 +38,7 @@ def test_retry_after_is_read_strictly_and_capped():
     assert retry_after("7") == 7.0 and retry_after(" 0 ") == 0.0
     assert retry_after("99999") == retry_after("9" * 400) == MAX_RETRY_AFTER_SECONDS == 60.0
     assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # a date in the past: no wait
+    assert retry_after(email.utils.formatdate(time.time() + 3600, usegmt=True)) == 60.0  # an hour ahead: capped
 
 
 def test_a_server_that_sends_a_byte_and_hangs_up_is_given_up_per_block(hub, token, pair, monkeypatch):
@@ -173,6 +175,14 @@ def test_a_file_digest_fed_in_any_order_checks_exactly_the_bytes_used(lfs):
     with pytest.raises(HubError, match=r"^org/x/f\.safetensors: the bytes read do not match the (sha256|git blob id)"):
         digest.finish(lambda begin, end: data[begin:end])
     digest = _digest(data, lfs)
+    early = bytearray(data[4096:4100])
+    early[1] ^= 1
+    digest.feed(4096, bytes(early))  # used ahead of its turn, with a changed byte
+    digest.feed(0, data[0:1000])
+    digest.feed(1000, data[1000:4096])
+    with pytest.raises(HubError, match=r"bytes 4096-4099: the server sent different bytes for the same range"):
+        digest.feed(4000, data[4000:4100])  # then in order, covering it: the two reads are compared
+    digest = _digest(data, lfs)
     digest.feed(4100, tampered[4100:9000])  # used out of order with a changed byte, read again as it should be
     for begin, end in blocks:
         if begin != 4100:
@@ -233,8 +243,19 @@ def headers(draw):
     return _safetensors(header, data, length)
 
 
+def _f32(*spans: tuple[int, int]) -> dict:
+    return {
+        f"t{i}": {"dtype": "F32", "shape": [(e - b) // 4], "data_offsets": [b, e]} for i, (b, e) in enumerate(spans)
+    }
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(raw=headers())
+@example(raw=_safetensors(_f32((4, 12)), b"\1" * 12))  # a gap before the first tensor
+@example(raw=_safetensors(_f32((0, 8), (12, 16)), b"\1" * 16))  # a gap between two
+@example(raw=_safetensors(_f32((0, 8)), b"\1" * 12))  # bytes after the last
+@example(raw=_safetensors(_f32((0, 8), (4, 12)), b"\1" * 12))  # an overlap
+@example(raw=_safetensors({"__metadata__": {"format": 1}, **_f32((0, 8))}, b"\1" * 8))  # metadata not strings
 def test_remote_headers_get_the_verdict_of_local_ones(tmp_path_factory, hub, token, raw):
     """Random, truncated, overlapping and gapped safetensors headers: a Hub repo is refused, or accepted, exactly as
     the same files in a local folder are, with the same message."""
