@@ -397,25 +397,32 @@ def test_hub_to_hub_streaming_with_a_scratch_smaller_than_an_input(
 
 def test_a_failed_upload_stops_the_writer_before_the_scratch_fills(tmp_path, expo, hub, token, small_scratch):
     """Uploads fail from the second shard on, after huggingface_hub's retries: the run ends with the upload's error
-    (exit 7) having written at most the shard after it. Each block read is a range request, so the reads count
-    the work: a writer that went on would read (nearly) all a complete run reads, and fill the scratch folder."""
+    (exit 7) having written at most the shard after it. Each block read is a range request, so the tensor bytes read
+    count the work: a writer that went on would read (nearly) all a complete run reads for its shards (that is, not
+    counting the headers and the reads again that check the inputs' sha256), and fill the scratch folder."""
     sft, aligned = make_pair(tmp_path / "pair", dtype=torch.float32, aligned_shards="40KB")
     publish(hub, "org/fail-sft", sft)
     publish(hub, "org/fail-dpo", aligned)
     # One connection: reads run at most two blocks ahead of the writer, so they still measure how far it went.
     args = ["--sft", "org/fail-sft", "--aligned", "org/fail-dpo", "--max-shard-size", "8KB", "--connections", "1"]
+
+    def tensor_bytes() -> int:  # of the range reads past the headers (which are read from byte 0, then from 8)
+        spans = [re.fullmatch(r"bytes=(\d+)-(\d+)", r) for m, p, r in hub.requests if m == "GET" and r]
+        return sum(int(m[2]) - int(m[1]) + 1 for m in spans if m and int(m[1]) not in (0, 8))
+
     hub.create("me/complete")
     hub.requests.clear()
-    run = expo("merge", *args, "--alpha", "0.5", "--stream", "--push-to-hub", "me/complete", "--scratch", tmp_path)
+    run = expo(
+        "merge", *args, "--alpha", "0.5", "--stream", "--push-to-hub", "me/complete", "--scratch", tmp_path, "--json"
+    )
     assert run.code == 0, run.stderr
-    reads = sum(1 for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r)
+    walked = tensor_bytes() - json.loads(run.stdout)["network"]["verify_read_bytes"]
     hub.create("me/failing")
     hub.repos["me/failing"].uploads_before_drop = 1
     hub.requests.clear()
     run = expo("merge", *args, "--alpha", "0.6", "--stream", "--push-to-hub", "me/failing", "--scratch", small_scratch)
     assert run.code == 7 and "upload failed" in run.stderr and "disk full" not in run.stderr, run.stderr
-    failing_reads = sum(1 for m, p, r in hub.requests if m == "GET" and p.endswith(".safetensors") and r)
-    assert failing_reads < 0.75 * reads, (failing_reads, reads)
+    assert tensor_bytes() < 0.85 * walked, (tensor_bytes(), walked)
     assert list(small_scratch.iterdir()) == []
 
 
@@ -641,7 +648,8 @@ def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, toke
     started = time.monotonic()
     run = streamed_merge(expo, "org/stall-sft", "org/stall-dpo", "me/stalled", tmp_path / "scratch", *shards, "--json")
     assert run.code == 0, run.stderr
-    assert time.monotonic() - started < 30 and [fault[0] for fault in hub.injected] == ["stall", "stall"]
+    elapsed = time.monotonic() - started  # each stall given up after 0.5 s, not after the 10 s default or the deadline
+    assert elapsed < 15 and [fault[0] for fault in hub.injected] == ["stall", "stall"]
     # what crossed the network: every tensor byte read once (and the block the identical-inputs check samples
     # first), every shard uploaded; and, to check the SFT file's sha256, the bytes the merge used out of its order
     # (its tensors lie in another order than the aligned shards': at most the file once more)
@@ -651,7 +659,8 @@ def test_a_stalled_connection_is_timed_out_and_retried(tmp_path, expo, hub, toke
     assert result["bytes_read"] <= network["read_bytes"] - verified < 1.25 * result["bytes_read"]
     assert 0 < verified <= sft_size
     assert network["upload_bytes"] == result["bytes_written"]
-    assert network["read_seconds"] >= 0.5 and network["upload_seconds"] > 0  # a stall's timeout was read time
+    # from the first range request to the last answer (the hash's re-reads included): most of the run, stalls too
+    assert 0.6 * elapsed <= network["read_seconds"] <= elapsed and network["upload_seconds"] > 0
     assert_streamed_like_local(tmp_path, expo, "me/stalled", sft, aligned, *shards)
 
 
