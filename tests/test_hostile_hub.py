@@ -206,6 +206,24 @@ def _safetensors(header: object, data: bytes, length: int | None = None) -> byte
     return struct.pack("<Q", len(encoded) if length is None else length) + encoded + data
 
 
+def _assert_same_verdict(tmp_path_factory, hub, files: dict[str, bytes]) -> None:
+    """The same files as a local folder and as a Hub repo: refused with the same message, or both accepted."""
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.hub import HubInput
+    from expo_cli.inputs.remote import fetch_headers
+
+    folder = tmp_path_factory.mktemp("checkpoint")
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    named = hashlib.sha1(b"\0".join(name.encode() + b"=" + data for name, data in sorted(files.items())))
+    repo = f"org/v-{named.hexdigest()[:16]}"  # hypothesis may draw the same files again: one repo for them
+    if repo not in hub.repos:
+        hub.create(repo, files)
+    local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
+    remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
+    assert remote == local
+
+
 def _verdict(load, label: str) -> str:
     """ "ok", or the error's message with the file's name in place of where it is."""
     from expo_cli.errors import ExpoError
@@ -259,20 +277,7 @@ def _f32(*spans: tuple[int, int]) -> dict:
 def test_remote_headers_get_the_verdict_of_local_ones(tmp_path_factory, hub, token, raw):
     """Random, truncated, overlapping and gapped safetensors headers: a Hub repo is refused, or accepted, exactly as
     the same files in a local folder are, with the same message."""
-    from expo_cli.inputs.checkpoint import load_checkpoint
-    from expo_cli.inputs.hub import HubInput
-    from expo_cli.inputs.remote import fetch_headers
-
-    folder = tmp_path_factory.mktemp("header")
-    files = {"config.json": b'{"model_type": "llama"}', "model.safetensors": raw}
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    repo = f"org/h-{hashlib.sha1(raw).hexdigest()[:16]}"
-    if repo not in hub.repos:
-        hub.create(repo, files)
-    local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
-    remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
-    assert remote == local
+    _assert_same_verdict(tmp_path_factory, hub, {"config.json": b'{"model_type": "llama"}', "model.safetensors": raw})
 
 
 @pytest.mark.parametrize(
@@ -527,9 +532,6 @@ def indexes(draw):
 def test_remote_indexes_get_the_verdict_of_local_ones(tmp_path_factory, hub, token, index):
     """Random and hostile index files: a Hub repo is refused, or accepted, exactly as the same files in a local
     folder are, with the same message."""
-    from expo_cli.inputs.checkpoint import load_checkpoint
-    from expo_cli.inputs.hub import HubInput
-    from expo_cli.inputs.remote import fetch_headers
 
     shard = _safetensors(
         {
@@ -543,12 +545,4 @@ def test_remote_indexes_get_the_verdict_of_local_ones(tmp_path_factory, hub, tok
         "model.safetensors.index.json": index,
         "model-00001-of-00001.safetensors": shard,
     }
-    folder = tmp_path_factory.mktemp("index")
-    for name, data in files.items():
-        (folder / name).write_bytes(data)
-    repo = f"org/i-{hashlib.sha1(index).hexdigest()[:16]}"
-    if repo not in hub.repos:
-        hub.create(repo, files)
-    local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
-    remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
-    assert remote == local
+    _assert_same_verdict(tmp_path_factory, hub, files)
