@@ -592,6 +592,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                    parent_commit=None,",
         "tests/test_hostile_hub.py::test_a_commit_never_lands_on_top_of_one_made_meanwhile",
     ),
+    "limits: a config or index of any size read whole": (
+        "inputs/headers.py",
+        '    if size > limit:\n        raise InputError(f"{file}: {size} bytes, more than such a file may be',
+        '    if False:\n        raise InputError(f"{file}: {size} bytes, more than such a file may be',
+        "tests/test_hostile_hub.py::test_oversized_config_and_index_are_refused_from_the_listing",
+    ),
     "hostile folder: a link out of the folder copied": (
         "fsutil.py",
         "    if not any(target.is_relative_to(root) for root in roots):",

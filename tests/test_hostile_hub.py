@@ -206,7 +206,7 @@ def _safetensors(header: object, data: bytes, length: int | None = None) -> byte
     return struct.pack("<Q", len(encoded) if length is None else length) + encoded + data
 
 
-def _assert_same_verdict(tmp_path_factory, hub, files: dict[str, bytes]) -> None:
+def _assert_same_verdict(tmp_path_factory, hub, files: dict[str, bytes]) -> str:
     """The same files as a local folder and as a Hub repo: refused with the same message, or both accepted."""
     from expo_cli.inputs.checkpoint import load_checkpoint
     from expo_cli.inputs.hub import HubInput
@@ -222,6 +222,18 @@ def _assert_same_verdict(tmp_path_factory, hub, files: dict[str, bytes]) -> None
     local = _verdict(lambda: load_checkpoint(folder, "sft"), str(folder))
     remote = _verdict(lambda: fetch_headers(HubInput(repo, None), "sft"), repo)
     assert remote == local
+    return local
+
+
+def test_the_verdict_comparison_tells_a_refusal_from_an_acceptance(tmp_path_factory, hub, token):
+    """The properties below compare verdicts: they prove something only if a good file and a bad one get different
+    ones, on both paths."""
+    config = b'{"model_type": "llama"}'
+    good = _safetensors(_f32((0, 8)), b"\1" * 8)
+    gapped = _safetensors(_f32((4, 12)), b"\1" * 12)
+    assert _assert_same_verdict(tmp_path_factory, hub, {"config.json": config, "model.safetensors": good}) == "ok"
+    refused = _assert_same_verdict(tmp_path_factory, hub, {"config.json": config, "model.safetensors": gapped})
+    assert refused == "InputError: <file>/model.safetensors: tensor 't0' leaves a gap before it; the file is corrupt"
 
 
 def _verdict(load, label: str) -> str:
@@ -327,7 +339,7 @@ def test_oversized_config_and_index_are_refused_from_the_listing(tmp_path, expo,
     for name, data in files.items():
         (local / name).write_bytes(data)
     run = expo("merge", "--sft", sft, "--aligned", local, "-o", tmp_path / "out", "--alpha", "1")
-    assert run.code == 3 and "config.json: 17" in run.stderr and "more than a config may be" in run.stderr
+    assert run.code == 3 and "config.json: 17" in run.stderr and "more than such a file may be" in run.stderr
 
 
 def test_an_https_proxy_is_spoken_to_over_tls_with_its_credentials(tmp_path, expo, hub, pair):

@@ -55,8 +55,7 @@ def read_config(path: Path, role: str) -> dict[str, Any]:
     file = path / CONFIG_NAME
     if not file.is_file():
         raise InputError(f"--{role} {path}: no {CONFIG_NAME}; a transformers checkpoint folder needs one")
-    if file.stat().st_size > MAX_CONFIG_BYTES:
-        raise InputError(f"{file}: {file.stat().st_size} bytes, more than a config may be ({MAX_CONFIG_BYTES})")
+    check_size(file, file.stat().st_size, MAX_CONFIG_BYTES)
     return parse_config(file, file.read_bytes())
 
 
@@ -94,11 +93,15 @@ MAX_INDEX_BYTES = 64 * 2**20  # a weight index (DeepSeek-V3's, ~90k tensors, is 
 MAX_SHARDS = 10_000  # files one index may name (a 405B model has ~200)
 
 
+def check_size(file: Path, size: int, limit: int) -> None:
+    """A config or index no larger than its limit (read whole into memory), local or listed by the Hub."""
+    if size > limit:
+        raise InputError(f"{file}: {size} bytes, more than such a file may be ({limit}); refusing it")
+
+
 def read_index(file: Path, extension: str) -> dict[str, str]:
     """Parse a local `*.index.json` into its weight_map, refusing anything that could escape the folder."""
-    size = file.stat().st_size
-    if size > MAX_INDEX_BYTES:
-        raise InputError(f"{file}: {size} bytes, more than an index may be ({MAX_INDEX_BYTES}); refusing it")
+    check_size(file, file.stat().st_size, MAX_INDEX_BYTES)
     return parse_index(file, file.read_bytes(), extension)
 
 

@@ -17,8 +17,8 @@ from ..errors import HubError, InputError
 from .checkpoint import missing_shard, read_weights
 from .headers import (
     MAX_CONFIG_BYTES,
-    MAX_HEADER_BYTES,
     MAX_INDEX_BYTES,
+    check_size,
     header_length,
     parse_config,
     parse_index,
@@ -106,8 +106,6 @@ class RemoteFiles:
         return self.root / name
 
     def read(self, name: str, begin: int, end: int) -> bytes:
-        if end > MAX_HEADER_BYTES + 8 + begin:
-            raise InputError(f"{self.label(name)}: a header of {end - begin} bytes; refusing it")
         buffer = bytearray(end - begin)
         if buffer:
             self.client.read(name, begin, memoryview(buffer))
@@ -116,8 +114,7 @@ class RemoteFiles:
     def small(self, name: str, limit: int) -> bytes:
         """A whole small file, checked against its listed size limit and hash."""
         size = self.listed[name].size
-        if size > limit:
-            raise InputError(f"{self.label(name)}: {size} bytes, more than such a file may be ({limit}); refusing it")
+        check_size(self.label(name), size, limit)
         data = self.read(name, 0, size)
         check_whole(str(self.label(name)), data, self.listed[name])
         return data
