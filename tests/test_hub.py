@@ -624,6 +624,8 @@ def assert_streamed_like_local(tmp_path, expo, repo_id: str, sft: Path, aligned:
     back = files_of(Path(snapshot_download(repo_id, cache_dir=tmp_path / "cache")))
     merged = files_of(local)
     written = [name for name in merged if name.endswith((".safetensors", ".index.json"))]
+    inputs = {data for folder in (sft, aligned) for data in files_of(folder).values()}
+    assert not {merged[name] for name in written if name.endswith(".safetensors")} & inputs  # extrapolated, not copied
     assert len(written) > 2 and all(back[name] == merged[name] for name in written)
 
 
