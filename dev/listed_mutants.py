@@ -19,6 +19,10 @@ SRC = ROOT / "src" / "expo_cli"
 GUARANTEES = "tests/test_guarantees.py"
 VERIFY = "tests/test_verify.py"
 MERGE = "tests/test_merge.py::test_every_tensor_matches_the_float64_reference"
+LOOKS = "tests/test_tune.py::test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_look"
+SHORT_CONTEXT = (
+    "tests/test_tune.py::test_a_short_context_reward_model_is_announced_before_generating_and_its_cuts_counted"
+)
 VLLM = "vllm:"  # tests run by the vLLM environment's Python
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 
@@ -209,8 +213,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "statistics: a 93% interval": (
         "tuning/statistics.py",
-        "PERCENTILES = (2.5, 97.5)",
-        "PERCENTILES = (3.5, 96.5)",
+        "        tail = round(100 * (1 - self.level) / 2, 9)",
+        "        tail = round(100 * (1 - self.level) / 2 + 1, 9)",
         "tests/test_statistics.py",
     ),
     "statistics: the length change as a difference, not a ratio": (
@@ -240,9 +244,94 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     # Issue "expo tune you can trust": held-out confirmation, resume, truncation, search stopping, RM scoring.
     "selection: the best qualifying α instead of the smallest": (
         "tuning/selection.py",
-        "chosen = min(close, key=lambda s: s.alpha) if close",
-        "chosen = max(close, key=lambda s: s.reward.estimate) if close",
+        "    chosen = min(close, key=lambda s: s.alpha)",
+        "    chosen = max(close, key=lambda s: s.reward.estimate)",
         "tests/test_statistics.py",
+    ),
+    # Issue 35: a choice of α a reviewer would accept.
+    "selection: no margin (the smallest α not significantly behind the best)": (
+        "tuning/selection.py",
+        "    close = [s for s in better if s is best or s.behind_best.high <= allowed]",
+        "    close = [s for s in better if s is best or s.behind_best.low <= 0]",
+        "tests/test_statistics.py tests/test_selection.py",
+    ),
+    "selection: the margin judged by the estimate, not the interval": (
+        "tuning/selection.py",
+        "s.behind_best.high <= allowed]",
+        "s.behind_best.estimate <= allowed]",
+        "tests/test_statistics.py tests/test_selection.py",
+    ),
+    "selection: always confirm": (
+        "tuning/selection.py",
+        "        return self.stats is not None and self.stats.gain.low > 0",
+        "        return self.stats is not None",
+        "tests/test_selection.py",
+    ),
+    "looks: every look tested at 95%": (
+        "tuning/looks.py",
+        "    return 1 - (1 - FIRST_LEVEL) / 2 ** (number - 1)",
+        "    return FIRST_LEVEL",
+        "tests/test_selection.py",
+    ),
+    "looks: another reward is the same look": (
+        "tuning/looks.py",
+        '            if record.get("alpha") == alpha and record.get("reward") == self.reward:',
+        '            if record.get("alpha") == alpha:',
+        "tests/test_selection.py " + LOOKS,
+    ),
+    "runfolder: --fresh forgets the looks": (
+        "tuning/runfolder.py",
+        "                kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
+        "                kept = {LOCK}",
+        LOOKS,
+    ),
+    "statistics: the held-out gain by the percentile bootstrap": (
+        "tuning/statistics.py",
+        "                gain=t_interval(gains_of, level) if paired_t else boot.mean(gains_of),",
+        "                gain=boot.mean(gains_of),",
+        "tests/test_statistics.py tests/test_selection.py",
+    ),
+    "statistics: the gain without cut answers keeps them": (
+        "tuning/statistics.py",
+        "                gain_without_cut=_mean_over(boot, gains_of, kept),",
+        "                gain_without_cut=_mean_over(boot, gains_of, np.ones_like(kept)),",
+        "tests/test_statistics.py",
+    ),
+    "rewards: a response too long cut from the right with its template end": (
+        "tuning/rewards.py",
+        '        return ids[-limit:], "response"',
+        '        return self._ids("", response)[:limit], "response"',
+        "tests/test_rewards.py",
+    ),
+    "rewards: a response cut to fit counted as a prompt cut": (
+        "tuning/rewards.py",
+        '            return ids, "prompt"\n',
+        '            return ids, "prompt"\n        return ids[:limit], "prompt"\n',
+        "tests/test_rewards.py " + SHORT_CONTEXT,
+    ),
+    "api: a response that cannot fit the reward model not refused": (
+        "tuning/api.py",
+        "    if overhead + decoding.max_new_tokens > rm.max_length and not allow_cut_responses:",
+        "    if False:",
+        SHORT_CONTEXT,
+    ),
+    "rewards: a grader's imported helper not in its identity": (
+        "tuning/rewards.py",
+        "                    if resolved.is_file() and resolved.is_relative_to(root):",
+        "                    if False:",
+        "tests/test_rewards.py",
+    ),
+    "result: cut answers rising not a reason to refuse --output": (
+        "tuning/result.py",
+        "        if rates[self.alpha] - rates[0.0] > CUT_RISE:",
+        "        if False:",
+        "tests/test_tune.py",
+    ),
+    "cli: an unwritten --output exits 0": (
+        "cli/tune.py",
+        "        raise NotWritten(",
+        "        return out.warning(",
+        "tests/test_tune.py::test_an_unconfirmed_choice_is_written_only_with_force",
     ),
     "statistics: significance from the marginal interval": (
         "tuning/statistics.py",
@@ -252,8 +341,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "statistics: max-T without studentizing": (
         "tuning/statistics.py",
-        "    critical = float(np.quantile(scaled.max(axis=1), LEVEL))",
-        "    critical = float(np.quantile(deviations.max(axis=1), LEVEL))",
+        "    critical = float(np.quantile(scaled.max(axis=1), bootstrap.level))",
+        "    critical = float(np.quantile(deviations.max(axis=1), bootstrap.level))",
         "tests/test_statistics.py",
     ),
     "statistics: prompts with a cut response kept in the length fit": (
@@ -264,8 +353,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "procedure: the chosen α's gain confirmed on the selection prompts": (
         "tuning/procedure.py",
-        "            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1])",
-        "            verdict = confirmation(choice.alpha, len(split.confirmation), stats[-1])",
+        "            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1], look, pair[0])",
+        "            verdict = confirmation(choice.alpha, len(split.confirmation), stats[-1], look, pair[0])",
         "tests/test_selection.py",
     ),
     "search: α = 0's neighbour is itself": (
@@ -306,7 +395,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "rewards: a long conversation cut from the right": (
         "tuning/rewards.py",
-        "            prompt_ids = prompt_ids[len(ids) - self.max_length :]",
+        "            prompt_ids = prompt_ids[len(ids) - limit :]",
         "            prompt_ids = []",
         "tests/test_rewards.py",
     ),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -73,16 +75,31 @@ def test_a_conversation_longer_than_the_context_loses_the_start_of_its_prompt(tm
     response = "w60 w61 w62"
     short = ("w9", "w63")
     scores = rm.score([long_prompt, short[0]], [response, short[1]])
-    assert rm.cut_pairs == {(long_prompt, response)}
+    assert rm.cuts == {(long_prompt, response): "prompt"}
     kept = " ".join(f"w{10 + i}" for i in range(20)[-(16 - 8) :])  # <s> w4 … </s> w5 w60 w61 w62 </s>: 8 around it
     ids, cut = rm.encode(long_prompt, response)
     assert (
-        cut
+        cut == "prompt"
         and len(ids) == 16
         and ids == rm.tokenizer(rm.render(kept, response), add_special_tokens=False)["input_ids"]
     )
     assert scores[0] == pytest.approx(unpadded(rm, kept, response), abs=1e-5)
     assert scores[1] == pytest.approx(unpadded(rm, *short), abs=1e-5)
+
+
+def test_a_response_too_long_for_the_context_alone_loses_its_end_but_keeps_the_template_end(tmp_path):
+    """Never a fragment with the end-of-turn token cut off: the prompt goes first, then the response's end, and
+    the conversation still ends as the template ends it."""
+    rm = RewardModel(str(eos_terminated_reward_model(tmp_path / "rm", max_position_embeddings=16)), batch_size=2)
+    overhead = rm.overhead()
+    response = " ".join(f"w{30 + i}" for i in range(20))
+    ids, cut = rm.encode("w9 w10", response)
+    kept = " ".join(f"w{30 + i}" for i in range(16 - overhead))
+    assert cut == "response" and len(ids) == 16 and ids[-1] == EOS
+    assert ids == rm.tokenizer(rm.render("", kept), add_special_tokens=False)["input_ids"]
+    [score] = rm.score(["w9 w10"], [response])
+    assert rm.cuts == {("w9 w10", response): "response"}
+    assert score == pytest.approx(unpadded(rm, "", kept), abs=1e-5)
 
 
 def test_identical_pairs_are_scored_once():
@@ -92,7 +109,7 @@ def test_identical_pairs_are_scored_once():
 
     class Counting:
         name = "counting"
-        cut_pairs: set = set()
+        cuts: dict = {}
 
         def identity(self):
             return {"reward_fn": self.name}
@@ -105,3 +122,25 @@ def test_identical_pairs_are_scored_once():
     assert cached.score(["p", "p", "q"], ["a", "a", "bb"]) == [1.0, 1.0, 2.0]
     assert cached.score(["q", "p", "r"], ["bb", "a", "ccc"]) == [2.0, 1.0, 3.0]
     assert calls == [[("p", "a"), ("q", "bb")], [("r", "ccc")]]
+
+
+def test_a_reward_functions_identity_follows_the_modules_it_imports_from_its_folder(tmp_path):
+    """An edited helper the grader imports scores anew; an unrelated file, or a library, does not count."""
+    from expo_cli.tuning.rewards import RewardFunction
+
+    (tmp_path / "graders").mkdir()
+    (tmp_path / "graders" / "__init__.py").write_text("")
+    (tmp_path / "graders" / "util.py").write_text("WEIGHT = 1.0\n")
+    (tmp_path / "helper.py").write_text("from graders.util import WEIGHT\n")
+    (tmp_path / "grade.py").write_text(
+        "import json\nfrom helper import WEIGHT\n\ndef score(p, r):\n    return WEIGHT\n"
+    )
+    (tmp_path / "unrelated.py").write_text("X = 1\n")
+    spec = f"{tmp_path / 'grade.py'}:score"
+    first = RewardFunction(spec).identity()
+    assert first["modules"] == ["grade.py", "graders/__init__.py", "graders/util.py", "helper.py"]
+    assert first["scoring_code"] and str(tmp_path) not in json.dumps(first)
+    (tmp_path / "unrelated.py").write_text("X = 2\n")
+    assert RewardFunction(spec).identity() == first
+    (tmp_path / "graders" / "util.py").write_text("WEIGHT = 2.0\n")
+    assert RewardFunction(spec).identity()["source_sha256"] != first["source_sha256"]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expo_cli.tuning.selection import recommend
-from expo_cli.tuning.statistics import Bootstrap, Scores, compare, win_credit
+from expo_cli.errors import UsageError
+from expo_cli.tuning.selection import Margin, recommend
+from expo_cli.tuning.statistics import Bootstrap, Scores, compare, t_quantile, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():
@@ -124,13 +125,13 @@ def test_the_length_change_is_a_ratio_minus_one_and_the_longer_warning_follows_i
     assert (warning in recommendation.warnings) == warned, recommendation.warnings
 
 
-def test_simultaneous_intervals_and_the_probability_of_being_best_match_a_brute_force_computation():
+def test_simultaneous_intervals_match_a_brute_force_computation():
     rng = np.random.default_rng(8)
     n, draws = 40, 400
     rewards = {0.0: rng.normal(size=n), 0.5: rng.normal(0.3, 1, size=n), 1.0: rng.normal(0.1, 2, size=n)}
     stats = {s.alpha: s for s in compare(rewards, draws=draws, seed=5)}
     boot = Bootstrap(n, draws=draws, seed=5)
-    # By hand, one resample at a time: the max-T critical value and who is best in each resample.
+    # By hand, one resample at a time: the max-T critical value.
     gains = {a: rewards[a] - rewards[0.0] for a in (0.5, 1.0)}
     replicates = {a: [g[row].mean() for row in boot.indices] for a, g in gains.items()}
     errors = {a: float(np.std(r, ddof=1)) for a, r in replicates.items()}
@@ -142,18 +143,7 @@ def test_simultaneous_intervals_and_the_probability_of_being_best_match_a_brute_
         assert interval.high == pytest.approx(gain.mean() + critical * errors[alpha], rel=1e-9)
         # wider than the marginal interval: it covers both gains at once
         assert interval.high - interval.low > stats[alpha].gain.high - stats[alpha].gain.low
-    wins = dict.fromkeys(rewards, 0.0)
-    for row in boot.indices:
-        means = {a: r[row].mean() for a, r in rewards.items()}
-        wins[max(means, key=means.get)] += 1 / draws
-    assert {a: s.p_best for a, s in stats.items()} == pytest.approx(wins, abs=1e-12)
-    assert sum(s.p_best for s in stats.values()) == pytest.approx(1.0)
-
-
-def test_tied_candidates_share_the_probability_of_being_best():
-    same = np.random.default_rng(9).normal(size=30)
-    stats = compare({0.0: same - 1, 0.5: same, 1.0: same.copy()}, draws=200)
-    assert [s.p_best for s in stats] == [0.0, 0.5, 0.5]
+    assert not hasattr(stats[0.5], "p_best")  # not a probability (issue 35): not reported
 
 
 def test_pure_noise_candidates_look_significant_marginally_far_more_often_than_simultaneously():
@@ -201,9 +191,12 @@ def test_prompts_with_a_cut_response_are_left_out_of_the_length_fit():
     assert stats[1].gain.estimate == pytest.approx(gains.mean())
 
 
-def test_the_smallest_alpha_not_significantly_behind_the_best_is_chosen():
+@pytest.mark.parametrize(("n", "margin", "chosen"), [(4000, "20%", 0.3), (400, "20%", 0.5), (400, "0.2", 0.3)])
+def test_a_smaller_alpha_is_chosen_only_when_shown_within_the_margin_of_the_best(n, margin, chosen):
+    """0.3, 0.5 and 1.0 gain about the same; 0.5 has the best mean. With 4000 prompts 0.3 is shown to be within
+    20% of the best gain; with 400 it is not (its interval behind the best is wider than that), unless the margin is
+    a generous absolute 0.2."""
     rng = np.random.default_rng(11)
-    n = 400
     base = rng.normal(size=n)
     rewards = {
         0.0: base,
@@ -213,10 +206,79 @@ def test_the_smallest_alpha_not_significantly_behind_the_best_is_chosen():
         2.0: base + 0.05 + rng.normal(0, 0.3, size=n),  # significantly behind
     }
     stats = compare(rewards, draws=2000)
-    choice = recommend(stats)
-    assert max(stats, key=lambda s: s.reward.estimate).alpha == 0.5
-    assert (
-        choice.alpha == 0.3
-        and "α=0.3 is the smallest not significantly behind the best of them, α=0.5" in choice.reason
+    best = max(stats, key=lambda s: s.reward.estimate)
+    allowed = Margin.parse(margin).of(best.gain.estimate)
+    by_hand = min(s.alpha for s in stats if s.significant and (s is best or s.behind_best.high <= allowed))
+    choice = recommend(stats, Margin.parse(margin))
+    assert best.alpha == 0.5 and choice.alpha == by_hand == chosen, choice.reason
+    if chosen == 0.3:
+        assert (
+            "α=0.3 is the smallest shown to be within" in choice.reason
+            and "of the best of them, α=0.5" in choice.reason
+        )
+    else:
+        assert "α=0.5 is the best of them, no smaller one shown to be within 20% of the best gain" in choice.reason
+    behind = [s for s in stats if s.alpha == 0.3][0].behind_best
+    assert behind.low <= 0  # not significantly behind: the old rule would have taken 0.3 in every case
+    assert choice.margin == str(Margin.parse(margin))
+
+
+@pytest.mark.parametrize("text", ["-1", "nan", "100%", "20 %%", "abc", ""])
+def test_a_margin_that_cannot_work_is_refused(text):
+    with pytest.raises(UsageError, match="--margin"):
+        Margin.parse(text)
+
+
+def test_the_gain_without_cut_answers_leaves_out_exactly_the_prompts_with_a_cut_answer_on_either_side():
+    rng = np.random.default_rng(11)
+    n, draws = 60, 500
+    base, candidate = rng.normal(size=(n, 2)), rng.normal(0.4, 1, size=(n, 2))
+    cut_base, cut_candidate = np.zeros((n, 2), bool), np.zeros((n, 2), bool)
+    cut_base[:5, 0] = True  # prompts 0-4: α = 0 cut
+    cut_candidate[10:20, 1] = True  # prompts 10-19: the candidate cut
+    candidate[10:20] += 50  # a cut answer scored absurdly high: the sensitivity check must not see it
+    stats = compare({0.0: base, 1.0: candidate}, truncated={0.0: cut_base, 1.0: cut_candidate}, draws=draws, seed=3)
+    kept = np.ones(n, bool)
+    kept[:5] = kept[10:20] = False
+    gains = candidate.mean(axis=1) - base.mean(axis=1)
+    boot = Bootstrap(n, draws=draws, seed=3)
+    by_hand = [gains[row][kept[row]].mean() for row in boot.indices if kept[row].any()]
+    without = stats[1].gain_without_cut
+    assert without.estimate == pytest.approx(gains[kept].mean(), rel=1e-12) and stats[1].length_fit_prompts == 45
+    assert (without.low, without.high) == pytest.approx(tuple(np.percentile(by_hand, (2.5, 97.5))), rel=1e-9)
+    assert stats[1].gain.estimate > 5 > without.high  # the raw gain is the cut answers' doing
+    assert stats[1].truncated == pytest.approx(10 / 120)
+
+
+@pytest.mark.parametrize("level", [0.95, 0.975, 0.99375])
+def test_intervals_at_a_stricter_level_are_the_central_share_of_the_same_resamples(level):
+    values = np.random.default_rng(12).normal(0.2, 1, size=80)
+    boot = Bootstrap(80, draws=4000, seed=1, level=level)
+    interval = boot.mean(values)
+    replicates = boot.replicates(values)
+    tail = (1 - level) / 2
+    assert (interval.low, interval.high) == pytest.approx(
+        tuple(np.percentile(replicates, (100 * tail, 100 - 100 * tail)))
     )
-    assert [s for s in stats if s.alpha == 2.0][0].behind_best.low > 0
+    assert np.mean(replicates < interval.low) == pytest.approx(tail, abs=2 / 4000)
+
+
+@pytest.mark.parametrize(
+    ("freedom", "p", "exact"),
+    [
+        (10, 0.975, 2.228139),
+        (29, 0.975, 2.045230),
+        (10, 0.999, 4.143700),
+        (20, 0.9995, 3.849516),
+        (60, 0.99, 2.390119),
+    ],
+)
+def test_the_t_quantile_matches_tables(freedom, p, exact):
+    assert t_quantile(p, freedom) == pytest.approx(exact, abs=1e-3)
+
+
+def test_the_held_out_gain_is_a_student_t_interval_at_the_looks_level():
+    gains = np.random.default_rng(13).normal(0.3, 1, size=30)
+    [_, stats] = compare({0.0: np.zeros(30), 1.0: gains}, level=0.975, paired_t=True, draws=200)
+    half = t_quantile(1 - 0.025 / 2, 29) * gains.std(ddof=1) / np.sqrt(30)
+    assert (stats.gain.low, stats.gain.high) == pytest.approx((gains.mean() - half, gains.mean() + half), rel=1e-12)

@@ -241,6 +241,34 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
         assert str(tmp_path) not in text
 
 
+def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_look(
+    tmp_path, expo, steered, prompts_file, grader
+):
+    """The same choice tested again is the same look (nothing recorded twice); the same held-out prompts judged by
+    another reward are look 2, tested at 97.5%, and recorded with its settings; --fresh keeps the record."""
+    sft, aligned = steered
+    settings = ["--alpha", "2", "--max-new-tokens", "10", "--temperature", "1", "--holdout", "0.5", "--json", "-q"]
+    settings += ["--run-dir", tmp_path / "run"]
+    first = tune(expo, sft, aligned, prompts_file, grader, *settings)
+    assert first.code == 0, first.stderr
+    looks_file = tmp_path / "run" / "looks.jsonl"
+    [record] = [json.loads(line) for line in looks_file.read_text().splitlines()]
+    assert record["look"] == 1 and record["alpha"] == 2.0 and record["level"] == 0.95 and record["confirmed"]
+    again = json.loads(tune(expo, sft, aligned, prompts_file, grader, *settings).stdout)
+    assert again["confirmation"]["look"] == {"number": 1, "level": 0.95, "repeated": True}
+    assert len(looks_file.read_text().splitlines()) == 1
+    other = tmp_path / "other.py"
+    other.write_text(grader.read_text())
+    second = tune(expo, sft, aligned, prompts_file, other, *settings)
+    report = json.loads(second.stdout)
+    assert report["confirmation"]["look"] == {"number": 2, "level": 0.975, "repeated": False}
+    assert "look 2 at these prompts: a 97.500% interval" in report["confirmation"]["note"]
+    assert [json.loads(line)["look"] for line in looks_file.read_text().splitlines()] == [1, 2]
+    fresh = json.loads(tune(expo, sft, aligned, prompts_file, grader, *settings, "--fresh").stdout)
+    assert fresh["confirmation"]["look"]["number"] == 1 and fresh["confirmation"]["look"]["repeated"]
+    assert fresh["run"]["reused"] == 0 and len(looks_file.read_text().splitlines()) == 2
+
+
 def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prompts_file, grader):
     sft, aligned = steered
     run = tune(
@@ -446,11 +474,14 @@ def test_an_unconfirmed_choice_is_written_only_with_force(
     args = ["--alpha", "2", "--max-new-tokens", "8", "--temperature", "1", "--output", tmp_path / "chosen"]
     args += ["--push-to-hub", "me/tuned", "--json", "-q", "--run-dir", tmp_path / "run"]
     unconfirmed = tune(expo, sft, aligned, prompts_file, grader, *args)
-    assert unconfirmed.code == 0, unconfirmed.stderr
-    report = json.loads(unconfirmed.stdout)
+    assert unconfirmed.code == 8, unconfirmed.stderr  # a script can tell that nothing was written
+    report = json.loads(unconfirmed.stdout)  # the results are still on stdout
     assert report["alpha"] == 2.0 and not report["confirmed"] and "output" not in report
     assert report["confirmation"]["note"].startswith("nothing was confirmed: no prompts were held out")
-    assert "nothing written" in unconfirmed.stderr and "--force" in unconfirmed.stderr
+    assert unconfirmed.stderr.strip().splitlines()[-1] == (
+        "Error: --output chosen not written: α=2 was chosen but nothing was confirmed: no prompts were held out "
+        "(--holdout; the default holds out 30% from 100 prompts on); --force writes it anyway"
+    )
     assert not (tmp_path / "chosen").exists()
     run = tune(expo, sft, aligned, prompts_file, grader, *args, "--force")
     assert run.code == 0, run.stderr
@@ -518,7 +549,15 @@ def test_a_short_context_reward_model_is_announced_before_generating_and_its_cut
     sft, aligned = steered
     rm = eos_terminated_reward_model(tmp_path / "rm", max_position_embeddings=16)
     settings = "--alpha 1 --max-new-tokens 12 --limit 6 --json".split()
-    run = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-model", rm, *settings)
+    command = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file, "--reward-model", rm, *settings]
+    refused = expo(*command)
+    assert refused.code == 2 and "α=0" not in refused.stderr  # before any generation
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "Error: --reward-model rm reads at most 16 tokens: a response of --max-new-tokens 12 and its template (5) "
+        "do not fit, so long answers would lose their end before scoring; lower --max-new-tokens to 11 or pass "
+        "--allow-cut-responses"
+    )
+    run = expo(*command, "--allow-cut-responses")
     assert run.code == 0, run.stderr
     warning = "--reward-model rm reads at most 16 tokens; prompts up to 8 and responses up to 12 tokens may not fit"
     assert warning in run.stderr and run.stderr.index(warning) < run.stderr.index("α=0")  # before any generation
@@ -526,4 +565,12 @@ def test_a_short_context_reward_model_is_announced_before_generating_and_its_cut
     for candidate in report["candidates"]:  # <s> w4 (3 words) </s> w5 (response) </s>: cut past 8 response words
         kept = Path(report["run"]["dir"]) / "generations" / "selection" / f"alpha={float(candidate['alpha'])!r}.jsonl"
         texts = [r[2] for line in kept.read_text().splitlines() for r in json.loads(line)["responses"]]
-        assert candidate["scoring_cut"] == sum(len(t.split()) > 8 for t in texts) > 0
+        # the prompt goes first; only a response longer than 11 words (16 - 5 around it) loses its end
+        cut = candidate["prompt_cut_for_reward"] + candidate["response_cut_for_reward"]
+        assert cut == sum(len(t.split()) > 8 for t in texts) > 0
+        assert candidate["response_cut_for_reward"] == sum(len(t.split()) > 11 for t in texts)
+        finished = [json.loads(line) for line in kept.read_text().splitlines()]
+        lengths = [r[3] for line in finished for r in line["responses"]]
+        cut_at_limit = sum(n >= 12 for n in lengths)
+        unfit = candidate["response_cut_for_reward"]
+        assert candidate["truncated"] == pytest.approx((cut_at_limit + unfit - min(unfit, cut_at_limit)) / len(texts))

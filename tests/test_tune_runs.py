@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from expo_cli.tuning.rewards import BatchScores
 from helpers import steered_pair
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
@@ -153,7 +154,7 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
     folder = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     first = [Response(0, 0, "w9 w10", 2, "stop"), Response(1, 0, "w11", 1, "length")]
     folder.add_generation("selection", 0.5, 0, first)
-    folder.add_rewards("selection", 0.5, 0, [0.25, 0.5], {1})
+    folder.add_rewards("selection", 0.5, 0, BatchScores([0.25, 0.5], {1}, {0}))
     path = tmp_path / "run" / "generations" / "selection" / "alpha=0.5.jsonl"
     whole = path.read_bytes()
     path.write_bytes(whole + b'{"batch": 1, "responses": [[2, 0, "w1')  # killed while appending batch 1
@@ -161,7 +162,7 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
     again = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     assert again.generations("selection", 0.5) == {0: first}
     assert path.read_bytes() == whole  # the torn line is gone: the next append starts on a line of its own
-    assert again.rewards("selection", 0.5) == {0: ([0.25, 0.5], {1})}
+    assert again.rewards("selection", 0.5) == {0: BatchScores([0.25, 0.5], {1}, {0})}
     assert again.rewards("confirmation", 0.5) == {} and again.generations("selection", 2.0) == {}
     again.close()
     other_reward = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "g"})

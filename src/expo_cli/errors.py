@@ -51,6 +51,13 @@ class HubError(ExpoError):
     exit_code = 7
 
 
+class NotWritten(ExpoError):
+    """expo tune finished, but the --output it was asked for is not written: the choice was not confirmed on the
+    held-out prompts (or α = 0 was chosen, or its answers were cut much more often); the results are still shown."""
+
+    exit_code = 8
+
+
 class Interrupted(ExpoError):
     """The run was stopped by a signal; the partial output has been removed."""
 
@@ -65,7 +72,9 @@ EXIT_CODES_HELP = (
     "4 the two checkpoints do not match (or are the same); 5 output cannot be written (exists, no space, "
     "read-only, inside an input); "
     "6 non-finite result; 7 Hub error (refused, still failing past the retry bounds or EXPO_RETRY_BUDGET, or bytes "
-    "not matching the Hub's sha256: nothing committed); 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
+    "not matching the Hub's sha256: nothing committed); 8 expo tune wrote no --output: not confirmed on held-out "
+    "prompts, α = 0 chosen, or the chosen α's answers cut far more often (results still on stdout; --force writes "
+    "it); 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
 )
 
 

@@ -6,6 +6,7 @@ Usage:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -13,6 +14,7 @@ import typer
 import expo_cli
 
 from ..alpha import parse_alphas
+from ..errors import NotWritten
 from . import _output as out
 from ._options import (
     AdapterStackOpt,
@@ -129,6 +131,15 @@ def tune(
             "confirmed). Only α = 0 and the chosen α are generated on them.",
         ),
     ] = None,
+    margin: Annotated[
+        str,
+        typer.Option(
+            "--margin",
+            metavar="SHARE%|REWARD",
+            help="A smaller α is chosen over the best only when shown to be within this of it: a share of the best "
+            "gain (20%) or a reward difference (0.05).",
+        ),
+    ] = "20%",
     seed: Annotated[
         int, typer.Option("--seed", metavar="N", help="Seed of --limit, the split, the sampling and the bootstrap.")
     ] = 42,
@@ -189,6 +200,14 @@ def tune(
         str | None,
         typer.Option("--reward-device", metavar="DEVICE", help="Where the reward model runs (default: --device)."),
     ] = None,
+    allow_cut_responses: Annotated[
+        bool,
+        typer.Option(
+            "--allow-cut-responses",
+            help="Start even when --max-new-tokens and the template exceed the reward model's context (answers that "
+            "do not fit then lose their end and count as cut).",
+        ),
+    ] = False,
     run_dir: Annotated[
         str | None,
         typer.Option(
@@ -254,10 +273,11 @@ def tune(
 ) -> None:
     """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0.
 
-    The choice, on the selection prompts: the smallest α whose gain over α = 0 is significant among all candidates
-    (simultaneous 95% intervals) and that is not significantly worse than the best such α; α = 0 when none is. It
-    is then confirmed (or not) on the held-out prompts (--holdout). --force also writes an unconfirmed choice to
-    --output.
+    The choice, on the selection prompts: among the α whose gain over α = 0 is significant among all candidates
+    (simultaneous 95% intervals), the best, or a smaller one shown to be within --margin of it; α = 0 when none is.
+    It is then confirmed (or not) on the held-out prompts (--holdout), at 95% on their first use and stricter on
+    each later test of another choice. --output is written only for a confirmed choice whose answers are not cut
+    far more often than α = 0's (exit code 8 otherwise; --force writes it anyway).
     """
     # the library loads when a command runs: --help stays fast
     from ..tuning.api import DEFAULT_ALPHAS, DEFAULT_BATCH_SIZE, Decoding
@@ -303,9 +323,11 @@ def tune(
         split=split,
         limit=limit,
         holdout=holdout,
+        margin=margin,
         chat_template=not no_chat_template,
         reward_batch_size=reward_batch_size,
         reward_device=reward_device,
+        allow_cut_responses=allow_cut_responses,
         run_dir=run_dir,
         fresh=fresh,
         rescore=rescore,
@@ -324,10 +346,14 @@ def tune(
     if report:
         result.write_report(report)
     summary = result.to_json()
-    if output:
+    refused = result.not_written() if output else None
+    if output and (refused is None or (force and result.alpha != 0)):
         naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
-        summary.update(_write_chosen(result, sft, aligned, output, hub, quiet, force, {**options, **naming}))
+        summary.update(_write_chosen(result, sft, aligned, output, hub, quiet, {**options, **naming}))
     _show(result, summary, json)
+    if output and refused is not None and not (force and result.alpha != 0):
+        anyway = "" if result.alpha == 0 else "; --force writes it anyway"
+        raise NotWritten(f"--output {Path(output).name} not written: {refused}{anyway}")
 
 
 def _write_chosen(
@@ -337,20 +363,9 @@ def _write_chosen(
     output: str,
     hub: HubTarget | None,
     quiet: bool,
-    force: bool,
     options: dict[str, Any],
 ) -> dict[str, str]:
-    """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen;
-    only a confirmed α unless --force."""
-    if result.alpha == 0:
-        out.warning(f"no candidate beats the aligned model: nothing written to {output} (expo merge writes any α)")
-        return {}
-    if not result.confirmed and not force:
-        out.warning(
-            f"α={result.alpha:g} is {result.outcome.confirmation.note}: nothing written to {output} "
-            "(--force writes it anyway)"
-        )
-        return {}
+    """--output (and --push-to-hub): the checkpoint at the chosen α, its provenance recording how it was chosen."""
     merged = expo_cli.merge(sft, aligned, output, result.alpha, tuning=result.summary(), **options)
     written = {"output": str(merged.output)}
     if hub is not None:

@@ -31,12 +31,15 @@ from .candidates import CandidateModel
 from .evaluation import Evaluator, NotGenerated
 from .generation import Decoding, Generator, encode_prompts
 from .holdout import Split, split
+from .looks import Ledger
+from .power import Power
 from .procedure import choose
 from .prompts import load_prompts
 from .result import TuneResult
 from .rewards import Cached, Reward, RewardFunction, RewardModel
 from .runfolder import RunFolder, default_location, digest
 from .search import DEFAULT_EXTRA
+from .selection import DEFAULT_MARGIN, Margin
 from .serving import VllmPolicy, import_vllm
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
@@ -66,9 +69,11 @@ def tune(
     split: str = "test",
     limit: int | None = None,
     holdout: float | None = None,
+    margin: str | Margin = DEFAULT_MARGIN,
     chat_template: bool = True,
     reward_batch_size: int = 8,
     reward_device: str | None = None,
+    allow_cut_responses: bool = False,
     run_dir: str | Path | None = None,
     fresh: bool = False,
     rescore: bool = False,
@@ -91,6 +96,10 @@ def tune(
             (default: the grid and 4 more).
         decoding: sampling settings (seeded identically for every candidate; the paper's by default).
         holdout: the share of prompts held out to confirm the choice (None: 0.3 from 100 prompts on, else 0).
+        margin: how much below the best gain a smaller α may be and still be chosen: "20%" (a share of the best
+            gain, the default) or a reward difference such as "0.05" (`selection.Margin`).
+        allow_cut_responses: score anyway when --max-new-tokens and the template do not fit the reward model's
+            context (responses that do not fit then lose their end, counted as cut).
         run_dir: where responses and rewards are kept as they are made, and resumed from (default: a folder in the
             cache named by the settings); `fresh` empties it first; `rescore` generates nothing, judging the kept
             responses with this reward.
@@ -115,9 +124,11 @@ def tune(
             split_name=split,
             limit=limit,
             holdout=holdout,
+            margin=Margin.parse(margin),
             chat_template=chat_template,
             reward_batch_size=reward_batch_size,
             reward_device=reward_device,
+            allow_cut_responses=allow_cut_responses,
             run_dir=run_dir,
             fresh=fresh,
             rescore=rescore,
@@ -157,9 +168,11 @@ def _tune(
     split_name: str,
     limit: int | None,
     holdout: float | None,
+    margin: Margin,
     chat_template: bool,
     reward_batch_size: int,
     reward_device: str | None,
+    allow_cut_responses: bool,
     run_dir: str | Path | None,
     fresh: bool,
     rescore: bool,
@@ -185,7 +198,7 @@ def _tune(
         rm = RewardModel(
             reward_model, reward_device or str(device), reward_batch_size, token=opts.token, warn=opts.warning
         )
-        _check_context(rm, texts, decoding, opts)
+        _check_context(rm, texts, decoding, opts, allow_cut_responses)
         function = rm
     scorer = Cached(function)
     # An adapter input: the model is built from its base's folder (every parameter is then written in place);
@@ -198,7 +211,10 @@ def _tune(
     if backend != "transformers":  # its responses differ: a folder of the other backend's is refused
         key["backend"] = {"name": backend, "tensor_parallel_size": tensor_parallel_size}
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
+    power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction)
+    opts.inform(power.advice())
     with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
+        ledger = Ledger(digest(scorer.identity()), folder.looks(), folder.add_look)
         model = engine = policy = None
         if not rescore and backend == "vllm":
             engine = VllmPolicy.start(
@@ -231,7 +247,7 @@ def _tune(
             opts.progress,
         )
         try:
-            outcome = choose(evaluate, grid, budget, parts, decoding.seed)
+            outcome = choose(evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=ledger)
         except NotGenerated as err:
             raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
         finally:
@@ -243,22 +259,43 @@ def _tune(
             torch.cuda.empty_cache()
         inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
         result = TuneResult(
-            texts, parts, outcome, decoding, scorer.name, dominant, str(device), folder_path, budget, inputs, notes
+            texts,
+            parts,
+            outcome,
+            decoding,
+            scorer.name,
+            dominant,
+            str(device),
+            folder_path,
+            budget,
+            inputs,
+            notes,
+            power,
         )
         result.save_result()
         return result
 
 
-def _check_context(rm: RewardModel, texts: list[str], decoding: Decoding, opts: MergeOptions) -> None:
-    """Before generating: say when the reward model's context cannot hold the longest prompt and a full response."""
+def _check_context(
+    rm: RewardModel, texts: list[str], decoding: Decoding, opts: MergeOptions, allow_cut_responses: bool
+) -> None:
+    """Before generating: refuse when a full response cannot fit the reward model's context even with no prompt
+    (unless allowed), and say when a long prompt and a full response may not (the prompt's start is then cut)."""
     if rm.max_length is None:
         return
+    overhead = rm.overhead()
+    if overhead + decoding.max_new_tokens > rm.max_length and not allow_cut_responses:
+        raise UsageError(
+            f"--reward-model {rm.name} reads at most {rm.max_length} tokens: a response of --max-new-tokens "
+            f"{decoding.max_new_tokens} and its template ({overhead}) do not fit, so long answers would lose their "
+            f"end before scoring; lower --max-new-tokens to {rm.max_length - overhead} or pass --allow-cut-responses"
+        )
     longest = max(len(rm.encode(t, "")[0]) for t in texts)
     if longest + decoding.max_new_tokens > rm.max_length:
         opts.warning(
             f"--reward-model {rm.name} reads at most {rm.max_length} tokens; prompts up to {longest} and responses "
-            f"up to {decoding.max_new_tokens} tokens may not fit: such prompts are cut from the left to score them "
-            "(counted in the results)"
+            f"up to {decoding.max_new_tokens} tokens may not fit: such prompts lose their start to score the "
+            "response whole (counted in the results)"
         )
 
 

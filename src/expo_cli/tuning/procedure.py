@@ -3,8 +3,8 @@ confirm on the held-out ones.
 
 `choose` is given `evaluate(α, part) -> Candidate` (generation and scoring, or constructed data in the tests) and
 runs: the grid and the search on the selection part (every candidate), the statistics and the recommendation
-there (`selection.RULE`), then α = 0 and the chosen α on the confirmation part, whose paired gain is the
-headline.
+there (`selection.RULE`, with its margin), then α = 0 and the chosen α on the confirmation part, whose paired gain
+is the headline, tested at the level the held-out prompts' earlier looks leave (`looks`).
 
 The search's degeneration test: compared with α = 0, the share of responses cut at --max-new-tokens or the share of
 repeated word trigrams rises by more than `DEGENERATE` (20 points).
@@ -20,9 +20,10 @@ import numpy as np
 
 from .evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
 from .holdout import Split
+from .looks import Ledger
 from .search import Search
-from .selection import RULE, Confirmation, Recommendation, confirmation, recommend
-from .statistics import DRAWS, Bootstrap, CandidateStats, compare_scores
+from .selection import DEFAULT_MARGIN, RULE, Confirmation, Margin, Recommendation, confirmation, recommend
+from .statistics import DRAWS, LEVEL, Bootstrap, CandidateStats, compare_scores
 
 DEGENERATE = 0.2
 NOISE_DRAWS = 2000  # resamples behind the search's noise-floor test
@@ -45,14 +46,17 @@ def choose(
     split: Split,
     seed: int,
     draws: int = DRAWS,
+    margin: Margin = DEFAULT_MARGIN,
+    ledger: Ledger | None = None,
 ) -> Outcome:
-    """Search and choose on the selection prompts, then confirm on the held-out ones."""
+    """Search and choose on the selection prompts, then confirm on the held-out ones (a look `ledger` records;
+    by default one that has seen no earlier look)."""
     evaluated, stopped = _search(evaluate, grid, budget, split.selection, seed)
 
     def held_out(alpha: float) -> dict[float, Candidate]:
         return {a: evaluate(a, CONFIRMATION) for a in (0.0, alpha)}
 
-    return judge(evaluated, stopped, split, held_out, seed, draws)
+    return judge(evaluated, stopped, split, held_out, seed, draws, margin, ledger)
 
 
 def judge(
@@ -62,27 +66,53 @@ def judge(
     held_out: Callable[[float], dict[float, Candidate]],
     seed: int,
     draws: int = DRAWS,
+    margin: Margin = DEFAULT_MARGIN,
+    ledger: Ledger | None = None,
 ) -> Outcome:
     """The statistics and the recommendation on the selection prompts, and the verdict of `held_out(α)` (α = 0 and
-    the chosen α on the held-out prompts) when there is something to confirm."""
+    the chosen α on the held-out prompts) when there is something to confirm, at the level of its look."""
     stats = _compare(selection, split.selection, seed, draws)
-    choice = recommend(stats)
+    choice = recommend(stats, margin)
     confirming: dict[float, Candidate] = {}
     if choice.alpha == 0 or not split.confirmation:
         verdict = confirmation(choice.alpha, len(split.confirmation), None)
     else:
+        ledger = ledger if ledger is not None else Ledger(reward="")
+        look = ledger.look(choice.alpha)
         try:
             confirming = held_out(choice.alpha)
         except NotGenerated as err:
-            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}")
+            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}", look)
         else:
-            pair = _compare(confirming, split.confirmation, seed, draws)
-            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1])
+            pair = _compare(confirming, split.confirmation, seed, draws, look.level, paired_t=True)
+            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1], look, pair[0])
+            ledger.record(look, choice.alpha, _look_outcome(verdict, margin, selection))
     return Outcome(selection, stats, choice, stopped, verdict, confirming)
 
 
-def _compare(candidates: dict[float, Candidate], prompts: list[int], seed: int, draws: int) -> list[CandidateStats]:
-    return compare_scores({a: c.scores(prompts) for a, c in candidates.items()}, draws=draws, seed=seed)
+def _look_outcome(verdict: Confirmation, margin: Margin, selection: dict[float, Candidate]) -> dict[str, Any]:
+    """What a look's record keeps besides its α, reward and level: the outcome and the settings that led to it."""
+    assert verdict.stats is not None
+    gain = verdict.stats.gain
+    return {
+        "confirmed": verdict.confirmed,
+        "gain": [gain.estimate, gain.low, gain.high],
+        "prompts": verdict.prompts,
+        "candidates": sorted(selection),
+        "margin": str(margin),
+    }
+
+
+def _compare(
+    candidates: dict[float, Candidate],
+    prompts: list[int],
+    seed: int,
+    draws: int,
+    level: float = LEVEL,
+    paired_t: bool = False,
+) -> list[CandidateStats]:
+    scores = {a: c.scores(prompts) for a, c in candidates.items()}
+    return compare_scores(scores, draws=draws, seed=seed, level=level, paired_t=paired_t)
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -97,7 +127,8 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
             {
                 **s.to_json(),
                 "repetition": candidates[s.alpha].repetition,
-                "scoring_cut": candidates[s.alpha].scoring_cut,
+                "prompt_cut_for_reward": candidates[s.alpha].prompt_cut,
+                "response_cut_for_reward": candidates[s.alpha].response_cut,
             }
             for s in outcome.stats
         ],

@@ -16,10 +16,13 @@ from . import reporting
 from .evaluation import Candidate
 from .generation import Decoding
 from .holdout import Split
+from .power import Power
 from .procedure import Outcome, outcome_json
 from .reporting import RESULT
-from .selection import RULE
+from .selection import RULE, truncation_warnings
 from .statistics import CandidateStats, Interval
+
+CUT_RISE = 0.05  # --output is refused (without --force) when the chosen α's cut rate exceeds α = 0's by this
 
 
 @dataclass
@@ -35,6 +38,7 @@ class TuneResult:
     budget: int
     inputs: dict[str, dict[str, str]]  # sft and aligned, as the provenance names them (never a local path)
     notes: list[str] = field(default_factory=list)
+    power: Power | None = None
 
     @property
     def alpha(self) -> float:
@@ -51,7 +55,48 @@ class TuneResult:
 
     @property
     def warnings(self) -> list[str]:
-        return self.outcome.recommendation.warnings
+        """The recommendation's, and the held-out prompts' cut rates."""
+        verdict = self.outcome.confirmation
+        held_out = [s for s in (verdict.baseline, verdict.stats) if s is not None]
+        return [*self.outcome.recommendation.warnings, *truncation_warnings(held_out, "held-out")]
+
+    def cut_rates(self) -> dict[float, float]:
+        """α = 0's and the chosen α's share of cut responses over both parts."""
+        rates = {}
+        for alpha in {0.0, self.alpha}:
+            cuts = [cut for c in self._candidates() if c.alpha == alpha for cut in c.cut()]
+            rates[alpha] = sum(cuts) / len(cuts) if cuts else 0.0
+        return rates
+
+    def not_written(self) -> str | None:
+        """Why --output should not be written without --force (None: it should): nothing confirmed, or the
+        chosen α's answers cut much more often than α = 0's."""
+        if self.alpha == 0:
+            return "no candidate beats the aligned model (α = 0) on the selection prompts"
+        if not self.confirmed:
+            return f"α={self.alpha:g} was chosen but {self.outcome.confirmation.note}"
+        rates = self.cut_rates()
+        if rates[self.alpha] - rates[0.0] > CUT_RISE:
+            return (
+                f"α={self.alpha:g} cuts {rates[self.alpha]:.0%} of its answers (at --max-new-tokens or to fit the "
+                f"reward model) against {rates[0.0]:.0%} at α=0, more than {CUT_RISE:.0%} more: its gain may be "
+                "scored on unfinished answers; raise --max-new-tokens"
+            )
+        return None
+
+    def gain_sd(self) -> float | None:
+        """The SD of the per-prompt gain over α = 0 on the selection prompts (of the chosen α, else of the
+        candidate with the highest mean reward): what turns the detectable gain into reward units."""
+        others = [s for s in self.stats if s.alpha != 0]
+        if not others:
+            return None
+        alpha = self.alpha if self.alpha != 0 else max(others, key=lambda s: s.reward.estimate).alpha
+        prompts = self.split.selection
+        gains = (
+            self.outcome.selection[alpha].scores(prompts).prompt_rewards
+            - self.outcome.selection[0.0].scores(prompts).prompt_rewards
+        )
+        return float(gains.std(ddof=1)) if len(gains) > 1 else None
 
     def _candidates(self) -> list[Candidate]:
         return [*self.outcome.selection.values(), *self.outcome.held_out.values()]
@@ -69,6 +114,7 @@ class TuneResult:
                 **({"gain": _round(self.outcome.confirmation.stats.gain)} if self.outcome.confirmation.stats else {}),
             },
             "warnings": self.warnings,
+            "margin": self.outcome.recommendation.margin,
             "reward": self.reward,
             "prompts": len(self.prompts),
             "split": self.split.to_json(),
@@ -103,6 +149,9 @@ class TuneResult:
             "model_dtype": self.model_dtype,
             "device": self.device,
             "notes": self.notes,
+            "warnings": self.warnings,
+            "cut_rates": {f"{a:g}": rate for a, rate in sorted(self.cut_rates().items())},
+            **({"power": self.power.to_json(self.gain_sd())} if self.power else {}),
             "timing": {
                 f"{c.part}:{c.alpha:g}": {
                     "update_seconds": c.update_seconds,
@@ -122,7 +171,7 @@ class TuneResult:
     def table(self) -> list[str]:
         several = self.decoding.samples_per_prompt > 1
         lines = [
-            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'P(best)':>8}{'win rate':>9}"
+            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'win rate':>9}"
             f"{'  win/resp' if several else ''}  {'length':>7}  {'cut':>4}  gain at equal length"
         ]
         for s in self.stats:
@@ -134,7 +183,7 @@ class TuneResult:
                 gain = str(s.gain_simultaneous) + ("*" if s.significant else "")
                 win = f"{s.win_rate.estimate:>9.0%}" + (f"{s.win_rate_responses.estimate:>10.0%}" if several else "")
                 equal = str(s.gain_at_equal_length)
-            row = f"{s.alpha:>8g}  {reward:<28}{gain:<34}{s.p_best:>8.2f}{win}"
+            row = f"{s.alpha:>8g}  {reward:<28}{gain:<34}{win}"
             lines.append(f"{row}  {s.length:>7.1f}  {cut}  {equal}".rstrip())
         others = len(self.stats) - 1
         lines.append(f"* significant among the {others} candidate(s): the simultaneous 95% interval excludes 0")
@@ -148,6 +197,13 @@ class TuneResult:
             f"{self.outcome.recommendation.reason}"
         )
         lines.append(f"Held out: {self.outcome.confirmation.note}")
+        verdict = self.outcome.confirmation
+        if verdict.stats is not None and verdict.baseline is not None:
+            lines.append(
+                f"  cut answers on the held-out prompts: α=0 {verdict.baseline.truncated:.0%}, "
+                f"α={self.alpha:g} {verdict.stats.truncated:.0%}; gain without prompts with a cut answer: "
+                f"{verdict.stats.gain_without_cut} ({verdict.stats.length_fit_prompts} prompts)"
+            )
         return lines
 
     def records(self) -> list[dict[str, Any]]:
@@ -162,10 +218,11 @@ class TuneResult:
                 "response": response.text,
                 "tokens": response.tokens,
                 "finish": response.finish,
+                "response_cut": cut and not response.truncated,  # too long for the reward model: its end cut
                 "reward": reward,
             }
             for c in self._candidates()
-            for response, reward in zip(c.responses, c.rewards, strict=True)
+            for response, reward, cut in zip(c.responses, c.rewards, c.cut(), strict=True)
         ]
 
     def save_responses(self, path: str | Path) -> None:

@@ -8,9 +8,15 @@ template that ends in EOS would then be scored one token early. So each batch is
 that occurs in none of its conversations, which makes a padded score equal the unpadded one. Batches are sorted
 by length to cut padding.
 
-A conversation longer than the reward model's context (its tokenizer's or its positions' limit) keeps the
-response whole and loses the start of the prompt; such scorings are counted and reported. Identical (prompt,
+A response is never cut before its end is scored: a conversation longer than the reward model's context (its
+tokenizer's or its positions' limit) loses the start of the prompt first. A response too long to fit even with no
+prompt loses its own end (the template's closing tokens kept), and is counted and treated like an answer cut at
+--max-new-tokens: left out of the sensitivity check, in the cut rates that can refuse --output. Identical (prompt,
 response) pairs are scored once (`Cached`): ties between candidates are exact, and scoring is faster.
+
+Scores kept in a run folder are keyed by the reward's identity, which includes the source of this module (the
+scoring code) and, for a function, the source of its module and of every module it imports from the user's folder:
+an edited grader, or a helper it imports, scores anew.
 
 A reward function (`module:function` or `path/to/file.py:function`) takes (prompt, response) and returns a
 number: verifiable rewards (unit tests, math checkers, rule-based graders).
@@ -18,6 +24,7 @@ number: verifiable rewards (unit tests, math checkers, rule-based graders).
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import importlib.util
@@ -25,24 +32,37 @@ import inspect
 import math
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..errors import InputError, UsageError, first_line
 from ..fsutil import fingerprint
 
 UNKNOWN_LIMIT = 10**6  # tokenizers without a limit report a huge model_max_length
+SCORING_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in every reward's identity
+Cut = Literal["prompt", "response"]  # what was shortened to fit the reward model's context
 
 
 class Reward(Protocol):
     name: str
-    cut_pairs: set[tuple[str, str]]  # (prompt, response) pairs whose input was cut to fit
+    cuts: dict[tuple[str, str], Cut]  # (prompt, response) pairs whose input was shortened to fit
 
     def identity(self) -> dict[str, Any]:
         """Everything its scores depend on: a run folder keeps scores per identity."""
         ...
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]: ...
+
+
+@dataclass
+class BatchScores:
+    """A batch's rewards and the positions whose prompt (`prompt_cut`) or response (`response_cut`) was shortened
+    to fit the reward model."""
+
+    rewards: list[float]
+    prompt_cut: set[int] = field(default_factory=set)
+    response_cut: set[int] = field(default_factory=set)
 
 
 class Cached:
@@ -52,16 +72,14 @@ class Cached:
         self.reward = reward
         self.name = reward.name
         self.known: dict[tuple[str, str], float] = {}
-        self.cut_pairs = reward.cut_pairs
+        self.cuts = reward.cuts
 
-    def remember(
-        self, prompts: Sequence[str], responses: Sequence[str], scores: Sequence[float], cut: set[int]
-    ) -> None:
-        """Scores made earlier (read back from a run folder); `cut`: the positions whose input was cut."""
+    def remember(self, prompts: Sequence[str], responses: Sequence[str], batch: BatchScores) -> None:
+        """Scores made earlier (read back from a run folder)."""
         for i, pair in enumerate(zip(prompts, responses, strict=True)):
-            self.known.setdefault(pair, scores[i])
-            if i in cut:
-                self.cut_pairs.add(pair)
+            self.known.setdefault(pair, batch.rewards[i])
+            if i in batch.prompt_cut or i in batch.response_cut:
+                self.cuts[pair] = "response" if i in batch.response_cut else "prompt"
 
     def identity(self) -> dict[str, Any]:
         return self.reward.identity()
@@ -74,23 +92,44 @@ class Cached:
             self.known.update(zip(new, scores, strict=True))
         return [self.known[p] for p in pairs]
 
+    def scored(self, prompts: Sequence[str], responses: Sequence[str]) -> BatchScores:
+        """`score`, with which positions were shortened to fit."""
+        rewards = self.score(prompts, responses)
+        kinds = [self.cuts.get(pair) for pair in zip(prompts, responses, strict=True)]
+        return BatchScores(
+            rewards,
+            {i for i, kind in enumerate(kinds) if kind == "prompt"},
+            {i for i, kind in enumerate(kinds) if kind == "response"},
+        )
+
 
 class RewardFunction:
     """A Python function (prompt, response) -> float."""
 
     def __init__(self, spec: str) -> None:
-        self.cut_pairs: set[tuple[str, str]] = set()  # a function reads any length
+        self.cuts: dict[tuple[str, str], Cut] = {}  # a function reads any length
         module, _, function = spec.rpartition(":")
         self.name = f"{Path(module).name}:{function}" if module.endswith(".py") else spec  # no local path
         self.function = load_function(spec)
 
     def identity(self) -> dict[str, Any]:
-        """Its name and the source of its module (an edited grader scores anew)."""
+        """Its name, the scoring code, and the source of its module and of the modules it imports from its own
+        folder (an edited grader, or an edited helper it imports, scores anew)."""
         try:
-            source = Path(inspect.getsourcefile(self.function) or "").read_bytes()
+            source_file = Path(inspect.getsourcefile(self.function) or "")
+            module = sys.modules.get(self.function.__module__)
+            sources = local_sources(source_file, _import_root(source_file, getattr(module, "__name__", "")))
         except (OSError, TypeError):
-            source = b""
-        return {"reward_fn": self.name, "source_sha256": hashlib.sha256(source).hexdigest()}
+            sources = {}
+        combined = hashlib.sha256()
+        for name in sorted(sources):
+            combined.update(name.encode() + b"\0" + hashlib.sha256(sources[name]).digest())
+        return {
+            "reward_fn": self.name,
+            "scoring_code": SCORING_CODE,
+            "source_sha256": combined.hexdigest(),
+            "modules": sorted(sources),
+        }
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
         scores = []
@@ -103,6 +142,57 @@ class RewardFunction:
                 raise InputError(f"--reward-fn {self.name} returned {value!r}; it must return a finite number")
             scores.append(float(value))
         return scores
+
+
+def _import_root(source: Path, module: str) -> Path:
+    """The folder a module was imported from: a file loaded by path is its own folder's; `a.b.c` in
+    root/a/b/c.py (or root/a/b/c/__init__.py) is root."""
+    if module.startswith("expo_reward_") or not module:
+        return source.parent
+    depth = module.count(".") + (source.name == "__init__.py")
+    return source.parents[depth]
+
+
+def local_sources(source: Path, root: Path) -> dict[str, bytes]:
+    """The bytes of `source` and of every module it imports, directly or not, that lies in `root`, keyed by the
+    path relative to `root` (never an absolute path)."""
+    root = root.resolve()
+    found: dict[str, bytes] = {}
+    pending = [source.resolve()]
+    while pending:
+        file = pending.pop()
+        name = file.relative_to(root).as_posix() if file.is_relative_to(root) else file.name
+        if name in found:
+            continue
+        found[name] = data = file.read_bytes()
+        try:
+            tree = ast.parse(data)
+        except (SyntaxError, ValueError):
+            continue
+        for dotted, base in _imports(tree, file, root):
+            parts = dotted.split(".") if dotted else []
+            for end in range(1, len(parts) + 1):
+                folder = base.joinpath(*parts[:end])
+                for candidate in (folder.with_suffix(".py"), folder / "__init__.py"):
+                    resolved = candidate.resolve()
+                    if resolved.is_file() and resolved.is_relative_to(root):
+                        pending.append(resolved)
+    return found
+
+
+def _imports(tree: ast.AST, file: Path, root: Path) -> list[tuple[str, Path]]:
+    """(dotted module name, the folder it is relative to) for every import in `tree`; `from m import x` also
+    names m.x, which may be a module."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, root) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = root if node.level == 0 else file.parents[node.level - 1]
+            module = node.module or ""
+            found.append((module, base))
+            found += [(f"{module}.{alias.name}".lstrip("."), base) for alias in node.names]
+    return found
 
 
 def load_function(spec: str) -> Callable[[str, str], float]:
@@ -119,7 +209,12 @@ def load_function(spec: str) -> Callable[[str, str], float]:
             assert loaded is not None and loaded.loader is not None
             module = importlib.util.module_from_spec(loaded)
             sys.modules[loaded.name] = module
-            loaded.loader.exec_module(module)
+            folder = str(path.resolve().parent)
+            sys.path.insert(0, folder)  # the grader imports its own helpers as it would when run from its folder
+            try:
+                loaded.loader.exec_module(module)
+            finally:
+                sys.path.remove(folder)
         else:
             module = importlib.import_module(module_name)
     except InputError:
@@ -153,7 +248,7 @@ class RewardModel:
         self.name = Path(path).resolve().name if Path(path).exists() else path  # a folder name, never its path
         self.path = path
         self.batch_size = batch_size
-        self.cut_pairs: set[tuple[str, str]] = set()
+        self.cuts: dict[tuple[str, str], Cut] = {}
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, token=token)
             self.model = (
@@ -184,6 +279,7 @@ class RewardModel:
         version = fingerprint(local) if local.is_dir() else getattr(self.model.config, "_commit_hash", None)
         return {
             "reward_model": self.name,
+            "scoring_code": SCORING_CODE,
             "version": version,
             "dtype": str(self.model.dtype),
             "device": self.model.device.type,
@@ -197,17 +293,28 @@ class RewardModel:
         conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
         return self.tokenizer.apply_chat_template(conversation, tokenize=False)
 
-    def encode(self, prompt: str, response: str) -> tuple[list[int], bool]:
-        """The conversation's token ids, and whether the prompt's start (or, past that, the response's end) was cut
-        to fit the context."""
+    def overhead(self) -> int:
+        """Tokens the template adds around an empty prompt and response."""
+        return len(self._ids("", ""))
+
+    def encode(self, prompt: str, response: str) -> tuple[list[int], Cut | None]:
+        """The conversation's token ids, and what was shortened to fit the context: the prompt's start first;
+        only when the response alone does not fit, the response's end (the template's end kept)."""
         ids = self._ids(prompt, response)
-        if self.max_length is None or len(ids) <= self.max_length:
-            return ids, False
+        limit = self.max_length
+        if limit is None or len(ids) <= limit:
+            return ids, None
         prompt_ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        while len(ids) > self.max_length and prompt_ids:
-            prompt_ids = prompt_ids[len(ids) - self.max_length :]
+        while len(ids) > limit and prompt_ids:
+            prompt_ids = prompt_ids[len(ids) - limit :]  # re-tokenised text may grow: drop the excess again
             ids = self._ids(self.tokenizer.decode(prompt_ids), response)
-        return ids[: self.max_length], True
+        if len(ids) <= limit:
+            return ids, "prompt"
+        response_ids = self.tokenizer(response, add_special_tokens=False)["input_ids"]
+        while len(ids) > limit and response_ids:
+            response_ids = response_ids[: len(response_ids) - (len(ids) - limit)]
+            ids = self._ids("", self.tokenizer.decode(response_ids))
+        return ids[-limit:], "response"  # the template alone too long (refused unless accepted): its end kept
 
     def _ids(self, prompt: str, response: str) -> list[int]:
         return self.tokenizer(self.render(prompt, response), add_special_tokens=not self.templated)["input_ids"]
@@ -216,8 +323,9 @@ class RewardModel:
         import torch  # torch loads on first use, not with the package
 
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
-        pairs = zip(prompts, responses, strict=True)
-        self.cut_pairs.update(pair for pair, (_, cut) in zip(pairs, encoded, strict=True) if cut)
+        for pair, (_, cut) in zip(zip(prompts, responses, strict=True), encoded, strict=True):
+            if cut is not None:
+                self.cuts[pair] = cut
         ids = [i for i, _ in encoded]
         order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
         scores = [0.0] * len(ids)

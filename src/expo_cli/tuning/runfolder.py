@@ -6,6 +6,7 @@ Layout of a run folder:
     generations/<part>/alpha=<α>.jsonl        one line per generated batch: its α, part, number and responses
     rewards/<reward digest>/reward.json       which reward judged them
     rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its α, part, number and rewards
+    looks.jsonl                               every confirmation test made on the held-out prompts (`looks`)
 
 <α> is the exact value (`repr`, which round-trips: 0.1234561 and 0.1234564 never share a file), and every line
 says which α and part it belongs to, checked when read. Each line is appended and fsynced as soon as its batch is
@@ -31,10 +32,13 @@ from ..errors import OutputError, UsageError, first_line
 from ..fsutil import cache_root, fsync_path, write_json_atomically
 from ..lines import json_lines
 from .generation import Response
+from .rewards import BatchScores
 
 T = TypeVar("T")
 MARKER = "run.json"
 LOCK = "run.lock"
+HELD_OUT = ("prompts", "split")  # the key's fields that say which prompts are held out
+LOOKS = "looks.jsonl"  # kept by --fresh while the prompts and their split stay: they are the same held-out prompts
 
 
 def digest(value: Any) -> str:
@@ -86,8 +90,10 @@ class RunFolder:
                     raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
                 saved = None
             if fresh:
+                same_prompts = isinstance(saved, dict) and all(saved.get(k) == key.get(k) for k in HELD_OUT)
+                kept = {LOCK, LOOKS} if same_prompts else {LOCK}
                 for entry in path.iterdir():
-                    if entry.name != LOCK:
+                    if entry.name not in kept:
                         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
             elif saved != key:
                 changed = ", ".join(_differences(saved, key)) or "the settings"
@@ -125,16 +131,36 @@ class RunFolder:
         record = {"alpha": alpha, "part": part, "batch": number, "responses": rows}
         _append(self._file(self.path / "generations", part, alpha), record)
 
-    def rewards(self, part: str, alpha: float) -> dict[int, tuple[list[float], set[int]]]:
-        """The batches scored so far by this folder's reward: batch number -> (rewards, positions cut to fit)."""
+    def rewards(self, part: str, alpha: float) -> dict[int, BatchScores]:
+        """The batches scored so far by this folder's reward: batch number -> its scores."""
         file = self._file(self.reward_folder, part, alpha)
-        return dict(
-            self._records(file, part, alpha, lambda line: (line["batch"], (line["rewards"], set(line["cut"]))))
-        )
 
-    def add_rewards(self, part: str, alpha: float, number: int, rewards: list[float], cut: set[int]) -> None:
-        record = {"alpha": alpha, "part": part, "batch": number, "rewards": rewards, "cut": sorted(cut)}
+        def parse(line: dict[str, Any]) -> tuple[int, BatchScores]:
+            return line["batch"], BatchScores(line["rewards"], set(line["cut"]), set(line["response_cut"]))
+
+        return dict(self._records(file, part, alpha, parse))
+
+    def add_rewards(self, part: str, alpha: float, number: int, scores: BatchScores) -> None:
+        record = {
+            "alpha": alpha,
+            "part": part,
+            "batch": number,
+            "rewards": scores.rewards,
+            "cut": sorted(scores.prompt_cut),
+            "response_cut": sorted(scores.response_cut),
+        }
         _append(self._file(self.reward_folder, part, alpha), record)
+
+    def looks(self) -> list[dict[str, Any]]:
+        """The confirmation tests made on this folder's held-out prompts (`looks`), oldest first."""
+        where = f"--run-dir {self.path.name}: {LOOKS}"
+        records = [line for _, line in _read_lines(self.path / LOOKS, where)]
+        if not all(isinstance(r, dict) and isinstance(r.get("look"), int) for r in records):
+            raise UsageError(f"{where}: not a record of looks; the folder was changed: pass --fresh")
+        return records
+
+    def add_look(self, record: dict[str, Any]) -> None:
+        _append(self.path / LOOKS, record)
 
     @staticmethod
     def _file(root: Path, part: str, alpha: float) -> Path:

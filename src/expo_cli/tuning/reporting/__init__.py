@@ -166,7 +166,7 @@ def _candidates(records: list[dict[str, Any]]) -> dict[tuple[str, float], Candid
             generate_seconds=0.0,
             score_seconds=0.0,
             generated=0,
-            scoring_cut=0,
+            unfit=[bool(r.get("response_cut", False)) for r in group],
         )
         for key, group in grouped.items()
     }
