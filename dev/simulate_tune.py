@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from expo_cli.tuning.procedure import choose  # noqa: E402
+from expo_cli.tuning.decision.procedure import choose  # noqa: E402
 from simulated import constructed  # noqa: E402
 
 CASES = {

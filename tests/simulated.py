@@ -7,8 +7,8 @@ Each prompt i's reward for candidate α and sample s is
 
 with prompt effects of SD 1 (they cancel in paired comparisons), interactions of SD 0.5 and sampling noise of SD 1
 averaged over 4 samples: the per-prompt gain of any α over α = 0 then has SD exactly 1, so `gain(α)` is in SDs of
-the per-prompt gain, the unit of `expo_cli.tuning.power`. Every value is seeded by (run, α), so α = 0 evaluated twice
-is the same candidate.
+the per-prompt gain, the unit of `expo_cli.tuning.decision.power`. Every value is seeded by (run, α), so α = 0
+evaluated twice is the same candidate.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from expo_cli.tuning.evaluation import Candidate
-from expo_cli.tuning.generation import Response
-from expo_cli.tuning.holdout import Split, split
+from expo_cli.tuning.backends.generation import Response
+from expo_cli.tuning.decision.candidate import Candidate
+from expo_cli.tuning.decision.holdout import Split, split
 
 SAMPLES = 4
 INTERACTION = 0.5

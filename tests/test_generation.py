@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GenerationConfig, set_seed
 
-from expo_cli.tuning.generation import Decoding, encode_prompts, generate
+from expo_cli.tuning.backends.generation import Decoding, encode_prompts, generate
 from helpers import steered_pair, word_tokenizer
 
 BOS, EOS, PAD, USER, ASSISTANT = 1, 2, 3, 4, 5  # word_tokenizer's ids; its template marks turns with w4 and w5
@@ -83,7 +83,7 @@ def test_a_response_ends_at_its_first_end_token_and_counts_the_tokens_before_it(
 def test_a_model_made_to_ramble_is_cut_and_one_made_to_stop_is_not(aligned_model, eos_bias, finish):
     """The end token's logit pushed down (the model never stops) or up (it stops at once): every response is cut
     at max_new_tokens, or none is; the truncation rate a tune reports follows."""
-    from expo_cli.tuning.evaluation import Candidate
+    from expo_cli.tuning.decision.candidate import Candidate
 
     tokenizer = word_tokenizer()
     ids = encode_prompts(tokenizer, [f"w{20 + i}" for i in range(6)], chat_template=True)

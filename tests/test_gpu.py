@@ -36,7 +36,7 @@ def test_cuda_tune_candidates_are_the_cpu_merge_bit_for_bit(tmp_path):
 
     from expo_cli.merging.planning import prepare
     from expo_cli.options import MergeOptions
-    from expo_cli.tuning.candidates import CandidateModel
+    from expo_cli.tuning.backends.candidates import CandidateModel
     from helpers import read_all
 
     sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16)

@@ -383,7 +383,7 @@ def test_tune_takes_an_adapter_and_its_candidates_are_the_merged_model(tmp_path,
 
     from expo_cli.merging.planning import prepare
     from expo_cli.options import MergeOptions
-    from expo_cli.tuning.candidates import CandidateModel
+    from expo_cli.tuning.backends.candidates import CandidateModel
     from helpers import word_tokenizer
 
     adapter = make_adapter(tmp_path / "adapter", bases["llama"], "llama", ADAPTERS["llama-dora"][1])

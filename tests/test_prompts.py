@@ -7,7 +7,7 @@ import json
 import pytest
 
 from expo_cli.errors import InputError, UsageError
-from expo_cli.tuning.prompts import load_prompts
+from expo_cli.tuning.objectives.prompts import load_prompts
 
 
 def test_prompts_from_every_format(tmp_path):

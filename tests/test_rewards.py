@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from expo_cli.tuning.rewards import RewardModel
+from expo_cli.tuning.objectives.rewards import RewardModel
 from helpers import eos_terminated_reward_model, save_reward_model, word_tokenizer
 
 BOS, USER, ASSISTANT = 1, 4, 5
@@ -103,7 +103,7 @@ def test_a_response_too_long_for_the_context_alone_loses_its_end_but_keeps_the_t
 
 
 def test_identical_pairs_are_scored_once():
-    from expo_cli.tuning.rewards import Cached
+    from expo_cli.tuning.objectives.rewards import Cached
 
     calls = []
 
@@ -126,7 +126,7 @@ def test_identical_pairs_are_scored_once():
 
 def test_a_reward_functions_identity_follows_the_modules_it_imports_from_its_folder(tmp_path):
     """An edited helper the grader imports scores anew; an unrelated file, or a library, does not count."""
-    from expo_cli.tuning.rewards import RewardFunction
+    from expo_cli.tuning.objectives.rewards import RewardFunction
 
     (tmp_path / "graders").mkdir()
     (tmp_path / "graders" / "__init__.py").write_text("")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from expo_cli.tuning.search import Search
-from expo_cli.tuning.statistics import Bootstrap
+from expo_cli.tuning.decision.search import Search
+from expo_cli.tuning.decision.statistics import Bootstrap
 
 
 @pytest.mark.parametrize("peak", [0.37, 2.7, 7.9])

@@ -1,5 +1,5 @@
 """The tuning procedure on constructed rewards whose answer is known: search and choose on the selection prompts,
-confirm on the held-out ones (expo_cli.tuning.procedure), without any model."""
+confirm on the held-out ones (expo_cli.tuning.decision.procedure), without any model."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 import simulated
-from expo_cli.tuning import looks, power
-from expo_cli.tuning.evaluation import Candidate
-from expo_cli.tuning.generation import Decoding, Response
-from expo_cli.tuning.holdout import split
-from expo_cli.tuning.looks import Ledger
-from expo_cli.tuning.procedure import choose
-from expo_cli.tuning.result import TuneResult
-from expo_cli.tuning.selection import Margin, recommend
-from expo_cli.tuning.statistics import compare
+from expo_cli.tuning.backends.generation import Decoding, Response
+from expo_cli.tuning.decision import looks, power
+from expo_cli.tuning.decision.candidate import Candidate
+from expo_cli.tuning.decision.holdout import split
+from expo_cli.tuning.decision.looks import Ledger
+from expo_cli.tuning.decision.procedure import choose
+from expo_cli.tuning.decision.selection import Margin, recommend
+from expo_cli.tuning.decision.statistics import compare
+from expo_cli.tuning.runs.result import TuneResult
 
 GRID = [0.0, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 4.0]  # eight candidates, as --budget 8 gives
 

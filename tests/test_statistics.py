@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from expo_cli.errors import UsageError
-from expo_cli.tuning.selection import Margin, recommend
-from expo_cli.tuning.statistics import Bootstrap, Scores, compare, t_quantile, win_credit
+from expo_cli.tuning.decision.selection import Margin, recommend
+from expo_cli.tuning.decision.statistics import Bootstrap, Scores, compare, t_quantile, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():

@@ -13,9 +13,10 @@ from transformers import AutoModelForCausalLM
 
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
-from expo_cli.tuning.candidates import CandidateModel
-from expo_cli.tuning.generation import Decoding, encode_prompts, generate
-from expo_cli.tuning.rewards import RewardModel
+from expo_cli.tuning.backends.candidates import CandidateModel
+from expo_cli.tuning.backends.generation import Decoding, encode_prompts, generate
+from expo_cli.tuning.decision import power
+from expo_cli.tuning.objectives.rewards import RewardModel
 from helpers import eos_terminated_reward_model, make_pair, read_all, save_reward_model, steered_pair, word_tokenizer
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
@@ -206,6 +207,12 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
     assert best["reward"]["estimate"] > report["candidates"][0]["reward"]["estimate"]
     assert report["confirmation"]["stats"]["gain"]["low"] > 0
     assert "largest α tried" in run.stderr  # the peak may lie further out
+    advice = "power: 12 selection and 12 held-out prompts, 2 candidate(s): a gain of "
+    assert advice in run.stderr and run.stderr.index(advice) < run.stderr.index("α=0")  # said before generating
+    assert report["power"]["detectable_sd"] == pytest.approx(power.detectable(12, 12, 2))
+    assert report["power"]["detectable_reward"] == pytest.approx(
+        report["power"]["detectable_sd"] * report["power"]["gain_sd"]
+    )
     assert sorted(report["timing"]) == [
         "confirmation:0",
         "confirmation:2",
@@ -267,6 +274,48 @@ def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_
     fresh = json.loads(tune(expo, sft, aligned, prompts_file, grader, *settings, "--fresh").stdout)
     assert fresh["confirmation"]["look"]["number"] == 1 and fresh["confirmation"]["look"]["repeated"]
     assert fresh["run"]["reused"] == 0 and len(looks_file.read_text().splitlines()) == 2
+
+
+def test_a_second_reward_judges_the_held_out_prompts_and_shows_the_first_one_over_optimised(
+    tmp_path, expo, steered, prompts_file, grader
+):
+    """The selection rewards w7; a confirming reward that penalises it disagrees on the same held-out responses:
+    not confirmed (the selection reward's own held-out gain shown beside), nothing written, exit code 8. Only the
+    held-out responses are scored by it, and nothing is generated twice."""
+    sft, aligned = steered
+    (tmp_path / "contrary.py").write_text("def no_w7(prompt, response):\n    return -response.split().count('w7')\n")
+    settings = ["--alpha", "2", "--max-new-tokens", "10", "--temperature", "1", "--holdout", "0.5", "--json", "-q"]
+    settings += ["--run-dir", tmp_path / "run", "--output", tmp_path / "chosen"]
+    run = tune(
+        expo, sft, aligned, prompts_file, grader, *settings, "--confirm-reward-fn", f"{tmp_path / 'contrary.py'}:no_w7"
+    )
+    assert run.code == 8, run.stderr
+    report = json.loads(run.stdout)
+    verdict = report["confirmation"]
+    assert report["alpha"] == 2.0 and not report["confirmed"] and report["confirm_reward"] == "contrary.py:no_w7"
+    assert verdict["stats"]["gain"]["high"] < 0 < verdict["selection_reward_stats"]["gain"]["low"]
+    assert "not confirmed on 12 held-out prompts by --confirm-reward" in verdict["note"]
+    assert (
+        "lies below 0 (the selection's reward may have been over-optimised); the selection's reward there"
+        in verdict["note"]
+    )
+    assert report["run"]["generated"] == (2 + 2) * 12 and not (tmp_path / "chosen").exists()
+    scored = sorted(
+        p.relative_to(tmp_path / "run" / "rewards").parts[1:] for p in (tmp_path / "run" / "rewards").rglob("*.jsonl")
+    )
+    assert (
+        scored.count(("confirmation", "alpha=0.0.jsonl")) == 2 and scored.count(("selection", "alpha=2.0.jsonl")) == 1
+    )
+    same = tune(
+        expo, sft, aligned, prompts_file, grader, *settings, "--confirm-reward-fn", f"{tmp_path / 'contrary.py'}:no_w7"
+    )
+    assert json.loads(same.stdout)["run"]["generated"] == 0
+    both = tune(
+        expo, sft, aligned, prompts_file, grader, "--confirm-reward-fn", "x.py:f", "--confirm-reward-model", "rm"
+    )
+    assert both.code == 2 and "at most one of --confirm-reward-model and --confirm-reward-fn" in both.stderr
+    missing = tune(expo, sft, aligned, prompts_file, grader, "--confirm-reward-fn", "nothere.py:f", "--holdout", "0.5")
+    assert missing.code == 3 and "--confirm-reward-fn nothere.py:f: no such file nothere.py" in missing.stderr
 
 
 def test_search_refines_around_the_best_grid_point(tmp_path, expo, steered, prompts_file, grader):

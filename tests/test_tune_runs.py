@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from expo_cli.tuning.rewards import BatchScores
+from expo_cli.tuning.objectives.rewards import BatchScores
 from helpers import steered_pair
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
@@ -148,8 +148,8 @@ def test_rescore_judges_the_saved_responses_with_another_reward_without_generati
 
 
 def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
-    from expo_cli.tuning.generation import Response
-    from expo_cli.tuning.runfolder import RunFolder
+    from expo_cli.tuning.backends.generation import Response
+    from expo_cli.tuning.runs.runfolder import RunFolder
 
     folder = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     first = [Response(0, 0, "w9 w10", 2, "stop"), Response(1, 0, "w11", 1, "length")]
@@ -171,7 +171,7 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
 
 def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):
     from expo_cli.errors import UsageError
-    from expo_cli.tuning.runfolder import RunFolder
+    from expo_cli.tuning.runs.runfolder import RunFolder
 
     first = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     with pytest.raises(UsageError, match="another expo tune is using it"):
@@ -191,8 +191,8 @@ def test_close_alphas_never_share_a_file_and_a_foreign_or_corrupt_line_is_one_er
     """0.1234561 and 0.1234564 (one "%g" apart from nothing) keep their own files; a line of another α copied into
     a file, or a complete line that is not JSON, is refused with the file and line named and --fresh suggested."""
     from expo_cli.errors import UsageError
-    from expo_cli.tuning.generation import Response
-    from expo_cli.tuning.runfolder import RunFolder
+    from expo_cli.tuning.backends.generation import Response
+    from expo_cli.tuning.runs.runfolder import RunFolder
 
     folder = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     near, other = 0.1234561, 0.1234564

@@ -20,8 +20,8 @@ import vllm  # noqa: E402,F401  (these tests exist to run it: an environment wit
 import expo_cli  # noqa: E402
 from expo_cli.merging.api import prepare  # noqa: E402
 from expo_cli.options import MergeOptions  # noqa: E402
-from expo_cli.tuning.generation import Decoding, encode_prompts  # noqa: E402
-from expo_cli.tuning.serving import VllmPolicy, request_seed  # noqa: E402
+from expo_cli.tuning.backends.generation import Decoding, encode_prompts  # noqa: E402
+from expo_cli.tuning.backends.serving import VllmPolicy, request_seed  # noqa: E402
 from helpers import build_model, llama_config, perturb, read_all, save, word_tokenizer  # noqa: E402
 
 PROMPTS = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(3 + i % 5)) for i in range(5)]

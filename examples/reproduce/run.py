@@ -35,8 +35,8 @@ sys.path.insert(0, str(HERE))
 from task import DIGITS, build_tokenizer, gold_reward, noisy, target  # noqa: E402
 
 import expo_cli  # noqa: E402
-from expo_cli.tuning.generation import Decoding  # noqa: E402
-from expo_cli.tuning.statistics import Bootstrap  # noqa: E402
+from expo_cli.tuning.backends.generation import Decoding  # noqa: E402
+from expo_cli.tuning.decision.statistics import Bootstrap  # noqa: E402
 
 FRACTIONS = (0.1, 0.2, 0.4, 1.0)
 
@@ -219,7 +219,7 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
             search=True,
             budget=settings.budget,
             decoding=decoding,
-            holdout=0.0,  # the test prompts below are this reproduction's own held-out confirmation
+            holdout=0.3,  # 140 dev prompts choose α, 60 confirm it; the test prompts below are a third, larger set
             run_dir=out / "runs" / f"{name}-dev",
             **quiet,
         )
@@ -232,6 +232,8 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
             "gain": best.gain.__dict__,
             "tried": sorted(tuned.outcome.selection),
             "reason": tuned.outcome.recommendation.reason,
+            "confirmed": tuned.confirmed,
+            "held_out": tuned.outcome.confirmation.note,
         }
         alphas = [a for a in (tuned.alpha,) if a != 0] + ([-1.0] if fraction == FRACTIONS[0] else [])
         tested = expo_cli.tune(

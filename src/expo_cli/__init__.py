@@ -28,7 +28,7 @@ _EXPORTS = {
     "push": "merging.api",
     "sweep": "merging.api",
     "inspect": "inspection",
-    "report": "tuning.reporting",
+    "report": "tuning.runs.reporting",
     "tune": "tuning.api",
     "verify": "verification",
 }
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from .merging.api import MergeResult, Plan, finish_parts, merge, merge_part, merge_to_hub, plan, push, sweep
     from .options import MergeOptions
     from .tuning.api import tune
-    from .tuning.reporting import report
+    from .tuning.runs.reporting import report
     from .verification import verify
 
 

@@ -91,6 +91,23 @@ def tune(
             help="A Python function (prompt, response) -> float, e.g. graders.py:exact_match or mypkg.rewards:score.",
         ),
     ] = None,
+    confirm_reward_model: Annotated[
+        str | None,
+        typer.Option(
+            "--confirm-reward-model",
+            metavar="FOLDER|ORG/NAME",
+            help="Judge the held-out confirmation with this second reward model (the selection reward's held-out "
+            "gain shown beside it): over-optimising one reward at a large α then shows.",
+        ),
+    ] = None,
+    confirm_reward_fn: Annotated[
+        str | None,
+        typer.Option(
+            "--confirm-reward-fn",
+            metavar="MODULE:FUNCTION",
+            help="Judge the held-out confirmation with this second reward function.",
+        ),
+    ] = None,
     alpha: Annotated[
         list[str] | None,
         typer.Option(
@@ -315,6 +332,8 @@ def tune(
         prompts,
         reward_model=reward_model,
         reward_fn=reward_fn,
+        confirm_reward_model=confirm_reward_model,
+        confirm_reward_fn=confirm_reward_fn,
         alphas=parse_alphas(alpha) if alpha else DEFAULT_ALPHAS,
         search=search,
         budget=budget,

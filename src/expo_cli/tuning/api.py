@@ -27,20 +27,21 @@ from ..fsutil import fingerprint
 from ..inputs.adapters import input_folders
 from ..merging.api import PreparedRun, prepare
 from ..options import MergeOptions
-from .candidates import CandidateModel
-from .evaluation import Evaluator, NotGenerated
-from .generation import Decoding, Generator, encode_prompts
-from .holdout import Split, split
-from .looks import Ledger
-from .power import Power
-from .procedure import choose
-from .prompts import load_prompts
-from .result import TuneResult
-from .rewards import Cached, Reward, RewardFunction, RewardModel
-from .runfolder import RunFolder, default_location, digest
-from .search import DEFAULT_EXTRA
-from .selection import DEFAULT_MARGIN, Margin
-from .serving import VllmPolicy, import_vllm
+from .backends.candidates import CandidateModel
+from .backends.generation import Decoding, Generator, encode_prompts
+from .backends.serving import VllmPolicy, import_vllm
+from .decision.candidate import NotGenerated
+from .decision.holdout import Split, split
+from .decision.looks import Ledger
+from .decision.power import Power
+from .decision.procedure import choose
+from .decision.search import DEFAULT_EXTRA
+from .decision.selection import DEFAULT_MARGIN, Margin
+from .objectives.prompts import load_prompts
+from .objectives.rewards import Cached, Reward, RewardFunction, RewardModel
+from .runs.evaluation import Evaluator
+from .runs.result import TuneResult
+from .runs.runfolder import RunFolder, default_location, digest
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
 BACKENDS = ("transformers", "vllm")
@@ -61,6 +62,8 @@ def tune(
     *,
     reward_model: str | None = None,
     reward_fn: str | None = None,
+    confirm_reward_model: str | None = None,
+    confirm_reward_fn: str | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     search: bool = False,
     budget: int | None = None,
@@ -92,6 +95,8 @@ def tune(
             seeded random sample of that many).
         reward_model: a sequence-classification model (folder or Hub id), on `reward_device` (default: the
             policy's); or `reward_fn`: `module:function`.
+        confirm_reward_model, confirm_reward_fn: a second reward that judges the held-out confirmation (the
+            selection reward's held-out gain is reported beside it), so that over-optimising one reward shows.
         alphas: the grid; α = 0 is always added. `search`: refine around the best point, `budget` candidates in all
             (default: the grid and 4 more).
         decoding: sampling settings (seeded identically for every candidate; the paper's by default).
@@ -116,6 +121,7 @@ def tune(
             prompts,
             reward_model=reward_model,
             reward_fn=reward_fn,
+            confirm_reward=(confirm_reward_model, confirm_reward_fn),
             alphas=alphas,
             search=search,
             budget=budget,
@@ -160,6 +166,7 @@ def _tune(
     *,
     reward_model: str | None,
     reward_fn: str | None,
+    confirm_reward: tuple[str | None, str | None],
     alphas: Sequence[float],
     search: bool,
     budget: int | None,
@@ -190,17 +197,26 @@ def _tune(
     opts = MergeOptions(**options)
     texts = load_prompts(prompts, prompt_field, split_name, limit, opts.token, seed=decoding.seed)
     parts = split(len(texts), holdout, decoding.seed, warn=opts.warning)
-    function: Reward | None = RewardFunction(reward_fn) if reward_fn else None
+    confirm_model, confirm_fn = confirm_reward
+    if confirm_model is not None and confirm_fn is not None:
+        raise UsageError("pass at most one of --confirm-reward-model and --confirm-reward-fn")
+    if (confirm_model or confirm_fn) and not parts.confirmation:
+        raise UsageError("--confirm-reward judges the held-out prompts, and none are held out: pass --holdout")
     run, opts, dominant = _prepare_in_one_dtype(sft, aligned, {0.0: Path(output)} if output is not None else {}, opts)
     device = run.device
-    if function is None:
-        assert reward_model is not None
+
+    def reward(model: str | None, fn: str | None, option: str) -> Reward:
+        if fn is not None:
+            return RewardFunction(fn, option)
+        assert model is not None
         rm = RewardModel(
-            reward_model, reward_device or str(device), reward_batch_size, token=opts.token, warn=opts.warning
+            model, reward_device or str(device), reward_batch_size, token=opts.token, warn=opts.warning, option=option
         )
         _check_context(rm, texts, decoding, opts, allow_cut_responses)
-        function = rm
-    scorer = Cached(function)
+        return rm
+
+    scorer = Cached(reward(reward_model, reward_fn, "--reward"))
+    confirmer = Cached(reward(confirm_model, confirm_fn, "--confirm-reward")) if confirm_model or confirm_fn else None
     # An adapter input: the model is built from its base's folder (every parameter is then written in place);
     # the tokenizer is the adapter's own when it ships one.
     folders = input_folders(run.main.aligned)
@@ -214,7 +230,8 @@ def _tune(
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction)
     opts.inform(power.advice())
     with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
-        ledger = Ledger(digest(scorer.identity()), folder.looks(), folder.add_look)
+        judge = confirmer or scorer  # the reward whose held-out test is the look
+        ledger = Ledger(digest(judge.identity()), folder.looks(), folder.add_look)
         model = engine = policy = None
         if not rescore and backend == "vllm":
             engine = VllmPolicy.start(
@@ -246,8 +263,13 @@ def _tune(
             folder,
             opts.progress,
         )
+        confirm = None
+        if confirmer is not None:
+            confirm = replace(evaluate, scorer=confirmer, folder=folder.scored_by(confirmer.identity()))
         try:
-            outcome = choose(evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=ledger)
+            outcome = choose(
+                evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=ledger, confirm=confirm
+            )
         except NotGenerated as err:
             raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
         finally:
@@ -271,6 +293,7 @@ def _tune(
             inputs,
             notes,
             power,
+            confirmer.name if confirmer else None,
         )
         result.save_result()
         return result
@@ -286,14 +309,14 @@ def _check_context(
     overhead = rm.overhead()
     if overhead + decoding.max_new_tokens > rm.max_length and not allow_cut_responses:
         raise UsageError(
-            f"--reward-model {rm.name} reads at most {rm.max_length} tokens: a response of --max-new-tokens "
+            f"{rm.option}-model {rm.name} reads at most {rm.max_length} tokens: a response of --max-new-tokens "
             f"{decoding.max_new_tokens} and its template ({overhead}) do not fit, so long answers would lose their "
             f"end before scoring; lower --max-new-tokens to {rm.max_length - overhead} or pass --allow-cut-responses"
         )
     longest = max(len(rm.encode(t, "")[0]) for t in texts)
     if longest + decoding.max_new_tokens > rm.max_length:
         opts.warning(
-            f"--reward-model {rm.name} reads at most {rm.max_length} tokens; prompts up to {longest} and responses "
+            f"{rm.option}-model {rm.name} reads at most {rm.max_length} tokens; prompts up to {longest} and responses "
             f"up to {decoding.max_new_tokens} tokens may not fit: such prompts lose their start to score the "
             "response whole (counted in the results)"
         )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import UsageError
+from ...errors import UsageError
 
 DEFAULT_FRACTION = 0.3
 DEFAULT_FROM = 100  # prompts at which the default starts holding some out

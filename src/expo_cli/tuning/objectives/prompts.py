@@ -13,9 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UsageError, first_line
-from ..lines import json_lines, split_lines
-from .holdout import sample
+from ...errors import InputError, UsageError, first_line
+from ...lines import json_lines, split_lines
+from ..decision.holdout import sample
 
 FORMATS = (".jsonl", ".json", ".txt", ".parquet")
 

@@ -26,15 +26,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ...constants import VERSION
-from ...errors import InputError, OutputError, UsageError, first_line
-from ...fsutil import write_atomically
-from ...lines import json_lines
-from ...plotting import pyplot
-from ..evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
-from ..generation import Response
-from ..holdout import Split
-from ..procedure import judge, outcome_json
+from ....constants import VERSION
+from ....errors import InputError, OutputError, UsageError, first_line
+from ....fsutil import write_atomically
+from ....lines import json_lines
+from ....plotting import pyplot
+from ...backends.generation import Response
+from ...decision.candidate import CONFIRMATION, SELECTION, Candidate, NotGenerated
+from ...decision.holdout import Split
+from ...decision.procedure import judge, outcome_json
 
 RESULT = "result.json"  # what a finished tune leaves in its run folder: the --json report and every response
 

@@ -17,17 +17,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.pairing import TensorPair
-from ..core.sinks import ParameterSink, TensorSink
-from ..core.sources import dtype_name, torch_dtype
-from ..core.streaming import Target, explain_nonfinite, stream
-from ..errors import MismatchError
+from ...core.pairing import TensorPair
+from ...core.sinks import ParameterSink, TensorSink
+from ...core.sources import dtype_name, torch_dtype
+from ...core.streaming import Target, explain_nonfinite, stream
+from ...errors import MismatchError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..merging.api import PreparedRun, WeightSet
-    from ..options import MergeOptions
+    from ...merging.api import PreparedRun, WeightSet
+    from ...options import MergeOptions
 
 
 @dataclass
@@ -102,7 +102,7 @@ def compute_into(
     """θ(α) of `tensors` into `sink`, computed on `device` with `expo merge`'s arithmetic (α per tensor)."""
     import torch  # torch loads on first use, not with the package
 
-    from ..core.engine import ChunkEngine  # imports torch
+    from ...core.engine import ChunkEngine  # imports torch
 
     with torch.no_grad(), weights.sft, weights.aligned:
         stream(

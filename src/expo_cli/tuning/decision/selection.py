@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..errors import UsageError
+from ...errors import UsageError
 from .looks import Look, false_confirmation_bound
 from .statistics import CandidateStats
 
@@ -146,6 +146,7 @@ class Confirmation:
     note: str
     look: Look | None = None  # which look at the held-out prompts this test was (`looks`)
     baseline: CandidateStats | None = None  # α = 0 on the held-out prompts
+    primary: CandidateStats | None = None  # with a --confirm-reward: the selection reward's gain there
 
     @property
     def confirmed(self) -> bool:
@@ -161,6 +162,8 @@ class Confirmation:
                 "alpha_0": self.baseline.truncated if self.baseline else None,
                 "chosen": self.stats.truncated,
             }
+        if self.primary is not None:
+            found["selection_reward_stats"] = self.primary.to_json()
         return {"alpha": self.alpha, "prompts": self.prompts, "confirmed": self.confirmed, "note": self.note, **found}
 
 
@@ -170,8 +173,10 @@ def confirmation(
     stats: CandidateStats | None,
     look: Look | None = None,
     baseline: CandidateStats | None = None,
+    primary: CandidateStats | None = None,
 ) -> Confirmation:
-    """The verdict on held-out prompts, with a sentence that says it."""
+    """The verdict on held-out prompts, with a sentence that says it (`primary`: the selection reward's gain when
+    a second reward judged)."""
     if stats is None:
         note = (
             "nothing was confirmed: no prompts were held out (--holdout; the default holds out 30% from 100 prompts "
@@ -187,14 +192,20 @@ def confirmation(
             f"{look.number} looks together confirm a choice with no real gain at most "
             f"{false_confirmation_bound(look.number):.2%} of the time)"
         )
+    by = " by --confirm-reward" if primary is not None else ""
     if stats.gain.low > 0:
         note = (
-            f"confirmed on {prompts} held-out prompts{tested}: gain {stats.gain}, win rate "
+            f"confirmed on {prompts} held-out prompts{by}{tested}: gain {stats.gain}, win rate "
             f"{stats.win_rate.estimate:.0%}"
         )
     else:
-        note = (
-            f"not confirmed on {prompts} held-out prompts{tested}: gain {stats.gain} includes 0 (the selection's gain "
-            "was partly luck, or the held-out prompts are too few to show it)"
+        why = (
+            "the selection's reward may have been over-optimised"
+            if primary is not None
+            else "the selection's gain was partly luck, or the held-out prompts are too few to show it"
         )
-    return Confirmation(alpha, prompts, stats, note, look, baseline)
+        where = "includes 0" if stats.gain.high >= 0 else "lies below 0"
+        note = f"not confirmed on {prompts} held-out prompts{by}{tested}: gain {stats.gain} {where} ({why})"
+    if primary is not None:
+        note += f"; the selection's reward there: gain {primary.gain}"
+    return Confirmation(alpha, prompts, stats, note, look, baseline, primary)

@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ..errors import InputError, UsageError, first_line
-from ..fsutil import fingerprint
+from ...errors import InputError, UsageError, first_line
+from ...fsutil import fingerprint
 
 UNKNOWN_LIMIT = 10**6  # tokenizers without a limit report a huge model_max_length
 SCORING_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in every reward's identity
@@ -106,11 +106,12 @@ class Cached:
 class RewardFunction:
     """A Python function (prompt, response) -> float."""
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, option: str = "--reward") -> None:
+        self.option = option  # how errors name it: --reward-fn, or --confirm-reward-fn
         self.cuts: dict[tuple[str, str], Cut] = {}  # a function reads any length
         module, _, function = spec.rpartition(":")
         self.name = f"{Path(module).name}:{function}" if module.endswith(".py") else spec  # no local path
-        self.function = load_function(spec)
+        self.function = load_function(spec, option)
 
     def identity(self) -> dict[str, Any]:
         """Its name, the scoring code, and the source of its module and of the modules it imports from its own
@@ -137,9 +138,9 @@ class RewardFunction:
             try:
                 value = self.function(prompt, response)
             except Exception as err:  # the user's code: say whose it is
-                raise InputError(f"--reward-fn {self.name} raised {type(err).__name__}: {err}") from err
+                raise InputError(f"{self.option}-fn {self.name} raised {type(err).__name__}: {err}") from err
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InputError(f"--reward-fn {self.name} returned {value!r}; it must return a finite number")
+                raise InputError(f"{self.option}-fn {self.name} returned {value!r}; it must return a finite number")
             scores.append(float(value))
         return scores
 
@@ -195,16 +196,16 @@ def _imports(tree: ast.AST, file: Path, root: Path) -> list[tuple[str, Path]]:
     return found
 
 
-def load_function(spec: str) -> Callable[[str, str], float]:
+def load_function(spec: str, option: str = "--reward") -> Callable[[str, str], float]:
     """`package.module:function` (importable) or `path/to/file.py:function`."""
     module_name, sep, attribute = spec.rpartition(":")
     if not sep or not module_name or not attribute:
-        raise UsageError(f"--reward-fn {spec!r}: write it as module:function or path/to/file.py:function")
+        raise UsageError(f"{option}-fn {spec!r}: write it as module:function or path/to/file.py:function")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
             if not path.is_file():
-                raise InputError(f"--reward-fn {spec}: no such file {module_name}")
+                raise InputError(f"{option}-fn {spec}: no such file {module_name}")
             loaded = importlib.util.spec_from_file_location(f"expo_reward_{path.stem}", path)
             assert loaded is not None and loaded.loader is not None
             module = importlib.util.module_from_spec(loaded)
@@ -220,10 +221,10 @@ def load_function(spec: str) -> Callable[[str, str], float]:
     except InputError:
         raise
     except Exception as err:  # an import error in user code
-        raise InputError(f"--reward-fn {spec}: cannot import {module_name} ({type(err).__name__}: {err})") from err
+        raise InputError(f"{option}-fn {spec}: cannot import {module_name} ({type(err).__name__}: {err})") from err
     function = getattr(module, attribute, None)
     if not callable(function):
-        raise InputError(f"--reward-fn {spec}: {module_name} has no function {attribute!r}")
+        raise InputError(f"{option}-fn {spec}: {module_name} has no function {attribute!r}")
     return function
 
 
@@ -238,6 +239,7 @@ class RewardModel:
         dtype: str | None = None,
         token: str | None = None,
         warn: Callable[[str], None] = print,
+        option: str = "--reward",
     ) -> None:
         import torch  # torch loads on first use, not with the package
         from transformers import (  # transformers loads when a model does
@@ -247,6 +249,7 @@ class RewardModel:
 
         self.name = Path(path).resolve().name if Path(path).exists() else path  # a folder name, never its path
         self.path = path
+        self.option = option  # how errors name it: --reward-model, or --confirm-reward-model
         self.batch_size = batch_size
         self.cuts: dict[tuple[str, str], Cut] = {}
         try:
@@ -260,18 +263,18 @@ class RewardModel:
             )
         except Exception as err:  # missing files, wrong architecture, no network
             raise InputError(
-                f"--reward-model {path}: cannot load a sequence-classification model ({first_line(err)})"
+                f"{option}-model {path}: cannot load a sequence-classification model ({first_line(err)})"
             ) from err
         if self.model.config.num_labels != 1:
             raise InputError(
-                f"--reward-model {path}: has {self.model.config.num_labels} labels; a reward model "
+                f"{option}-model {path}: has {self.model.config.num_labels} labels; a reward model "
                 "has one (its raw logit is the reward)"
             )
         self.max_length = context_length(self.tokenizer, self.model.config)
         self.vocabulary = self.model.get_input_embeddings().num_embeddings
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         if not self.templated:
-            warn(f"--reward-model {path} has no chat template: scoring the prompt and response joined by a newline")
+            warn(f"{option}-model {path} has no chat template: scoring the prompt and response joined by a newline")
 
     def identity(self) -> dict[str, Any]:
         """The model (its Hub commit, or its local files), dtype, device and context."""

@@ -8,7 +8,7 @@ confirmed on n_h held-out prompts when its 95% interval does. With a normal appr
     power(δ) ≈ Φ(δ·√n_s − c_K) · Φ(δ·√n_h − 1.96),    c_K the two-sided Šidák critical value for K intervals,
 
 which ignores that the candidates' gains are correlated (c_K is then a little too large: the power a little too
-low). tests/test_power.py checks it against the whole procedure run on simulated rewards.
+low). tests/test_selection.py checks it against the whole procedure run on simulated rewards.
 """
 
 from __future__ import annotations
@@ -53,12 +53,21 @@ def prompts_for(effect: float, candidates: int, fraction: float, target: float =
     """The fewest prompts, split with `fraction` held out, that find and confirm a gain of `effect` SDs with
     probability `target`."""
     fraction = fraction or 0.3
-    count = 2
-    while power(effect, count - round(fraction * count), round(fraction * count), candidates) < target:
-        count = count * 2 if count < 64 else count + max(1, count // 64)
-        if count > 10**8:
-            return count
-    return count
+
+    def enough(count: int) -> bool:
+        held = round(fraction * count)
+        return power(effect, count - held, held, candidates) >= target
+
+    high = 2
+    while not enough(high):
+        high *= 2
+        if high > 10**9:
+            return high
+    low = high // 2
+    while high - low > 1000:  # bisect a far bound down, then the last steps one by one
+        middle = (low + high) // 2
+        low, high = (low, middle) if enough(middle) else (middle, high)
+    return next(n for n in range(low + 1, high + 1) if enough(n))
 
 
 @dataclass(frozen=True)

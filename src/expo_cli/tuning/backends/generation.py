@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import InputError, UsageError
+from ...errors import InputError, UsageError
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pickle
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import ExpoError
+from ...errors import ExpoError
 from .candidates import compute_into
 
 GROUP_BYTES = 512 * 2**20  # θ(α) computed ahead of the reload, at most (a larger single tensor goes alone)
@@ -46,8 +46,8 @@ class WeightUpdater:
     def _expo_tensors(self, alphas: dict[str, float], strict: bool, warnings: list[str]) -> Iterator[tuple[str, Any]]:
         import torch  # torch loads on first use, not with the package
 
-        from ..core.sinks import ParameterSink
-        from ..core.sources import torch_dtype
+        from ...core.sinks import ParameterSink
+        from ...core.sources import torch_dtype
 
         weights = self.expo_weights
         device = torch.device(self.device)

@@ -8,19 +8,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..constants import VERSION
-from ..errors import OutputError
-from ..fsutil import write_atomically
-from ..plotting import pyplot, save_png
+from ...constants import VERSION
+from ...errors import OutputError
+from ...fsutil import write_atomically
+from ...plotting import pyplot, save_png
+from ..backends.generation import Decoding
+from ..decision.candidate import Candidate
+from ..decision.holdout import Split
+from ..decision.power import Power
+from ..decision.procedure import Outcome, outcome_json
+from ..decision.selection import RULE, truncation_warnings
+from ..decision.statistics import CandidateStats, Interval
 from . import reporting
-from .evaluation import Candidate
-from .generation import Decoding
-from .holdout import Split
-from .power import Power
-from .procedure import Outcome, outcome_json
 from .reporting import RESULT
-from .selection import RULE, truncation_warnings
-from .statistics import CandidateStats, Interval
 
 CUT_RISE = 0.05  # --output is refused (without --force) when the chosen α's cut rate exceeds α = 0's by this
 
@@ -39,6 +39,7 @@ class TuneResult:
     inputs: dict[str, dict[str, str]]  # sft and aligned, as the provenance names them (never a local path)
     notes: list[str] = field(default_factory=list)
     power: Power | None = None
+    confirm_reward: str | None = None  # the second reward that judged the held-out prompts
 
     @property
     def alpha(self) -> float:
@@ -116,6 +117,7 @@ class TuneResult:
             "warnings": self.warnings,
             "margin": self.outcome.recommendation.margin,
             "reward": self.reward,
+            **({"confirm_reward": self.confirm_reward} if self.confirm_reward else {}),
             "prompts": len(self.prompts),
             "split": self.split.to_json(),
             "decoding": self.decoding.to_json(),
@@ -146,6 +148,7 @@ class TuneResult:
             "win_rate": "per prompt (its samples' mean reward); win_rate_responses: sample s against sample s",
             "decoding": self.decoding.to_json(),
             "reward": self.reward,
+            "confirm_reward": self.confirm_reward,
             "model_dtype": self.model_dtype,
             "device": self.device,
             "notes": self.notes,

@@ -271,7 +271,7 @@ def compare_scores(
                 length_interval=boot.mean(s.prompt_lengths),
                 length_change=mean_length / base_length - 1 if base_length > 0 else 0.0,
                 gain_at_equal_length=boot.length_adjusted(means[alpha] - means[baseline], length_gains, kept),
-                gain_without_cut=_mean_over(boot, means[alpha] - means[baseline], kept),
+                gain_without_cut=_mean_over(boot, gains_of, kept),
                 truncated=float(np.mean(s.truncated)),
                 length_fit_prompts=int(kept.sum()),
             )

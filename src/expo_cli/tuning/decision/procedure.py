@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .evaluation import CONFIRMATION, SELECTION, Candidate, NotGenerated
+from .candidate import CONFIRMATION, SELECTION, Candidate, NotGenerated
 from .holdout import Split
 from .looks import Ledger
 from .search import Search
@@ -48,15 +48,21 @@ def choose(
     draws: int = DRAWS,
     margin: Margin = DEFAULT_MARGIN,
     ledger: Ledger | None = None,
+    confirm: Callable[[float, str], Candidate] | None = None,
 ) -> Outcome:
     """Search and choose on the selection prompts, then confirm on the held-out ones (a look `ledger` records;
-    by default one that has seen no earlier look)."""
+    by default one that has seen no earlier look), judged by `confirm`'s reward when given (`--confirm-reward`:
+    the same held-out responses scored by a second reward) and by the selection's reward otherwise."""
     evaluated, stopped = _search(evaluate, grid, budget, split.selection, seed)
 
     def held_out(alpha: float) -> dict[float, Candidate]:
         return {a: evaluate(a, CONFIRMATION) for a in (0.0, alpha)}
 
-    return judge(evaluated, stopped, split, held_out, seed, draws, margin, ledger)
+    def judged(alpha: float) -> dict[float, Candidate]:
+        assert confirm is not None
+        return {a: confirm(a, CONFIRMATION) for a in (0.0, alpha)}
+
+    return judge(evaluated, stopped, split, held_out, seed, draws, margin, ledger, judged if confirm else None)
 
 
 def judge(
@@ -68,9 +74,12 @@ def judge(
     draws: int = DRAWS,
     margin: Margin = DEFAULT_MARGIN,
     ledger: Ledger | None = None,
+    judged: Callable[[float], dict[float, Candidate]] | None = None,
 ) -> Outcome:
     """The statistics and the recommendation on the selection prompts, and the verdict of `held_out(α)` (α = 0 and
-    the chosen α on the held-out prompts) when there is something to confirm, at the level of its look."""
+    the chosen α on the held-out prompts) when there is something to confirm, at the level of its look; with
+    `judged` (the same responses under a second reward) the verdict is that reward's, the selection reward's
+    held-out gain shown beside it."""
     stats = _compare(selection, split.selection, seed, draws)
     choice = recommend(stats, margin)
     confirming: dict[float, Candidate] = {}
@@ -81,11 +90,17 @@ def judge(
         look = ledger.look(choice.alpha)
         try:
             confirming = held_out(choice.alpha)
+            judging = judged(choice.alpha) if judged else confirming
         except NotGenerated as err:
             verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}", look)
         else:
-            pair = _compare(confirming, split.confirmation, seed, draws, look.level, paired_t=True)
-            verdict = confirmation(choice.alpha, len(split.confirmation), pair[1], look, pair[0])
+            pair = _compare(judging, split.confirmation, seed, draws, look.level, paired_t=True)
+            primary = (
+                _compare(confirming, split.confirmation, seed, draws, look.level, paired_t=True) if judged else None
+            )
+            verdict = confirmation(
+                choice.alpha, len(split.confirmation), pair[1], look, pair[0], primary[1] if primary else None
+            )
             ledger.record(look, choice.alpha, _look_outcome(verdict, margin, selection))
     return Outcome(selection, stats, choice, stopped, verdict, confirming)
 

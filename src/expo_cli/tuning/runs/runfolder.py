@@ -28,11 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import OutputError, UsageError, first_line
-from ..fsutil import cache_root, fsync_path, write_json_atomically
-from ..lines import json_lines
-from .generation import Response
-from .rewards import BatchScores
+from ...errors import OutputError, UsageError, first_line
+from ...fsutil import cache_root, fsync_path, write_json_atomically
+from ...lines import json_lines
+from ..backends.generation import Response
+from ..objectives.rewards import BatchScores
 
 T = TypeVar("T")
 MARKER = "run.json"
@@ -106,6 +106,10 @@ class RunFolder:
                 write_json_atomically(marker, {"key": key})
             except OSError as err:
                 raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
+
+    def scored_by(self, reward: dict[str, Any]) -> RunFolder:
+        """The same folder (its lock held by this one) keeping the scores of another reward (--confirm-reward)."""
+        return RunFolder(self.path, reward, lock=-1)
 
     def close(self) -> None:
         """Let another run use the folder."""
