@@ -273,9 +273,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    return FIRST_LEVEL",
         "tests/test_selection.py",
     ),
-    "looks: another reward is the same look": (
+    "looks: another reward or other responses the same look": (
         "tuning/decision/looks.py",
-        '            if record.get("alpha") == alpha and record.get("reward") == self.reward:',
+        '            if record.get("alpha") == alpha and record.get("judge") == self.judge:',
         '            if record.get("alpha") == alpha:',
         "tests/test_selection.py " + LOOKS,
     ),

@@ -34,8 +34,14 @@ def test_the_detectable_gain_is_where_the_power_is_80_percent_and_the_prompt_cou
 def test_the_advice_says_what_the_prompts_can_find_and_how_many_a_target_needs():
     advice = power.Power(70, 30, 3, 0.3).advice()
     assert advice.startswith("power: 70 selection and 30 held-out prompts, 3 candidate(s): a gain of 0.52 SD")
-    assert f"0.3 SD needs about {power.prompts_for(0.3, 3, 0.3)} prompts" in advice
+    assert f"0.3 SD (--target-gain) needs about {power.prompts_for(0.3, 3, 0.3)} prompts" in advice
     assert "no choice can be confirmed" in power.Power(99, 0, 3, 0.0).advice()
     measured = power.Power(70, 30, 3, 0.3).to_json(spread=0.5)
     assert measured["detectable_reward"] == pytest.approx(0.5 * power.detectable(70, 30, 3))
     assert power.Power(99, 0, 3, 0.0).to_json(None)["detectable_sd"] is None
+
+
+def test_the_advice_follows_the_users_target():
+    advice = power.Power(70, 30, 3, 0.3, target=0.5).advice()
+    assert advice.endswith(f"0.5 SD (--target-gain) needs about {power.prompts_for(0.5, 3, 0.3)} prompts")
+    assert power.prompts_for(0.5, 3, 0.3) < 120 < power.prompts_for(0.3, 3, 0.3)

@@ -159,12 +159,12 @@ def test_testing_other_choices_on_the_same_held_out_prompts_is_corrected_look_by
     for seed in range(runs):
         evaluate, parts = simulated.constructed(lambda a: float(a > 0), seed, prompts=100, held_out_gain=lambda a: 0.0)
         for how in fooled:
-            ledger, verdicts = Ledger(reward="r"), []
+            ledger, verdicts = Ledger(judge="r"), []
             for alpha in alphas:
                 outcome = choose(evaluate, [0.0, alpha], 2, parts, seed, draws=1000, ledger=ledger)
                 verdicts.append(outcome.confirmation)
                 if how != "corrected":
-                    ledger = Ledger(reward="r")
+                    ledger = Ledger(judge="r")
             fooled[how] += any(v.confirmed for v in verdicts)
             if how == "corrected":
                 assert [v.look.number for v in verdicts] == [1, 2, 3, 4]
@@ -176,7 +176,7 @@ def test_testing_other_choices_on_the_same_held_out_prompts_is_corrected_look_by
 def test_the_same_choice_tested_again_is_the_same_look_and_another_reward_is_a_new_one():
     evaluate, parts = simulated.constructed(lambda a: a, 5, prompts=100)
     kept: list[dict] = []
-    ledger = Ledger(reward="r1", keep=kept.append)
+    ledger = Ledger(judge="r1", keep=kept.append)
     first = choose(evaluate, [0.0, 1.0], 2, parts, 5, draws=500, ledger=ledger).confirmation
     again = choose(evaluate, [0.0, 0.5, 1.0], 3, parts, 5, draws=500, ledger=ledger).confirmation
     assert first.look == looks.Look(1, 0.95, False) and again.look == looks.Look(1, 0.95, True)

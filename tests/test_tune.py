@@ -252,7 +252,8 @@ def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_
     tmp_path, expo, steered, prompts_file, grader
 ):
     """The same choice tested again is the same look (nothing recorded twice); the same held-out prompts judged by
-    another reward are look 2, tested at 97.5%, and recorded with its settings; --fresh keeps the record."""
+    another reward are look 2, tested at 97.5%, and recorded with its settings; --fresh keeps the record, and
+    responses made with other settings on the same prompts are look 3."""
     sft, aligned = steered
     settings = ["--alpha", "2", "--max-new-tokens", "10", "--temperature", "1", "--holdout", "0.5", "--json", "-q"]
     settings += ["--run-dir", tmp_path / "run"]
@@ -274,6 +275,11 @@ def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_
     fresh = json.loads(tune(expo, sft, aligned, prompts_file, grader, *settings, "--fresh").stdout)
     assert fresh["confirmation"]["look"]["number"] == 1 and fresh["confirmation"]["look"]["repeated"]
     assert fresh["run"]["reused"] == 0 and len(looks_file.read_text().splitlines()) == 2
+    # other decoding settings make other responses: on the same held-out prompts, that is a new look
+    shorter = [*settings[:3], "9", *settings[4:]]
+    assert shorter[2:4] == ["--max-new-tokens", "9"]
+    changed = json.loads(tune(expo, sft, aligned, prompts_file, grader, *shorter, "--fresh").stdout)
+    assert changed["confirmation"]["look"] == {"number": 3, "level": 0.9875, "repeated": False}
 
 
 def test_a_second_reward_judges_the_held_out_prompts_and_shows_the_first_one_over_optimised(

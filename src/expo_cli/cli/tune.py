@@ -157,6 +157,15 @@ def tune(
             "gain (20%) or a reward difference (0.05).",
         ),
     ] = "20%",
+    target_gain: Annotated[
+        float,
+        typer.Option(
+            "--target-gain",
+            metavar="SD",
+            help="The gain, in SDs of the per-prompt gain, whose prompt count the power advice states (before "
+            "generating, and in --json).",
+        ),
+    ] = 0.3,
     seed: Annotated[
         int, typer.Option("--seed", metavar="N", help="Seed of --limit, the split, the sampling and the bootstrap.")
     ] = 42,
@@ -343,6 +352,7 @@ def tune(
         limit=limit,
         holdout=holdout,
         margin=margin,
+        target_gain=target_gain,
         chat_template=not no_chat_template,
         reward_batch_size=reward_batch_size,
         reward_device=reward_device,

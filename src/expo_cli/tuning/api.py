@@ -33,7 +33,7 @@ from .backends.serving import VllmPolicy, import_vllm
 from .decision.candidate import NotGenerated
 from .decision.holdout import Split, split
 from .decision.looks import Ledger
-from .decision.power import Power
+from .decision.power import TARGET, Power
 from .decision.procedure import choose
 from .decision.search import DEFAULT_EXTRA
 from .decision.selection import DEFAULT_MARGIN, Margin
@@ -73,6 +73,7 @@ def tune(
     limit: int | None = None,
     holdout: float | None = None,
     margin: str | Margin = DEFAULT_MARGIN,
+    target_gain: float = TARGET,
     chat_template: bool = True,
     reward_batch_size: int = 8,
     reward_device: str | None = None,
@@ -103,6 +104,7 @@ def tune(
         holdout: the share of prompts held out to confirm the choice (None: 0.3 from 100 prompts on, else 0).
         margin: how much below the best gain a smaller α may be and still be chosen: "20%" (a share of the best
             gain, the default) or a reward difference such as "0.05" (`selection.Margin`).
+        target_gain: the gain, in SDs of the per-prompt gain, whose prompt count the power advice states.
         allow_cut_responses: score anyway when --max-new-tokens and the template do not fit the reward model's
             context (responses that do not fit then lose their end, counted as cut).
         run_dir: where responses and rewards are kept as they are made, and resumed from (default: a folder in the
@@ -131,6 +133,7 @@ def tune(
             limit=limit,
             holdout=holdout,
             margin=Margin.parse(margin),
+            target_gain=target_gain,
             chat_template=chat_template,
             reward_batch_size=reward_batch_size,
             reward_device=reward_device,
@@ -176,6 +179,7 @@ def _tune(
     limit: int | None,
     holdout: float | None,
     margin: Margin,
+    target_gain: float,
     chat_template: bool,
     reward_batch_size: int,
     reward_device: str | None,
@@ -190,7 +194,7 @@ def _tune(
     import torch  # torch loads on first use, not with the package
 
     grid = candidate_alphas(alphas)
-    _check_settings(decoding, reward_model, reward_fn, grid, budget, search)
+    _check_settings(decoding, reward_model, reward_fn, grid, budget, search, target_gain)
     backend, tensor_parallel_size, gpu_memory_utilization = serving
     _check_backend(backend, tensor_parallel_size, rescore)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
@@ -227,11 +231,11 @@ def _tune(
     if backend != "transformers":  # its responses differ: a folder of the other backend's is refused
         key["backend"] = {"name": backend, "tensor_parallel_size": tensor_parallel_size}
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
-    power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction)
+    power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
     with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
-        judge = confirmer or scorer  # the reward whose held-out test is the look
-        ledger = Ledger(digest(judge.identity()), folder.looks(), folder.add_look)
+        judge = confirmer or scorer  # the reward whose held-out test is the look, on responses made with `key`
+        ledger = Ledger(digest({"reward": judge.identity(), "responses": key}), folder.looks(), folder.add_look)
         model = engine = policy = None
         if not rescore and backend == "vllm":
             engine = VllmPolicy.start(
@@ -355,9 +359,12 @@ def _check_settings(
     grid: list[float],
     budget: int | None,
     search: bool,
+    target_gain: float,
 ) -> None:
     """Settings refused before any model loads."""
     decoding.check()
+    if not 0 < target_gain < 10:
+        raise UsageError(f"--target-gain {target_gain:g}: a gain in SDs of the per-prompt gain, such as 0.3")
     if (reward_model is None) == (reward_fn is None):
         raise UsageError("pass one of --reward-model or --reward-fn")
     if budget is not None and budget < len(grid):

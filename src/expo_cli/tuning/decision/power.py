@@ -19,7 +19,7 @@ from statistics import NormalDist
 
 NORMAL = NormalDist()
 POWER = 0.8
-TARGET = 0.3  # the gain, in SDs of the per-prompt gain, that the prompt-count advice is for
+TARGET = 0.3  # the gain, in SDs of the per-prompt gain, that the prompt-count advice is for (--target-gain)
 LEVEL = 0.95
 
 
@@ -78,6 +78,7 @@ class Power:
     held_out: int
     candidates: int
     fraction: float
+    target: float = TARGET  # the gain the prompt-count advice is for
 
     @property
     def detectable(self) -> float:
@@ -86,15 +87,16 @@ class Power:
     def advice(self) -> str:
         """One line, said before generating."""
         if not self.held_out:
+            needed = prompts_for(self.target, self.candidates, 0.3)
             return (
-                f"power: nothing is held out, so no choice can be confirmed; with --holdout 0.3, "
-                f"{prompts_for(TARGET, self.candidates, 0.3)} prompts find and confirm a gain of {TARGET:g} SD of "
-                "the per-prompt gain in 80% of runs"
+                f"power: nothing is held out, so no choice can be confirmed; with --holdout 0.3, {needed} prompts "
+                f"find and confirm a gain of {self.target:g} SD of the per-prompt gain in 80% of runs"
             )
+        needed = prompts_for(self.target, self.candidates, self.fraction)
         return (
             f"power: {self.selection} selection and {self.held_out} held-out prompts, {self.candidates} candidate(s): "
             f"a gain of {self.detectable:.2f} SD of the per-prompt gain is found and confirmed in 80% of runs; "
-            f"{TARGET:g} SD needs about {prompts_for(TARGET, self.candidates, self.fraction)} prompts"
+            f"{self.target:g} SD (--target-gain) needs about {needed} prompts"
         )
 
     def to_json(self, spread: float | None) -> dict[str, float | int | None]:
@@ -105,6 +107,6 @@ class Power:
             "detectable_sd": found if math.isfinite(found) else None,
             "gain_sd": spread,
             "detectable_reward": found * spread if spread is not None and math.isfinite(found) else None,
-            "target_sd": TARGET,
-            "prompts_for_target": prompts_for(TARGET, self.candidates, self.fraction),
+            "target_sd": self.target,
+            "prompts_for_target": prompts_for(self.target, self.candidates, self.fraction),
         }

@@ -12,6 +12,7 @@ repeated word trigrams rises by more than `DEGENERATE` (20 points).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -86,7 +87,7 @@ def judge(
     if choice.alpha == 0 or not split.confirmation:
         verdict = confirmation(choice.alpha, len(split.confirmation), None)
     else:
-        ledger = ledger if ledger is not None else Ledger(reward="")
+        ledger = ledger if ledger is not None else Ledger(judge="")
         look = ledger.look(choice.alpha)
         try:
             confirming = held_out(choice.alpha)
@@ -111,7 +112,7 @@ def _look_outcome(verdict: Confirmation, margin: Margin, selection: dict[float, 
     gain = verdict.stats.gain
     return {
         "confirmed": verdict.confirmed,
-        "gain": [gain.estimate, gain.low, gain.high],
+        "gain": [v if math.isfinite(v) else None for v in (gain.estimate, gain.low, gain.high)],
         "prompts": verdict.prompts,
         "candidates": sorted(selection),
         "margin": str(margin),
