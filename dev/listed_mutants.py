@@ -299,8 +299,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "statistics: the gain without cut answers keeps them": (
         "tuning/decision/statistics.py",
-        "                gain_without_cut=_mean_over(boot, gains_of, kept),",
-        "                gain_without_cut=_mean_over(boot, gains_of, np.ones_like(kept)),",
+        "else _mean_over(boot, gains_of, kept),",
+        "else _mean_over(boot, gains_of, np.ones_like(kept)),",
         "tests/test_statistics.py",
     ),
     "rewards: a response too long cut from the right with its template end": (

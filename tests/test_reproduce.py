@@ -54,7 +54,7 @@ def test_the_quick_reproduction_runs_and_extrapolating_a_partial_checkpoint_help
         [sys.executable, str(EXAMPLE / "run.py"), "--out", str(tmp_path), "--quick"],
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=1800,  # ~1.5 minutes alone; a bound for a busy machine, not a timing test
     )
     assert run.returncode == 0, run.stderr[-3000:]
     summary = json.loads((tmp_path / "results.json").read_text())
@@ -64,6 +64,7 @@ def test_the_quick_reproduction_runs_and_extrapolating_a_partial_checkpoint_help
     partial = result["dev"]["dpo-20"]
     assert partial["alpha"] > 0, partial["reason"]  # expo tune found a significant gain on dev
     assert partial["gain"]["low"] > 0
+    assert "held-out prompts" in partial["held_out"]  # 30% of the dev prompts confirm (or not) the choice
     assert (tmp_path / "reproduce.png").read_bytes()[:4] == b"\x89PNG"
     (page,) = tmp_path.glob("seed-*/report-dpo-20.html")
     assert "<h1>expo tune: what α does to the answers</h1>" in page.read_text()

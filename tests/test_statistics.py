@@ -217,7 +217,10 @@ def test_a_smaller_alpha_is_chosen_only_when_shown_within_the_margin_of_the_best
             and "of the best of them, α=0.5" in choice.reason
         )
     else:
-        assert "α=0.5 is the best of them, no smaller one shown to be within 20% of the best gain" in choice.reason
+        assert (
+            "α=0.5 is the best of them, no smaller one shown to be within the margin of it (20% of the best gain: "
+            in choice.reason
+        )
     behind = [s for s in stats if s.alpha == 0.3][0].behind_best
     assert behind.low <= 0  # not significantly behind: the old rule would have taken 0.3 in every case
     assert choice.margin == str(Margin.parse(margin))

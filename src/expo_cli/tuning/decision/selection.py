@@ -110,11 +110,11 @@ def recommend(
         warnings.append(f"α={chosen.alpha:g} is the largest α tried: a larger one may be better still")
     if best is not chosen:
         which = (
-            f"is the smallest shown to be within {margin} ({allowed:.4g}) of the best of them, α={best.alpha:g}: "
-            f"behind it by {chosen.behind_best}"
+            f"is the smallest shown to be within the margin ({margin}: {allowed:.4g}) of the best of them, "
+            f"α={best.alpha:g}: behind it by {chosen.behind_best}"
         )
     elif len(better) > 1:
-        which = f"is the best of them, no smaller one shown to be within {margin} ({allowed:.4g}) of it"
+        which = f"is the best of them, no smaller one shown to be within the margin of it ({margin}: {allowed:.4g})"
     else:
         which = "is the one"
     reason = (

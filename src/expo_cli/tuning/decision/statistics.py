@@ -220,16 +220,13 @@ def compare(
     rewards: Mapping[float, Any],
     lengths: Mapping[float, Any] | None = None,
     truncated: Mapping[float, Any] | None = None,
-    baseline: float = 0.0,
-    draws: int = DRAWS,
-    seed: int = 0,
-    level: float = LEVEL,
-    paired_t: bool = False,
+    **settings: Any,
 ) -> list[CandidateStats]:
     """Statistics of every candidate against the baseline, sorted by α. Values are per prompt, or per (prompt,
-    sample) as arrays of shape (prompts, samples)."""
+    sample) as arrays of shape (prompts, samples); `settings`: those of `compare_scores` (baseline, draws, seed,
+    level, paired_t)."""
     scores = {a: Scores.of(r, (lengths or {}).get(a), (truncated or {}).get(a)) for a, r in rewards.items()}
-    return compare_scores(scores, baseline, draws, seed, level, paired_t)
+    return compare_scores(scores, **settings)
 
 
 def compare_scores(
@@ -271,7 +268,7 @@ def compare_scores(
                 length_interval=boot.mean(s.prompt_lengths),
                 length_change=mean_length / base_length - 1 if base_length > 0 else 0.0,
                 gain_at_equal_length=boot.length_adjusted(means[alpha] - means[baseline], length_gains, kept),
-                gain_without_cut=_mean_over(boot, gains_of, kept),
+                gain_without_cut=t_interval(gains_of[kept], level) if paired_t else _mean_over(boot, gains_of, kept),
                 truncated=float(np.mean(s.truncated)),
                 length_fit_prompts=int(kept.sum()),
             )
