@@ -275,7 +275,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "looks: another reward or other responses the same look": (
         "tuning/decision/looks.py",
-        '            if record.get("alpha") == alpha and record.get("judge") == self.judge:',
+        '            if record.get("alpha") == alpha and record.get("data") == data:',
         '            if record.get("alpha") == alpha:',
         "tests/test_selection.py " + LOOKS,
     ),

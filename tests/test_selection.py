@@ -159,12 +159,12 @@ def test_testing_other_choices_on_the_same_held_out_prompts_is_corrected_look_by
     for seed in range(runs):
         evaluate, parts = simulated.constructed(lambda a: float(a > 0), seed, prompts=100, held_out_gain=lambda a: 0.0)
         for how in fooled:
-            ledger, verdicts = Ledger(judge="r"), []
+            ledger, verdicts = Ledger(), []
             for alpha in alphas:
                 outcome = choose(evaluate, [0.0, alpha], 2, parts, seed, draws=1000, ledger=ledger)
                 verdicts.append(outcome.confirmation)
                 if how != "corrected":
-                    ledger = Ledger(judge="r")
+                    ledger = Ledger()
             fooled[how] += any(v.confirmed for v in verdicts)
             if how == "corrected":
                 assert [v.look.number for v in verdicts] == [1, 2, 3, 4]
@@ -173,16 +173,20 @@ def test_testing_other_choices_on_the_same_held_out_prompts_is_corrected_look_by
     assert fooled["each at 95%"] > fooled["corrected"] * 1.3, fooled
 
 
-def test_the_same_choice_tested_again_is_the_same_look_and_another_reward_is_a_new_one():
+def test_the_same_data_tested_again_is_the_same_look_and_another_reward_is_a_new_one():
+    """A look is the α and exactly the held-out rewards tested: another grid that chooses the same α on the same data
+    repeats look 1; the same responses judged by another reward (`confirm`) are look 2."""
     evaluate, parts = simulated.constructed(lambda a: a, 5, prompts=100)
+    other_reward, _ = simulated.constructed(lambda a: 1.1 * a, 5, prompts=100)  # the same responses judged otherwise
     kept: list[dict] = []
-    ledger = Ledger(judge="r1", keep=kept.append)
+    ledger = Ledger([], kept.append)
     first = choose(evaluate, [0.0, 1.0], 2, parts, 5, draws=500, ledger=ledger).confirmation
     again = choose(evaluate, [0.0, 0.5, 1.0], 3, parts, 5, draws=500, ledger=ledger).confirmation
     assert first.look == looks.Look(1, 0.95, False) and again.look == looks.Look(1, 0.95, True)
     assert again.note == first.note and len(kept) == 1 and kept[0]["alpha"] == 1.0 and kept[0]["confirmed"]
-    other = choose(evaluate, [0.0, 1.0], 2, parts, 5, draws=500, ledger=Ledger("r2", kept)).confirmation
+    other = choose(evaluate, [0.0, 1.0], 2, parts, 5, draws=500, ledger=ledger, confirm=other_reward).confirmation
     assert other.look == looks.Look(2, 0.975, False) and "look 2 at these prompts: a 97.500% interval" in other.note
+    assert [r["look"] for r in kept] == [1, 2] and kept[0]["data"] != kept[1]["data"]
 
 
 def simulated_result(outcome, parts) -> TuneResult:

@@ -251,9 +251,9 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
 def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_look(
     tmp_path, expo, steered, prompts_file, grader
 ):
-    """The same choice tested again is the same look (nothing recorded twice); the same held-out prompts judged by
-    another reward are look 2, tested at 97.5%, and recorded with its settings; --fresh keeps the record, and
-    responses made with other settings on the same prompts are look 3."""
+    """The same data tested again is the same look (nothing recorded twice), whatever the reward is called; the same
+    held-out prompts judged by another reward are look 2, tested at 97.5%, and recorded with its settings; --fresh
+    keeps the record, and responses made with other settings on the same prompts are look 3."""
     sft, aligned = steered
     settings = ["--alpha", "2", "--max-new-tokens", "10", "--temperature", "1", "--holdout", "0.5", "--json", "-q"]
     settings += ["--run-dir", tmp_path / "run"]
@@ -265,8 +265,12 @@ def test_the_held_out_prompts_are_spent_once_another_reward_is_a_later_stricter_
     again = json.loads(tune(expo, sft, aligned, prompts_file, grader, *settings).stdout)
     assert again["confirmation"]["look"] == {"number": 1, "level": 0.95, "repeated": True}
     assert len(looks_file.read_text().splitlines()) == 1
-    other = tmp_path / "other.py"
-    other.write_text(grader.read_text())
+    copy = tmp_path / "copy.py"  # another name, the same scores: the same data tested, the same look
+    copy.write_text(grader.read_text())
+    same = json.loads(tune(expo, sft, aligned, prompts_file, copy, *settings).stdout)
+    assert same["confirmation"]["look"] == {"number": 1, "level": 0.95, "repeated": True}
+    other = tmp_path / "other.py"  # another reward: other data on the same prompts
+    other.write_text(grader.read_text().replace("return words.count", "return 1 + words.count"))
     second = tune(expo, sft, aligned, prompts_file, other, *settings)
     report = json.loads(second.stdout)
     assert report["confirmation"]["look"] == {"number": 2, "level": 0.975, "repeated": False}

@@ -234,8 +234,7 @@ def _tune(
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
     with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
-        judge = confirmer or scorer  # the reward whose held-out test is the look, on responses made with `key`
-        ledger = Ledger(digest({"reward": judge.identity(), "responses": key}), folder.looks(), folder.add_look)
+        ledger = Ledger(folder.looks(), folder.add_look)
         model = engine = policy = None
         if not rescore and backend == "vllm":
             engine = VllmPolicy.start(

@@ -12,6 +12,7 @@ repeated word trigrams rises by more than `DEGENERATE` (20 points).
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,14 +88,15 @@ def judge(
     if choice.alpha == 0 or not split.confirmation:
         verdict = confirmation(choice.alpha, len(split.confirmation), None)
     else:
-        ledger = ledger if ledger is not None else Ledger(judge="")
-        look = ledger.look(choice.alpha)
+        ledger = ledger if ledger is not None else Ledger()
         try:
             confirming = held_out(choice.alpha)
             judging = judged(choice.alpha) if judged else confirming
         except NotGenerated as err:
-            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}", look)
+            verdict = Confirmation(choice.alpha, len(split.confirmation), None, f"not confirmed: {err}")
         else:
+            data = _digest(judging, split.confirmation)
+            look = ledger.look(choice.alpha, data)
             pair = _compare(judging, split.confirmation, seed, draws, look.level, paired_t=True)
             primary = (
                 _compare(confirming, split.confirmation, seed, draws, look.level, paired_t=True) if judged else None
@@ -102,8 +104,16 @@ def judge(
             verdict = confirmation(
                 choice.alpha, len(split.confirmation), pair[1], look, pair[0], primary[1] if primary else None
             )
-            ledger.record(look, choice.alpha, _look_outcome(verdict, margin, selection))
+            ledger.record(look, choice.alpha, data, _look_outcome(verdict, margin, selection))
     return Outcome(selection, stats, choice, stopped, verdict, confirming)
+
+
+def _digest(candidates: dict[float, Candidate], prompts: list[int]) -> str:
+    """A digest of exactly the data a held-out test judges: each candidate's rewards, in (prompt, sample) order."""
+    digest = hashlib.sha256()
+    for alpha in sorted(candidates):
+        digest.update(repr(alpha).encode() + candidates[alpha].scores(prompts).rewards.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _look_outcome(verdict: Confirmation, margin: Margin, selection: dict[float, Candidate]) -> dict[str, Any]:
