@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 import expo_cli
 
 
@@ -103,3 +105,15 @@ def test_bad_dtype_and_shard_size_are_usage_errors(tmp_path, expo, llama_pair):
     run = expo(*base, "--max-shard-size", "lots")
     assert run.code == 2 and "--max-shard-size 'lots'" in run.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("short", "long"), [("bf16", "bfloat16"), ("FP16", "float16"), ("fp32", "float32")])
+def test_the_usual_short_dtype_names_are_the_long_ones(tmp_path, expo, llama_pair, short, long):
+    from safetensors import safe_open
+
+    sft, aligned = llama_pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "o", "--alpha", "0.5", "--dtype", short)
+    assert run.code == 0, run.stderr
+    with safe_open(next((tmp_path / "o").glob("*.safetensors")), "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {f"torch.{long}"}
+    assert json.loads((tmp_path / "o" / "config.json").read_text())["expo"]["dtype"] == long

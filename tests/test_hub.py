@@ -159,7 +159,11 @@ def test_expo_push_private_revision_and_pull_request(tmp_path, expo, hub, local_
 @pytest.mark.parametrize(
     ("setup", "args", "message"),
     [
-        (None, ["--aligned", "org/does-not-exist"], "org/does-not-exist: repository not found"),
+        (
+            None,
+            ["--aligned", "org/does-not-exist"],
+            "org/does-not-exist (no local folder of that name: tried as a Hub repo id): repository not found",
+        ),
         ("plain", ["--aligned", "org/err-dpo@no-such-branch"], "revision 'no-such-branch' not found"),
         ("gated", ["--aligned", "org/err-dpo-gated"], "is gated: accept its terms"),
         ("drop", ["--aligned", "org/err-dpo-drop"], "run again to resume"),

@@ -144,3 +144,20 @@ def test_a_reward_functions_identity_follows_the_modules_it_imports_from_its_fol
     assert RewardFunction(spec).identity() == first
     (tmp_path / "graders" / "util.py").write_text("WEIGHT = 2.0\n")
     assert RewardFunction(spec).identity()["source_sha256"] != first["source_sha256"]
+
+
+def test_a_module_name_for_a_file_beside_says_how_to_name_the_file(tmp_path, monkeypatch):
+    from expo_cli.errors import InputError
+    from expo_cli.tuning.objectives.rewards import load_function
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "graders.py").write_text("def score(p, r):\n    return 1.0\n")
+    with pytest.raises(InputError) as caught:
+        load_function("graders:score")
+    assert str(caught.value) == (
+        "--reward-fn graders:score: cannot import graders (ModuleNotFoundError: No module named 'graders'); "
+        "to load the file graders.py, write graders.py:score"
+    )
+    assert load_function("graders.py:score")("p", "r") == 1.0
+    with pytest.raises(InputError, match=r"No module named 'nothere'\)$"):
+        load_function("nothere:score")  # no such file either: no hint

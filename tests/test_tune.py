@@ -207,6 +207,9 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
     assert best["reward"]["estimate"] > report["candidates"][0]["reward"]["estimate"]
     assert report["confirmation"]["stats"]["gain"]["low"] > 0
     assert "largest α tried" in run.stderr  # the peak may lie further out
+    assert (
+        f"plot: {tmp_path / 'tune.png'}" in run.stderr and f"responses: {tmp_path / 'responses.jsonl'}" in run.stderr
+    )
     advice = "power: 12 selection and 12 held-out prompts, 2 candidate(s): a gain of "
     assert advice in run.stderr and run.stderr.index(advice) < run.stderr.index("α=0")  # said before generating
     assert report["power"]["detectable_sd"] == pytest.approx(power.detectable(12, 12, 2))

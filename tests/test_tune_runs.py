@@ -16,18 +16,21 @@ from expo_cli.tuning.objectives.rewards import BatchScores
 from helpers import steered_pair
 
 PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
-# While the marker file exists, kills its own process with SIGKILL when asked to score once the file the marker
-# names has two lines (a candidate's second batch is generated): a crash in the middle of a candidate.
+# While the marker file "kill-when" (or "interrupt-when") exists, sends its own process SIGKILL (or SIGINT, as
+# Ctrl-C does) when asked to score once the file the marker names has two lines (a candidate's second batch is
+# generated), and removes the marker: a crash, or a Ctrl-C, in the middle of a candidate.
 GRADER = """import os, signal
 from pathlib import Path
 
 
 def w7_share(prompt, response):
-    marker = Path(__file__).with_name("kill-when")
-    if marker.exists():
-        watched = Path(marker.read_text())
-        if watched.exists() and len(watched.read_text().splitlines()) >= 2:
-            os.kill(os.getpid(), signal.SIGKILL)
+    for name, sent in (("kill-when", signal.SIGKILL), ("interrupt-when", signal.SIGINT)):
+        marker = Path(__file__).with_name(name)
+        if marker.exists():
+            watched = Path(marker.read_text())
+            if watched.exists() and len(watched.read_text().splitlines()) >= 2:
+                marker.unlink()
+                os.kill(os.getpid(), sent)
     words = response.split()
     return words.count("w7") / max(len(words), 1)
 
@@ -78,7 +81,7 @@ def test_a_run_killed_mid_candidate_resumes_to_the_uninterrupted_result(steered,
     (rewards,) = run_dir.glob("rewards/*/selection/alpha=0.5.jsonl")
     assert made in (2, 3) and len(rewards.read_text().splitlines()) == made - 1  # a half-done candidate
     assert not (generations / "alpha=2.jsonl").exists()
-    (workspace / "kill-when").unlink()
+    assert not (workspace / "kill-when").exists()  # the grader removed it as it killed itself
 
     resumed = expo_process(arguments(steered, workspace, run_dir))
     assert resumed.returncode == 0, resumed.stderr
@@ -237,3 +240,18 @@ def test_a_corrupt_run_folder_line_ends_tune_in_one_line(tmp_path, expo):
     assert run.code == 2 and len(errors) == 1 and "Traceback" not in run.stderr, run.stderr
     assert "generations/selection/alpha=1.0.jsonl line 2: not valid JSON" in errors[0] and "--fresh" in errors[0]
     assert expo(*args, "--fresh").code == 0
+
+
+def test_ctrl_c_mid_candidate_says_where_the_work_is_kept_and_the_same_command_resumes(steered, workspace):
+    run_dir = workspace / "run"
+    generations = run_dir / "generations" / "selection"
+    (workspace / "interrupt-when").write_text(str(generations / "alpha=0.5.jsonl"))
+    stopped = expo_process(arguments(steered, workspace, run_dir))
+    assert stopped.returncode == 130, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"Error: interrupted by SIGINT; the responses so far are kept in {run_dir}: the same command resumes"
+    )
+    resumed = expo_process([a for a in arguments(steered, workspace, run_dir) if a != "-q"])  # not quiet: it says
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"run folder: {run_dir} (resuming: " in resumed.stderr and "are reused)" in resumed.stderr
+    assert json.loads(resumed.stdout)["run"]["reused"] > 0

@@ -61,9 +61,10 @@ class NotWritten(ExpoError):
 class Interrupted(ExpoError):
     """The run was stopped by a signal; the partial output has been removed."""
 
-    def __init__(self, signum: int) -> None:
+    def __init__(self, signum: int, after: str = "the partial output was removed") -> None:
         self.exit_code = 128 + signum
-        super().__init__(f"interrupted by {signal.Signals(signum).name}; the partial output was removed")
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}; {after}")
 
 
 EXIT_CODES_HELP = (

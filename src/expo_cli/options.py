@@ -14,7 +14,7 @@ from typing import Any
 
 from .alpha import AlphaRule, parse_rules
 from .constants import DEFAULT_MAX_SHARD_SIZE, REPO_ID
-from .core.sources import dtype_code
+from .core.sources import canonical_dtype, dtype_code
 from .core.writer import parse_size
 from .errors import UsageError
 
@@ -89,6 +89,7 @@ class MergeOptions:
 
     def __post_init__(self) -> None:
         """Refuse bad values and conflicting options now, whatever the order they would be used in later."""
+        object.__setattr__(self, "dtype", canonical_dtype(self.dtype))  # bf16 -> bfloat16, everywhere after
         _ = self.out_code, self.rules, self.shard_bytes  # each raises on a bad value
         for role, hub_id in (("sft", self.sft_id), ("aligned", self.aligned_id)):
             if hub_id is not None and not REPO_ID.match(hub_id):

@@ -82,7 +82,8 @@ DtypeOpt = Annotated[
     typer.Option(
         "--dtype",
         metavar="DTYPE",
-        help="bfloat16, float16 or float32 for every floating tensor (default: the aligned dtype).",
+        help="bfloat16, float16 or float32 (or bf16, fp16, fp32) for every floating tensor (default: the aligned "
+        "dtype).",
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or auto (CUDA when available).")]

@@ -368,12 +368,15 @@ def tune(
     )
     for warning in result.warnings:
         out.warning(warning)
-    if save_responses:
-        result.save_responses(save_responses)
-    if plot:
-        result.plot(plot)
-    if report:
-        result.write_report(report)
+    written = {
+        "responses": (save_responses, result.save_responses),
+        "plot": (plot, result.plot),
+        "report": (report, result.write_report),
+    }
+    for what, (path, write) in written.items():
+        if path:
+            write(path)
+            options["info"](f"{what}: {path}")
     summary = result.to_json()
     refused = result.not_written() if output else None
     if output and (refused is None or (force and result.alpha != 0)):

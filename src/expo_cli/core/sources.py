@@ -60,13 +60,30 @@ def dtype_name(code: str) -> str:
     return FLOAT_NAMES.get(code, code.lower())
 
 
+DTYPE_ALIASES = {
+    "bf16": "bfloat16",
+    "fp16": "float16",
+    "f16": "float16",
+    "half": "float16",
+    "fp32": "float32",
+    "f32": "float32",
+    "float": "float32",
+}  # the short names other tools accept
+
+
+def canonical_dtype(name: str | None) -> str | None:
+    """A --dtype value in its long name (bf16 -> bfloat16); unknown names are left for `dtype_code` to refuse."""
+    return None if name is None else DTYPE_ALIASES.get(name.lower(), name)
+
+
 def dtype_code(name: str | None) -> str | None:
     """The safetensors code of a --dtype value (None: keep each aligned dtype)."""
     if name is None:
         return None
     codes = {FLOAT_NAMES[code]: code for code in ("BF16", "F16", "F32")}
+    name = canonical_dtype(name)
     if name not in codes:
-        raise UsageError(f"--dtype {name!r}: choose one of {', '.join(codes)}")
+        raise UsageError(f"--dtype {name!r}: choose one of {', '.join(codes)} (or bf16, fp16, fp32)")
     return codes[name]
 
 

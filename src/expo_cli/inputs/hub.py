@@ -73,10 +73,12 @@ def api(token: str | None = None) -> Any:
 
 @contextmanager
 def hub_errors(repo_id: str, revision: str | None = None, action: str = "download") -> Iterator[None]:
-    """Turn huggingface_hub's exceptions into one clear HubError line."""
+    """Turn huggingface_hub's exceptions into one clear HubError line. A download is of an input given as a
+    path with no local folder there (`parse_input`): the line says so, since a mistyped path reads as a repo id."""
     from huggingface_hub import errors  # the Hub client loads when the Hub is used
 
     at = f"{repo_id}@{revision}" if revision else repo_id
+    tried = " (no local folder of that name: tried as a Hub repo id)" if action == "download" else ""
     try:
         yield
     except errors.GatedRepoError as err:
@@ -85,7 +87,7 @@ def hub_errors(repo_id: str, revision: str | None = None, action: str = "downloa
         raise HubError(f"{at}: revision {revision!r} not found; check the branch, tag or commit") from err
     except errors.RepositoryNotFoundError as err:
         raise HubError(
-            f"{repo_id}: repository not found (or private: set HF_TOKEN to a token that can read it)"
+            f"{repo_id}{tried}: repository not found (or private: set HF_TOKEN to a token that can read it)"
         ) from err
     except errors.LocalEntryNotFoundError as err:
         raise HubError(
@@ -103,7 +105,10 @@ def hub_errors(repo_id: str, revision: str | None = None, action: str = "downloa
         cause = network_cause(err)
         if cause is None:
             raise
-        raise HubError(f"{at}: {action} failed ({type(cause).__name__}: {cause}); run again to resume") from err
+        check = "check the path, or the network, and " if tried else ""
+        raise HubError(
+            f"{at}{tried}: {action} failed ({type(cause).__name__}: {cause}); {check}run again to resume"
+        ) from err
 
 
 def network_cause(err: BaseException | None) -> BaseException | None:

@@ -22,7 +22,7 @@ from typing import Any
 from ..alpha import check_alphas
 from ..constants import VERSION
 from ..core.sources import dtype_name
-from ..errors import InputError, UsageError, first_line
+from ..errors import InputError, Interrupted, UsageError, first_line
 from ..fsutil import fingerprint
 from ..inputs.adapters import input_folders
 from ..merging.api import PreparedRun, prepare
@@ -233,7 +233,8 @@ def _tune(
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
-    with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder:
+    with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder, _resumable(folder_path):
+        opts.inform(folder.describe())
         ledger = Ledger(folder.looks(), folder.add_look)
         model = engine = policy = None
         if not rescore and backend == "vllm":
@@ -300,6 +301,15 @@ def _tune(
         )
         result.save_result()
         return result
+
+
+@contextmanager
+def _resumable(folder: Path) -> Iterator[None]:
+    """Ctrl-C (or SIGTERM) during a tune says where its work is kept and that the same command resumes it."""
+    try:
+        yield
+    except Interrupted as err:
+        raise Interrupted(err.signum, f"the responses so far are kept in {folder}: the same command resumes") from err
 
 
 def _check_context(

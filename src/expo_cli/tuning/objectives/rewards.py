@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from ...errors import InputError, UsageError, first_line
+from ...errors import ExpoError, InputError, UsageError, first_line
 from ...fsutil import fingerprint
 
 UNKNOWN_LIMIT = 10**6  # tokenizers without a limit report a huge model_max_length
@@ -137,6 +137,8 @@ class RewardFunction:
         for prompt, response in zip(prompts, responses, strict=True):
             try:
                 value = self.function(prompt, response)
+            except ExpoError:  # Ctrl-C while the grader ran: an interruption, not the grader's error
+                raise
             except Exception as err:  # the user's code: say whose it is
                 raise InputError(f"{self.option}-fn {self.name} raised {type(err).__name__}: {err}") from err
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -221,7 +223,15 @@ def load_function(spec: str, option: str = "--reward") -> Callable[[str, str], f
     except InputError:
         raise
     except Exception as err:  # an import error in user code
-        raise InputError(f"{option}-fn {spec}: cannot import {module_name} ({type(err).__name__}: {err})") from err
+        as_file = Path(*module_name.split(".")).with_suffix(".py")
+        hint = (
+            f"; to load the file {as_file.as_posix()}, write {as_file.as_posix()}:{attribute}"
+            if isinstance(err, ModuleNotFoundError) and err.name == module_name.split(".")[0] and as_file.is_file()
+            else ""
+        )
+        raise InputError(
+            f"{option}-fn {spec}: cannot import {module_name} ({type(err).__name__}: {err}){hint}"
+        ) from err
     function = getattr(module, attribute, None)
     if not callable(function):
         raise InputError(f"{option}-fn {spec}: {module_name} has no function {attribute!r}")

@@ -107,6 +107,15 @@ class RunFolder:
             except OSError as err:
                 raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
 
+    def describe(self) -> str:
+        """One line for the start of a run: where its work is kept, and whether an earlier run's is reused."""
+        kept = sum(
+            data.count(b"\n") for data in (f.read_bytes() for f in (self.path / "generations").glob("*/*.jsonl"))
+        )
+        if not kept:
+            return f"run folder: {self.path} (new)"
+        return f"run folder: {self.path} (resuming: {kept} batch(es) of responses kept from an earlier run are reused)"
+
     def scored_by(self, reward: dict[str, Any]) -> RunFolder:
         """The same folder (its lock held by this one) keeping the scores of another reward (--confirm-reward)."""
         return RunFolder(self.path, reward, lock=-1)

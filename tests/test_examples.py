@@ -1,0 +1,74 @@
+"""The README's first hour on the demo pair: `make demo`'s next steps, then the shipped tune example, its refusal
+to write a gamed choice, --force, and verify, exactly as the README has them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> Path:
+    """The demo pair as `make demo` builds it (examples/make_tiny_pair.py, run as a script)."""
+    root = tmp_path_factory.mktemp("demo")
+    subprocess.run([sys.executable, str(EXAMPLES / "make_tiny_pair.py"), str(root)], check=True, capture_output=True)
+    return root
+
+
+def test_make_tiny_pair_help_explains_and_builds_nothing(tmp_path):
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "make_tiny_pair.py"), "--help"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert run.returncode == 1 and "Build a tiny SFT/aligned pair" in run.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_ends_by_naming_its_output_and_the_next_commands(demo, expo):
+    assert (
+        expo("merge", "--sft", demo / "sft", "--aligned", demo / "aligned", "-o", demo / "expo", "--alpha", "0.5").code
+        == 0
+    )
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "check_output.py"), str(demo / "expo")], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    last = run.stdout.strip().splitlines()[-4:]
+    assert last[0] == f'The merged checkpoint is in {demo / "expo"}. Next (the README\'s "Try it on the demo pair"):'
+    assert last[1].strip().startswith("source .venv/bin/activate")
+    assert last[2].strip() == f"expo verify {demo / 'expo'} --sft {demo}/sft --aligned {demo}/aligned"
+    assert last[3].strip().startswith(f"expo tune --sft {demo}/sft --aligned {demo}/aligned --prompts examples/demo")
+    assert expo("verify", demo / "expo", "--sft", demo / "sft", "--aligned", demo / "aligned").code == 0
+
+
+def readme_tune_arguments() -> list[str]:
+    """The README's demo tune command, its continuation lines joined, without `expo tune` and the comment."""
+    text = (ROOT / "README.md").read_text()
+    start = text.index("expo tune --sft examples/out/sft --aligned examples/out/aligned --prompts examples/demo/")
+    command = text[start : text.index("```", start)].split("#")[0].replace("\\\n", " ")
+    return command.split()[2:]
+
+
+def test_the_readme_tune_example_chooses_and_confirms_alpha_2_and_refuses_to_write_a_gamed_choice(
+    demo, expo, monkeypatch
+):
+    monkeypatch.chdir(ROOT)  # the README's paths are relative to the repository
+    arguments = [a.replace("examples/out", str(demo)) for a in readme_tune_arguments()]
+    assert arguments[-2:] == ["--report", f"{demo}/report.html"]
+    common = [*arguments, "--run-dir", demo / "run", "--json"]
+    refused = expo("tune", *common, "--output", demo / "tuned")
+    assert refused.code == 8, refused.stderr
+    report = json.loads(refused.stdout)
+    assert report["alpha"] == 2.0 and report["confirmed"] and report["split"]["confirmation"] == 36
+    assert "power: 84 selection and 36 held-out prompts, 3 candidate(s)" in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("Error: --output tuned not written: α=2 cuts ")
+    assert (demo / "report.html").is_file() and not (demo / "tuned").exists()
+    forced = expo("tune", *common, "--output", demo / "tuned", "--force")
+    assert forced.code == 0, forced.stderr
+    assert json.loads(forced.stdout)["run"]["generated"] == 0  # every answer reused from the run folder
+    assert expo("verify", demo / "tuned", "--sft", demo / "sft", "--aligned", demo / "aligned").code == 0
