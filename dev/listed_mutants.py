@@ -248,6 +248,31 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    chosen = max(close, key=lambda s: s.reward.estimate)",
         "tests/test_statistics.py",
     ),
+    # Issue 41: a newcomer's first hour.
+    "hub: a mistyped path's Hub error not saying it was tried as a repo id": (
+        "inputs/hub.py",
+        '    tried = " (no local folder of that name: tried as a Hub repo id)" if action == "download" else ""',
+        '    tried = ""',
+        "tests/test_hub.py::test_hub_input_errors",
+    ),
+    "rewards: Ctrl-C inside a grader reported as the grader's error": (
+        "tuning/objectives/rewards.py",
+        "            except ExpoError:  # Ctrl-C while the grader ran",
+        "            except ZeroDivisionError:  # Ctrl-C while the grader ran",
+        "tests/test_tune_runs.py::test_ctrl_c_mid_candidate_says_where_the_work_is_kept_and_the_same_command_resumes",
+    ),
+    "sources: the usual short dtype names refused": (
+        "core/sources.py",
+        "    return None if name is None else DTYPE_ALIASES.get(name.lower(), name)",
+        "    return name",
+        "tests/test_cli.py",
+    ),
+    "rewards: no hint for a module name whose file is beside": (
+        "tuning/objectives/rewards.py",
+        "and as_file.is_file()",
+        "and False",
+        "tests/test_rewards.py",
+    ),
     # Issue 35: a choice of α a reviewer would accept.
     "selection: no margin (the smallest α not significantly behind the best)": (
         "tuning/decision/selection.py",

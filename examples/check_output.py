@@ -21,7 +21,7 @@ def main(path: str) -> None:
     print(f"loaded {path}: {model.num_parameters()} parameters, {model.dtype}, no missing or unexpected keys")
     print(f"generated: {tokenizer.decode(generated[0])!r}")
     pair = Path(path).parent
-    print(f"\nThe merged checkpoint is in {path}. Next (the README's \"Try it on the demo pair\"):")
+    print(f'\nThe merged checkpoint is in {path}. Next (the README\'s "Try it on the demo pair"):')
     print("  source .venv/bin/activate        # puts expo on the PATH (or run .venv/bin/expo)")
     print(f"  expo verify {path} --sft {pair}/sft --aligned {pair}/aligned")
     print(
