@@ -150,14 +150,14 @@ def test_a_module_name_for_a_file_beside_says_how_to_name_the_file(tmp_path, mon
     from expo_cli.errors import InputError
     from expo_cli.tuning.objectives.rewards import load_function
 
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "graders.py").write_text("def score(p, r):\n    return 1.0\n")
+    monkeypatch.chdir(tmp_path)  # a name no other test imports: sys.modules holds what they did
+    (tmp_path / "hinted_grader.py").write_text("def score(p, r):\n    return 1.0\n")
     with pytest.raises(InputError) as caught:
-        load_function("graders:score")
+        load_function("hinted_grader:score")
     assert str(caught.value) == (
-        "--reward-fn graders:score: cannot import graders (ModuleNotFoundError: No module named 'graders'); "
-        "to load the file graders.py, write graders.py:score"
+        "--reward-fn hinted_grader:score: cannot import hinted_grader (ModuleNotFoundError: No module named "
+        "'hinted_grader'); to load the file hinted_grader.py, write hinted_grader.py:score"
     )
-    assert load_function("graders.py:score")("p", "r") == 1.0
+    assert load_function("hinted_grader.py:score")("p", "r") == 1.0
     with pytest.raises(InputError, match=r"No module named 'nothere'\)$"):
         load_function("nothere:score")  # no such file either: no hint
