@@ -358,6 +358,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        if False:",
         "tests/test_selection.py::test_a_choice_whose_answers_are_cut_far_more_often_is_not_written_and_says_so",
     ),
+    "result: --force writes α = 0": (
+        "tuning/runs/result.py",
+        '        if self.alpha == 0:\n            return "no candidate',
+        '        if self.alpha == 0 and not force:\n            return "no candidate',
+        "tests/test_selection.py",
+    ),
     "cli: an unwritten --output exits 0": (
         "cli/tune.py",
         "        raise NotWritten(",

@@ -212,3 +212,16 @@ def test_a_choice_whose_answers_are_cut_far_more_often_is_not_written_and_says_s
     held = outcome.confirmation.stats
     assert held.length_fit_prompts < len(parts.confirmation) and held.gain_without_cut.low > 0
     assert "cut answers on the held-out prompts: α=0 0%" in "\n".join(result.table())
+
+
+def test_alpha_0_is_never_written_even_with_force_and_an_unconfirmed_choice_only_with_force():
+    flat, parts = simulated.constructed(lambda a: 0.0, 4)
+    nothing = simulated_result(choose(flat, [0.0, 1.0], 2, parts, 4, draws=500), parts)
+    assert nothing.alpha == 0
+    assert nothing.not_written(force=True) == nothing.not_written() != None  # noqa: E711
+    assert "expo merge writes any α" in nothing.not_written()
+    lucky, parts = simulated.constructed(lambda a: a, 4, held_out_gain=lambda a: 0.0)
+    unconfirmed = simulated_result(choose(lucky, [0.0, 1.0], 2, parts, 4, draws=500), parts)
+    assert unconfirmed.alpha == 1.0 and not unconfirmed.confirmed  # a real difference from the case above first
+    assert unconfirmed.not_written().endswith("; --force writes it anyway")
+    assert unconfirmed.not_written(force=True) is None

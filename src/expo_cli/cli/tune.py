@@ -378,14 +378,13 @@ def tune(
             write(path)
             options["info"](f"{what}: {path}")
     summary = result.to_json()
-    refused = result.not_written() if output else None
-    if output and (refused is None or (force and result.alpha != 0)):
+    refused = result.not_written(force) if output else None
+    if output and refused is None:
         naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
         summary.update(_write_chosen(result, sft, aligned, output, hub, quiet, {**options, **naming}))
     _show(result, summary, json)
-    if output and refused is not None and not (force and result.alpha != 0):
-        anyway = "" if result.alpha == 0 else "; --force writes it anyway"
-        raise NotWritten(f"--output {Path(output).name} not written: {refused}{anyway}")
+    if output and refused is not None:
+        raise NotWritten(f"--output {Path(output).name} not written: {refused}")
 
 
 def _write_chosen(

@@ -69,19 +69,21 @@ class TuneResult:
             rates[alpha] = sum(cuts) / len(cuts) if cuts else 0.0
         return rates
 
-    def not_written(self) -> str | None:
-        """Why --output should not be written without --force (None: it should): nothing confirmed, or the
-        chosen α's answers cut much more often than α = 0's."""
+    def not_written(self, force: bool = False) -> str | None:
+        """Why --output is not written (None: it is): α = 0 chosen (there is nothing to write), or, unless
+        `force`, nothing confirmed or the chosen α's answers cut much more often than α = 0's."""
         if self.alpha == 0:
-            return "no candidate beats the aligned model (α = 0) on the selection prompts"
+            return "no candidate beats the aligned model (α = 0) on the selection prompts (expo merge writes any α)"
+        if force:
+            return None
         if not self.confirmed:
-            return f"α={self.alpha:g} was chosen but {self.outcome.confirmation.note}"
+            return f"α={self.alpha:g} was chosen but {self.outcome.confirmation.note}; --force writes it anyway"
         rates = self.cut_rates()
         if rates[self.alpha] - rates[0.0] > CUT_RISE:
             return (
                 f"α={self.alpha:g} cuts {rates[self.alpha]:.0%} of its answers (at --max-new-tokens or to fit the "
                 f"reward model) against {rates[0.0]:.0%} at α=0, more than {CUT_RISE:.0%} more: its gain may be "
-                "scored on unfinished answers; raise --max-new-tokens"
+                "scored on unfinished answers; raise --max-new-tokens (--force writes it anyway)"
             )
         return None
 
