@@ -268,7 +268,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "tests/test_cli.py",
     ),
     "rewards: no hint for a module name whose file is beside": (
-        "tuning/objectives/rewards.py",
+        "tuning/objectives/usercode.py",
         "and as_file.is_file()",
         "and False",
         "tests/test_rewards.py",
@@ -347,7 +347,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         SHORT_CONTEXT,
     ),
     "rewards: a grader's imported helper not in its identity": (
-        "tuning/objectives/rewards.py",
+        "tuning/objectives/usercode.py",
         "                    if resolved.is_file() and resolved.is_relative_to(root):",
         "                    if False:",
         "tests/test_rewards.py",

@@ -148,7 +148,7 @@ def test_a_reward_functions_identity_follows_the_modules_it_imports_from_its_fol
 
 def test_a_module_name_for_a_file_beside_says_how_to_name_the_file(tmp_path, monkeypatch):
     from expo_cli.errors import InputError
-    from expo_cli.tuning.objectives.rewards import load_function
+    from expo_cli.tuning.objectives.usercode import load_function
 
     monkeypatch.chdir(tmp_path)  # a name no other test imports: sys.modules holds what they did
     (tmp_path / "hinted_grader.py").write_text("def score(p, r):\n    return 1.0\n")
