@@ -962,6 +962,109 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         f"{VLLM}tests/test_vllm.py::test_vllm_errors_are_one_line_before_any_generation",
     ),
+    # A newcomer's first hour (issue 41): messages that say the next step.
+    "swapped inputs not refused": (
+        "merging/planning.py",
+        "        if reason := swapped(*named):",
+        "        if (reason := swapped(*named)) and False:",
+        "tests/test_publish.py::test_swapped_inputs_are_refused_when_their_metadata_says_so",
+    ),
+    "a claim naming both inputs counts as evidence": (
+        "merging/direction.py",
+        "if other.is_named(n) and not self.is_named(n)",
+        "if other.is_named(n)",
+        "tests/test_publish.py::test_metadata_naming_both_inputs_alike_is_no_evidence",
+    ),
+    "verify: no hint of the recorded α": (
+        "verification.py",
+        "    if recorded_alpha is not None and recorded_alpha != alpha:",
+        "    if False:",
+        "tests/test_verify.py::test_a_failed_check_says_what_the_provenance_records",
+    ),
+    "verify: swapped inputs not told apart from foreign ones": (
+        "verification.py",
+        '        if (given["sft"], given["aligned"]) == (names["aligned"], names["sft"]):',
+        "        if False:",
+        "tests/test_verify.py::test_a_failed_check_says_what_the_provenance_records",
+    ),
+    "verify: a sweep's folder read as a checkpoint": (
+        "verification.py",
+        "(outputs := _sweep_outputs(folder))",
+        "(outputs := [])",
+        "tests/test_verify.py::test_a_sweeps_folder_or_a_missing_one_is_named_with_what_to_pass",
+    ),
+    "inspect warns on the whole-model ratio": (
+        "inspection.py",
+        "    elif matrix_change > LARGE_CHANGE:",
+        "    elif relative > LARGE_CHANGE:",
+        "tests/test_inspect.py",
+    ),
+    "inspect's matrices include the vectors": (
+        "inspection.py",
+        "            len(t.aligned.shape) >= 2,",
+        "            len(t.aligned.shape) >= 1,",
+        "tests/test_inspect.py",
+    ),
+    "inspect's summary names --dtype as typed": (
+        "inspection.py",
+        "dtype_name(out_code) if out_code else pairing.dominant_dtype()",
+        "dtype if out_code else pairing.dominant_dtype()",
+        "tests/test_inspect.py",
+    ),
+    "report browser compares α = 0 with itself": (
+        "tuning/runs/reporting/page.js",
+        "  const other = data.compared;",
+        "  const other = data.chosen in prompt.reward ? data.chosen : data.compared;",
+        "tests/test_report.py",
+    ),
+    "report verdict from the selection prompts when some were held out": (
+        "tuning/runs/reporting/__init__.py",
+        '    if stats and stats.get("gain") and stats.get("win_rate"):',
+        "    if False:",
+        "tests/test_examples.py",
+    ),
+    "next steps: a wider grid never suggested": (
+        "tuning/runs/advice.py",
+        "    if result.alpha == grid[-1]:",
+        "    if False:",
+        "tests/test_examples.py",
+    ),
+    "next steps: verify suggested for an unwritten output": (
+        "tuning/runs/advice.py",
+        "    if output and refused is None:",
+        "    if output:",
+        "tests/test_tune.py::test_an_unconfirmed_choice_is_written_only_with_force",
+    ),
+    "rounding noise printed as a gain": (
+        "tuning/decision/statistics.py",
+        "    return 0.0 if abs(value) < NOISE else value",
+        "    return value",
+        "tests/test_statistics.py",
+    ),
+    "a sweep repeats the bytes read per output": (
+        "cli/merge.py",
+        "    if len(results) == 1:",
+        "    if True:",
+        "tests/test_cli.py",
+    ),
+    "push says Uploading before checking the folder": (
+        "cli/push.py",
+        "    return expo_cli.push(",
+        '    None if quiet else out.info(f"Uploading {folder} to {hub.repo_id}")\n    return expo_cli.push(',
+        "tests/test_cli.py",
+    ),
+    "help options ungrouped": (
+        "cli/_help.py",
+        '                panel = getattr(param, "rich_help_panel", None) or GENERAL',
+        "                panel = GENERAL",
+        "tests/test_cli.py",
+    ),
+    "help keeps Typer's [default: X]": (
+        "cli/_help.py",
+        "                panels.setdefault(panel, []).append((record[0], one_default_style(record[1])))",
+        "                panels.setdefault(panel, []).append(record)",
+        "tests/test_publish.py::test_help_reads_right",
+    ),
 }
 
 

@@ -20,6 +20,22 @@ def test_help_lists_examples_and_exit_codes(expo):
     )
 
 
+def test_options_are_grouped_and_the_command_list_is_not_cut(expo):
+    """Panels in a fixed order, each option under one; the top-level list shows whole summaries."""
+    run = expo("merge", "--help")
+    headings = [line[:-1] for line in run.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings == ["Inputs", "Extrapolation", "Output", "Hub", "Job arrays", "Speed", "General"]
+    section = run.stdout.split("\nHub:\n")[1].split("\n\n")[0]
+    assert "--push-to-hub" in section and "--stream " in section and "--alpha " not in section
+    run = expo("tune", "--help")
+    headings = [line[:-1] for line in run.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
+    assert headings[:4] == ["Inputs", "Prompts", "Scoring", "Choice of α"] and headings[-1] == "General"
+    assert "Usage: expo verify [OPTIONS] OUTPUT" in expo("verify", "--help").stdout
+    top = expo("--help").stdout
+    assert "..." not in top.split("Commands:")[1].split("Exit codes")[0]
+    assert "Exit codes: 0 success" in top and "8 expo tune wrote no --output" in " ".join(top.split())
+
+
 def test_version(expo):
     run = expo("--version")
     assert run.code == 0 and run.stdout.strip() == f"expo {expo_cli.__version__}"
@@ -117,3 +133,31 @@ def test_the_usual_short_dtype_names_are_the_long_ones(tmp_path, expo, llama_pai
     with safe_open(next((tmp_path / "o").glob("*.safetensors")), "pt") as f:
         assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {f"torch.{long}"}
     assert json.loads((tmp_path / "o" / "config.json").read_text())["expo"]["dtype"] == long
+
+
+def test_a_sweep_says_once_that_its_inputs_were_read_once(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "sweep", "--alpha", "0.3,0.5,1")
+    assert run.code == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if line.startswith(("Merged ", "Sweep "))]
+    assert [line.split(":")[0] for line in lines] == [
+        "Merged 21 tensors (21 extrapolated) at α=0.3",
+        "Merged 21 tensors (21 extrapolated) at α=0.5",
+        "Merged 21 tensors (21 extrapolated) at α=1",
+        "Sweep of 3 α on cpu",
+    ]
+    assert run.stderr.count(" read") == 1 and " read once, " in lines[-1]
+
+
+def test_a_plan_does_not_mention_copied_tensors_when_there_are_none(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    plan = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "o", "--alpha", "1", "--dry-run")
+    assert "Tensors: 21 (21 extrapolated)\n" in plan.stderr + plan.stdout
+
+
+def test_push_checks_the_folder_before_saying_it_uploads(tmp_path, expo):
+    run = expo("push", tmp_path / "nonexistent", "me/model")
+    assert run.code == 3 and "Uploading" not in run.stderr
+    assert run.stderr.strip() == (
+        f"Error: {tmp_path / 'nonexistent'}: not a model folder (no config.json); push the output of expo merge"
+    )

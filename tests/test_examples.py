@@ -71,4 +71,13 @@ def test_the_readme_tune_example_chooses_and_confirms_alpha_2_and_refuses_to_wri
     forced = expo("tune", *common, "--output", demo / "tuned", "--force")
     assert forced.code == 0, forced.stderr
     assert json.loads(forced.stdout)["run"]["generated"] == 0  # every answer reused from the run folder
+    steps = forced.stderr[forced.stderr.index("\nNext:\n") :].strip().splitlines()[1:]
+    assert [step.strip() for step in steps] == [
+        "α = 2 is the largest tried: run the same expo tune with --alpha 2,4,8 (or --search) to see whether more "
+        "helps",
+        f"Check the output: expo verify {demo}/tuned --sft {demo}/sft --aligned {demo}/aligned",
+        f"Publish it: expo push {demo}/tuned ORG/NAME",
+    ]
+    page = (demo / "report.html").read_text()  # the same steps, naming no local path
+    assert "Check the output: expo verify tuned --sft sft --aligned aligned" in page and str(demo) not in page
     assert expo("verify", demo / "tuned", "--sft", demo / "sft", "--aligned", demo / "aligned").code == 0

@@ -12,6 +12,11 @@ import torch
 from helpers import make_pair, read_all, snapshot
 
 
+def shown(share: float) -> str:
+    """A share as the report prints it: three significant digits, trailing zeros kept (50.0%)."""
+    return format(100 * share, "#.3g").rstrip(".") + "%"
+
+
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory):
     return make_pair(tmp_path_factory.mktemp("inspect"), dtype=torch.bfloat16, aligned_shards="30KB")
@@ -39,10 +44,24 @@ def test_statistics_match_a_direct_computation(expo, pair):
         / sum(float(s[n].double().square().sum()) for n in a)
     )
     assert report["relative_change"] == pytest.approx(total, rel=1e-9)
+    matrices = [n for n in a if a[n].dim() >= 2]  # the norm weights (near 1, barely moved) left out
+    assert report["matrix_change"] == pytest.approx(
+        math.sqrt(
+            sum(float((a[n].double() - s[n].double()).square().sum()) for n in matrices)
+            / sum(float(s[n].double().square().sum()) for n in matrices)
+        ),
+        rel=1e-9,
+    )
+    assert report["matrix_change"] > 2 * report["relative_change"]  # what the summary must not hide
+    for g in report["groups"]:
+        members = [t for t in report["tensors"] if (t["layer"], t["kind"]) == (g["layer"], g["kind"])]
+        elements = sum(t["elements"] for t in members)
+        assert g["survives"] == pytest.approx(sum(t["survives"] * t["elements"] for t in members) / elements)
     layers = {(g["layer"], g["kind"]) for g in report["groups"]}
     assert {(0, "attention"), (0, "mlp"), (0, "norms"), (1, "attention"), (None, "embeddings")} <= layers
     assert sum(g["share_of_change"] for g in report["groups"]) == pytest.approx(1.0)
-    assert report["summary"].startswith("Alignment moved the model by")
+    assert report["summary"].startswith(f"Alignment moved the weight matrices by {shown(report['matrix_change'])}")
+    assert f"the whole model by {shown(report['relative_change'])}" in report["summary"]
 
 
 def test_human_report(expo, pair):
@@ -50,7 +69,9 @@ def test_human_report(expo, pair):
     run = expo("inspect", "--sft", sft, "--aligned", aligned, "--top", "3")
     assert run.code == 0, run.stderr
     assert "share of ‖Δ‖²" in run.stdout and "Most changed tensors" in run.stdout
-    assert "Alignment moved the model by" in run.stdout.strip().splitlines()[-1]
+    assert "Alignment moved the weight matrices by" in run.stdout.strip().splitlines()[-1]
+    assert "survives at α=0.5" in run.stdout.splitlines()[0]
+    assert "0000%" not in run.stdout  # three significant digits, not four decimals
 
 
 def test_identical_models_are_flagged(tmp_path, expo, pair):
@@ -94,3 +115,24 @@ def test_plot_is_a_png_with_one_bar_per_layer_and_kind(tmp_path, expo, pair):
     result = expo_cli.inspect(sft, aligned, progress=False)
     assert isinstance(result, InspectResult)
     assert plot(result, tmp_path / "again.png") == len(groups) == len(result.groups)
+
+
+def test_a_large_change_of_the_matrices_is_flagged_though_the_norm_weights_hide_it(tmp_path, expo, pair):
+    """Norm weights near 1 dominate ‖θ_sft‖ and barely move: the whole-model ratio must not judge the pair."""
+    from safetensors.torch import load_file, save_file
+
+    sft, _ = pair
+    moved = shutil.copytree(sft, tmp_path / "moved")
+    generator = torch.Generator().manual_seed(0)
+    for file in moved.glob("*.safetensors"):
+        tensors = load_file(file)
+        for name, t in tensors.items():
+            if t.dim() >= 2:
+                noise = torch.randn(t.shape, generator=generator) * t.float().std()
+                tensors[name] = (t.float() + 0.3 * noise).to(t.dtype)
+        save_file(tensors, file, metadata={"format": "pt"})
+    run = expo("inspect", "--sft", sft, "--aligned", moved, "--json", "--quiet")
+    report = json.loads(run.stdout)
+    assert run.code == 0 and report["relative_change"] < 0.2 < report["matrix_change"]
+    assert f"alignment changed the weight matrices by {shown(report['matrix_change'])}" in run.stderr
+    assert "--sft may not be the checkpoint --aligned was trained from" in run.stderr

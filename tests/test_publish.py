@@ -360,9 +360,16 @@ def test_help_reads_right(expo, command):
     ).replace("ORG/NAME <str>", "")
     assert "<list" not in text and "<float>" not in text and "<int>" not in text
     assert "mirrors" not in text
-    assert "5 output cannot be written (exists, no space, read-only, inside an input)" in text
+    assert "2 bad usage" in text and "130/143 interrupted" in text  # the command's own exit codes
+    assert ("5 output cannot be written (exists, no space, read-only, inside an input)" in text) is (
+        command not in ("verify", "push")  # they write nothing locally
+    )
+    assert ("8 expo tune wrote no --output" in text) is (command == "tune")
+    assert "[default:" not in text and "{" not in text.split("Examples:")[0]  # one default style, plain names
+    assert text.rstrip().endswith(".")  # the exit codes close the help
     if command == "merge":
-        assert text.count("5GB") == 2  # the help's example unit and Typer's [default: 5GB], nothing more
+        assert text.count("5GB") == 2  # the help's example unit and the default, nothing more
+        assert "(default: 5GB)" in text and "(default: automatic)" in text
         assert "--alpha ALPHA[,ALPHA...]" in text and "--sft FOLDER|ORG/NAME[@REV]" in text
 
 
@@ -382,3 +389,37 @@ def test_notes_are_information_not_warnings(tmp_path, expo):
     run = merge(expo, sft, aligned, tmp_path / "out")
     assert "Note: tied embeddings" in run.stderr and "Warning:" not in run.stderr
     assert os.listdir(tmp_path / "out")
+
+
+@pytest.mark.parametrize("evidence", ["card", "config"])
+def test_swapped_inputs_are_refused_when_their_metadata_says_so(tmp_path, expo, pair, evidence):
+    """The aligned model's card (base_model) or config (_name_or_path, transformers < 5) names the SFT model: given
+    as --sft, it is refused before any work, and --force merges it as asked."""
+    sft, aligned = pair
+    if evidence == "card":
+        (aligned / "README.md").write_text(
+            "---\nbase_model: org/sft\nlibrary_name: transformers\n---\n# a DPO model\n"
+        )
+        where = "model card base_model"
+    else:
+        config = json.loads((aligned / "config.json").read_text())
+        (aligned / "config.json").write_text(json.dumps({**config, "_name_or_path": "/home/someone/runs/sft"}))
+        where = "config.json _name_or_path"
+    run = merge(expo, aligned, sft, tmp_path / "out", code=4)
+    assert run.stderr.strip() == (
+        f"Error: --sft {aligned} and --aligned {sft} look swapped: {aligned}'s {where} says it was trained from "
+        f"{'org/sft' if evidence == 'card' else '/home/someone/runs/sft'}; swap them, or pass --force if they are "
+        "right"
+    )
+    assert not (tmp_path / "out").exists() and "θ_expo" not in run.stderr
+    merge(expo, sft, aligned, tmp_path / "right")  # the right way round: no complaint
+    forced = merge(expo, aligned, sft, tmp_path / "forced", "--force")
+    assert "look swapped" not in forced.stderr
+
+
+def test_metadata_naming_both_inputs_alike_is_no_evidence(tmp_path, expo, llama_pair):
+    """Two runs' folders both called `model`: a card naming `.../model` cannot tell which came first."""
+    sft = shutil.copytree(llama_pair[0], tmp_path / "sft-run" / "model")
+    aligned = shutil.copytree(llama_pair[1], tmp_path / "dpo-run" / "model")
+    (sft / "README.md").write_text("---\nbase_model: base-run/model\n---\n")
+    merge(expo, sft, aligned, tmp_path / "out")

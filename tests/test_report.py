@@ -100,7 +100,7 @@ def test_the_page_loads_offline_with_its_curves_and_table_and_no_errors(browser,
     page, seen = open_page(browser, page_file)
     assert seen["requests"] == [page_file.as_uri()]  # nothing but the file itself: no CDN, font or image
     assert seen["console"] == [] and seen["errors"] == [] and seen["dialogs"] == []
-    assert page.locator("#charts svg").count() == 2
+    assert page.locator("#charts svg").count() == 3  # gain over α = 0, reward, length
     assert page.locator("#statistics tbody tr").count() == 4  # α = 0, 0.5, 1, 2
     assert "Chosen α = " in page.inner_text("#verdict")
     assert page.inner_text("#count") == "30 of 30 prompts"
@@ -135,6 +135,45 @@ def test_sorting_and_filtering_change_what_is_shown(browser, page_file):
     page.click("#worst")
     assert page.eval_on_selector("#order", "s => s.value") == "gain-ascending"
     assert shown_order(page)[0] == min(gains, key=gains.get)
+
+
+def test_the_verdict_is_in_plain_words_and_the_gain_chart_shows_the_intervals_that_decided(browser, page_file):
+    page, _ = open_page(browser, page_file)
+    data = page.eval_on_selector("#tune-data", "d => JSON.parse(d.textContent)")
+    chosen = float(data["chosen"])
+    assert chosen != 0  # α = 1 rewards well in these records
+    reward = {(r["alpha"], r["prompt_index"]): r["reward"] for r in records()}
+    before = np.mean([reward[0.0, p] for p in range(30)])
+    after = np.mean([reward[chosen, p] for p in range(30)])
+    wins = np.mean([reward[chosen, p] > reward[0.0, p] for p in range(30)])
+    assert page.inner_text("#plain") == (
+        f"On the 30 selection prompts, α = {chosen:g} moved the mean reward from {before:.3g} to {after:.3g} and won "
+        f"{wins:.0%} of them against α = 0."
+    )
+    gain_chart = page.locator("#charts svg").first
+    labels = gain_chart.evaluate("svg => [...svg.querySelectorAll('text')].map(t => t.textContent)")
+    assert "gain in mean reward over α = 0" in labels
+    assert any("simultaneous 95% CI" in label for label in labels)
+
+
+def test_when_alpha_0_is_chosen_the_browser_compares_with_the_best_other(browser, tmp_path):
+    """Not α = 0 with itself (every gain 0.00, the sorts meaningless): the best other candidate."""
+    from expo_cli import report
+
+    lines = records(alphas=(0.0, 0.5, 1.0), hostile=False)
+    for line in lines:
+        line["reward"] = -line["reward"] if line["alpha"] else line["reward"]  # every α > 0 loses
+    page_path = report(save(tmp_path / "worse.jsonl", lines), tmp_path / "report.html")
+    page, seen = open_page(browser, page_path)
+    data = page.eval_on_selector("#tune-data", "d => JSON.parse(d.textContent)")
+    assert data["chosen"] == "0" and seen["errors"] == []
+    reward = {(r["alpha"], r["prompt_index"]): r["reward"] for r in lines}
+    best = max((0.5, 1.0), key=lambda a: np.mean([reward[a, p] for p in range(30)]))
+    assert data["compared"] == f"{best:g}"
+    gains = {p: reward[best, p] - reward[0.0, p] for p in range(30)}
+    assert len(set(gains.values())) > 1
+    assert shown_order(page) == sorted(range(30), key=lambda p: (gains[p], p))
+    assert page.inner_text("#plain").startswith("No α beat the aligned model")
 
 
 def test_a_hostile_response_renders_as_text(browser, page_file):

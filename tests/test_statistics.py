@@ -7,7 +7,7 @@ import pytest
 
 from expo_cli.errors import UsageError
 from expo_cli.tuning.decision.selection import Margin, recommend
-from expo_cli.tuning.decision.statistics import Bootstrap, Scores, compare, t_quantile, win_credit
+from expo_cli.tuning.decision.statistics import Bootstrap, Interval, Scores, compare, t_quantile, win_credit
 
 
 def test_a_constant_paired_gain_has_a_zero_width_interval():
@@ -285,3 +285,11 @@ def test_the_held_out_gain_is_a_student_t_interval_at_the_looks_level():
     [_, stats] = compare({0.0: np.zeros(30), 1.0: gains}, level=0.975, paired_t=True, draws=200)
     half = t_quantile(1 - 0.025 / 2, 29) * gains.std(ddof=1) / np.sqrt(30)
     assert (stats.gain.low, stats.gain.high) == pytest.approx((gains.mean() - half, gains.mean() + half), rel=1e-12)
+
+
+def test_two_identical_candidates_print_a_gain_of_zero_not_rounding_noise():
+    rewards = np.random.default_rng(3).normal(0.3, 0.1, size=40)
+    stats = {s.alpha: s for s in compare({0.0: rewards, 1.0: rewards.copy() + 0.0})}
+    assert str(stats[1.0].gain) == "+0 [+0, +0]" and str(stats[1.0].gain_simultaneous) == "+0 [+0, +0]"
+    assert str(Interval(-6.939e-18, -1.388e-17, 2.776e-17)) == "+0 [+0, +0]"
+    assert str(Interval(0.1234567, -0.5, 2e-6)) == "+0.1235 [-0.5, +2e-06]"  # small but real values stay

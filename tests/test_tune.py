@@ -426,6 +426,12 @@ def test_quiet_prints_only_the_result(tmp_path, expo, steered, prompts_file, gra
     warnings = run.stderr.splitlines()  # 4 prompts are few, 3 tokens cut every response; no progress bars
     assert [w.split(":")[0] for w in warnings] == ["Warning"] * 2 and "cut at --max-new-tokens" in warnings[1]
     assert "Chosen α = 0 on 4 selection prompts: no candidate beats the aligned model" in run.stdout
+    run = tune(expo, sft, aligned, prompts_file, grader, "--alpha", "0.1", "--max-new-tokens", "3", "--limit", "4")
+    assert run.stderr.strip().splitlines()[-2:] == [
+        "Next:",
+        "  No α of the grid beat α = 0; an under-trained aligned model may need α of 1-25: run the same expo tune "
+        "with --alpha 1,2,5,10",
+    ]
 
 
 def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file, grader, llama_pair):
@@ -545,11 +551,20 @@ def test_an_unconfirmed_choice_is_written_only_with_force(
         "(--holdout; the default holds out 30% from 100 prompts on); --force writes it anyway"
     )
     assert not (tmp_path / "chosen").exists()
+    largest = (
+        "α = 2 is the largest tried: run the same expo tune with --alpha 2,4,8 (or --search) to see whether more helps"
+    )
+    assert report["next"][0] == largest and report["next"][1].startswith("Nothing was held out: about ")
+    assert len(report["next"]) == 2  # nothing written: nothing to verify
     run = tune(expo, sft, aligned, prompts_file, grader, *args, "--force")
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)
     assert report["run"] == {"dir": str(tmp_path / "run"), "generated": 0, "reused": 2 * len(PROMPTS)}
     assert report["alpha"] == 2.0 and "commit_url" in report
+    assert report["next"][-2:] == [
+        f"Check the output: expo verify chosen --sft {sft.name} --aligned {aligned.name}",
+        "Publish it: expo push chosen ORG/NAME",
+    ]
     from huggingface_hub import snapshot_download
 
     back = Path(snapshot_download("me/tuned", cache_dir=tmp_path / "cache"))

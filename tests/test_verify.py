@@ -172,3 +172,48 @@ def test_thorough_checks_every_element_against_float64(tmp_path, expo, merged_f3
     tamper(copy, "model.layers.0.mlp.up_proj.weight", up(2))
     run = expo("verify", copy, "--sft", sft, "--aligned", aligned, "--thorough", "--json")
     assert run.code == 1 and json.loads(run.stdout)["mismatches"][0]["elements"] == 1
+
+
+def test_a_failed_check_says_what_the_provenance_records(tmp_path, expo):
+    """Another --alpha, swapped inputs, inputs not its own: each failure names the likely cause, in one line."""
+    import expo_cli
+
+    sft, aligned = make_pair(tmp_path, dtype=torch.bfloat16)  # no grown rows: swapped, they still pair
+    out = tmp_path / "out"
+    expo_cli.merge(sft, aligned, out, 0.7, progress=False)
+    run = expo("verify", out, "--sft", sft, "--aligned", aligned, "--alpha", "0.3", "-q")
+    assert run.code == 1
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"Error: {out.resolve()}: ") and "tensor(s) differ" in last
+    assert last.endswith("; its config.json records α=0.7: leave out --alpha to check that one")
+    run = expo("verify", out, "--sft", aligned, "--aligned", sft, "-q")
+    assert run.code == 1
+    assert (
+        run.stderr.strip()
+        .splitlines()[-1]
+        .endswith("at α=0.7; --sft and --aligned look swapped: it was made with --sft sft --aligned aligned")
+    )
+    elsewhere = shutil.copytree(aligned, tmp_path / "dpo-v2")  # the same weights under another name
+    run = expo("verify", out, "--sft", aligned, "--aligned", elsewhere, "-q")
+    assert run.code == 1 and run.stderr.strip().endswith("it records its inputs as sft 'sft' and aligned 'aligned'")
+    run = expo("verify", out, "--sft", sft, "--aligned", aligned, "-q")
+    assert run.code == 0 and "Error" not in run.stderr  # no hint where nothing failed
+
+
+def test_a_sweeps_folder_or_a_missing_one_is_named_with_what_to_pass(tmp_path, expo, merged):
+    import expo_cli
+
+    sft, aligned, _ = merged
+    expo_cli.sweep(sft, aligned, tmp_path / "sweep", [0.3, 0.5], progress=False)
+    run = expo("verify", tmp_path / "sweep", "--sft", sft, "--aligned", aligned)
+    assert run.code == 2 and run.stdout == ""
+    assert run.stderr.strip() == (
+        f"Error: {tmp_path / 'sweep'}: a sweep's folder, not a checkpoint; verify one of its outputs, e.g. "
+        f"expo verify {tmp_path / 'sweep' / 'alpha-0.3'}"
+    )
+    run = expo("verify", tmp_path / "nowhere", "--sft", sft, "--aligned", aligned)
+    assert run.code == 3
+    assert (
+        run.stderr.strip()
+        == f"Error: {tmp_path / 'nowhere'}: no such folder; pass the folder expo merge wrote (its --output)"
+    )

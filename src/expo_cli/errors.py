@@ -67,16 +67,29 @@ class Interrupted(ExpoError):
         super().__init__(f"interrupted by {signal.Signals(signum).name}; {after}")
 
 
-EXIT_CODES_HELP = (
-    "Exit codes: 0 success; 1 verify found differences, or an unexpected error; 2 bad usage; "
-    "3 unreadable, corrupt or unsupported input; "
-    "4 the two checkpoints do not match (or are the same); 5 output cannot be written (exists, no space, "
-    "read-only, inside an input); "
-    "6 non-finite result; 7 Hub error (refused, still failing past the retry bounds or EXPO_RETRY_BUDGET, or bytes "
-    "not matching the Hub's sha256: nothing committed); 8 expo tune wrote no --output: not confirmed on held-out "
-    "prompts, α = 0 chosen, or the chosen α's answers cut far more often (results still on stdout; --force writes "
-    "it); 130/143 interrupted (SIGINT/SIGTERM), partial output removed."
-)
+EXIT_CODES = {
+    0: "success",
+    1: "verify found differences, or an unexpected error",
+    2: "bad usage",
+    3: "unreadable, corrupt or unsupported input",
+    4: "the two checkpoints do not match (or are the same, or look swapped)",
+    5: "output cannot be written (exists, no space, read-only, inside an input)",
+    6: "non-finite result",
+    7: "Hub error (refused, still failing past the retry bounds or EXPO_RETRY_BUDGET, or bytes not matching the "
+    "Hub's sha256: nothing committed)",
+    8: "expo tune wrote no --output: not confirmed on held-out prompts, α = 0 chosen, or the chosen α's answers cut "
+    "far more often (results still on stdout; --force writes it)",
+    130: "interrupted (SIGINT/SIGTERM), partial output removed",
+}
+
+
+def exit_codes_help(codes: tuple[int, ...] = tuple(EXIT_CODES), one: str | None = None) -> str:
+    """The exit codes a command can end with, in words (`one`: what 1 means for it); 130 stands for 130/143."""
+    meanings = {**EXIT_CODES, **({1: one} if one else {})}
+    return "Exit codes: " + "; ".join(f"{'130/143' if code == 130 else code} {meanings[code]}" for code in codes) + "."
+
+
+EXIT_CODES_HELP = exit_codes_help()
 
 
 def first_line(err: BaseException) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .core.pairing import IDENTICAL, TensorPair, pair_tensors
-from .core.sources import dtype_code, itemsize, torch_dtype
+from .core.sources import dtype_code, dtype_name, itemsize, torch_dtype
 from .core.streaming import walk
 from .inputs.resolve import resolve_inputs
 from .plotting import pyplot, save_png
@@ -52,6 +52,7 @@ class TensorStats:
     cosine: float
     max_abs_delta: float
     survives: float  # share of elements whose extrapolation at α, rounded to the output dtype, differs from aligned
+    matrix: bool = True  # two or more dimensions: a weight matrix, not a norm weight or bias vector
 
     @property
     def relative_change(self) -> float:
@@ -65,13 +66,15 @@ class GroupStats:
     tensors: int
     relative_change: float
     share_of_change: float  # of ‖Δ‖² over the whole model
+    survives: float  # share of its elements that still differ from aligned at α after rounding
 
 
 @dataclass
 class InspectResult:
     alpha: float
     dtype: str
-    relative_change: float
+    relative_change: float  # over every tensor: norm weights near 1 weigh heavily in ‖θ_sft‖ and barely move
+    matrix_change: float  # over the weight matrices: what alignment moves, and what the warning judges
     survives: float
     tensors: list[TensorStats]
     groups: list[GroupStats]
@@ -127,14 +130,14 @@ def inspect(
             t, start, stop = block.tensor, block.start, block.shared_stop
             if stop > start:  # grown rows have no SFT counterpart: not part of the change
                 s_raw, a_raw = sft_ckpt.flat(t.sft, start, stop), aligned_ckpt.flat(t.aligned, start, stop)
-                dtype = torch_dtype(t.out_dtype)
-                if rounded.get(dtype) is None or rounded[dtype].numel() < stop - start:
-                    rounded[dtype] = torch.empty(stop - start, dtype=dtype)
-                sums.add(s_raw, a_raw, extrapolate(s_raw, a_raw, rounded[dtype][: stop - start]))
+                rounding = torch_dtype(t.out_dtype)  # not `dtype`: the summary names the user's --dtype
+                if rounded.get(rounding) is None or rounded[rounding].numel() < stop - start:
+                    rounded[rounding] = torch.empty(stop - start, dtype=rounding)
+                sums.add(s_raw, a_raw, extrapolate(s_raw, a_raw, rounded[rounding][: stop - start]))
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
             if block.last:
                 stats.append(sums.stats(t))
-    return _summarise(stats, alpha, dtype or pairing.dominant_dtype() or "float32")
+    return _summarise(stats, alpha, dtype_name(out_code) if out_code else pairing.dominant_dtype() or "float32")
 
 
 class _Sums:
@@ -185,56 +188,84 @@ class _Sums:
             cosine,
             self.max_delta,
             self.changed / t.shared if t.shared else 0.0,
+            len(t.aligned.shape) >= 2,
         )
         self._reset()
         return result
 
 
+def _relative(stats: list[TensorStats]) -> float:
+    """‖Δ‖/‖θ_sft‖ over several tensors together."""
+    ss = sum(s.sft_norm**2 for s in stats)
+    return math.sqrt(sum(s.delta_norm**2 for s in stats) / ss) if ss else 0.0
+
+
+def _survives(stats: list[TensorStats]) -> float:
+    elements = sum(s.elements for s in stats)
+    return sum(s.survives * s.elements for s in stats) / elements if elements else 0.0
+
+
 def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectResult:
     total_dd = sum(s.delta_norm**2 for s in stats)
-    total_ss = sum(s.sft_norm**2 for s in stats)
-    relative = math.sqrt(total_dd / total_ss) if total_ss else 0.0
-    elements = sum(s.elements for s in stats)
-    survives = sum(s.survives * s.elements for s in stats) / elements if elements else 0.0
+    relative = _relative(stats)
+    matrices = [s for s in stats if s.matrix]
+    matrix_change = _relative(matrices) if matrices else relative
+    survives = _survives(stats)
     grouped: dict[tuple[int | None, str], list[TensorStats]] = {}
     for s in stats:
         grouped.setdefault((s.layer, s.kind), []).append(s)
-    groups = []
-    for (layer, kind), members in sorted(grouped.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1])):
-        dd = sum(m.delta_norm**2 for m in members)
-        ss = sum(m.sft_norm**2 for m in members)
-        groups.append(
-            GroupStats(
-                layer, kind, len(members), math.sqrt(dd / ss) if ss else 0.0, dd / total_dd if total_dd else 0.0
-            )
+    ordered = sorted(grouped.items(), key=lambda kv: (kv[0][0] is None, kv[0][0] or 0, kv[0][1]))
+    groups = [
+        GroupStats(
+            layer,
+            kind,
+            len(members),
+            _relative(members),
+            sum(m.delta_norm**2 for m in members) / total_dd if total_dd else 0.0,
+            _survives(members),
         )
+        for (layer, kind), members in ordered
+    ]
     warnings = []
     if total_dd == 0:
         warnings.append(IDENTICAL)
-    elif relative > LARGE_CHANGE:
+    elif matrix_change > LARGE_CHANGE:
         warnings.append(
-            f"alignment changed the weights by {100 * relative:.1f}% (‖Δ‖/‖θ_sft‖), far more than DPO/RLHF usually "
-            "does: --sft may not be the checkpoint --aligned was trained from"
+            f"alignment changed the weight matrices by {percent(matrix_change)} (‖Δ‖/‖θ_sft‖), far more than "
+            "DPO/RLHF usually does: --sft may not be the checkpoint --aligned was trained from"
         )
     if total_dd and survives < LOW_SURVIVAL and dtype != "float32":
         warnings.append(
-            f"at α={alpha:g} only {100 * survives:.1f}% of the elements differ from the aligned model after rounding "
+            f"at α={alpha:g} only {percent(survives)} of the elements differ from the aligned model after rounding "
             f"to {dtype}: the extrapolation is mostly lost; consider --dtype float32"
         )
     top = max(groups, key=lambda g: g.share_of_change, default=None)
     where = ""
     if top is not None and total_dd:
         place = f"layer {top.layer} {top.kind}" if top.layer is not None else top.kind
-        where = f"; the largest share is in {place} ({100 * top.share_of_change:.1f}% of ‖Δ‖²)"
-    summary = (
-        f"Alignment moved the model by {100 * relative:.3f}% (‖Δ‖/‖θ_sft‖) over {len(stats)} tensors{where}; at "
-        f"α={alpha:g}, {100 * survives:.1f}% of the elements change in {dtype}."
+        where = f"; the largest share is in {place} ({percent(top.share_of_change)} of ‖Δ‖²)"
+    vectors = len(stats) - len(matrices)
+    whole = (
+        f", the whole model by {percent(relative)} (its {vectors} vectors, norm weights near 1, weigh in ‖θ_sft‖ "
+        "and barely move)"
+        if matrices and vectors
+        else ""
     )
-    return InspectResult(alpha, dtype, relative, survives, stats, groups, summary, warnings)
+    summary = (
+        f"Alignment moved the weight matrices by {percent(matrix_change)} (‖Δ‖/‖θ_sft‖ over {len(matrices)} "
+        f"tensors){whole}{where}; at α={alpha:g}, {percent(survives)} of the elements change in {dtype}."
+    )
+    return InspectResult(alpha, dtype, relative, matrix_change, survives, stats, groups, summary, warnings)
+
+
+def percent(share: float) -> str:
+    """A share as a percentage to three significant digits: 50.0%, 0.953%, 0.00123%, 100%."""
+    return f"{100 * share:#.3g}".rstrip(".") + "%"
 
 
 def plot(result: InspectResult, path: str | Path) -> int:
-    """Draw the relative change per layer, one bar per layer and module kind; return how many bars."""
+    """Draw, per layer and module kind, what alignment changed and how much of the extrapolation at α survives
+    rounding to the output dtype; return how many bars (in each panel)."""
     plt = pyplot()
     kinds = [k for k, _ in KINDS] + ["other"]
     present = [k for k in kinds if any(g.kind == k for g in result.groups)]
@@ -242,7 +273,9 @@ def plot(result: InspectResult, path: str | Path) -> int:
     labels = [str(layer) for layer in columns] + (["other"] if any(g.layer is None for g in result.groups) else [])
     index = {layer: i for i, layer in enumerate(columns)}
     width = 0.8 / max(len(present), 1)
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(labels) * max(len(present), 1)), 4))
+    fig, (change, survival) = plt.subplots(
+        2, 1, sharex=True, figsize=(max(7, 0.5 * len(labels) * max(len(present), 1) + 2), 6)
+    )
     bars = 0
     for k, kind in enumerate(present):
         members = [g for g in result.groups if g.kind == kind]
@@ -250,13 +283,19 @@ def plot(result: InspectResult, path: str | Path) -> int:
             (index[g.layer] if g.layer is not None else len(columns)) + (k - (len(present) - 1) / 2) * width
             for g in members
         ]
-        ax.bar(xs, [100 * g.relative_change for g in members], width=width, label=kind)
+        change.bar(xs, [100 * g.relative_change for g in members], width=width, label=kind, color=f"C{k}")
+        survival.bar(xs, [100 * g.survives for g in members], width=width, color=f"C{k}")
         bars += len(members)
-    ax.set_xticks(range(len(labels)), labels)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("‖Δ‖ / ‖θ_sft‖ (%)")
-    ax.set_title(f"What alignment changed (α={result.alpha:g} would extrapolate it)")
-    ax.legend()
+    change.set_ylabel("‖Δ‖ / ‖θ_sft‖ (%)")
+    change.set_title(f"What alignment changed: weight matrices {percent(result.matrix_change)}")
+    survival.set_ylabel(f"survives in {result.dtype} (%)")
+    survival.set_ylim(0, 105)
+    survival.set_title(
+        f"Elements still different from aligned at α={result.alpha:g} after rounding: {percent(result.survives)}"
+    )
+    survival.set_xticks(range(len(labels)), labels)
+    survival.set_xlabel("layer")
+    change.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")  # beside the bars, never on one
     fig.tight_layout()
     save_png(fig, path)
     return bars

@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from .alpha import AlphaRule, alpha_for
+from .constants import CONFIG_NAME
 from .core.extrapolate import Extrapolators
 from .core.pairing import pair_tensors
 from .core.sources import TensorSource, compute_dtype
 from .core.streaming import Block, walk
-from .errors import ExpoError, UsageError
+from .errors import ExpoError, InputError, UsageError
 from .inputs.adapters import is_adapter
 from .inputs.checkpoint import Checkpoint, load_checkpoint, load_consolidated
 from .inputs.headers import read_config
+from .inputs.hub import input_name
 from .inputs.resolve import resolve_inputs
 
 SHOWN = 10  # mismatching tensors listed
@@ -51,6 +53,7 @@ class VerifyResult:
     mismatches: list[dict[str, Any]] = field(default_factory=list)
     checksum_errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    hints: list[str] = field(default_factory=list)  # from the output's provenance, when tensors differ
 
     @property
     def ok(self) -> bool:
@@ -86,11 +89,18 @@ def verify(
             f"{output} is a PEFT adapter (--as-adapter): expo verify checks merged checkpoints; "
             "load it with PeftModel, or verify the merged output (the command without --as-adapter)"
         )
+    if folder.is_dir() and not (folder / CONFIG_NAME).is_file() and (outputs := _sweep_outputs(folder)):
+        raise UsageError(
+            f"{output}: a sweep's folder, not a checkpoint; verify one of its outputs, e.g. expo verify {outputs[0]}"
+        )
+    if not folder.is_dir():
+        raise InputError(f"{output}: no such folder; pass the folder expo merge wrote (its --output)")
     config = read_config(folder, "output")
     record = config.get("expo") if isinstance(config.get("expo"), dict) else {}
+    recorded_alpha = record.get("alpha") if isinstance(record.get("alpha"), int | float) else None
     if alpha is None:
-        alpha = record.get("alpha")
-        if not isinstance(alpha, int | float):
+        alpha = recorded_alpha
+        if alpha is None:
             raise UsageError(f"{output}: its config.json records no expo alpha; pass --alpha")
     recorded = record.get("shards")
     missing = [name for name in recorded or {} if not (folder / name).is_file()]
@@ -123,7 +133,39 @@ def verify(
             _verify_set(*checkpoints, float(alpha), rules, result, bar, _Recompute(thorough))
     result.checksum_errors = hashing.result()
     result.seconds = time.perf_counter() - started
+    if result.mismatches:
+        result.hints = _hints(record, float(alpha), recorded_alpha, sft_ckpt, aligned_ckpt)
     return result
+
+
+def _sweep_outputs(folder: Path) -> list[str]:
+    """The merged checkpoints a sweep wrote in `folder` (alpha-<α>/), as paths to type."""
+    return sorted(str(sub) for sub in folder.glob("alpha-*") if (sub / CONFIG_NAME).is_file())
+
+
+def _hints(
+    record: dict[str, Any], alpha: float, recorded_alpha: float | None, sft: Checkpoint, aligned: Checkpoint
+) -> list[str]:
+    """What the output's provenance says about a failed check: another α, or inputs swapped or not its own."""
+    hints = []
+    if recorded_alpha is not None and recorded_alpha != alpha:
+        hints.append(f"its config.json records α={recorded_alpha:g}: leave out --alpha to check that one")
+    names = {role: _recorded_name(record.get(role)) for role in ("sft", "aligned")}
+    given = {"sft": input_name(sft.path), "aligned": input_name(aligned.path)}
+    if names["sft"] and names["aligned"] and names["sft"] != names["aligned"]:
+        if (given["sft"], given["aligned"]) == (names["aligned"], names["sft"]):
+            hints.append(
+                f"--sft and --aligned look swapped: it was made with --sft {names['sft']} --aligned {names['aligned']}"
+            )
+        elif (given["sft"], given["aligned"]) != (names["sft"], names["aligned"]):
+            hints.append(f"it records its inputs as sft {names['sft']!r} and aligned {names['aligned']!r}")
+    return hints
+
+
+def _recorded_name(source: Any) -> str | None:
+    """An input's name in the provenance (untrusted JSON: anything but a string is no name)."""
+    name = source.get("name") if isinstance(source, dict) else None
+    return name if isinstance(name, str) else None
 
 
 def _verify_set(

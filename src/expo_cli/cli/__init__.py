@@ -13,8 +13,9 @@ from typing import Annotated
 import typer
 
 from ..constants import VERSION
-from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted
+from ..errors import EXIT_CODES_HELP, ExpoError, Interrupted, exit_codes_help
 from . import _output as out
+from ._help import GroupedCommand
 from .inspect import INSPECT_EXAMPLES, inspect
 from .merge import MERGE_EXAMPLES, merge
 from .push import PUSH_EXAMPLES, push
@@ -35,9 +36,9 @@ app = typer.Typer(
 )
 
 
-def _epilog(examples: list[str]) -> str:
-    """Examples kept on one line each (Click's \\b marker stops re-wrapping), then the exit codes."""
-    return "\b\nExamples:\n" + "\n".join(f"  $ {e}" for e in examples) + "\n\n" + EXIT_CODES_HELP
+def _epilog(examples: list[str], codes: str) -> str:
+    """Examples kept on one line each (Click's \\b marker stops re-wrapping), then the command's exit codes."""
+    return "\b\nExamples:\n" + "\n".join(f"  $ {e}" for e in examples) + "\n\n" + codes
 
 
 def _quiet_hub(command: Callable[..., None]) -> Callable[..., None]:
@@ -62,12 +63,25 @@ def _quiet_hub(command: Callable[..., None]) -> Callable[..., None]:
     return run
 
 
-app.command(epilog=_epilog(MERGE_EXAMPLES))(_quiet_hub(merge))
-app.command(epilog=_epilog(VERIFY_EXAMPLES))(_quiet_hub(verify))
-app.command(epilog=_epilog(INSPECT_EXAMPLES))(_quiet_hub(inspect))
-app.command(epilog=_epilog(TUNE_EXAMPLES))(_quiet_hub(tune))
-app.command(epilog=_epilog(PUSH_EXAMPLES))(_quiet_hub(push))
-app.command(epilog=_epilog(REPORT_EXAMPLES))(report)
+UNEXPECTED = "an unexpected error (run again with --debug and report the traceback)"
+COMMANDS = [  # (function, its line in `expo --help`, examples, the exit codes it can end with)
+    (merge, "Write θ(α) as a new checkpoint (or a sweep of them), locally or to the Hub.", MERGE_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 4, 5, 6, 7, 130), UNEXPECTED)),
+    (verify, "Check a merged checkpoint element by element against its inputs.", VERIFY_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 4, 7, 130), "a tensor or checksum differs (or an unexpected error)")),
+    (inspect, "Show what alignment changed, per layer, and what survives rounding at α.", INSPECT_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 4, 5, 7, 130), UNEXPECTED)),
+    (tune, "Choose α by generating and scoring answers; confirm it on held-out prompts.", TUNE_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 4, 5, 6, 7, 8, 130), UNEXPECTED)),
+    (push, "Upload a merged checkpoint to the Hub in one commit.", PUSH_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 7, 130), UNEXPECTED)),
+    (report, "Render a finished tune's HTML report again.", REPORT_EXAMPLES,
+     exit_codes_help((0, 1, 2, 3, 5, 130), UNEXPECTED)),
+]  # fmt: skip
+for command, summary, examples, codes in COMMANDS:
+    app.command(cls=GroupedCommand, short_help=summary, epilog=_epilog(examples, codes))(
+        command if command is report else _quiet_hub(command)
+    )
 
 _state = {"debug": False}
 

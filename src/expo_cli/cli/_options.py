@@ -14,6 +14,7 @@ SftOpt = Annotated[
     str | None,
     typer.Option(
         "--sft",
+        rich_help_panel="Inputs",
         metavar=CHECKPOINT,
         help="The SFT checkpoint the aligned model was trained from (θ_sft): a local "
         "folder or a Hub repo id, or a LoRA adapter over --base. Required unless --aligned is a LoRA adapter whose "
@@ -24,6 +25,7 @@ AlignedOpt = Annotated[
     str,
     typer.Option(
         "--aligned",
+        rich_help_panel="Inputs",
         metavar=CHECKPOINT,
         help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter trained on --sft.",
     ),
@@ -32,6 +34,7 @@ BaseOpt = Annotated[
     str | None,
     typer.Option(
         "--base",
+        rich_help_panel="Inputs",
         metavar=CHECKPOINT,
         help="When --sft is a LoRA adapter: its base model (default: the adapter config's base_model_name_or_path).",
     ),
@@ -40,6 +43,7 @@ AdapterStackOpt = Annotated[
     str | None,
     typer.Option(
         "--adapter-stack",
+        rich_help_panel="Inputs",
         metavar="on-sft|continued",
         help="When both are adapters and their configs do not tell: "
         "on-sft (the aligned adapter was trained on the merged SFT model) or continued (it continued the SFT "
@@ -50,6 +54,7 @@ AlphaOpt = Annotated[
     list[str],
     typer.Option(
         "--alpha",
+        rich_help_panel="Extrapolation",
         metavar="ALPHA[,ALPHA...]",
         help="The paper's α: 0 = aligned model unchanged, -1 = SFT model; 0.1-0.5 typical for fully trained "
         "models, 1-25 for under-trained ones. Several (0.1,0.3,0.5 or the option repeated): a sweep, one "
@@ -60,72 +65,123 @@ AlphaForOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--alpha-for",
+        rich_help_panel="Extrapolation",
         metavar="REGEX=VALUE",
         help="Another α for tensors whose name matches REGEX (repeatable; first match wins), e.g. 'embed|lm_head=0'.",
     ),
 ]
 IncludeOpt = Annotated[
     list[str] | None,
-    typer.Option("--include", metavar="REGEX", help="Extrapolate only matching tensors; the rest stay as aligned."),
+    typer.Option(
+        "--include",
+        rich_help_panel="Extrapolation",
+        metavar="REGEX",
+        help="Extrapolate only matching tensors; the rest stay as aligned.",
+    ),
 ]
 ExcludeOpt = Annotated[
-    list[str] | None, typer.Option("--exclude", metavar="REGEX", help="Matching tensors stay as aligned (α = 0).")
+    list[str] | None,
+    typer.Option(
+        "--exclude", rich_help_panel="Extrapolation", metavar="REGEX", help="Matching tensors stay as aligned (α = 0)."
+    ),
 ]
 DryRunOpt = Annotated[
     bool,
     typer.Option(
-        "--dry-run", help="Validate everything and print the plan (sizes, shards, disk, memory); write nothing."
+        "--dry-run",
+        rich_help_panel="Output",
+        help="Validate everything and print the plan (sizes, shards, disk, memory); write nothing.",
     ),
 ]
 DtypeOpt = Annotated[
     str | None,
     typer.Option(
         "--dtype",
+        rich_help_panel="Extrapolation",
         metavar="DTYPE",
         help="bfloat16, float16 or float32 (or bf16, fp16, fp32) for every floating tensor (default: the aligned "
         "dtype).",
     ),
 ]
-DeviceOpt = Annotated[str, typer.Option("--device", metavar="DEVICE", help="cpu, cuda or auto (CUDA when available).")]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device", rich_help_panel="Extrapolation", metavar="DEVICE", help="cpu, cuda or auto (CUDA when available)."
+    ),
+]
 MaxShardSizeOpt = Annotated[
     str,
-    typer.Option("--max-shard-size", metavar="SIZE", help="Largest output shard, decimal units (5GB, 500MB)."),
+    typer.Option(
+        "--max-shard-size",
+        rich_help_panel="Output",
+        metavar="SIZE",
+        help="Largest output shard, decimal units (5GB, 500MB).",
+    ),
 ]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output folder.")]
+ForceOpt = Annotated[
+    bool, typer.Option("--force", rich_help_panel="Output", help="Replace an existing non-empty output folder.")
+]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar, formula or summary on stderr (warnings still show).")
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a machine-readable summary on stdout.")]
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Treat inf/NaN already present in an input as an error.")]
+StrictOpt = Annotated[
+    bool,
+    typer.Option("--strict", rich_help_panel="Inputs", help="Treat inf/NaN already present in an input as an error."),
+]
 AllowArchOpt = Annotated[
     bool,
-    typer.Option("--allow-architecture-mismatch", help="Skip the config.json model_type/architectures check."),
+    typer.Option(
+        "--allow-architecture-mismatch",
+        rich_help_panel="Inputs",
+        help="Skip the config.json model_type/architectures check.",
+    ),
 ]
 
 SftRevisionOpt = Annotated[
     str | None,
-    typer.Option("--sft-revision", metavar="REV", help="Branch, tag or commit when --sft is a Hub repo id."),
+    typer.Option(
+        "--sft-revision",
+        rich_help_panel="Inputs",
+        metavar="REV",
+        help="Branch, tag or commit when --sft is a Hub repo id.",
+    ),
 ]
 AlignedRevisionOpt = Annotated[
     str | None,
-    typer.Option("--aligned-revision", metavar="REV", help="Branch, tag or commit when --aligned is a Hub repo id."),
+    typer.Option(
+        "--aligned-revision",
+        rich_help_panel="Inputs",
+        metavar="REV",
+        help="Branch, tag or commit when --aligned is a Hub repo id.",
+    ),
 ]
 TokenOpt = Annotated[
     str | None,
-    typer.Option("--token", metavar="TOKEN", help="Hugging Face token (default: HF_TOKEN or the saved login)."),
+    typer.Option(
+        "--token",
+        rich_help_panel="Hub",
+        metavar="TOKEN",
+        help="Hugging Face token (default: HF_TOKEN or the saved login).",
+    ),
 ]
-PrivateOpt = Annotated[bool, typer.Option("--private", help="Create the Hub repo as private.")]
+PrivateOpt = Annotated[bool, typer.Option("--private", rich_help_panel="Hub", help="Create the Hub repo as private.")]
 RevisionOpt = Annotated[
-    str | None, typer.Option("--revision", metavar="BRANCH", help="Branch to push to (created if needed).")
+    str | None,
+    typer.Option("--revision", rich_help_panel="Hub", metavar="BRANCH", help="Branch to push to (created if needed)."),
 ]
 CommitMessageOpt = Annotated[
-    str | None, typer.Option("--commit-message", metavar="TEXT", help="Message of the Hub commit.")
+    str | None,
+    typer.Option("--commit-message", rich_help_panel="Hub", metavar="TEXT", help="Message of the Hub commit."),
 ]
-CreatePrOpt = Annotated[bool, typer.Option("--create-pr", help="Open a pull request instead of committing.")]
+CreatePrOpt = Annotated[
+    bool, typer.Option("--create-pr", rich_help_panel="Hub", help="Open a pull request instead of committing.")
+]
 SftIdOpt = Annotated[
     str | None,
     typer.Option(
         "--sft-id",
+        rich_help_panel="Output",
         metavar="ORG/NAME[@REV]",
         help="The Hub repo a local --sft folder came from (for the card's base_model).",
     ),
@@ -134,6 +190,7 @@ AlignedIdOpt = Annotated[
     str | None,
     typer.Option(
         "--aligned-id",
+        rich_help_panel="Output",
         metavar="ORG/NAME[@REV]",
         help="The Hub repo a local --aligned folder came from (for the card's base_model).",
     ),
@@ -141,12 +198,17 @@ AlignedIdOpt = Annotated[
 ModelNameOpt = Annotated[
     str | None,
     typer.Option(
-        "--model-name", metavar="NAME", help="The card's model_name and title (default: <aligned name>-expo)."
+        "--model-name",
+        rich_help_panel="Output",
+        metavar="NAME",
+        help="The card's model_name and title (default: <aligned name>-expo).",
     ),
 ]
 PushToHubOpt = Annotated[
     str | None,
-    typer.Option("--push-to-hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."),
+    typer.Option(
+        "--push-to-hub", rich_help_panel="Hub", metavar="ORG/NAME", help="Upload the finished output to this Hub repo."
+    ),
 ]
 
 

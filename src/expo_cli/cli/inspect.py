@@ -51,6 +51,7 @@ def inspect(
     """Report ‖Δ‖/‖θ_sft‖, cosine and max |Δ| per tensor and layer; write nothing (but --plot)."""
     # the library loads when a command runs: --help stays fast
     from ..inspection import inspect as run_inspect
+    from ..inspection import percent
     from ..inspection import plot as draw
 
     result = run_inspect(
@@ -72,19 +73,22 @@ def inspect(
     if json:
         out.result_json(result.to_json())
         return
-    out.result(f"{'layer':>6}  {'module':<10}  {'tensors':>7}  {'‖Δ‖/‖θ_sft‖':>12}  {'share of ‖Δ‖²':>13}")
+    out.result(
+        f"{'layer':>6}  {'module':<10}  {'tensors':>7}  {'‖Δ‖/‖θ_sft‖':>12}  {'share of ‖Δ‖²':>13}  "
+        f"{f'survives at α={alpha:g}':>17}"
+    )
     for g in result.groups:
         layer = "-" if g.layer is None else str(g.layer)
         out.result(
-            f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {100 * g.relative_change:>11.4f}%  "
-            f"{100 * g.share_of_change:>12.2f}%"
+            f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {percent(g.relative_change):>12}  "
+            f"{percent(g.share_of_change):>13}  {percent(g.survives):>17}"
         )
     out.result("")
     out.result(f"Most changed tensors (survives = share of elements that differ from aligned at α={alpha:g}):")
     for t in sorted(result.tensors, key=lambda t: t.relative_change, reverse=True)[:top]:
         out.result(
-            f"  {t.name}: ‖Δ‖/‖θ_sft‖ {100 * t.relative_change:.4f}%, cosine {t.cosine:.6f}, "
-            f"max |Δ| {t.max_abs_delta:.3g}, survives {100 * t.survives:.1f}%"
+            f"  {t.name}: ‖Δ‖/‖θ_sft‖ {percent(t.relative_change)}, cosine {t.cosine:.6f}, "
+            f"max |Δ| {t.max_abs_delta:.3g}, survives {percent(t.survives)}"
         )
     out.result("")
     out.result(result.summary)

@@ -77,6 +77,7 @@ def merge(
         typer.Option(
             "--output",
             "-o",
+            rich_help_panel="Output",
             metavar="FOLDER",
             help="Folder to write the merged checkpoint into (a sweep: its parent); not with --stream.",
         ),
@@ -94,6 +95,7 @@ def merge(
         bool,
         typer.Option(
             "--profile",
+            rich_help_panel="Speed",
             help="Show where the time went: wall and CPU seconds per stage and thread (reading + arithmetic, "
             "waits, write, fsync, hash, finish, rename), and CPU use; also in --json.",
         ),
@@ -108,18 +110,25 @@ def merge(
         list[str] | None,
         typer.Option(
             "--copy",
+            rich_help_panel="Output",
             metavar="GLOB",
             help="Also copy these files of the aligned folder (repeatable); see the side-file policy.",
         ),
     ] = None,
     skip: Annotated[
         list[str] | None,
-        typer.Option("--skip", metavar="GLOB", help="Do not copy these files of the aligned folder (repeatable)."),
+        typer.Option(
+            "--skip",
+            rich_help_panel="Output",
+            metavar="GLOB",
+            help="Do not copy these files of the aligned folder (repeatable).",
+        ),
     ] = None,
     mistral_format: Annotated[
         bool,
         typer.Option(
             "--mistral-format",
+            rich_help_panel="Output",
             help="Also extrapolate the Mistral-format weights (consolidated*.safetensors) both inputs have.",
         ),
     ] = False,
@@ -127,6 +136,7 @@ def merge(
         str | None,
         typer.Option(
             "--part",
+            rich_help_panel="Job arrays",
             metavar="I/N|auto",
             help="Write only part I of N of the output shards (a job array); the last part finishes the "
             "output. auto: from SLURM_ARRAY_TASK_ID/_COUNT or JOB_COMPLETION_INDEX with --parts.",
@@ -136,6 +146,7 @@ def merge(
         int | None,
         typer.Option(
             "--parts",
+            rich_help_panel="Job arrays",
             metavar="N",
             help="How many parts: for --part auto in a Kubernetes Indexed Job, and for --finish.",
         ),
@@ -144,6 +155,7 @@ def merge(
         bool,
         typer.Option(
             "--finish",
+            rich_help_panel="Job arrays",
             help="Finish a merge whose --parts N parts have all run (the last part does it "
             "itself unless it was interrupted).",
         ),
@@ -152,6 +164,7 @@ def merge(
         bool,
         typer.Option(
             "--as-adapter",
+            rich_help_panel="Output",
             help="--aligned is a LoRA adapter: write a PEFT adapter for the same SFT model whose "
             "update is (1+α) times the original (tiny and instant; not for DoRA), instead of a full checkpoint.",
         ),
@@ -160,25 +173,30 @@ def merge(
         bool,
         typer.Option(
             "--stream",
+            rich_help_panel="Hub",
             help="With --push-to-hub and Hub inputs: read the inputs by range requests and "
             "upload each output shard as it closes; no local copy of either (see --scratch). Every byte read is "
             "checked against the Hub's sha256 before the commit; retries wait at most EXPO_RETRY_BUDGET seconds "
-            "in all (default 600).",
+            "in all (default: 600).",
         ),
     ] = False,
     streams: Annotated[
         int,
         typer.Option(
             "--streams",
+            rich_help_panel="Speed",
             metavar="N",
-            help="Shards written at once, each with its own arithmetic, write and hash threads and buffers "
-            "(default 0: one per two cores, at least 2; 1 with --stream or on a GPU). Same bytes whatever N.",
+            help="Shards written at once, each with its own arithmetic, write and hash threads and buffers; 0: "
+            "automatic, one per two cores, at least 2 (1 with --stream or on a GPU). Same bytes whatever N. "
+            "(default: automatic)",
+            show_default=False,
         ),
     ] = 0,
     connections: Annotated[
         int,
         typer.Option(
             "--connections",
+            rich_help_panel="Hub",
             metavar="N",
             help="With --stream: range requests in flight per input, reading ahead while blocks are computed "
             "(at most max(128 MB, 32 MB × N) ahead per input, and twice that in reused buffers, whatever the "
@@ -189,6 +207,7 @@ def merge(
         str | None,
         typer.Option(
             "--scratch",
+            rich_help_panel="Hub",
             metavar="DIR",
             help="Where --stream writes each shard before uploading it "
             "(default: the system's temporary folder; created when missing); it holds two shards at most.",
@@ -345,13 +364,8 @@ def _report(
 ) -> None:
     """What was merged: a summary on stderr; the output folders (or `--json`) and the commit URL on stdout."""
     if not quiet:
-        for result in results:
-            out.info(
-                f"Merged {result.tensors} tensors ({result.extrapolated} extrapolated) at α={result.alpha:g} on "
-                f"{result.device}: {human_bytes(result.bytes_read)} read, {human_bytes(result.bytes_written)} "
-                f"written in {len(result.shards)} shard(s), {result.seconds:.1f} s, "
-                f"{human_bytes(result.bytes_per_s)}/s"
-            )
+        for line in _summary(results):
+            out.info(line)
         if (network := results[0].network) is not None:
             out.info(
                 f"Network: {human_bytes(network['read_bytes'])} read in {network['read_seconds']:.1f} s "
@@ -383,6 +397,29 @@ def _report(
         out.result(str(result.output))
     if commit_url:
         out.result(commit_url)
+
+
+def _summary(results: list[MergeResult]) -> list[str]:
+    """One line per output; a sweep read its inputs once for all of them, which its last line says once."""
+    first = results[0]
+    if len(results) == 1:
+        return [
+            f"Merged {first.tensors} tensors ({first.extrapolated} extrapolated) at α={first.alpha:g} on "
+            f"{first.device}: {human_bytes(first.bytes_read)} read, {human_bytes(first.bytes_written)} written in "
+            f"{len(first.shards)} shard(s), {first.seconds:.1f} s, {human_bytes(first.bytes_per_s)}/s"
+        ]
+    lines = [
+        f"Merged {r.tensors} tensors ({r.extrapolated} extrapolated) at α={r.alpha:g}: "
+        f"{human_bytes(r.bytes_written)} written in {len(r.shards)} shard(s)"
+        for r in results
+    ]
+    written = sum(r.bytes_written for r in results)
+    lines.append(
+        f"Sweep of {len(results)} α on {first.device}: {human_bytes(first.bytes_read)} read once, "
+        f"{human_bytes(written)} written, {first.seconds:.1f} s, "
+        f"{human_bytes((first.bytes_read + written) / max(first.seconds, 1e-9))}/s"
+    )
+    return lines
 
 
 def _profile_table(profile: dict[str, Any]) -> list[str]:

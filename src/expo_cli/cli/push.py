@@ -45,7 +45,8 @@ def push(
 
 
 def upload(folder: str | Path, hub: HubTarget, quiet: bool) -> str:
-    """Push with a line on stderr first: shared by `expo push` and `--push-to-hub` of merge and tune."""
-    if not quiet:
-        out.info(f"Uploading {folder} to {hub.repo_id}")
-    return expo_cli.push(folder, hub.repo_id, token=hub.token, **hub.settings())
+    """Push, saying so on stderr once the folder and repo are checked: shared by `expo push` and `--push-to-hub`
+    of merge and tune."""
+    return expo_cli.push(
+        folder, hub.repo_id, token=hub.token, info=out.ignore if quiet else out.info, **hub.settings()
+    )

@@ -30,7 +30,10 @@ def report(
         ),
     ],
     output: Annotated[
-        str, typer.Option("--output", "-o", metavar="FILE.html", help="Where the self-contained page goes.")
+        str,
+        typer.Option(
+            "--output", "-o", rich_help_panel="Output", metavar="FILE.html", help="Where the self-contained page goes."
+        ),
     ],
 ) -> None:
     """Render a tune's report: curves, statistics and every answer side by side, one HTML file that works offline."""

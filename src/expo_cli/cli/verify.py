@@ -65,7 +65,7 @@ def verify(
     if not result.ok:
         raise VerifyFailed(
             f"{result.output}: {len(result.mismatches)} tensor(s) differ and {len(result.checksum_errors)} "
-            f"checksum problem(s) at α={result.alpha:g}"
+            f"checksum problem(s) at α={result.alpha:g}" + "".join(f"; {hint}" for hint in result.hints)
         )
     if not quiet:
         out.info(

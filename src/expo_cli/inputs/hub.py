@@ -8,6 +8,7 @@ work as everywhere else. Every failure becomes a HubError naming the repo and wh
 from __future__ import annotations
 
 import fnmatch
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,6 +46,22 @@ SIDE_FILES = [
     "NOTICE*",
     "USE_POLICY*",
 ]
+
+
+# A folder of the huggingface_hub cache: .../models--org--name/snapshots/<commit>
+_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})$")
+
+
+def cache_origin(path: Path) -> tuple[str, str] | None:
+    """(repo id, commit) of a folder of the huggingface_hub cache, or None for any other folder."""
+    match = _CACHE_SNAPSHOT.search(path.resolve().as_posix())
+    return (f"{match['org']}/{match['name']}", match["sha"]) if match else None
+
+
+def input_name(path: Path) -> str:
+    """What the provenance calls an input: its repo id, or its folder's name (never a local path)."""
+    origin = cache_origin(path)
+    return origin[0] if origin else path.resolve().name
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ described like the model it came from, with an ExPO section on top saying what w
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 from ..constants import CONFIG_NAME, REPOCARD_NAME
 from ..fsutil import write_durably
+from ..inputs.hub import cache_origin
 
-# A folder of the huggingface_hub cache: .../models--org--name/snapshots/<commit>
-_CACHE_SNAPSHOT = re.compile(r"models--(?P<org>[^/]+?)--(?P<name>[^/]+)/snapshots/(?P<sha>[0-9a-f]{40})$")
 EXPO_TAGS = ["expo", "merge", "model-extrapolation"]
 # Card fields that describe the aligned model itself, not a model derived from it.
 NOT_INHERITED = ("base_model", "base_model_relation", "model-index", "model_name", "eval_results")
@@ -40,10 +38,8 @@ class Source:
         if hub_id:
             repo, _, revision = hub_id.partition("@")
             return cls(repo, repo, revision or None, layout_sha256)
-        match = _CACHE_SNAPSHOT.search(path.resolve().as_posix())
-        if match:
-            repo = f"{match['org']}/{match['name']}"
-            return cls(repo, repo, match["sha"], layout_sha256)
+        if origin := cache_origin(path):
+            return cls(origin[0], origin[0], origin[1], layout_sha256)
         return cls(path.resolve().name, None, None, layout_sha256)
 
     def to_json(self) -> dict[str, str]:

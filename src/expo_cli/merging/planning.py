@@ -35,6 +35,7 @@ from ..options import MergeOptions
 from . import sidefiles
 from .adapter_output import adapter_weight_set, publishable_base
 from .card import AlignedCard, Source, default_model_name
+from .direction import Named, swapped
 from .run import PreparedRun
 from .staging import stale_partials
 from .weights import WeightSet
@@ -93,6 +94,13 @@ def prepare(
     header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
     if not header_only and not opts.force and _identical(sft_ckpt, aligned_ckpt, pairing):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
+    if not opts.force and not any(isinstance(c, LoraSource) for c in (sft_ckpt, aligned_ckpt)):
+        named = [
+            Named.of(str(spec), hub_ids[role], ckpt.config, ckpt.path if ckpt.readable else None)
+            for spec, role, ckpt in ((sft, "sft", sft_ckpt), (aligned, "aligned", aligned_ckpt))
+        ]
+        if reason := swapped(*named):
+            raise MismatchError(reason)
     sources = (
         Source.of(sft_ckpt.path, layout_sha256(own_tensors(sft_ckpt)), hub_ids["sft"]),
         Source.of(folder, layout_sha256(own_tensors(aligned_ckpt)), hub_ids["aligned"]),

@@ -56,7 +56,11 @@ class Plan:
 
     def describe(self) -> list[str]:
         lines = [f"Outputs: {', '.join(f'{p} (α={a:g})' for a, p in self.outputs.items())}"]
-        lines.append(f"Tensors: {self.tensors} ({self.extrapolated} extrapolated, the rest copied from aligned)")
+        kept = self.tensors - self.extrapolated
+        lines.append(
+            f"Tensors: {self.tensors} ({self.extrapolated} extrapolated"
+            + (f", {kept} copied from aligned)" if kept else ")")
+        )
         lines.append(f"Read: {human_bytes(self.bytes_read)} (each input byte once)")
         lines.append(f"Write: {human_bytes(self.bytes_written)} per output in {len(self.shards)} shard(s):")
         lines += [f"  {name}  {human_bytes(size)}" for name, size in self.shards]

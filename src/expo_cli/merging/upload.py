@@ -13,6 +13,7 @@ import json
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,19 @@ def push(
     commit_message: str | None = None,
     create_pr: bool = False,
     token: str | None = None,
+    info: Callable[[str], None] = lambda text: None,
 ) -> str:
     """Upload a finished output folder in one commit; return the commit (or pull request) URL.
 
-    Running it again after a lost connection resumes: files the Hub already holds are not sent again.
+    Running it again after a lost connection resumes: files the Hub already holds are not sent again. `info` hears
+    "Uploading…" once the folder and the repo have been checked, not before.
     """
     folder = Path(folder)
     retry.new_run()
     if not (folder / CONFIG_NAME).is_file():
         raise InputError(f"{folder}: not a model folder (no {CONFIG_NAME}); push the output of expo merge")
     prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=token)
+    info(f"Uploading {folder} to {repo_id}")
     return commit(
         repo_id,
         upload_operations(folder),

@@ -298,6 +298,8 @@ def _tune(
             notes,
             power,
             confirmer.name if confirmer else None,
+            Path(output).name if output is not None else None,
+            opts.force,
         )
         result.save_result()
         return result

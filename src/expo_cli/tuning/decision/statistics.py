@@ -52,7 +52,16 @@ class Interval:
     def __str__(self) -> str:
         if np.isnan(self.estimate):
             return "n/a"
-        return f"{self.estimate:+.4g} [{self.low:+.4g}, {self.high:+.4g}]"
+        estimate, low, high = (_printable(v) for v in (self.estimate, self.low, self.high))
+        return f"{estimate:+.4g} [{low:+.4g}, {high:+.4g}]"
+
+
+NOISE = 1e-12  # differences of float64 means below this are rounding, not rewards (two equal answers: ±1e-17)
+
+
+def _printable(value: float) -> float:
+    """0 for rounding noise, so two identical candidates read +0 [+0, +0], not -6.939e-18 [-1.388e-17, ...]."""
+    return 0.0 if abs(value) < NOISE else value
 
 
 NO_INTERVAL = Interval(float("nan"), float("nan"), float("nan"))

@@ -19,7 +19,7 @@ from ..decision.power import Power
 from ..decision.procedure import Outcome, outcome_json
 from ..decision.selection import RULE, truncation_warnings
 from ..decision.statistics import CandidateStats, Interval
-from . import reporting
+from . import advice, reporting
 from .reporting import RESULT
 
 CUT_RISE = 0.05  # --output is refused (without --force) when the chosen α's cut rate exceeds α = 0's by this
@@ -40,6 +40,8 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     power: Power | None = None
     confirm_reward: str | None = None  # the second reward that judged the held-out prompts
+    output_name: str | None = None  # the --output folder's name, for the next steps (never its path)
+    force: bool = False  # --force: --output is written even unconfirmed
 
     @property
     def alpha(self) -> float:
@@ -156,6 +158,9 @@ class TuneResult:
             "notes": self.notes,
             "warnings": self.warnings,
             "cut_rates": {f"{a:g}": rate for a, rate in sorted(self.cut_rates().items())},
+            "next": self.next_steps(
+                self.inputs.get("sft", {}).get("name"), self.inputs["aligned"]["name"], self.output_name, self.force
+            ),
             **({"power": self.power.to_json(self.gain_sd())} if self.power else {}),
             "timing": {
                 f"{c.part}:{c.alpha:g}": {
@@ -242,6 +247,10 @@ class TuneResult:
         """The --json report and every response, into the run folder: what `expo report RUN` renders again."""
         data = {"expo": VERSION, "report": self.to_json(), "records": self.records()}
         write_atomically(self.run_dir / RESULT, json.dumps(data, ensure_ascii=False).encode())
+
+    def next_steps(self, sft: str | None, aligned: str, output: str | None, force: bool = False) -> list[str]:
+        """The commands to type next (`advice`), naming the inputs and output as given."""
+        return advice.next_steps(self, sft, aligned, output, self.not_written(force) if output else None)
 
     def write_report(self, path: str | Path) -> None:
         """The self-contained HTML report (`reporting`)."""

@@ -72,6 +72,7 @@ def _render(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     script = _asset("page.js")
     environment = Environment(autoescape=True, keep_trailing_newline=True)
     environment.globals["interval"] = _interval
+    environment.globals["verdict"] = verdict
     inputs = summary.get("inputs") or {}
     names = [inputs[role]["name"] for role in ("sft", "aligned") if role in inputs]
     compared = summary["alpha"] if summary["alpha"] else _best_other(summary)
@@ -173,57 +174,129 @@ def _candidates(records: list[dict[str, Any]]) -> dict[tuple[str, float], Candid
 
 
 def charts(summary: dict[str, Any]) -> str:
-    """Mean reward (95% intervals, the held-out comparison beside it) and mean length against α, as inline SVG."""
+    """Inline SVG: the gain over α = 0 with the intervals the choice used, the mean reward, and length with cut
+    answers on their own axis."""
     plt = pyplot("--report")  # matplotlib: the tune extra
+    return "".join(_svg(plt, draw(plt, summary)) for draw in (_gain_chart, _reward_chart, _length_chart))
+
+
+SIZE = (8.0, 4.2)  # inches: the page shows each chart about 770 pixels wide
+
+
+def _label(ax: Any, chosen: float, ylabel: str) -> None:
+    """The chosen α (drawn behind the data, so no interval hides under it), the axes' names and the legend."""
+    ax.axvline(chosen, color="tab:green", linestyle=":", alpha=0.6, zorder=0, label=f"chosen α = {chosen:g}")
+    ax.set_xlabel("α")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+
+
+def _gain_chart(plt: Any, summary: dict[str, Any]) -> Any:
+    """Each α's gain over α = 0 with its simultaneous 95% interval (the one that decides significance), and the
+    held-out gain beside the chosen α."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    others = [c for c in summary["candidates"] if c["alpha"] != 0 and c.get("gain_simultaneous")]
+    for significant in (True, False):
+        shown = [c for c in others if c["significant"] is significant]
+        if shown:
+            _intervals(
+                ax,
+                [c["alpha"] for c in shown],
+                [c["gain_simultaneous"] for c in shown],
+                fmt="o",
+                color="tab:blue",
+                markerfacecolor="tab:blue" if significant else "white",
+                label="selection: significant (simultaneous 95% CI)" if significant else "selection: not significant",
+            )
+    confirmation = summary.get("confirmation") or {}
+    stats = confirmation.get("stats")
+    if stats and stats.get("gain"):
+        alphas = [c["alpha"] for c in summary["candidates"]]
+        beside = 0.02 * (max(alphas) - min(alphas) or 1.0)  # beside the selection bar, not on it
+        _intervals(
+            ax,
+            [confirmation["alpha"] + beside],
+            [stats["gain"]],
+            fmt="s",
+            color="tab:green",
+            label="held out (its look's level)",
+        )
+    ax.axhline(0, color="grey", linewidth=0.8, zorder=0)
+    _label(ax, summary["alpha"], "gain in mean reward over α = 0")
+    return fig
+
+
+def _reward_chart(plt: Any, summary: dict[str, Any]) -> Any:
+    """Mean reward against α on the selection prompts, each with its own 95% interval."""
+    fig, ax = plt.subplots(figsize=SIZE)
+    candidates = summary["candidates"]
+    _intervals(
+        ax,
+        [c["alpha"] for c in candidates],
+        [c["reward"] for c in candidates],
+        marker="o",
+        label="mean reward, selection prompts (95% CI each)",
+    )
+    _label(ax, summary["alpha"], "mean reward")
+    return fig
+
+
+def _length_chart(plt: Any, summary: dict[str, Any]) -> Any:
+    """Mean length in tokens, and the share of answers cut, each on its own axis."""
+    fig, ax = plt.subplots(figsize=SIZE)
     candidates = summary["candidates"]
     alphas = [c["alpha"] for c in candidates]
-    figures = []
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    means = [c["reward"]["estimate"] for c in candidates]
-    errors = _error_bars([c["reward"] for c in candidates])
-    ax.errorbar(alphas, means, yerr=errors, marker="o", capsize=3, label="selection prompts (95% CI)")
-    confirmation = summary.get("confirmation") or {}
-    if confirmation.get("stats"):
-        gain = confirmation["stats"]["gain"]
-        base = means[alphas.index(0.0)]
-        ax.errorbar(
-            [confirmation["alpha"]],
-            [base + gain["estimate"]],
-            yerr=_error_bars([gain]),
-            marker="s",
-            capsize=3,
-            color="tab:green",
-            label="held out: α = 0's mean + its gain",
-        )
-    ax.axvline(summary["alpha"], color="tab:green", linestyle=":", label=f"chosen α = {summary['alpha']:g}")
-    ax.set_xlabel("α")
-    ax.set_ylabel("mean reward")
-    ax.legend(fontsize="small")
-    figures.append(fig)
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    lengths = [c["length_interval"] for c in candidates]
-    ax.errorbar(
+    _intervals(
+        ax,
         alphas,
-        [i["estimate"] for i in lengths],
-        yerr=_error_bars(lengths),
+        [c["length_interval"] for c in candidates],
         marker="s",
-        capsize=3,
         color="tab:orange",
         label="mean length, tokens (95% CI)",
     )
-    ax.plot(
-        alphas, [100 * c["truncated"] for c in candidates], marker="x", color="tab:red", label="% cut at the limit"
-    )
     ax.set_xlabel("α")
-    ax.set_ylabel("tokens / % cut")
-    ax.legend(fontsize="small")
-    figures.append(fig)
-    return "".join(_svg(plt, f) for f in figures)
+    ax.set_ylabel("tokens")
+    cut = ax.twinx()
+    cut.plot(alphas, [100 * c["truncated"] for c in candidates], marker="x", color="tab:red", label="% cut")
+    cut.set_ylabel("% of answers cut")
+    cut.set_ylim(0, max(5.0, 110 * max(c["truncated"] for c in candidates)))
+    handles = ax.get_legend_handles_labels()[0] + cut.get_legend_handles_labels()[0]
+    ax.legend(handles=handles, fontsize="small")
+    return fig
 
 
-def _error_bars(intervals: list[dict[str, float]]) -> list[list[float]]:
-    """matplotlib's yerr: the distances below and above each estimate."""
-    return [[i["estimate"] - i["low"] for i in intervals], [i["high"] - i["estimate"] for i in intervals]]
+def verdict(summary: dict[str, Any]) -> str:
+    """The outcome in plain words: the mean reward before and after, and how often the chosen α wins."""
+    alpha = summary["alpha"]
+    candidates = {c["alpha"]: c for c in summary["candidates"]}
+    if alpha == 0:
+        best = _best_other(summary)
+        if best == 0:
+            return "Only α = 0 was evaluated."
+        return (
+            f"No α beat the aligned model: mean reward {candidates[0.0]['reward']['estimate']:.3g} at α = 0; the "
+            f"best other, α = {best:g}, scored {candidates[best]['reward']['estimate']:.3g}, not significantly more."
+        )
+    confirmation = summary.get("confirmation") or {}
+    stats = confirmation.get("stats")
+    if stats and stats.get("gain") and stats.get("win_rate"):
+        after, gain = stats["reward"]["estimate"], stats["gain"]["estimate"]
+        where, wins = f"the {confirmation['prompts']} held-out prompts", stats["win_rate"]["estimate"]
+    else:
+        chosen = candidates[alpha]
+        after, gain, wins = (chosen[key]["estimate"] for key in ("reward", "gain", "win_rate"))
+        where = f"the {summary['split']['selection']} selection prompts"
+    return (
+        f"On {where}, α = {alpha:g} moved the mean reward from {after - gain:.3g} to {after:.3g} and won "
+        f"{wins:.0%} of them against α = 0."
+    )
+
+
+def _intervals(ax: Any, alphas: list[float], intervals: list[dict[str, float]], **style: Any) -> None:
+    """Each interval's estimate with its bar from low to high."""
+    below = [i["estimate"] - i["low"] for i in intervals]
+    above = [i["high"] - i["estimate"] for i in intervals]
+    ax.errorbar(alphas, [i["estimate"] for i in intervals], yerr=[below, above], capsize=3, **style)
 
 
 def _svg(plt: Any, fig: Any) -> str:

@@ -19,7 +19,7 @@ for (const prompt of data.prompts) {
     prompt.tokens[alpha] = mean(samples.map((s) => s.tokens));
   }
   const rewards = Object.values(prompt.reward);
-  const other = data.chosen in prompt.reward ? data.chosen : data.compared;
+  const other = data.compared; // the chosen α, or the best other when α = 0 is chosen (never 0 with itself)
   prompt.gain = other in prompt.reward ? prompt.reward[other] - prompt.reward[data.baseline] : 0;
   prompt.spread = Math.max(...rewards) - Math.min(...rewards);
   prompt.lengthChange = other in prompt.tokens ? prompt.tokens[other] - prompt.tokens[data.baseline] : 0;
