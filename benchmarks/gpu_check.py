@@ -1,15 +1,18 @@
 """One short GPU run: `expo merge --device cuda` checked against the CPU result and the float64 reference.
 
-    python benchmarks/gpu_check.py [--size 2gb]
+    python benchmarks/gpu_check.py [--size 2gb] [--summary gpu_check.json]
 
 Builds the benchmark pair, merges it on the CPU and on the GPU (each timed as a whole `expo` process, output
 fsync-ed, page cache warm), and prints: wall times and GB/s, the share of GPU output elements bit-identical to
-the CPU output, and the GPU output checked against the float64 reference rounded once to bfloat16.
+the CPU output, and each output checked against the float64 reference rounded once to bfloat16. It fails (exit 1)
+unless the GPU output is bit-identical to the CPU output and every element of each is within one rounding step of
+the reference (what `expo verify` accepts), and writes what it measured to --summary either way.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 import tempfile
@@ -36,7 +39,9 @@ def main() -> None:
     parser.add_argument("--size", default="2gb")
     parser.add_argument("--alpha", type=float, default=0.3)
     parser.add_argument("--devices", default="cpu,cuda")
+    parser.add_argument("--summary", type=Path, default=Path("gpu_check.json"), help="where the results go")
     args = parser.parse_args()
+    summary: dict = {"devices": {}, "failures": []}
     print(
         f"torch {torch.__version__}, CUDA {torch.cuda.is_available()}: "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else '-'}",
@@ -78,14 +83,26 @@ def main() -> None:
                 flush=True,
             )
             outs[device] = out
+            summary["devices"][device] = {"wall_seconds": [t["wall"] for t in times], "gb_per_s": moved / best / 1e9}
         if {"cpu", "cuda"} <= outs.keys():
-            print(f"GPU output bit-identical to CPU output: {100 * bit_identical(outs['cpu'], outs['cuda']):.4f}%")
+            identical = bit_identical(outs["cpu"], outs["cuda"])
+            summary["bit_identical"] = identical
+            print(f"GPU output bit-identical to CPU output: {100 * identical:.4f}%")
+            if identical != 1.0:
+                summary["failures"].append(f"GPU output differs from the CPU output in {1 - identical:.3%} elements")
         for device, out in outs.items():
             check = check_output(out, sft, aligned, args.alpha)
+            summary["devices"][device]["reference"] = check
             print(
                 f"{device} vs float64 reference: {100 * check['exact']:.4f}% correctly rounded, "
                 f"max error {check['max_ulp']:.2f} rounding steps"
             )
+            if check["max_ulp"] > 1:  # what `expo verify` accepts: float32 arithmetic rounded once
+                summary["failures"].append(f"{device}: an element {check['max_ulp']:.2f} rounding steps off")
+    args.summary.write_text(json.dumps(summary, indent=2, default=str))
+    for failure in summary["failures"]:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    sys.exit(1 if summary["failures"] else 0)
 
 
 if __name__ == "__main__":

@@ -1065,6 +1065,37 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "                panels.setdefault(panel, []).append(record)",
         "tests/test_publish.py::test_help_reads_right",
     ),
+    # vLLM updates proven whole (issue 40).
+    "vllm: a tied head keeps its packed copy": (
+        "tuning/backends/vllm_worker.py",
+        "        for module in _sharing_without_loading(model, loaded):",
+        "        for module in []:",
+        f"{VLLM}tests/test_vllm.py::test_a_tied_embedding_model_answers_as_its_merged_checkpoint_after_every_update",
+    ),
+    "vllm: an incomplete update accepted": (
+        "tuning/backends/vllm_worker.py",
+        "        if missing:",
+        "        if False:",
+        f"{VLLM}tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine",
+    ),
+    "vllm: a failed update does not fence the engine": (
+        "tuning/backends/serving.py",
+        "        if self.fenced:",
+        "        if False:",
+        f"{VLLM}tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine",
+    ),
+    "vllm: the run key ignores vLLM's version": (
+        "tuning/api.py",
+        '"version": vllm_version(), ',
+        "",
+        f"{VLLM}tests/test_vllm.py::test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function",
+    ),
+    "an α float32 cannot hold accepted": (
+        "alpha.py",
+        "    if abs(alpha) > FLOAT32_MAX:",
+        "    if False:",
+        "tests/test_errors.py",
+    ),
 }
 
 

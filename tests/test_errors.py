@@ -102,6 +102,13 @@ def test_alpha_must_be_finite(tmp_path, expo, llama_pair):
     assert not (tmp_path / "out").exists()
 
 
+def test_an_alpha_float32_cannot_hold_is_refused_before_any_work(tmp_path, expo, llama_pair):
+    sft, aligned = llama_pair
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "-o", tmp_path / "out", "--alpha", "-1e39")
+    assert run.code == 2 and run.stderr.strip() == "Error: --alpha: -1e+39 is beyond float32's range (±3.4e38)"
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_folder(tmp_path, expo, llama_pair):
     _, aligned = llama_pair
     error = run_failing(expo, tmp_path, tmp_path / "nope", aligned, code=3)

@@ -68,6 +68,12 @@ def test_the_readme_tune_example_chooses_and_confirms_alpha_2_and_refuses_to_wri
     assert "power: 84 selection and 36 held-out prompts, 3 candidate(s)" in refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith("Error: --output tuned not written: α=2 cuts ")
     assert (demo / "report.html").is_file() and not (demo / "tuned").exists()
+    held = report["confirmation"]["stats"]  # the verdict in words is the held-out one, not the selection's
+    after, before = held["reward"]["estimate"], held["reward"]["estimate"] - held["gain"]["estimate"]
+    assert (
+        f"On the 36 held-out prompts, α = 2 moved the mean reward from {before:.3g} to {after:.3g} and won "
+        f"{held['win_rate']['estimate']:.0%} of them against α = 0."
+    ) in (demo / "report.html").read_text()
     forced = expo("tune", *common, "--output", demo / "tuned", "--force")
     assert forced.code == 0, forced.stderr
     assert json.loads(forced.stdout)["run"]["generated"] == 0  # every answer reused from the run folder

@@ -136,3 +136,12 @@ def test_a_large_change_of_the_matrices_is_flagged_though_the_norm_weights_hide_
     assert run.code == 0 and report["relative_change"] < 0.2 < report["matrix_change"]
     assert f"alignment changed the weight matrices by {shown(report['matrix_change'])}" in run.stderr
     assert "--sft may not be the checkpoint --aligned was trained from" in run.stderr
+
+
+def test_the_summary_names_the_output_dtype_as_config_json_does(expo, pair):
+    sft, aligned = pair
+    for given, named in ((None, "bfloat16"), ("fp32", "float32"), ("float16", "float16")):
+        extra = ["--dtype", given] if given else []
+        run = expo("inspect", "--sft", sft, "--aligned", aligned, *extra, "--json", "--quiet")
+        report = json.loads(run.stdout)
+        assert report["dtype"] == named and report["summary"].endswith(f"change in {named}.")

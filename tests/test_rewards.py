@@ -161,3 +161,27 @@ def test_a_module_name_for_a_file_beside_says_how_to_name_the_file(tmp_path, mon
     assert load_function("hinted_grader.py:score")("p", "r") == 1.0
     with pytest.raises(InputError, match=r"No module named 'nothere'\)$"):
         load_function("nothere:score")  # no such file either: no hint
+
+
+def test_a_reward_model_beside_a_vllm_engine_goes_where_it_fits():
+    """The engine takes --gpu-memory-utilization of the GPU (vLLM's 0.9 by default); the reward model scores on
+    the GPU only when its weights, activations and a GiB fit in the rest, else on the CPU, and says which."""
+    from expo_cli.tuning.backends.serving import reward_placement
+
+    gb = 10**9
+    assert reward_placement(2 * gb, 80 * gb, None) == (
+        "cuda",
+        "on the GPU beside the engine (3.7 GB of the 8.0 GB it leaves)",
+    )
+    device, why = reward_placement(6 * gb, 80 * gb, None)  # 6 GB × 1.3 + 1 GiB > 8 GB
+    assert device == "cpu" and why.endswith("(lower --gpu-memory-utilization, or pass --reward-device)")
+    assert reward_placement(6 * gb, 80 * gb, 0.5)[0] == "cuda"
+    assert reward_placement(0, 80 * gb, 1.0)[0] == "cpu"  # nothing left: even a tiny model waits on the CPU
+
+
+def test_a_planned_device_is_part_of_the_reward_models_identity(tmp_path):
+    rm = RewardModel(str(save_reward_model(tmp_path / "rm", word_tokenizer())), "cpu")
+    assert rm.identity()["device"] == "cpu"
+    rm.plan("cuda")  # scores keyed by where they will be made, before the move
+    assert rm.identity()["device"] == "cuda" and rm.model.device.type == "cpu"
+    assert rm.nbytes() == sum(p.numel() * p.element_size() for p in rm.model.parameters()) > 0

@@ -21,7 +21,7 @@ import expo_cli  # noqa: E402
 from expo_cli.merging.api import prepare  # noqa: E402
 from expo_cli.options import MergeOptions  # noqa: E402
 from expo_cli.tuning.backends.generation import Decoding, encode_prompts  # noqa: E402
-from expo_cli.tuning.backends.serving import VllmPolicy, request_seed  # noqa: E402
+from expo_cli.tuning.backends.serving import VllmPolicy, request_seed, vllm_version  # noqa: E402
 from helpers import build_model, llama_config, perturb, read_all, save, word_tokenizer  # noqa: E402
 
 PROMPTS = [" ".join(f"w{4 + (i * 7 + j) % 90}" for j in range(3 + i % 5)) for i in range(5)]
@@ -96,6 +96,70 @@ def test_in_place_updates_generate_what_the_merged_checkpoints_do(tmp_path, pair
     assert len({tuple(v) for v in seen.values()}) == 4, "α must change the greedy answers of this pair"
     for result in merged:
         assert fresh_answers(result.output, sft, aligned) == seen[result.alpha], f"α={result.alpha:g}"
+
+
+@pytest.fixture(scope="module")
+def tied_pair(tmp_path_factory) -> tuple[Path, Path]:
+    """As `pair`, with the LM head tied to the input embedding (one stored matrix, two modules in vLLM)."""
+    root = tmp_path_factory.mktemp("tied")
+    config = wide_config(tie_word_embeddings=True)
+    sft = save(build_model(config, 0), root / "sft", torch.bfloat16)
+    aligned = save(perturb(build_model(config, 0), seed=1, scale=0.02), root / "aligned", torch.bfloat16)
+    for folder in (sft, aligned):
+        word_tokenizer().save_pretrained(folder)
+    return sft, aligned
+
+
+def test_a_tied_embedding_model_answers_as_its_merged_checkpoint_after_every_update(tmp_path, tied_pair):
+    """vLLM's reload leaves a tied head's packed copy (CPU) as loaded: expo processes it again after each update."""
+    sft, aligned = tied_pair
+    merged = expo_cli.sweep(sft, aligned, tmp_path / "sweep", [2.0, -1.0], progress=False)
+    policy = start(aligned, sft, aligned)
+    try:
+        loaded = answers(policy)
+        seen = {}
+        for alpha in (2.0, -1.0):
+            policy.set_alpha(alpha, warn=pytest.fail)
+            seen[alpha] = answers(policy)
+    finally:
+        policy.close()
+    for result in merged:
+        assert seen[result.alpha] != loaded, "α must change the greedy answers of this pair"
+        assert fresh_answers(result.output, sft, aligned) == seen[result.alpha], f"α={result.alpha:g}"
+
+
+def test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine(monkeypatch, tmp_path, pair):
+    """A parameter vLLM received no value for would keep the previous α's: refused by name. An overflow part-way
+    still finishes vLLM's reload, then nothing is generated until an update completes."""
+    from expo_cli.errors import ExpoError, MismatchError, NonFiniteError
+
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process: the test may reach into a worker
+    sft, aligned = pair
+    merged = expo_cli.merge(sft, aligned, tmp_path / "out", 2.0, progress=False, dtype="float16")
+    policy = start(aligned, sft, aligned, dtype="float16")  # float16 overflows at a large α
+    try:
+        loaded = answers(policy)
+        with pytest.raises(NonFiniteError):
+            policy.set_alpha(1e9, warn=lambda message: None)
+        with pytest.raises(ExpoError, match="not generating: the update to α=1e\\+09 did not complete"):
+            answers(policy)
+        policy.set_alpha(2.0, warn=pytest.fail)
+        complete = answers(policy)
+
+        def leave_out_the_final_norm(worker):
+            pairing = worker.expo_weights.pairing
+            pairing.tensors = [t for t in pairing.tensors if t.name != "model.norm.weight"]
+
+        policy.llm.collective_rpc(leave_out_the_final_norm)
+        with pytest.raises(
+            MismatchError, match="no value for 1 parameter\\(s\\) of the engine, e.g. 'model.norm.weight'"
+        ):
+            policy.set_alpha(0.5, warn=lambda message: None)
+        with pytest.raises(ExpoError, match="not generating"):
+            answers(policy)
+    finally:
+        policy.close()
+    assert complete != loaded and complete == fresh_answers(merged.output, sft, aligned, dtype="float16")
 
 
 def test_a_float32_run_with_a_per_tensor_rule_is_exact_too(tmp_path, pair):
@@ -181,6 +245,13 @@ def test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function(tmp_
     rescored = expo_command(*common, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--rescore")
     assert rescored.returncode == 0, rescored.stderr
     assert [c["alpha"] for c in json.loads(rescored.stdout)["candidates"]] == [0.0, 0.5, 2.0]
+    # The responses are vLLM's of this version: a run folder written by another is refused, never mixed.
+    saved = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert saved["key"]["backend"]["version"] == vllm_version() and vllm_version().startswith("vllm")
+    saved["key"]["backend"]["version"] = "vllm 0.1.0"
+    (tmp_path / "run" / "run.json").write_text(json.dumps(saved))
+    refused = expo_command(*common, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--rescore")
+    assert refused.returncode != 0 and "backend" in refused.stderr.strip().splitlines()[-1]
 
 
 def test_vllm_errors_are_one_line_before_any_generation(tmp_path):

@@ -24,10 +24,15 @@ def _term(x: float) -> str:
     return f"− {-x:g}" if x < 0 else f"+ {abs(x):g}"
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def check_alpha(alpha: float, option: str = "--alpha") -> float:
     alpha = float(alpha)
     if not math.isfinite(alpha):
         raise UsageError(f"{option}: {alpha} is not a finite number")
+    if abs(alpha) > FLOAT32_MAX:  # the arithmetic is float32: such an α cannot even be held
+        raise UsageError(f"{option}: {alpha:g} is beyond float32's range (±3.4e38)")
     return alpha
 
 

@@ -286,7 +286,8 @@ def tune(
             "--reward-device",
             rich_help_panel="Speed",
             metavar="DEVICE",
-            help="Where the reward model runs (default: --device).",
+            help="Where the reward model runs (default: --device; with --backend vllm on a GPU: beside the engine, "
+            "loaded after it, when it fits in the memory the engine leaves, else the CPU).",
         ),
     ] = None,
     allow_cut_responses: Annotated[

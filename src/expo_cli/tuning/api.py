@@ -29,7 +29,7 @@ from ..merging.api import PreparedRun, prepare
 from ..options import MergeOptions
 from .backends.candidates import CandidateModel
 from .backends.generation import Decoding, Generator, encode_prompts
-from .backends.serving import VllmPolicy, import_vllm
+from .backends.serving import VllmPolicy, import_vllm, reward_placement, vllm_version
 from .decision.candidate import NotGenerated
 from .decision.holdout import Split, split
 from .decision.looks import Ledger
@@ -213,9 +213,20 @@ def _tune(
         if fn is not None:
             return RewardFunction(fn, option)
         assert model is not None
+        beside_engine = backend == "vllm" and not rescore and reward_device is None and device.type == "cuda"
         rm = RewardModel(
-            model, reward_device or str(device), reward_batch_size, token=opts.token, warn=opts.warning, option=option
+            model,
+            "cpu" if beside_engine else reward_device or str(device),
+            reward_batch_size,
+            token=opts.token,
+            warn=opts.warning,
+            option=option,
         )
+        if beside_engine:  # loaded after the engine, where it fits
+            placed, why = reward_placement(rm.nbytes(), torch.cuda.get_device_properties(device).total_memory,
+                                           gpu_memory_utilization)  # fmt: skip
+            rm.plan(placed)
+            opts.inform(f"{option}-model {rm.name}: scoring {why}")
         _check_context(rm, texts, decoding, opts, allow_cut_responses)
         return rm
 
@@ -228,8 +239,8 @@ def _tune(
     tokenizer = _load_tokenizer(tokenizer_folder)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
     key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
-    if backend != "transformers":  # its responses differ: a folder of the other backend's is refused
-        key["backend"] = {"name": backend, "tensor_parallel_size": tensor_parallel_size}
+    if backend != "transformers":  # its responses differ: a folder of another backend's, or version's, is refused
+        key["backend"] = {"name": backend, "version": vllm_version(), "tensor_parallel_size": tensor_parallel_size}
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
@@ -251,6 +262,9 @@ def _tune(
                 strict=opts.strict,
             )
             policy = (partial(engine.set_alpha, warn=opts.warning), engine)
+            for judge in (scorer, confirmer):
+                if judge is not None and isinstance(judge.reward, RewardModel):
+                    judge.reward.place()
         elif not rescore:
             model = _load_policy(folders[-1], dominant, device)
             policy = (

