@@ -87,3 +87,22 @@ def test_the_readme_tune_example_chooses_and_confirms_alpha_2_and_refuses_to_wri
     page = (demo / "report.html").read_text()  # the same steps, naming no local path
     assert "Check the output: expo verify tuned --sft sft --aligned aligned" in page and str(demo) not in page
     assert expo("verify", demo / "tuned", "--sft", demo / "sft", "--aligned", demo / "aligned").code == 0
+
+
+def test_the_readme_push_of_the_tuned_demo_reaches_the_hub_byte_for_byte(demo, expo, hub, token, tmp_path):
+    """The README's last step, against the test Hub: the tuned demo model, published and downloaded back."""
+    from huggingface_hub import snapshot_download
+
+    import expo_cli
+
+    text = (ROOT / "README.md").read_text()
+    line = next(li for li in text.splitlines() if li.startswith("expo push examples/out/tuned "))
+    arguments = line.split("#")[0].replace("examples/out", str(demo)).split()[2:]
+    expo_cli.merge(demo / "sft", demo / "aligned", demo / "tuned-for-push", 2.0, progress=False)
+    arguments[0] = str(demo / "tuned-for-push")  # the README's output, made here without the tune's minutes
+    run = expo("push", *arguments)
+    assert run.code == 0, run.stderr
+    repo = arguments[1]
+    back = Path(snapshot_download(repo, cache_dir=tmp_path / "cache"))
+    for file in (demo / "tuned-for-push").iterdir():
+        assert (back / file.name).read_bytes() == file.read_bytes(), file.name
