@@ -1096,6 +1096,79 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    if False:",
         "tests/test_errors.py",
     ),
+    # Realistic bugs in the last wave's code (issue 36): each once survived the whole suite.
+    "range reads: same origin judged by host alone": (
+        "inputs/range_client.py",
+        "    return (one.scheme, one.hostname, one.port) == (two.scheme, two.hostname, two.port)",
+        "    return one.hostname == two.hostname",
+        "tests/test_hostile_hub.py::test_the_token_goes_only_to_the_hubs_own_scheme_host_and_port",
+    ),
+    "range reads: TLS host name not verified": (
+        "inputs/range_client.py",
+        "                    self._managers[proxy] = urllib3.PoolManager(**pools)",
+        "                    self._managers[proxy] = urllib3.PoolManager(**pools, assert_hostname=False)",
+        "tests/test_hostile_hub.py::test_a_certificate_for_another_host_name_is_refused",
+    ),
+    "range reads: NO_PROXY ignored": (
+        "inputs/range_client.py",
+        '    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""):',
+        "    if not proxy:",
+        "tests/test_hostile_hub.py::test_proxy_urls_are_read_as_the_ecosystem_reads_them",
+    ),
+    "held out confirmed by its estimate": (
+        "tuning/decision/selection.py",
+        "        return self.stats is not None and self.stats.gain.low > 0",
+        "        return self.stats is not None and self.stats.gain.estimate > 0",
+        "tests/test_selection.py",
+    ),
+    "an interval that cannot be computed written as NaN": (
+        "tuning/decision/statistics.py",
+        "        return None if any(isinstance(v, float) and np.isnan(v) for v in value.values()) else value",
+        "        return value",
+        "tests/test_statistics.py",
+    ),
+    "finish reasons lost in the records": (
+        "tuning/runs/result.py",
+        '                "finish": response.finish,',
+        '                "finish": "stop",',
+        "tests/test_tune.py::test_cut_answers_stay_cut_in_every_file_tune_writes",
+    ),
+    "--fresh empties the lock it holds": (
+        "tuning/runs/runfolder.py",
+        "                kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
+        "                kept = {LOOKS} if same_prompts else set()",
+        "tests/test_tune_runs.py::test_a_run_folder_in_use_is_refused_and_released_when_done",
+    ),
+    "report: length sort signed": (
+        "tuning/runs/reporting/page.js",
+        "  length: (a, b) => Math.abs(b.lengthChange) - Math.abs(a.lengthChange),",
+        "  length: (a, b) => b.lengthChange - a.lengthChange,",
+        "tests/test_report.py::test_the_length_sort_puts_the_largest_change_either_way_first",
+    ),
+    "report: names not escaped": (
+        "tuning/runs/reporting/__init__.py",
+        "    environment = Environment(autoescape=True, keep_trailing_newline=True)",
+        "    environment = Environment(autoescape=False, keep_trailing_newline=True)",
+        "tests/test_report.py::test_every_name_on_the_page_is_text_not_markup",
+    ),
+    "LoRA: base-rewriting inits matched exactly": (
+        "inputs/lora_features.py",
+        "    return isinstance(value, str) and value.lower().startswith(BASE_REWRITING_INITS)",
+        "    return isinstance(value, str) and value.lower() in BASE_REWRITING_INITS",
+        "tests/test_lora.py::test_bad_adapters_give_one_line_and_no_output",
+    ),
+    "LoRA: PEFT versions compared by minor only": (
+        "inputs/lora_patterns.py",
+        "    if (major, minor) >= (0, 15):",
+        "    if minor >= 15:",
+        "tests/test_lora.py::test_the_pattern_rule_follows_the_saving_peft_version_and_never_goes_back",
+    ),
+    "LoRA: a pattern key's alternatives ungrouped": (
+        "inputs/lora_patterns.py",
+        '            return re.match(rf"(.*\\.)?({key})$", module) is not None',
+        '            return re.match(rf"(.*\\.)?{key}$", module) is not None',
+        "tests/test_lora.py::test_a_pattern_key_with_alternatives_matches_only_whole_module_names",
+    ),
 }
 
 

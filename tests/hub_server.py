@@ -92,6 +92,7 @@ class Hub:
         # memory (a benchmark's Hub: a real one stores uploads elsewhere, not on the machine that merges)
         self.keep_uploads = True
         self.signed_urls: float | None = None  # LFS files redirect to a CDN URL valid this many seconds
+        self.cdn_scheme = "http"  # of that URL (https: the endpoint's certificate, named for 127.0.0.1 only)
         self.stall = 3.0  # seconds a "stall" fault holds the connection silent before dropping it
         self.proxied: list[tuple[str, str | None, str | None]] = []  # (path, Range, Proxy-Authorization)
         self.cdn_reads: list[tuple[str | None, str | None, bool]] = []  # (Range, Authorization, expired)
@@ -396,7 +397,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.hub.signed_urls is not None and filename.endswith((".safetensors", ".bin")):
             expires = time.time() + self.hub.signed_urls
             port = self.endpoint.rsplit(":", 1)[1]  # another origin: "localhost", not the endpoint's 127.0.0.1
-            location = f"http://localhost:{port}/cdn/{repo.etag(data)}?expires={expires}"
+            location = f"{self.hub.cdn_scheme}://localhost:{port}/cdn/{repo.etag(data)}?expires={expires}"
             return self._send(
                 302,
                 headers={

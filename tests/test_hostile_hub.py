@@ -465,6 +465,46 @@ def test_a_redirect_from_https_to_http_is_refused(tmp_path, pair):
     server.shutdown()
 
 
+def test_a_certificate_for_another_host_name_is_refused(tmp_path, pair):
+    """The CDN URL names localhost; the certificate the server presents is for 127.0.0.1 only. Trusted authority,
+    wrong name: the range reads refuse it (exit 7, one line) rather than send the request."""
+    sft, aligned = pair
+    cert, context = certificate(tmp_path / "hub")
+    secure, server = serve(tls=context)
+    secure.create("org/misnamed-sft", files_of(sft))
+    secure.create("org/misnamed-dpo", files_of(aligned))
+    secure.create("me/misnamed")
+    secure.signed_urls, secure.cdn_scheme = 600.0, "https"
+    environment = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    environment |= {
+        "HF_ENDPOINT": f"https://127.0.0.1:{server.server_address[1]}",
+        "HF_TOKEN": WRITE_TOKEN,
+        "SSL_CERT_FILE": str(cert),
+        "HF_HOME": str(tmp_path / "hf-home"),
+    }
+    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/misnamed-sft", "--aligned"]
+    command += ["org/misnamed-dpo", "--alpha", "0.5", "--stream", "--push-to-hub", "me/misnamed", "-q"]
+    run = subprocess.run(command + ["--scratch", tmp_path / "s"], env=environment, capture_output=True, text=True)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 7 and len(lines) == 1, run.stderr
+    assert f"localhost:{server.server_address[1]}: its certificate is not trusted (" in lines[0]
+    assert "Hostname mismatch" in lines[0] or "IP address mismatch" in lines[0] or "hostname" in lines[0].lower()
+    assert not secure.cdn_reads and len(secure.repos["me/misnamed"].commits) == 1
+    server.shutdown()
+
+
+def test_the_token_goes_only_to_the_hubs_own_scheme_host_and_port():
+    """A URL elsewhere is read as signed, without the token: another host, and also the same host over plain
+    http:// (the token would travel in clear) or on another port (another service)."""
+    from expo_cli.inputs.range_client import same_origin
+
+    hub = "https://hub.example/org/model/resolve/0123/model.safetensors"
+    assert same_origin(hub, "https://hub.example/api/other")
+    assert same_origin("http://127.0.0.1:8080/a", "http://127.0.0.1:8080/b")
+    for elsewhere in ("http://hub.example/x", "https://hub.example:8443/x", "https://cdn.hub.example/x"):
+        assert not same_origin(hub, elsewhere), elsewhere
+
+
 def test_a_small_file_is_checked_whole_against_its_listed_hash():
     """config.json and the index are checked against the git blob id (or sha256) the Hub lists, and their size."""
     from expo_cli.errors import HubError

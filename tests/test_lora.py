@@ -301,7 +301,7 @@ def _broken(tmp_path: Path, bases: dict[str, Path], how: str) -> Path:
     if how == "rank":
         config["r"] = 8
     elif how == "pissa":
-        config["init_lora_weights"] = "pissa"
+        config["init_lora_weights"] = "pissa_niter_16"  # PEFT matches the init by prefix: fast PiSSA too
     elif how == "tokens":
         config["trainable_token_indices"] = [3, 4]
     (folder / "adapter_config.json").write_text(json.dumps(config))
@@ -834,3 +834,37 @@ def test_an_adapter_saved_with_ensure_weight_tying_on_a_tied_head_is_refused(tmp
     run = expo("merge", "--sft", tied_base, "--aligned", adapter, "-o", tmp_path / "out", "--alpha", "1")
     assert run.code == 3 and "modules_to_save (or ensure_weight_tying) on the tied embeddings" in run.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_the_pattern_rule_follows_the_saving_peft_version_and_never_goes_back():
+    """0.13 and earlier, 0.14, then 0.15 and every later version (1.x included) read patterns their own way."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+
+    from expo_cli.inputs.lora_patterns import RULES, rule_of
+
+    cases = {"0.9.0": "0.13", "0.13.2": "0.13", "0.14.0": "0.14", "0.15.1": "0.15", "0.17.0": "0.15"}
+    cases |= {"1.0.0": "0.15", "1.2.3": "0.15", "2.14.0": "0.15", "1.14": "0.15"}
+    for version, rule in cases.items():
+        assert rule_of({"peft_version": version}) == rule, version
+    assert rule_of({}) is None and rule_of({"peft_version": "main"}) is None
+
+    @given(st.tuples(st.integers(0, 3), st.integers(0, 30)), st.tuples(st.integers(0, 3), st.integers(0, 30)))
+    def monotone(one, two):
+        low, high = sorted([one, two])
+        rules = [rule_of({"peft_version": f"{v[0]}.{v[1]}.0"}) for v in (low, high)]
+        assert RULES.index(rules[0]) <= RULES.index(rules[1])
+
+    monotone()
+
+
+def test_a_pattern_key_with_alternatives_matches_only_whole_module_names():
+    """PEFT 0.15+ matches `(.*\\.)?(KEY)$`: the alternatives of a key are grouped, so `q_proj|v_proj` does not
+    match a module whose name merely starts with one of them."""
+    from expo_cli.inputs.lora_patterns import rank_and_alpha
+
+    config = {"r": 4, "lora_alpha": 8, "rank_pattern": {"q_proj|v_proj": 16}, "alpha_pattern": {}}
+    assert rank_and_alpha(config, "model.layers.0.self_attn.v_proj", "0.15") == (16, 8)
+    assert rank_and_alpha(config, "model.layers.0.self_attn.q_proj", "0.15") == (16, 8)
+    assert rank_and_alpha(config, "model.layers.0.self_attn.q_proj_extra", "0.15") == (4, 8)
+    assert rank_and_alpha(config, "model.layers.0.mlp.up_proj", "0.15") == (4, 8)

@@ -176,6 +176,22 @@ def test_when_alpha_0_is_chosen_the_browser_compares_with_the_best_other(browser
     assert page.inner_text("#plain").startswith("No α beat the aligned model")
 
 
+def test_the_length_sort_puts_the_largest_change_either_way_first(browser, tmp_path):
+    """ "length change" sorts by its size: a response 5 tokens shorter comes before one 3 tokens longer."""
+    from expo_cli import report
+
+    lines = records(hostile=False)
+    for line in lines:
+        line["tokens"] = 20 + (0 if line["alpha"] == 0 else (line["prompt_index"] * 5) % 11 - 5)
+    page, _ = open_page(browser, report(save(tmp_path / "lengths.jsonl", lines), tmp_path / "report.html"))
+    compared = float(page.eval_on_selector("#tune-data", "d => JSON.parse(d.textContent).compared"))
+    tokens = {(r["alpha"], r["prompt_index"]): r["tokens"] for r in lines}
+    change = {p: tokens[compared, p] - tokens[0.0, p] for p in range(30)}
+    assert min(change.values()) < 0 < max(change.values())
+    page.select_option("#order", "length")
+    assert shown_order(page) == sorted(range(30), key=lambda p: (-abs(change[p]), p))
+
+
 def test_a_hostile_response_renders_as_text(browser, page_file):
     page, seen = open_page(browser, page_file)
     page.select_option("#order", "index")
@@ -190,6 +206,18 @@ def test_a_hostile_response_renders_as_text(browser, page_file):
     assert seen["dialogs"] == [] and seen["errors"] == []
     width = page.evaluate("document.documentElement.scrollWidth")
     assert width <= 1280  # the 20,000-character line wraps instead of widening the page
+
+
+def test_every_name_on_the_page_is_text_not_markup(browser, tmp_path):
+    """Not only responses: a file name (in the notes), warnings and settings reach the page through escaping."""
+    from expo_cli import report
+
+    hostile = "<img src=x onerror=alert('name')>.jsonl"
+    page_path = report(save(tmp_path / hostile, records(hostile=False)), tmp_path / "report.html")
+    page, seen = open_page(browser, page_path)
+    assert seen["dialogs"] == [] and seen["errors"] == []
+    assert page.eval_on_selector_all("#settings img, #verdict img, .warnings img", "nodes => nodes.length") == 0
+    assert f"statistics recomputed from {hostile}" in page.inner_text("#settings")
 
 
 def test_a_screenshot_looks_like_a_page(browser, page_file, tmp_path):

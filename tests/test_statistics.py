@@ -293,3 +293,19 @@ def test_two_identical_candidates_print_a_gain_of_zero_not_rounding_noise():
     assert str(stats[1.0].gain) == "+0 [+0, +0]" and str(stats[1.0].gain_simultaneous) == "+0 [+0, +0]"
     assert str(Interval(-6.939e-18, -1.388e-17, 2.776e-17)) == "+0 [+0, +0]"
     assert str(Interval(0.1234567, -0.5, 2e-6)) == "+0.1235 [-0.5, +2e-06]"  # small but real values stay
+
+
+def test_an_interval_that_cannot_be_computed_is_null_in_json_and_na_when_printed():
+    """Every prompt has a cut answer: no prompt is left for the equal-length fit or the gain without cut answers.
+    JSON has no NaN: --json and result.json must stay valid, with null there."""
+    import json
+
+    rng = np.random.default_rng(5)
+    rewards = {0.0: rng.normal(0.3, 0.1, 30), 1.0: rng.normal(0.4, 0.1, 30)}
+    lengths = {a: rng.integers(5, 20, 30).astype(float) for a in rewards}
+    cut = {a: np.ones(30, dtype=bool) for a in rewards}
+    stats = {s.alpha: s for s in compare(rewards, lengths, cut)}[1.0]
+    assert np.isnan(stats.gain_at_equal_length.estimate) and str(stats.gain_at_equal_length) == "n/a"
+    data = json.loads(json.dumps(stats.to_json(), allow_nan=False))
+    assert data["gain_at_equal_length"] is None and data["gain_without_cut"] is None
+    assert data["gain"]["estimate"] == pytest.approx(rewards[1.0].mean() - rewards[0.0].mean())

@@ -651,3 +651,20 @@ def test_a_short_context_reward_model_is_announced_before_generating_and_its_cut
         cut_at_limit = sum(n >= 12 for n in lengths)
         unfit = candidate["response_cut_for_reward"]
         assert candidate["truncated"] == pytest.approx((cut_at_limit + unfit - min(unfit, cut_at_limit)) / len(texts))
+
+
+def test_cut_answers_stay_cut_in_every_file_tune_writes(tmp_path, expo, steered, prompts_file, grader):
+    """An answer stopped by --max-new-tokens is "length" in --save-responses and result.json, and flagged as cut
+    in the report (re-rendered from the run folder too), never shown as complete."""
+    sft, aligned = steered
+    run = tune(
+        expo, sft, aligned, prompts_file, grader, "--alpha", "1", "--max-new-tokens", "2", "--limit", "6",
+        "--save-responses", tmp_path / "responses.jsonl", "--run-dir", tmp_path / "run", "-q",
+    )  # fmt: skip
+    assert run.code == 0, run.stderr
+    saved = [json.loads(line) for line in (tmp_path / "responses.jsonl").read_text().splitlines()]
+    assert saved and {r["finish"] for r in saved} == {"length"} and all(r["tokens"] == 2 for r in saved)
+    kept = json.loads((tmp_path / "run" / "result.json").read_text())["records"]
+    assert [r["finish"] for r in kept] == [r["finish"] for r in saved]
+    assert expo("report", tmp_path / "run", "-o", tmp_path / "page.html").code == 0
+    assert (tmp_path / "page.html").read_text().count('"finish": "length"') == len(saved)

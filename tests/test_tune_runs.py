@@ -185,6 +185,8 @@ def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):
     first.close()
     with RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}, fresh=True) as again:
         assert again.generations("selection", 0.0) == {}
+        with pytest.raises(UsageError, match="another expo tune is using it"):  # emptied, its lock kept and held
+            RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     with pytest.raises(UsageError, match="other settings"):
         RunFolder.open(tmp_path / "run", {"k": 2}, {"reward_fn": "f"})
     RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}).close()  # a refusal released its lock
