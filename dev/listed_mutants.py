@@ -1169,6 +1169,48 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '            return re.match(rf"(.*\\.)?{key}$", module) is not None',
         "tests/test_lora.py::test_a_pattern_key_with_alternatives_matches_only_whole_module_names",
     ),
+    "search: degeneration needs both signs": (
+        "tuning/decision/procedure.py",
+        "> DEGENERATE or candidate.repetition",
+        "> DEGENERATE and candidate.repetition",
+        "tests/test_search.py::test_the_search_stops_at_either_sign_of_degeneration",
+    ),
+    "length fit: one side's cut answers only": (
+        "tuning/decision/statistics.py",
+        "        kept = ~(s.truncated.any(axis=1) | base.truncated.any(axis=1))",
+        "        kept = ~s.truncated.any(axis=1)",
+        "tests/test_statistics.py",
+    ),
+    "margin: a smaller α exactly at the margin left out": (
+        "tuning/decision/selection.py",
+        "s is best or s.behind_best.high <= allowed",
+        "s is best or s.behind_best.high < allowed",
+        "tests/test_statistics.py::test_a_smaller_alpha_exactly_at_the_margin_counts_as_within_it",
+    ),
+    "provenance: a marginal gain labelled simultaneous": (
+        "tuning/runs/result.py",
+        '                    "gain": _round(s.gain_simultaneous),',
+        '                    "gain": _round(s.gain),',
+        "tests/test_tune.py::test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour",
+    ),
+    "reward function identity ignores its source": (
+        "tuning/objectives/rewards.py",
+        'combined.update(name.encode() + b"\\0" + hashlib.sha256(sources[name]).digest())',
+        "combined.update(name.encode())",
+        "tests/test_rewards.py",
+    ),
+    "LoRA: modules_to_save on a tied embedding matched by exact name": (
+        "inputs/adapters.py",
+        'if any(m == s or m.endswith(f".{s}") for m in tied_modules for s in saved)',
+        "if any(m == s for m in tied_modules for s in saved)",
+        "tests/test_lora.py::test_what_peft_does_not_merge_into_the_tied_parameter_is_refused",
+    ),
+    "reward model: a cut prompt that re-tokenises longer cut once only": (
+        "tuning/objectives/rewards.py",
+        "        while len(ids) > limit and prompt_ids:",
+        "        if len(ids) > limit and prompt_ids:",
+        "tests/test_rewards.py::test_a_cut_prompt_that_re_tokenises_longer_is_cut_again_until_it_fits",
+    ),
 }
 
 

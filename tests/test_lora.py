@@ -707,6 +707,8 @@ def test_a_tied_checkpoint_storing_its_head_twice_gets_both_copies_updated(tmp_p
     ("settings", "message"),
     [
         ({"target_modules": ["q_proj"], "modules_to_save": ["lm_head"]}, "modules_to_save (or ensure_weight_tying)"),
+        # PEFT matches a short name as a suffix: `embed_tokens` is `model.embed_tokens`, the tied embedding
+        ({"target_modules": ["q_proj"], "modules_to_save": ["embed_tokens"]}, "modules_to_save (or ensure_weight"),
         ({"target_modules": ["embed_tokens", "lm_head"]}, "LoRA on both the head 'lm_head.weight' and the embedding"),
     ],
 )

@@ -185,3 +185,38 @@ def test_a_planned_device_is_part_of_the_reward_models_identity(tmp_path):
     rm.plan("cuda")  # scores keyed by where they will be made, before the move
     assert rm.identity()["device"] == "cuda" and rm.model.device.type == "cpu"
     assert rm.nbytes() == sum(p.numel() * p.element_size() for p in rm.model.parameters()) > 0
+
+
+def byte_level_reward_model(folder, context: int) -> RewardModel:
+    """A reward model whose byte-level BPE splits multi-byte characters: a prompt cut at a token boundary can
+    start mid-character, and its text then re-tokenises into more tokens than were kept."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    special = ["<s>", "</s>", "<unk>", "<pad>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=96, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    bpe.train_from_iterator(["日本語のテキスト", "héllo wörld", "plain ascii words"] * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
+    tokenizer.model_max_length = context
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'][0] }}:{{ m['content'] }}\n{% endfor %}"
+    return RewardModel(str(save_reward_model(folder, tokenizer)), "cpu")
+
+
+def test_a_cut_prompt_that_re_tokenises_longer_is_cut_again_until_it_fits(tmp_path):
+    rm = byte_level_reward_model(tmp_path / "rm", context=40)
+    grew = 0
+    for i in range(30):
+        prompt = "日本語" * (5 + i % 7) + "é" * (i % 3)
+        ids, cut = rm.encode(prompt, "ok")
+        assert len(ids) <= 40 and cut == "prompt", (prompt, len(ids), cut)  # the short answer is kept whole
+        kept = rm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        again = rm.tokenizer(rm.tokenizer.decode(kept[1:]), add_special_tokens=False)["input_ids"]
+        grew += len(again) > len(kept) - 1
+    assert grew  # the case this test exists for did occur

@@ -128,3 +128,32 @@ def test_the_search_says_why_it_stopped(grid, budget, scores, reason):
     while (alpha := search.next()) is not None:
         search.record(alpha, dict(zip(grid, scores, strict=True)).get(alpha, 0.7))
     assert search.stopped == reason
+
+
+@pytest.mark.parametrize("sign", ["cut", "repetitive"])
+def test_the_search_stops_at_either_sign_of_degeneration(sign):
+    """Reward keeps rising with α, but at α = 4 the answers are all cut, or all repeat themselves: either alone
+    stops the search there (a reward that rises on broken text is not a reason to go further)."""
+    from expo_cli.tuning.backends.generation import Response
+    from expo_cli.tuning.decision.candidate import Candidate
+    from expo_cli.tuning.decision.procedure import _search
+
+    prompts = list(range(40))
+
+    def evaluate(alpha: float, part: str) -> Candidate:
+        broken = alpha >= 4
+        responses = [
+            Response(
+                p,
+                0,
+                "so so so so so so so so so so" if broken and sign == "repetitive" else f"answer {p} at {alpha}",
+                8,
+                "length" if broken and sign == "cut" else "stop",
+            )
+            for p in prompts
+        ]
+        rewards = [0.1 * alpha + 0.01 * (p % 5) for p in prompts]
+        return Candidate(alpha, part, responses, rewards, 0.0, 0.0, 0.0, 0, unfit=[False] * len(prompts))
+
+    evaluated, stopped = _search(evaluate, [0.0, 1.0, 2.0], budget=10, prompts=prompts, seed=0)
+    assert stopped == "degeneration" and sorted(evaluated) == [0.0, 1.0, 2.0, 4.0]

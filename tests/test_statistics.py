@@ -309,3 +309,15 @@ def test_an_interval_that_cannot_be_computed_is_null_in_json_and_na_when_printed
     data = json.loads(json.dumps(stats.to_json(), allow_nan=False))
     assert data["gain_at_equal_length"] is None and data["gain_without_cut"] is None
     assert data["gain"]["estimate"] == pytest.approx(rewards[1.0].mean() - rewards[0.0].mean())
+
+
+def test_a_smaller_alpha_exactly_at_the_margin_counts_as_within_it():
+    """ "Within the margin" includes the margin itself: α = 1 is behind α = 2 by exactly 0.0625 on every prompt
+    (binary-exact rewards, so every resample says 0.0625), and a margin of 0.0625 chooses it."""
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 64, 40) / 64  # multiples of 1/64: every sum and difference below is exact
+    rewards = {0.0: base, 1.0: base + 0.5, 2.0: base + 0.5625}
+    stats = compare(rewards, draws=1000)
+    assert {s.alpha: s for s in stats}[1.0].behind_best.high == 0.0625
+    assert recommend(stats, Margin.parse("0.0625")).alpha == 1.0
+    assert recommend(stats, Margin.parse("0.06")).alpha == 2.0
