@@ -1211,6 +1211,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        if len(ids) > limit and prompt_ids:",
         "tests/test_rewards.py::test_a_cut_prompt_that_re_tokenises_longer_is_cut_again_until_it_fits",
     ),
+    "run key: the encoded prompts left out": (
+        "tuning/api.py",
+        '        "encoded_prompts": digest(prompt_ids),\n',
+        "",
+        "tests/test_tune_runs.py::test_a_changed_setting_is_refused_and_fresh_starts_again",
+    ),
 }
 
 

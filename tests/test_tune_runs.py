@@ -107,6 +107,8 @@ def test_a_changed_setting_is_refused_and_fresh_starts_again(expo, steered, work
         "Error: --run-dir run: holds a run with other settings (decoding.max_new_tokens: 8 → 9); pass --fresh to "
         "start it again, or another --run-dir"
     )
+    sampled = expo(*arguments(steered, workspace, run_dir, "--limit", "8", "--holdout", "0", "--no-chat-template"))
+    assert sampled.code == 2 and "encoded_prompts" in sampled.stderr  # the same texts, other tokens: another key
     sampled = expo(*arguments(steered, workspace, run_dir, "--limit", "9", "--holdout", "0"))
     assert sampled.code == 2 and "prompts" in sampled.stderr  # another sample of prompts: another key
     fresh = expo(
