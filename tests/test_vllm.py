@@ -98,15 +98,23 @@ def test_in_place_updates_generate_what_the_merged_checkpoints_do(tmp_path, pair
         assert fresh_answers(result.output, sft, aligned) == seen[result.alpha], f"α={result.alpha:g}"
 
 
-@pytest.fixture(scope="module")
-def tied_pair(tmp_path_factory) -> tuple[Path, Path]:
-    """As `pair`, with the LM head tied to the input embedding (one stored matrix, two modules in vLLM)."""
+@pytest.fixture(scope="module", params=["tied", "tied, the head also stored"])
+def tied_pair(tmp_path_factory, request) -> tuple[Path, Path]:
+    """As `pair`, with the LM head tied to the input embedding (one stored matrix, two modules in vLLM); or, as some
+    checkpoints are saved, with a copy of it stored as lm_head.weight too."""
+    from safetensors.torch import load_file, save_file
+
     root = tmp_path_factory.mktemp("tied")
     config = wide_config(tie_word_embeddings=True)
     sft = save(build_model(config, 0), root / "sft", torch.bfloat16)
     aligned = save(perturb(build_model(config, 0), seed=1, scale=0.02), root / "aligned", torch.bfloat16)
     for folder in (sft, aligned):
         word_tokenizer().save_pretrained(folder)
+        if request.param != "tied":
+            tensors = load_file(folder / "model.safetensors")
+            assert "lm_head.weight" not in tensors
+            tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+            save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
     return sft, aligned
 
 
