@@ -1086,7 +1086,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "vllm: the run key ignores vLLM's version": (
         "tuning/api.py",
-        '"version": vllm_version(), ',
+        '            "version": vllm_version(),\n',
         "",
         f"{VLLM}tests/test_vllm.py::test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function",
     ),
@@ -1216,6 +1216,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '        "encoded_prompts": digest(prompt_ids),\n',
         "",
         "tests/test_tune_runs.py::test_a_changed_setting_is_refused_and_fresh_starts_again",
+    ),
+    "vllm: the run key ignores batch-invariant kernels": (
+        "tuning/api.py",
+        '            "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0") not in ("", "0"),\n',
+        "",
+        f"{VLLM}tests/test_vllm.py::test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function",
     ),
 }
 

@@ -256,6 +256,7 @@ def test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function(tmp_
     # The responses are vLLM's of this version: a run folder written by another is refused, never mixed.
     saved = json.loads((tmp_path / "run" / "run.json").read_text())
     assert saved["key"]["backend"]["version"] == vllm_version() and vllm_version().startswith("vllm")
+    assert saved["key"]["backend"]["batch_invariant"] is False  # VLLM_BATCH_INVARIANT unset: recorded as such
     saved["key"]["backend"]["version"] = "vllm 0.1.0"
     (tmp_path / "run" / "run.json").write_text(json.dumps(saved))
     refused = expo_command(*common, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--rescore")

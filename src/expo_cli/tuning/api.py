@@ -12,6 +12,7 @@ is scored (`rewards`), batch by batch, each batch kept in the run folder as it i
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
@@ -240,7 +241,13 @@ def _tune(
     prompt_ids = encode_prompts(tokenizer, texts, chat_template)
     key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
     if backend != "transformers":  # its responses differ: a folder of another backend's, or version's, is refused
-        key["backend"] = {"name": backend, "version": vllm_version(), "tensor_parallel_size": tensor_parallel_size}
+        key["backend"] = {
+            "name": backend,
+            "version": vllm_version(),
+            "tensor_parallel_size": tensor_parallel_size,
+            # batch-invariant kernels: on a GPU, the answers then no longer depend on what else is batched
+            "batch_invariant": os.environ.get("VLLM_BATCH_INVARIANT", "0") not in ("", "0"),
+        }
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
