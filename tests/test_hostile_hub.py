@@ -436,16 +436,16 @@ def test_a_commit_never_lands_on_top_of_one_made_meanwhile(tmp_path, expo, hub, 
     assert {"NOTES.md", "config.json"} <= set(repo.commits[repo.refs["main"]])
 
 
-def test_a_redirect_from_https_to_http_is_refused(tmp_path, pair):
-    """An HTTPS Hub whose LFS redirect points to a plain-HTTP URL: the weights would cross the network unencrypted
-    (and could be changed on the way), so the run ends with exit 7 and one line before reading a byte of them."""
+def stream_through_a_tls_hub(tmp_path: Path, pair, name: str, cdn_scheme: str):
+    """`expo merge --stream --push-to-hub` against an HTTPS test Hub whose LFS files redirect to
+    `cdn_scheme`://localhost (its certificate names 127.0.0.1 only); (the run, the Hub, its port)."""
     sft, aligned = pair
     cert, context = certificate(tmp_path / "hub")
     secure, server = serve(tls=context)
-    secure.create("org/downgrade-sft", files_of(sft))
-    secure.create("org/downgrade-dpo", files_of(aligned))
-    secure.create("me/downgraded")
-    secure.signed_urls = 600.0  # LFS files redirect to http://localhost:<port>/cdn/...
+    secure.create(f"org/{name}-sft", files_of(sft))
+    secure.create(f"org/{name}-dpo", files_of(aligned))
+    secure.create(f"me/{name}")
+    secure.signed_urls, secure.cdn_scheme = 600.0, cdn_scheme
     environment = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
     environment |= {
         "HF_ENDPOINT": f"https://127.0.0.1:{server.server_address[1]}",
@@ -453,44 +453,36 @@ def test_a_redirect_from_https_to_http_is_refused(tmp_path, pair):
         "SSL_CERT_FILE": str(cert),
         "HF_HOME": str(tmp_path / "hf-home"),
     }
-    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/downgrade-sft", "--aligned"]
-    command += ["org/downgrade-dpo", "--alpha", "0.5", "--stream", "--push-to-hub", "me/downgraded", "-q"]
-    run = subprocess.run(command + ["--scratch", tmp_path / "s"], env=environment, capture_output=True, text=True)
+    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", f"org/{name}-sft", "--aligned"]
+    command += [f"org/{name}-dpo", "--alpha", "0.5", "--stream", "--push-to-hub", f"me/{name}", "-q"]
+    try:
+        run = subprocess.run(command + ["--scratch", tmp_path / "s"], env=environment, capture_output=True, text=True)
+    finally:
+        server.shutdown()
+    return run, secure, server.server_address[1]
+
+
+def test_a_redirect_from_https_to_http_is_refused(tmp_path, pair):
+    """An HTTPS Hub whose LFS redirect points to a plain-HTTP URL: the weights would cross the network unencrypted
+    (and could be changed on the way), so the run ends with exit 7 and one line before reading a byte of them."""
+    run, secure, _ = stream_through_a_tls_hub(tmp_path, pair, "downgrade", "http")
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 7 and len(lines) == 1, run.stderr
     assert lines[0].startswith("Error: org/downgrade-")
     assert "the Hub redirected an https request to http://localhost; refusing to read weights over" in lines[0]
     assert not any(asked for asked, _, _ in secure.cdn_reads)
-    assert len(secure.repos["me/downgraded"].commits) == 1
-    server.shutdown()
+    assert len(secure.repos["me/downgrade"].commits) == 1
 
 
 def test_a_certificate_for_another_host_name_is_refused(tmp_path, pair):
     """The CDN URL names localhost; the certificate the server presents is for 127.0.0.1 only. Trusted authority,
     wrong name: the range reads refuse it (exit 7, one line) rather than send the request."""
-    sft, aligned = pair
-    cert, context = certificate(tmp_path / "hub")
-    secure, server = serve(tls=context)
-    secure.create("org/misnamed-sft", files_of(sft))
-    secure.create("org/misnamed-dpo", files_of(aligned))
-    secure.create("me/misnamed")
-    secure.signed_urls, secure.cdn_scheme = 600.0, "https"
-    environment = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
-    environment |= {
-        "HF_ENDPOINT": f"https://127.0.0.1:{server.server_address[1]}",
-        "HF_TOKEN": WRITE_TOKEN,
-        "SSL_CERT_FILE": str(cert),
-        "HF_HOME": str(tmp_path / "hf-home"),
-    }
-    command = [sys.executable, "-m", "expo_cli", "merge", "--sft", "org/misnamed-sft", "--aligned"]
-    command += ["org/misnamed-dpo", "--alpha", "0.5", "--stream", "--push-to-hub", "me/misnamed", "-q"]
-    run = subprocess.run(command + ["--scratch", tmp_path / "s"], env=environment, capture_output=True, text=True)
+    run, secure, port = stream_through_a_tls_hub(tmp_path, pair, "misnamed", "https")
     lines = run.stderr.strip().splitlines()
     assert run.returncode == 7 and len(lines) == 1, run.stderr
-    assert f"localhost:{server.server_address[1]}: its certificate is not trusted (" in lines[0]
+    assert f"localhost:{port}: its certificate is not trusted (" in lines[0]
     assert "Hostname mismatch" in lines[0] or "IP address mismatch" in lines[0] or "hostname" in lines[0].lower()
     assert not secure.cdn_reads and len(secure.repos["me/misnamed"].commits) == 1
-    server.shutdown()
 
 
 def test_the_token_goes_only_to_the_hubs_own_scheme_host_and_port():
