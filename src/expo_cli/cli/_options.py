@@ -119,7 +119,12 @@ MaxShardSizeOpt = Annotated[
     ),
 ]
 ForceOpt = Annotated[
-    bool, typer.Option("--force", rich_help_panel="Output", help="Replace an existing non-empty output folder.")
+    bool,
+    typer.Option(
+        "--force",
+        rich_help_panel="Output",
+        help="Replace an existing non-empty output folder; also write inputs that look identical or swapped.",
+    ),
 ]
 QuietOpt = Annotated[
     bool, typer.Option("--quiet", "-q", help="No progress bar, formula or summary on stderr (warnings still show).")
