@@ -1223,6 +1223,36 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         f"{VLLM}tests/test_vllm.py::test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function",
     ),
+    "tune prints no next steps": (
+        "cli/tune.py",
+        '        options["info"]("Next:")\n        for step in steps:\n            options["info"](f"  {step}")\n',
+        "        pass\n",
+        "tests/test_tune.py::test_quiet_prints_only_the_result",
+    ),
+    "help: arguments named as Typer writes them": (
+        "cli/_help.py",
+        "        return pieces + [_argument_name(param) for param in self.get_params(ctx) if _is_argument(param)]",
+        "        return super().collect_usage_pieces(ctx)",
+        "tests/test_cli.py::test_options_are_grouped_and_the_command_list_is_not_cut",
+    ),
+    "help: verify lists an exit code it cannot end with": (
+        "cli/__init__.py",
+        "exit_codes_help((0, 1, 2, 3, 4, 7, 130), ",
+        "exit_codes_help((0, 1, 2, 3, 4, 5, 7, 130), ",
+        "tests/test_publish.py::test_help_reads_right",
+    ),
+    "reward model: scores keyed by where it was loaded, not where it will score": (
+        "tuning/objectives/rewards.py",
+        '            "device": self.planned or self.model.device.type,',
+        '            "device": self.model.device.type,',
+        "tests/test_rewards.py::test_a_planned_device_is_part_of_the_reward_models_identity",
+    ),
+    "reward model beside vLLM: no room kept for activations": (
+        "tuning/backends/serving.py",
+        "    needed = int(reward_bytes * REWARD_HEADROOM) + 2**30",
+        "    needed = reward_bytes",
+        "tests/test_rewards.py::test_a_reward_model_beside_a_vllm_engine_goes_where_it_fits",
+    ),
 }
 
 
