@@ -34,13 +34,17 @@ from make_tiny_pair import WORDS, tokenizer  # noqa: E402
 from make_tiny_pair import main as make_tiny_pair  # noqa: E402
 
 
-def build_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
+def build_large_pair(
+    root: Path, hidden: int, layers: int, dtype: torch.dtype = torch.float32, intermediate: int | None = None, **more
+) -> tuple[Path, Path]:
+    """A Llama pair of `layers` layers of width `hidden` (heads of 64), the aligned one 0.002 away (`more`: other
+    config settings, e.g. initializer_range)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
         hidden_size=hidden,
-        intermediate_size=hidden * 8 // 3,
+        intermediate_size=intermediate or hidden * 8 // 3,
         num_hidden_layers=layers,
         num_attention_heads=hidden // 64,
         num_key_value_heads=hidden // 64,
@@ -48,8 +52,9 @@ def build_large_pair(root: Path, hidden: int, layers: int) -> tuple[Path, Path]:
         max_position_embeddings=512,
         bos_token_id=1,
         eos_token_id=2,
+        **more,
     )
-    model = LlamaForCausalLM(config)
+    model = LlamaForCausalLM(config).to(dtype)
     model.save_pretrained(root / "sft")
     with torch.no_grad():
         for p in model.parameters():

@@ -25,6 +25,9 @@ SHORT_CONTEXT = (
 )
 VLLM = "vllm:"  # tests run by the vLLM environment's Python
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
+SLICING = "tests/test_slicing.py"
+VLLM_TP = "vllm:tests/test_vllm.py::test_tensor_parallel_workers_compute_their_slices_exactly"
+VLLM_FENCE = "vllm:tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine"
 
 # name: (file, text, replacement, tests expected to kill it)
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
@@ -1252,6 +1255,85 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    needed = int(reward_bytes * REWARD_HEADROOM) + 2**30",
         "    needed = reward_bytes",
         "tests/test_rewards.py::test_a_reward_model_beside_a_vllm_engine_goes_where_it_fits",
+    ),
+    # Rank-sliced vLLM updates and the check of the engine's weights.
+    "a block may end at the tensor's last row only if it starts at 0": (
+        "tuning/backends/slicing.py",
+        "            if start[dim] + size <= shape[dim]:",
+        "            if start[dim] + size < shape[dim]:",
+        SLICING,
+    ),
+    "a copied view taken for a block": (
+        "tuning/backends/slicing.py",
+        "(view is not base and view._base is not base)",
+        "False",
+        SLICING,
+    ),
+    "a stepped slice taken for a block": (
+        "tuning/backends/slicing.py",
+        "    if rest:\n        return None\n",
+        "",
+        SLICING,
+    ),
+    "dimensions merged across a partial one taken for a block": (
+        "tuning/backends/slicing.py",
+        "            elif start[dim] == 0 and size % shape[dim] == 0:",
+        "            elif size % shape[dim] == 0:",
+        SLICING,
+    ),
+    "the bounding block of several copies starts at the last one": (
+        "tuning/backends/slicing.py",
+        "tuple((min(d[0] for d in dims)",
+        "tuple((max(d[0] for d in dims)",
+        SLICING,
+    ),
+    "a block at α=0 copied from the SFT model": (
+        "tuning/backends/slicing.py",
+        "            out.copy_(part(weights.aligned, t.aligned))",
+        "            out.copy_(part(weights.sft, t.sft))",
+        SLICING,
+    ),
+    "a block's last slab of rows left out": (
+        "tuning/backends/slicing.py",
+        "    for row in range(first, last, step):",
+        "    for row in range(first, last - 1, step):",
+        SLICING,
+    ),
+    "the fingerprint's last slab left out": (
+        "tuning/backends/weight_check.py",
+        "        wide = bits[start : start + step].to(torch.int64)",
+        "        wide = bits[start : start + step - 1].to(torch.int64)",
+        SLICING,
+    ),
+    "workers compute whole tensors at TP = 2": (
+        "tuning/backends/vllm_worker.py",
+        "        blocks = {t.name: layout.sliced(t) if self.expo_sliced else None for t in group}",
+        "        blocks = {t.name: None for t in group}",
+        VLLM_TP,
+    ),
+    "a tampered value not compared": (
+        "tuning/backends/weight_check.py",
+        "            if digest(region(getattr(layer, scatter.parameter), scatter)) != wanted:",
+        "            if False:",
+        VLLM_FENCE,
+    ),
+    "regions compared after vLLM repacked them": (
+        "tuning/backends/weight_check.py",
+        "            method.process_weights_after_loading = checked\n",
+        "",
+        VLLM_FENCE,
+    ),
+    "a weight mismatch does not fence the engine": (
+        "tuning/backends/serving.py",
+        '        self.fenced = f"the update to α={alpha:g} did not complete"  # until every worker says it did',
+        "",
+        VLLM_FENCE,
+    ),
+    "no thread binding for CPU workers": (
+        "tuning/backends/serving.py",
+        "            _bind_cpu_threads(tensor_parallel_size)",
+        "            pass",
+        VLLM_TP,
     ),
 }
 

@@ -55,12 +55,17 @@ def pair(tmp_path_factory) -> tuple[Path, Path]:
     return sft, aligned
 
 
-def start(model: Path, sft: Path, aligned: Path, decoding: Decoding = GREEDY, **options) -> VllmPolicy:
+def start(
+    model: Path, sft: Path, aligned: Path, decoding: Decoding = GREEDY, tensor_parallel_size: int = 1, **options
+) -> VllmPolicy:
     """An engine on `model`, whose in-place updates are θ(α) of (sft, aligned) as `expo merge` computes them."""
     run = prepare(sft, aligned, {}, MergeOptions(progress=False, **options))
     dtype = options.get("dtype") or run.main.pairing.dominant_dtype()
     tokenizer = word_tokenizer()
-    return VllmPolicy.start(model, model, tokenizer, dtype, run, decoding, prompt_ids(tokenizer))
+    ids = prompt_ids(tokenizer)
+    return VllmPolicy.start(
+        model, model, tokenizer, dtype, run, decoding, ids, tensor_parallel_size=tensor_parallel_size
+    )
 
 
 def prompt_ids(tokenizer=None) -> list[list[int]]:
@@ -73,7 +78,7 @@ def answers(policy: VllmPolicy) -> list[tuple[str, int, str]]:
 
 def fresh_answers(model: Path, sft: Path, aligned: Path, decoding: Decoding = GREEDY, **options):
     """What an engine started on a checkpoint generates (no in-place update)."""
-    policy = start(model, sft, aligned, decoding, **options)
+    policy = start(model, sft, aligned, decoding, **options)  # type: ignore[arg-type]
     try:
         return answers(policy)
     finally:
@@ -158,6 +163,33 @@ def test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine(mo
             pairing = worker.expo_weights.pairing
             pairing.tensors = [t for t in pairing.tensors if t.name != "model.norm.weight"]
 
+        def hand_over_one_value_changed(worker):
+            """What a loader that lost or altered a value would leave: the engine holds something else."""
+            worker = getattr(worker, "worker", worker)  # vLLM's worker inside its wrapper
+            computed = worker._expo_tensors
+
+            def changed(*args, **kwargs):
+                for name, tensor in computed(*args, **kwargs):
+                    if name == "model.layers.1.mlp.down_proj.weight":
+                        tensor.view(torch.int16)[5, 7] += 1
+                    yield name, tensor
+
+            worker._expo_tensors = changed
+
+        policy.llm.collective_rpc(hand_over_one_value_changed)
+        wrong = (
+            "1 weight\\(s\\) of the engine do not hold the values expo computed, e.g. 'model.layers.1.mlp.down_proj"
+        )
+        with pytest.raises(ExpoError, match=wrong):
+            policy.set_alpha(2.0, warn=lambda message: None)
+        with pytest.raises(ExpoError, match="not generating"):
+            answers(policy)
+        policy.llm.collective_rpc(lambda worker: delattr(getattr(worker, "worker", worker), "_expo_tensors"))
+        policy.set_alpha(2.0, warn=pytest.fail)
+        assert answers(policy) == complete
+        # every tensor's region checked: q, k and v each a part of qkv_proj, gate and up each half of gate_up_proj
+        assert policy.last_update[0]["regions_checked"] == len(read_all(aligned))
+
         policy.llm.collective_rpc(leave_out_the_final_norm)
         with pytest.raises(
             MismatchError, match="no value for 1 parameter\\(s\\) of the engine, e.g. 'model.norm.weight'"
@@ -177,10 +209,12 @@ def test_a_float32_run_with_a_per_tensor_rule_is_exact_too(tmp_path, pair):
     assert read_all(merged.output)["model.layers.0.mlp.down_proj.weight"].dtype == torch.float32
     policy = start(aligned, sft, aligned, **options)
     try:
+        loaded = answers(policy)
         policy.set_alpha(3.0, warn=pytest.fail)
         in_place = answers(policy)
     finally:
         policy.close()
+    assert in_place != loaded, "α must change the greedy answers of this pair"
     assert in_place == fresh_answers(merged.output, sft, aligned, **options)
 
 
@@ -291,3 +325,33 @@ def test_vllm_errors_are_one_line_before_any_generation(tmp_path):
         "(use --backend transformers)"
     )
     assert "Traceback" not in done.stderr
+
+
+def test_tensor_parallel_workers_compute_their_slices_exactly(tmp_path, pair):
+    """At TP = 2 each worker computes θ(α) on the rows or columns its loaders keep (learned from vLLM's own
+    loaders), reads half the bytes, proves every region it holds, and the engine answers as one started on the
+    merged checkpoint at the same TP."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu() and torch.cuda.device_count() < 2:  # the GPU check runs this file too
+        pytest.skip("tensor parallelism on a GPU needs two of them")
+    sft, aligned = pair
+    merged = expo_cli.merge(sft, aligned, tmp_path / "out", 2.0, progress=False)
+    policy = start(aligned, sft, aligned, tensor_parallel_size=2)
+    try:
+        loaded = answers(policy)
+        policy.set_alpha(2.0, warn=pytest.fail)
+        in_place = answers(policy)
+        workers = policy.last_update
+    finally:
+        policy.close()
+    assert in_place != loaded, "α must change the greedy answers of this pair"
+    assert in_place == fresh_answers(merged.output, sft, aligned, tensor_parallel_size=2)
+    tensors = read_all(aligned)
+    both_inputs = 2 * sum(t.numel() * t.element_size() for t in tensors.values())
+    matrices = [name for name, t in tensors.items() if t.dim() == 2]
+    assert [w["rank"] for w in workers] == [0, 1]
+    for worker in workers:
+        assert worker["sliced"] == len(matrices), worker  # every matrix sharded; the norms replicated
+        assert worker["regions_checked"] == len(tensors), worker
+        assert 0.45 < worker["bytes_read"] / both_inputs < 0.55, worker

@@ -30,14 +30,15 @@ class Extrapolator:
         return buf[:numel]
 
     def __call__(self, sft: torch.Tensor, aligned: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        """Write the extrapolation of two flat chunks into `out` (same length) and return it."""
+        """Write the extrapolation of two chunks into `out` (all of one shape; flat, or strided views of a block
+        of rows and columns) and return it."""
         if sft.dtype == aligned.dtype == out.dtype and out.dtype in (torch.bfloat16, torch.float16):
             return torch.lerp(sft, aligned, self.weight, out=out)
         wide = compute_dtype(sft.dtype, aligned.dtype, out.dtype)
-        n = out.numel()
+        n, shape = out.numel(), out.shape
         if aligned.dtype != wide:
-            aligned = self._buffer(1, wide, out.device, n).copy_(aligned)
-        delta = torch.sub(aligned, sft, out=self._buffer(0, wide, out.device, n))  # sft is widened exactly
+            aligned = self._buffer(1, wide, out.device, n).view(shape).copy_(aligned)
+        delta = torch.sub(aligned, sft, out=self._buffer(0, wide, out.device, n).view(shape))  # sft widened exactly
         if out.dtype == wide:
             return torch.add(aligned, delta, alpha=self.alpha, out=out)
         return out.copy_(torch.add(aligned, delta, alpha=self.alpha, out=delta))

@@ -81,9 +81,9 @@ class CandidateModel:
         weights = self.run.main
         tensors = [t for t in weights.pairing.tensors if t.name in self.sink.targets]
         device = next(iter(self.sink.targets.values())).device
-        compute_into(
-            weights, tensors, self.run.alphas(alpha, weights.pairing), self.sink, device, opts.strict, opts.warning
-        )
+        alphas = self.run.alphas(alpha, weights.pairing)
+        with torch.no_grad(), weights.sft, weights.aligned:
+            compute_into(weights, tensors, alphas, self.sink, device, opts.strict, opts.warning)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         self.alpha = alpha
@@ -99,12 +99,11 @@ def compute_into(
     strict: bool,
     warn: Callable[[str], None],
 ) -> None:
-    """θ(α) of `tensors` into `sink`, computed on `device` with `expo merge`'s arithmetic (α per tensor)."""
-    import torch  # torch loads on first use, not with the package
-
+    """θ(α) of `tensors` into `sink`, computed on `device` with `expo merge`'s arithmetic (α per tensor); the
+    inputs are open (a caller that computes several groups opens them once)."""
     from ...core.engine import ChunkEngine  # imports torch
 
-    with torch.no_grad(), weights.sft, weights.aligned:
+    if tensors:
         stream(
             tensors,
             weights.sft,

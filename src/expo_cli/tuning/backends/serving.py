@@ -21,7 +21,7 @@ import os
 import pickle
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -96,6 +96,7 @@ class VllmPolicy:
     run: PreparedRun
     strict: bool  # inf/NaN inherited from an input is an error
     fenced: str | None = None  # why the engine must not generate: its last update did not complete
+    last_update: list[dict[str, Any]] = field(default_factory=list)  # per worker: `vllm_worker.UpdateStats`
 
     @classmethod
     def start(
@@ -111,8 +112,10 @@ class VllmPolicy:
         tensor_parallel_size: int = 1,
         gpu_memory_utilization: float | None = None,
         strict: bool = False,
+        sliced: bool = True,
     ) -> VllmPolicy:
-        """Start the engine on `model_folder` and hand its workers the inputs; every error before generating."""
+        """Start the engine on `model_folder` and hand its workers the inputs; every error before generating.
+        `sliced=False`: every worker computes whole tensors (what `benchmarks/bench_vllm_tp.py` compares)."""
         from transformers import GenerationConfig  # transformers loads when a model does
 
         vllm = import_vllm()
@@ -147,6 +150,8 @@ class VllmPolicy:
             # On a CPU, compiling the model costs more start-up than it saves on a tune's few thousand steps.
             "enforce_eager": current_platform.is_cpu(),
         }
+        if current_platform.is_cpu() and tensor_parallel_size > 1:
+            _bind_cpu_threads(tensor_parallel_size)
         if gpu_memory_utilization is not None:
             settings["gpu_memory_utilization"] = gpu_memory_utilization
         elif current_platform.is_cpu() and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
@@ -155,7 +160,7 @@ class VllmPolicy:
             settings["kv_cache_memory_bytes"] = kv_cache_bytes(config, dtype, sequences, context)
         try:
             llm = vllm.LLM(**settings)
-            llm.collective_rpc("expo_attach", args=(pickle.dumps(run.main),))
+            llm.collective_rpc("expo_attach", args=(pickle.dumps(run.main), sliced))
         except Exception as err:  # an architecture it cannot load, out of memory, a platform it cannot run on
             raise InputError(
                 f"--backend vllm: the engine did not start on {model_folder.name}: {_cause(err)}"
@@ -173,9 +178,16 @@ class VllmPolicy:
         alphas = self.run.alphas(alpha, self.run.main.pairing)
         self.fenced = f"the update to α={alpha:g} did not complete"  # until every worker says it did
         replies = self.llm.collective_rpc("expo_set_alpha", args=(alphas, self.strict))
-        for message in dict.fromkeys(m for warnings, _ in replies for m in warnings):
+        if not self.last_update:  # the first update learns how each worker loads the model
+            for why in dict.fromkeys(stats["not_learned"] for _, _, stats in replies if not stats["learned"]):
+                warn(
+                    f"--backend vllm: expo could not learn how this vLLM loads the model ({why}); every worker "
+                    "computes whole tensors, and its weights are checked for completeness only"
+                )
+        self.last_update = [stats for _, _, stats in replies]
+        for message in dict.fromkeys(m for warnings, _, _ in replies for m in warnings):
             warn(message)
-        for _, error in replies:
+        for _, error, _ in replies:
             if error is not None:
                 kind, message = error
                 raise getattr(errors, kind, errors.ExpoError)(message)
@@ -233,6 +245,21 @@ def kv_cache_bytes(config: dict[str, Any], dtype: str, sequences: int, context: 
     per_token = 2 * layers * kv_heads * (_head_size(config) or 0) * (4 if dtype == "float32" else 2)
     free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     return int(min(max(per_token * context * sequences * 1.25, 256 * 2**20), max(free // 4, 256 * 2**20)))
+
+
+def _bind_cpu_threads(workers: int) -> None:
+    """Give each CPU worker its share of this process's cores when vLLM cannot: its automatic binding wants a
+    NUMA node per tensor-parallel worker and refuses to start on a machine with fewer. A binding the user set
+    (VLLM_CPU_OMP_THREADS_BIND) is left alone."""
+    if os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+        return
+    nodes = len(list(Path("/sys/devices/system/node").glob("node[0-9]*")))
+    cores = sorted(os.sched_getaffinity(0))
+    if nodes >= workers or len(cores) < workers:
+        return  # vLLM's own binding works, or says why it cannot
+    share = len(cores) // workers
+    lists = [cores[i * share : (i + 1) * share] for i in range(workers)]
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, cpus)) for cpus in lists)
 
 
 def _read_config(folder: Path) -> dict[str, Any]:
