@@ -1269,12 +1269,6 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "False",
         SLICING,
     ),
-    "a stepped slice taken for a block": (
-        "tuning/backends/slicing.py",
-        "    if rest:\n        return None\n",
-        "",
-        SLICING,
-    ),
     "dimensions merged across a partial one taken for a block": (
         "tuning/backends/slicing.py",
         "            elif start[dim] == 0 and size % shape[dim] == 0:",

@@ -4,6 +4,8 @@ region holds expo's values (`weight_check.digest`). The engine side is in test_v
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -57,6 +59,7 @@ def test_the_block_of_a_loaders_view_is_exactly_what_it_reads(shape, chain, expe
         (narrow(1, 0, 3), ("contiguous", (), ())),  # a copy: whatever it reads, it is not a view of the tensor
         (("view", (torch.int16,), ()),),  # a dtype change
         (narrow(1, 0, 3), ("reshape", (-1,), ())),  # a partial row flattened: a copy
+        (("view", (-1,), ()), narrow(0, 3, 12)),  # two rows' worth, starting mid-row: not a block
     ],
 )
 def test_a_view_that_is_not_a_block_is_computed_whole(chain):
@@ -68,16 +71,20 @@ def test_a_view_that_is_not_a_block_is_computed_whole(chain):
     shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
     data=st.data(),
 )
-def test_any_chain_of_narrows_and_transposes_gives_its_exact_block_or_none(shape, data):
+def test_any_chain_of_narrows_transposes_and_flattenings_gives_its_exact_block_or_none(shape, data):
     """Whatever the chain, a block it returns holds exactly the elements the view reads (never fewer: a worker
     would hand vLLM values it did not compute)."""
     chain = []
     current = list(shape)
     for _ in range(data.draw(st.integers(0, 4))):
-        if len(current) >= 2 and data.draw(st.booleans()):
+        kind = data.draw(st.sampled_from(["narrow", "transpose", "flatten"]))
+        if kind == "transpose" and len(current) >= 2:
             a, b = data.draw(st.permutations(range(len(current))))[:2]
             chain.append(("transpose", (a, b), ()))
             current[a], current[b] = current[b], current[a]
+        elif kind == "flatten":  # a view of whole rows, or a copy
+            chain.append(("reshape", (-1,), ()))
+            current = [math.prod(current)]
         else:
             dim = data.draw(st.integers(0, len(current) - 1))
             start = data.draw(st.integers(0, max(0, current[dim] - 1)))
@@ -105,15 +112,17 @@ def test_a_block_computed_alone_is_bit_for_bit_that_block_of_the_merged_tensor(t
     t = next(t for t in weights.pairing.tensors if t.name == "model.layers.1.mlp.down_proj.weight")
     assert len(t.shape) == 2 and t.shape[1] >= 8
     block = ((3, t.shape[0] - 2), (t.shape[1] // 2, t.shape[1] - 1))
-    target = torch.full(t.shape, 7.0, dtype=merged[t.name].dtype)
-    with weights.sft, weights.aligned:
-        compute_block(weights, t, block, alpha, target, torch.device("cpu"), Extrapolators())
+    width = block[1][1] - block[1][0]
     inside = tuple(slice(*d) for d in block)
     bits = torch.int32 if dtype == torch.float32 else torch.int16
-    assert torch.equal(target[inside].view(bits), merged[t.name][inside].view(bits))
     untouched = torch.ones(t.shape, dtype=torch.bool)
     untouched[inside] = False
-    assert bool((target[untouched] == 7.0).all()), "elements outside the block are left as they were"
+    for rows in (1, 2, 3, 5):  # slabs of so many rows, the last one shorter or not
+        target = torch.full(t.shape, 7.0, dtype=merged[t.name].dtype)
+        with weights.sft, weights.aligned:
+            compute_block(weights, t, block, alpha, target, torch.device("cpu"), Extrapolators(), chunk=rows * width)
+        assert torch.equal(target[inside].view(bits), merged[t.name][inside].view(bits)), rows
+        assert bool((target[untouched] == 7.0).all()), "elements outside the block are left as they were"
     assert not torch.equal(target, merged[t.name])
 
 
@@ -126,6 +135,11 @@ def test_the_fingerprint_changes_with_any_element_and_not_with_the_layout():
         changed.view(torch.int16)[row, column] += 1  # the next bfloat16 value: one unit in the last place
         assert digest(changed) != digest(values), (row, column)
     assert digest(values[:1]) != digest(values[1:2])
+    assert digest(values, slab=5 * 48) == digest(values)  # slabs of 5 rows, the last one shorter
+    for row in (4, 59, 63):  # the last row of a slab, of the last whole slab, of the shorter last slab
+        changed = values.clone()
+        changed.view(torch.int16)[row, 0] += 1
+        assert digest(changed, slab=5 * 48) != digest(values, slab=5 * 48), row
     assert digest(torch.empty(0, 4)) == (0, 0)
     assert digest(torch.tensor(2.5)) == digest(torch.tensor([2.5]))
     for dtype in (torch.float32, torch.float64, torch.float16):

@@ -88,7 +88,7 @@ def box(shape: tuple[int, ...], dtype: torch.dtype, chain: Chain) -> Box | None:
     if view.numel() == 0:  # this worker keeps none of it (a vocabulary shard past the real rows)
         return tuple((0, 0) for _ in shape)
     strides = base.stride()
-    start, rest = [], view.storage_offset()
+    start, rest = [], view.storage_offset()  # the innermost dimension longer than 1 has stride 1: rest ends 0
     for size, stride in zip(shape, strides, strict=True):
         index, rest = divmod(rest, stride) if size > 1 else (0, rest)
         start.append(index)
@@ -112,8 +112,6 @@ def box(shape: tuple[int, ...], dtype: torch.dtype, chain: Chain) -> Box | None:
                 dim -= 1
             else:
                 return None
-    if rest:
-        return None
     return tuple((s, s + n) for s, n in zip(start, lengths, strict=True))
 
 
@@ -216,17 +214,19 @@ def compute_block(
     target: torch.Tensor,
     device: torch.device,
     extrapolators: Extrapolators,
+    chunk: int | None = None,
 ) -> list[torch.Tensor]:
     """θ(α) of the elements of `t` in `block` into the same elements of `target` (the rest is left as it is),
     with `expo merge`'s arithmetic, a slab of rows at a time; return finiteness probes. Only the block's elements
-    of both inputs are touched (a memory-mapped file reads only their pages)."""
+    of both inputs are touched (a memory-mapped file reads only their pages). A slab holds about `chunk`
+    elements (`CHUNK_ELEMENTS`), so memory stays bounded on a GPU."""
     from ...constants import CHUNK_ELEMENTS
     from ...core.extrapolate import finite_probe
 
     assert t.sft is not None
     (first, last), inner = block[0], tuple(slice(*d) for d in block[1:])
     row_numel = t.aligned.row_numel
-    step = max(1, CHUNK_ELEMENTS // max(1, math.prod(stop - start for start, stop in block[1:])))
+    step = max(1, (chunk or CHUNK_ELEMENTS) // max(1, math.prod(stop - start for start, stop in block[1:])))
     probes = []
     for row in range(first, last, step):
         end = min(row + step, last)

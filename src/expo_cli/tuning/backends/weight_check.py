@@ -21,9 +21,9 @@ if TYPE_CHECKING:
     import torch
 
 
-def digest(view: torch.Tensor) -> tuple[int, int]:
+def digest(view: torch.Tensor, slab: int = 2**22) -> tuple[int, int]:
     """An exact, order-free fingerprint of a tensor's bits: the sums of its elements' bit patterns and of their
-    squares (64-bit wrap-around), a slab of the first dimension at a time."""
+    squares (64-bit wrap-around), a slab of the first dimension (about `slab` elements) at a time."""
     import torch  # torch loads on first use, not with the package
 
     signed = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}[view.element_size()]
@@ -31,7 +31,7 @@ def digest(view: torch.Tensor) -> tuple[int, int]:
     total = squares = 0
     if not bits.numel():
         return 0, 0
-    step = max(1, 2**22 // max(1, bits[0].numel()))
+    step = max(1, slab // max(1, bits[0].numel()))
     for start in range(0, bits.shape[0], step):
         wide = bits[start : start + step].to(torch.int64)
         total += int(wide.sum())
