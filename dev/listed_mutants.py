@@ -1256,6 +1256,18 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    needed = reward_bytes",
         "tests/test_rewards.py::test_a_reward_model_beside_a_vllm_engine_goes_where_it_fits",
     ),
+    "a failed stream aborts only its own sinks": (
+        "merging/execution.py",
+        "        for sink in list(every_sink):\n            sink.abort()",
+        "        for sink in sinks.values():\n            sink.abort()",
+        "tests/test_merge.py::test_a_stream_stops_at_its_next_block_once_another_has_failed",
+    ),
+    "a failed stream aborts nothing": (
+        "merging/execution.py",
+        "        for sink in list(every_sink):\n            sink.abort()",
+        "        pass",
+        "tests/test_merge.py::test_a_stream_stops_at_its_next_block_once_another_has_failed",
+    ),
     # Rank-sliced vLLM updates and the check of the engine's weights.
     "a block may end at the tensor's last row only if it starts at 0": (
         "tuning/backends/slicing.py",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import pytest
 import torch
@@ -242,3 +243,57 @@ def test_a_failure_in_any_stream_stops_them_all_and_writes_nothing(tmp_path, exp
     assert run.code == 6, run.stderr
     assert "tensor 'lm_head.weight': α=1e+09 overflows float16" in run.stderr.strip().splitlines()[-1]
     assert not out.exists() and not list(tmp_path.glob(".expo-partial-*"))
+
+
+class LateReads:
+    """A checkpoint whose tensors in `late` are read only after `delay` seconds (the other streams' time to fail),
+    counting the blocks then read of them."""
+
+    def __init__(self, source, late: set[str], delay: float, interrupted_at: str | None = None) -> None:
+        self.source, self.late, self.delay, self.reads = source, late, delay, 0
+        self.interrupted_at = interrupted_at  # a tensor whose read is interrupted, as Ctrl-C does on the main thread
+
+    def __getattr__(self, name):
+        return getattr(self.source, name)
+
+    def __enter__(self):
+        self.source.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.source.__exit__(*exc)
+
+    def flat(self, info, start, stop):
+        if info.name == self.interrupted_at:
+            raise KeyboardInterrupt
+        if info.name in self.late:
+            time.sleep(self.delay if not self.reads else 0)
+            self.reads += 1
+        return self.source.flat(info, start, stop)
+
+
+@pytest.mark.parametrize("failure", ["overflow", "Ctrl-C"])
+def test_a_stream_stops_at_its_next_block_once_another_has_failed(tmp_path, failure):
+    """Stream 0 (the main thread's) overflows, or is interrupted, at its first tensor while stream 1 has not
+    started: stream 1 then computes at most the block it was reading, never the rest of its shards."""
+    from expo_cli.errors import NonFiniteError
+    from expo_cli.merging.api import prepare
+    from expo_cli.merging.execution import consecutive_groups, execute
+    from expo_cli.options import MergeOptions
+
+    sft, aligned = make_pair(tmp_path, dtype=torch.float16)
+    common = {"progress": False, "streams": 2, "max_shard_size": "12KB"}
+    planned = prepare(sft, aligned, {0.5: tmp_path / "out"}, MergeOptions(**common))
+    first, second = consecutive_groups(planned.weights[0].shards, 2)
+    failing = first[0].tensors[0].name
+    opts = MergeOptions(**common, alpha_for=[f"^{failing}$=1e9"] if failure == "overflow" else [])
+    run = prepare(sft, aligned, {0.5: tmp_path / "out"}, opts)
+    weights = run.weights[0]
+    late = {t.name for shard in second for t in shard.tensors}
+    assert len(late) > 3, "the second stream has several tensors to compute"
+    interrupted = failing if failure == "Ctrl-C" else None
+    weights.aligned = watched = LateReads(weights.aligned, late, delay=2.0, interrupted_at=interrupted)
+    with pytest.raises(NonFiniteError if failure == "overflow" else KeyboardInterrupt):
+        execute(run, opts)
+    assert watched.reads <= 1, f"stream 1 read {watched.reads} blocks after stream 0 failed"
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".expo-partial-*"))
