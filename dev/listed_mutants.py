@@ -26,6 +26,12 @@ SHORT_CONTEXT = (
 VLLM = "vllm:"  # tests run by the vLLM environment's Python
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SLICING = "tests/test_slicing.py"
+DECISION = (
+    "tests/test_selection.py::test_the_parts_are_in_prompt_order_and_the_holdout_is_a_fraction_below_one "
+    "tests/test_selection.py::test_a_response_cut_to_fit_the_reward_model_counts_as_cut_and_loops_are_measured_on_"
+    "three_word_runs tests/test_selection.py::test_the_split_is_seeded_by_prompt_and_warns_when_a_side_is_small "
+    "tests/test_prompts.py"
+)
 VLLM_TP = "vllm:tests/test_vllm.py::test_tensor_parallel_workers_compute_their_slices_exactly"
 VLLM_FENCE = "vllm:tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine"
 
@@ -1267,6 +1273,141 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        for sink in list(every_sink):\n            sink.abort()",
         "        pass",
         "tests/test_merge.py::test_a_stream_stops_at_its_next_block_once_another_has_failed",
+    ),
+    # The power calculation's promises (tuning/decision/power.py).
+    "power: one-sided critical values": (
+        "tuning/decision/power.py",
+        "    return NORMAL.inv_cdf(1 - per_interval / 2)",
+        "    return NORMAL.inv_cdf(1 - per_interval)",
+        "tests/test_power.py",
+    ),
+    "power: the held-out interval judged as a simultaneous one": (
+        "tuning/decision/power.py",
+        "NORMAL.cdf(effect * math.sqrt(held_out) - NORMAL.inv_cdf(1 - (1 - LEVEL) / 2))",
+        "NORMAL.cdf(effect * math.sqrt(held_out) - critical(candidates))",
+        "tests/test_power.py",
+    ),
+    "power: prompts split the wrong way round": (
+        "tuning/decision/power.py",
+        "        return power(effect, count - held, held, candidates) >= target",
+        "        return power(effect, held, count - held, candidates) >= target",
+        "tests/test_power.py",
+    ),
+    "power: the detectable gain in SDs reported as reward": (
+        "tuning/decision/power.py",
+        '"detectable_reward": found * spread if',
+        '"detectable_reward": found if',
+        "tests/test_power.py",
+    ),
+    "power: advice without a holdout quotes another split": (
+        "tuning/decision/power.py",
+        "            needed = prompts_for(self.target, self.candidates, 0.3)",
+        "            needed = prompts_for(self.target, self.candidates, 0.5)",
+        "tests/test_power.py",
+    ),
+    # Where tune's prompts come from (tuning/objectives/prompts.py).
+    "prompts: first turn whatever its role": (
+        "tuning/objectives/prompts.py",
+        '        if isinstance(message, dict) and message.get("role") == "user":',
+        "        if isinstance(message, dict):",
+        "tests/test_prompts.py",
+    ),
+    "prompts: chosen before messages": (
+        "tuning/objectives/prompts.py",
+        '        value = _first_user_turn(record.get("messages") or record["chosen"], where)',
+        '        value = _first_user_turn(record.get("chosen") or record["messages"], where)',
+        "tests/test_prompts.py",
+    ),
+    "prompts: prompt field not preferred": (
+        "tuning/objectives/prompts.py",
+        '    elif "prompt" in record:\n',
+        '    elif "prompt" in record and not record.get("messages"):\n',
+        "tests/test_prompts.py",
+    ),
+    "prompts: named field's conversation not read": (
+        "tuning/objectives/prompts.py",
+        "        if isinstance(value, list):\n            value = _first_user_turn(value, where)\n",
+        "",
+        "tests/test_prompts.py",
+    ),
+    "prompts: sample not in source order": (
+        "tuning/objectives/prompts.py",
+        "for i in sample(len(records), limit, seed)]",
+        "for i in sorted(sample(len(records), limit, seed), reverse=True)]",
+        "tests/test_prompts.py",
+    ),
+    "prompts: wrapped list not unwrapped": (
+        "tuning/objectives/prompts.py",
+        '        data = next(iter(data.values()))  # {"prompts": [...]}, {"data": [...]}',
+        "        pass",
+        "tests/test_prompts.py",
+    ),
+    "prompts: blank prompt accepted": (
+        "tuning/objectives/prompts.py",
+        "    if not isinstance(value, str) or not value.strip():",
+        "    if not isinstance(value, str) or not value:",
+        "tests/test_prompts.py",
+    ),
+    "prompts: a relative path read as a dataset": (
+        "tuning/objectives/prompts.py",
+        '    return len(parts) == 2 and all(parts) and not source.startswith((".", "/"))',
+        "    return len(parts) == 2 and all(parts)",
+        "tests/test_prompts.py",
+    ),
+    "prompts: limit 0 accepted": (
+        "tuning/objectives/prompts.py",
+        "    if limit is not None and limit < 1:",
+        "    if limit is not None and limit < 0:",
+        "tests/test_prompts.py",
+    ),
+    # Which prompts choose and which confirm, and what a candidate counts (tuning/decision: holdout, candidate).
+    "decision: holdout default below 100 prompts": (
+        "tuning/decision/holdout.py",
+        "        fraction = DEFAULT_FRACTION if count >= DEFAULT_FROM else 0.0",
+        "        fraction = DEFAULT_FRACTION",
+        DECISION,
+    ),
+    "decision: holdout of 1 accepted": (
+        "tuning/decision/holdout.py",
+        "    if not 0 <= fraction < 1:",
+        "    if not 0 <= fraction <= 1:",
+        DECISION,
+    ),
+    "decision: held-out part not seeded": (
+        "tuning/decision/holdout.py",
+        "    order = np.random.default_rng(seed).permutation(count)",
+        "    order = np.random.default_rng(0).permutation(count)",
+        DECISION,
+    ),
+    "decision: parts not in prompt order": (
+        "tuning/decision/holdout.py",
+        "    parts = Split(sorted(order[held:].tolist()), sorted(order[:held].tolist()), fraction)",
+        "    parts = Split(order[held:].tolist(), order[:held].tolist(), fraction)",
+        DECISION,
+    ),
+    "decision: few prompts not said": (
+        "tuning/decision/holdout.py",
+        "    if any(len(p) < FEW for p in (parts.selection, parts.confirmation) if p):",
+        "    if False:",
+        DECISION,
+    ),
+    "decision: sample not seeded": (
+        "tuning/decision/holdout.py",
+        "    return sorted(np.random.default_rng(seed).choice(count, size=limit, replace=False).tolist())",
+        "    return sorted(np.random.default_rng(1).choice(count, size=limit, replace=False).tolist())",
+        DECISION,
+    ),
+    "decision: cut at the reward model not counted as cut": (
+        "tuning/decision/candidate.py",
+        "        return [r.truncated or u for r, u in zip(self.responses, unfit, strict=True)]",
+        "        return [r.truncated for r, u in zip(self.responses, unfit, strict=True)]",
+        DECISION,
+    ),
+    "decision: repetition of 2-grams": (
+        "tuning/decision/candidate.py",
+        "def repetition(text: str, n: int = 3) -> float:",
+        "def repetition(text: str, n: int = 2) -> float:",
+        DECISION,
     ),
     # Rank-sliced vLLM updates and the check of the engine's weights.
     "a block may end at the tensor's last row only if it starts at 0": (

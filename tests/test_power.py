@@ -35,7 +35,13 @@ def test_the_advice_says_what_the_prompts_can_find_and_how_many_a_target_needs()
     advice = power.Power(70, 30, 3, 0.3).advice()
     assert advice.startswith("power: 70 selection and 30 held-out prompts, 3 candidate(s): a gain of 0.52 SD")
     assert f"0.3 SD (--target-gain) needs about {power.prompts_for(0.3, 3, 0.3)} prompts" in advice
-    assert "no choice can be confirmed" in power.Power(99, 0, 3, 0.0).advice()
+    unconfirmable = power.Power(99, 0, 3, 0.0).advice()
+    needed = power.prompts_for(0.3, 3, 0.3)
+    assert "no choice can be confirmed" in unconfirmable
+    assert f"with --holdout 0.3, {needed} prompts find and confirm a gain of 0.3 SD" in unconfirmable
+    held, fewer = round(0.3 * needed), needed - 1  # the count it names is the fewest that reach 80% so split
+    assert power.power(0.3, needed - held, held, 3) >= 0.8
+    assert power.power(0.3, fewer - round(0.3 * fewer), round(0.3 * fewer), 3) < 0.8
     measured = power.Power(70, 30, 3, 0.3).to_json(spread=0.5)
     assert measured["detectable_reward"] == pytest.approx(0.5 * power.detectable(70, 30, 3))
     assert power.Power(99, 0, 3, 0.0).to_json(None)["detectable_sd"] is None

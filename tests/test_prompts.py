@@ -68,3 +68,33 @@ def test_bad_prompt_files_name_the_record(tmp_path):
             load_prompts(str(tmp_path / name))
     with pytest.raises(InputError, match="no field 'question'"):
         load_prompts(str(tmp_path / "bad.jsonl"), field="question")
+
+
+def test_which_field_gives_the_prompt_and_which_prompts_are_refused(tmp_path):
+    """The README's order: --prompt-field (a conversation in it read too), else `prompt`, else the first user turn
+    of `messages`, else of `chosen` (UltraFeedback's preference pairs); blank prompts, --limit 0 and a relative
+    path that is not there are refused."""
+
+    def turns(text):
+        return [{"role": "user", "content": text}, {"role": "assistant", "content": "a"}]
+
+    records = [
+        {"prompt": "from prompt", "messages": turns("from messages")},
+        {"messages": turns("from messages"), "chosen": turns("from chosen")},
+        {"chosen": turns("from chosen")},
+        {"conversation": turns("from the named field")},
+    ]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    assert load_prompts(str(path)) == ["from prompt", "from messages", "from chosen"]
+    path.write_text(json.dumps(records[3]) + "\n")
+    assert load_prompts(str(path), field="conversation") == ["from the named field"]
+    path.write_text(json.dumps({"prompt": " \n\t"}) + "\n")
+    with pytest.raises(InputError, match="record 1: the prompt is empty or not text"):
+        load_prompts(str(path))
+    path.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(UsageError, match="--limit 0: must be at least 1"):
+        load_prompts(str(path), limit=0)
+    for missing in ("./prompts", "../prompts"):  # org/name-like, but a path
+        with pytest.raises(InputError, match="no such file"):
+            load_prompts(missing)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import simulated
+from expo_cli.errors import UsageError
 from expo_cli.tuning.backends.generation import Decoding, Response
 from expo_cli.tuning.decision import looks, power
-from expo_cli.tuning.decision.candidate import Candidate
+from expo_cli.tuning.decision.candidate import Candidate, repetition
 from expo_cli.tuning.decision.holdout import split
 from expo_cli.tuning.decision.looks import Ledger
 from expo_cli.tuning.decision.procedure import choose
@@ -100,6 +101,27 @@ def test_the_split_is_seeded_by_prompt_and_warns_when_a_side_is_small():
     assert len(split(100, None, 7, warned.append).confirmation) == 30
     assert warned == ["few prompts (selection 70, held-out 30): fewer than 50 on a side give wide intervals"]
     assert recommend([]).alpha == 0.0
+
+
+def test_the_parts_are_in_prompt_order_and_the_holdout_is_a_fraction_below_one():
+    parts = split(200, 0.3, 7, pytest.fail)
+    assert parts.selection == sorted(parts.selection) and parts.confirmation == sorted(parts.confirmation)
+    assert parts.confirmation != list(range(60)), "a random part, not the first prompts"
+    for fraction in (1.0, -0.1):
+        with pytest.raises(UsageError, match=f"--holdout {fraction:g}: must be at least 0 and less than 1"):
+            split(200, fraction, 7, pytest.fail)
+    with pytest.raises(UsageError, match="--holdout 0.001 of 200 prompts leaves one part empty"):
+        split(200, 0.001, 7, pytest.fail)
+
+
+def test_a_response_cut_to_fit_the_reward_model_counts_as_cut_and_loops_are_measured_on_three_word_runs():
+    responses = [Response(0, 0, "a b c a b d", 6), Response(1, 0, "a b c a b c", 6, finish="length")]
+    candidate = Candidate(0.5, "selection", responses, [1.0, 2.0], 0, 0, 0, 2, unfit=[True, False])
+    assert candidate.cut() == [True, True] and candidate.truncated == 1.0 and candidate.response_cut == 1
+    assert candidate.scores([0, 1]).truncated.tolist() == [[True], [True]]
+    assert repetition("a b c a b d") == 0.0  # "a b" repeats, but no three-word run does
+    assert repetition("a b c a b c") == 0.25  # abc, bca, cab, abc: one of four repeats
+    assert candidate.repetition == 0.125
 
 
 # The decision rule by simulation (tests/simulated.py: gains in SDs of the per-prompt gain, 4 samples per prompt).
