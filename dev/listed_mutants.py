@@ -26,6 +26,9 @@ SHORT_CONTEXT = (
 VLLM = "vllm:"  # tests run by the vLLM environment's Python
 VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 SLICING = "tests/test_slicing.py"
+RESUMED = "tests/test_tune_runs.py::test_a_run_killed_mid_candidate_resumes_to_the_uninterrupted_result"
+CARD_TUNE = "tests/test_tune.py::test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour"
+CARD_COMMAND = "tests/test_publish.py::test_the_cards_command_makes_the_same_output_again"
 DECISION = (
     "tests/test_selection.py::test_the_parts_are_in_prompt_order_and_the_holdout_is_a_fraction_below_one "
     "tests/test_selection.py::test_a_response_cut_to_fit_the_reward_model_counts_as_cut_and_loops_are_measured_on_"
@@ -1408,6 +1411,56 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "def repetition(text: str, n: int = 3) -> float:",
         "def repetition(text: str, n: int = 2) -> float:",
         DECISION,
+    ),
+    # A candidate evaluated from the run folder (tuning/runs/evaluation.py).
+    "evaluation: θ(α) set though nothing is left to generate": (
+        "tuning/runs/evaluation.py",
+        "        update = set_alpha(alpha) if missing and set_alpha else 0.0",
+        "        update = set_alpha(alpha) if set_alpha else 0.0",
+        RESUMED,
+    ),
+    "evaluation: stored rewards not remembered by the cache": (
+        "tuning/runs/evaluation.py",
+        "                    self.scorer.remember(prompts, texts, scored[number])",
+        "                    pass",
+        RESUMED,
+    ),
+    # The model card: how α was chosen, and the command that makes the output again.
+    "card: a significant gain not marked": (
+        "merging/card.py",
+        '            + (" (significant)" if c.get("significant") else "")',
+        '            + ""',
+        CARD_TUNE,
+    ),
+    "card: α = 0 shown with a gain": (
+        "merging/card.py",
+        '            "baseline"\n            if c["alpha"] == 0',
+        '            "baseline"\n            if False',
+        CARD_TUNE,
+    ),
+    "card: the reproduce command without --dtype": (
+        "merging/card.py",
+        '        parts += ["--dtype", record["dtype"]]',
+        "        pass",
+        CARD_COMMAND,
+    ),
+    "card: the reproduce command without the rules": (
+        "merging/card.py",
+        "            parts += [option, value]",
+        "            pass",
+        CARD_COMMAND,
+    ),
+    "card: the held-out verdict left out of the card": (
+        "merging/card.py",
+        '{confirmation.get("note", "nothing was confirmed")}',
+        "nothing was confirmed",
+        CARD_TUNE,
+    ),
+    "card: the card's reward name left out": (
+        "merging/card.py",
+        'scored by `{tuning.get("reward")}`',
+        "scored by a reward",
+        CARD_TUNE,
     ),
     # Rank-sliced vLLM updates and the check of the engine's weights.
     "a block may end at the tensor's last row only if it starts at 0": (

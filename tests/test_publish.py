@@ -251,6 +251,20 @@ def test_hub_ids_of_local_folders_name_the_base_models(tmp_path, expo, pair):
     assert "--sft-id 'not a repo'" in run.stderr
 
 
+def test_the_cards_command_makes_the_same_output_again(tmp_path, expo, pair):
+    """The card's `expo merge` line carries every setting that changes the bytes: --dtype and per-tensor rules."""
+    import shlex
+
+    sft, aligned = pair
+    out = tmp_path / "out"
+    merge(expo, sft, aligned, out, "--sft-id", "org/s", "--aligned-id", "org/a", "--dtype", "float32",
+          "--alpha-for", "mlp=0.25", alpha="0.7")  # fmt: skip
+    line = next(line for line in (out / "README.md").read_text().splitlines() if "expo merge --sft" in line)
+    command = shlex.split(line[line.index("expo merge") :].rstrip("`"))
+    assert command[command.index("--dtype") + 1] == "float32" and command[command.index("--alpha") + 1] == "0.7"
+    assert command[command.index("--alpha-for") + 1] == "mlp=0.25"
+
+
 # 5. The card.
 ALIGNED_CARD = """---
 license: apache-2.0

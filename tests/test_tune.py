@@ -247,6 +247,7 @@ def test_tune_picks_the_alpha_that_amplifies_the_rewarded_behaviour(tmp_path, ex
     assert record["tuning"]["confirmation"]["confirmed"] and record["tuning"]["decoding"]["max_new_tokens"] == 10
     card = (out / "README.md").read_text()
     assert "## How α was chosen" in card and "(significant)" in card and "confirmed on 12 held-out prompts" in card
+    assert "scored by `grader.py:w7_share`" in card and "| 0 | " in card and " | baseline | " in card
     shown = {c["alpha"]: c for c in report["candidates"]}
     for recorded in record["tuning"]["candidates"]:  # labelled simultaneous: the simultaneous interval, not another
         if recorded["alpha"] != 0:

@@ -31,6 +31,8 @@ def w7_share(prompt, response):
             if watched.exists() and len(watched.read_text().splitlines()) >= 2:
                 marker.unlink()
                 os.kill(os.getpid(), sent)
+    with Path(__file__).with_name("scored.log").open("a") as log:  # every call, for tests to count
+        log.write(repr((prompt, response)) + "\\n")
     words = response.split()
     return words.count("w7") / max(len(words), 1)
 
@@ -83,11 +85,18 @@ def test_a_run_killed_mid_candidate_resumes_to_the_uninterrupted_result(steered,
     assert not (generations / "alpha=2.jsonl").exists()
     assert not (workspace / "kill-when").exists()  # the grader removed it as it killed itself
 
+    scored = workspace / "scored.log"
+    before = set(scored.read_text().splitlines())
+    scored.unlink()
     resumed = expo_process(arguments(steered, workspace, run_dir))
     assert resumed.returncode == 0, resumed.stderr
+    assert not before & set(scored.read_text().splitlines()), "a response scored before the kill scored again"
     report = json.loads(resumed.stdout)
     total = 3 * 12 + 2 * 12  # three candidates on the selection prompts, α = 0 and the choice on the held-out ones
     assert report["run"]["reused"] == 12 + 4 * made and report["run"]["generated"] == total - 12 - 4 * made
+    # α = 0's selection responses were all in the run folder: the model was not even set to it
+    assert report["timing"]["selection:0"]["update_seconds"] == 0.0
+    assert report["timing"]["selection:0.5"]["update_seconds"] > 0.0  # half of it was left to generate
 
     uninterrupted = expo_process(arguments(steered, workspace, workspace / "other"))
     assert uninterrupted.returncode == 0, uninterrupted.stderr
