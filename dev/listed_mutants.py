@@ -1,7 +1,7 @@
 """Apply, one at a time, the mutations that once survived the whole suite (issue "every promise pinned by a test"),
 run the tests that should kill each, and report which test killed it. Every mutant must be killed.
 
-    python dev/listed_mutants.py            # all, about ten minutes on 2 cores
+    python dev/listed_mutants.py            # all, one to two hours on 2 cores (the vLLM ones start engines)
     python dev/listed_mutants.py fsync      # those whose name contains "fsync"
 
 Each mutation is an exact text replacement in one source file, restored afterwards whatever happens.

@@ -7,7 +7,7 @@ transfer): every loader runs as in a real load, and each `copy_` into a paramete
 (narrow, view, transpose, ...) it took from the checkpoint tensor and the region of the parameter it fills,
 moving no data. From the chains, `box` works out the block of the checkpoint tensor a worker reads; `expo`
 then computes θ(α) on that block only, and checks after each update that every recorded region of every
-parameter holds exactly the values it computed (`digest`).
+parameter holds exactly the values it computed (`weight_check`).
 
 A tensor whose loader does anything else (arithmetic, a copy, a dtype change), or that no loader copied from,
 is computed whole: the slice is an optimisation, never a guess.
