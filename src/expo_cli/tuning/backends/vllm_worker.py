@@ -19,7 +19,7 @@ import pickle
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...core.pairing import TensorPair
 from ...core.sources import itemsize
@@ -28,6 +28,9 @@ from ...errors import ExpoError
 from .candidates import compute_into
 from .slicing import Layout, compute_block, learn
 from .weight_check import WeightCheck
+
+if TYPE_CHECKING:
+    from ...core.extrapolate import Extrapolators
 
 GROUP_BYTES = 512 * 2**20  # θ(α) computed ahead of the reload, at most (a larger single tensor goes alone)
 
@@ -63,8 +66,8 @@ class WeightUpdater:
         model = self.model_runner.get_model()
         if self.expo_layout is None:  # learned on the first update: it rewrites every weight anyway
             self.expo_layout = self._expo_learn(model)
-        check = WeightCheck(self.expo_layout, {id(m): name for name, m in model.named_modules()})
         layout = self.expo_layout
+        check = WeightCheck(layout, {id(m): name for name, m in model.named_modules()})
         why = "" if layout.scatters else next(iter(layout.unlearned.values()), "")
         stats = UpdateStats(rank=self.rank, learned=len(layout.scatters), not_learned=why)
         loaded: set[str] = set()
@@ -84,36 +87,32 @@ class WeightUpdater:
                 )
         finally:
             del model.load_weights  # the class's own again
+        error = failures[0] if failures else self._expo_verify(model, loaded, check)
+        stats.regions_checked = check.regions
         stats.seconds = time.perf_counter() - started
-        if failures:
-            return warnings, failures[0], asdict(stats)
+        return warnings, error, asdict(stats)
+
+    def _expo_verify(self, model: Any, loaded: set[str], check: WeightCheck) -> tuple[str, str] | None:
+        """After a reload that ran through: every parameter received a value, every learned region holds expo's
+        values, and the modules sharing a reloaded parameter are processed again. The error, as (kind, message)."""
         missing = sorted({name for name, _ in model.named_parameters()} - loaded)
         if missing:
             return (
-                warnings,
-                (
-                    "MismatchError",
-                    f"vLLM received no value for {len(missing)} parameter(s) of the engine, e.g. {missing[0]!r}: they "
-                    "would keep the previous α's; use --backend transformers for this model",
-                ),
-                asdict(stats),
+                "MismatchError",
+                f"vLLM received no value for {len(missing)} parameter(s) of the engine, e.g. {missing[0]!r}: they "
+                "would keep the previous α's; use --backend transformers for this model",
             )
         check.after_reload()
-        stats.regions_checked = check.regions
         if check.mismatched:
             return (
-                warnings,
-                (
-                    "ExpoError",
-                    f"after the update, {len(check.mismatched)} weight(s) of the engine do not hold the values expo "
-                    f"computed, e.g. {check.mismatched[0]!r}: vLLM loaded this model differently from what expo "
-                    "learned; use --backend transformers for this model",
-                ),
-                asdict(stats),
+                "ExpoError",
+                f"after the update, {len(check.mismatched)} weight(s) of the engine do not hold the values expo "
+                f"computed, e.g. {check.mismatched[0]!r}: vLLM loaded this model differently from what expo "
+                "learned; use --backend transformers for this model",
             )
         for module in _sharing_without_loading(model, loaded):
             module.quant_method.process_weights_after_loading(module)
-        return warnings, None, asdict(stats)
+        return None
 
     def _expo_learn(self, model: Any) -> Layout:
         """Which block of each tensor this worker keeps and where its loaders put it (`slicing.learn`); nothing
@@ -138,7 +137,7 @@ class WeightUpdater:
         handed over, so that the reload finishes, and its error kept in `failures`."""
         import torch  # torch loads on first use, not with the package
 
-        from ...core.extrapolate import Extrapolators
+        from ...core.extrapolate import Extrapolators  # imports torch
         from ...core.sources import torch_dtype
 
         weights = self.expo_weights
@@ -168,7 +167,7 @@ class WeightUpdater:
         alphas: dict[str, float],
         strict: bool,
         warn: Callable[[str], None],
-        extrapolators: Any,
+        extrapolators: Extrapolators,
         stats: UpdateStats,
     ) -> None:
         """θ(α) of one group into `targets`: tensors with a learned block on that block only, the others whole
@@ -200,9 +199,9 @@ class WeightUpdater:
 
 @dataclass
 class UpdateStats:
-    """What one update cost one worker: seconds, bytes of the checkpoints its arithmetic read, page faults (the
-    pages of the memory-mapped files it touched, among others), tensors computed on a block only, and how many
-    of its loaders' regions were compared with expo's values."""
+    """What one update cost one worker: seconds, bytes of the checkpoints its arithmetic read (the elements of
+    the blocks it computed, both inputs), tensors computed on a block only, and how many of its loaders' regions
+    were compared with expo's values."""
 
     rank: int
     learned: int  # tensors whose loaders' copies were learned
