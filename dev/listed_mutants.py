@@ -1529,6 +1529,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         VLLM_FENCE,
     ),
+    "a worker that learned nothing is not said": (
+        "tuning/backends/serving.py",
+        'dict.fromkeys(stats["not_learned"] for _, _, stats in replies if not stats["learned"])',
+        "()",
+        VLLM_FENCE,
+    ),
     "no thread binding for CPU workers": (
         "tuning/backends/serving.py",
         "            _bind_cpu_threads(tensor_parallel_size)",

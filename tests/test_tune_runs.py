@@ -90,7 +90,9 @@ def test_a_run_killed_mid_candidate_resumes_to_the_uninterrupted_result(steered,
     scored.unlink()
     resumed = expo_process(arguments(steered, workspace, run_dir))
     assert resumed.returncode == 0, resumed.stderr
-    assert not before & set(scored.read_text().splitlines()), "a response scored before the kill scored again"
+    after = set(scored.read_text().splitlines())
+    assert before and after, "both runs scored something"
+    assert not before & after, "a response scored before the kill scored again"
     report = json.loads(resumed.stdout)
     total = 3 * 12 + 2 * 12  # three candidates on the selection prompts, α = 0 and the choice on the held-out ones
     assert report["run"]["reused"] == 12 + 4 * made and report["run"]["generated"] == total - 12 - 4 * made

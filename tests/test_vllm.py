@@ -190,6 +190,21 @@ def test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine(mo
         # every tensor's region checked: q, k and v each a part of qkv_proj, gate and up each half of gate_up_proj
         assert policy.last_update[0]["regions_checked"] == len(read_all(aligned))
 
+        def cannot_learn(worker):  # as with a vLLM whose loaders expo cannot follow
+            from expo_cli.tuning.backends.slicing import Layout
+
+            worker = getattr(worker, "worker", worker)
+            worker.expo_layout = Layout(unlearned={"model.norm.weight": "RuntimeError: planted"})
+
+        policy.llm.collective_rpc(cannot_learn)
+        policy.last_update, said = [], []  # as on a first update
+        policy.set_alpha(2.0, warn=said.append)
+        assert said == [
+            "--backend vllm: expo could not learn how this vLLM loads the model (RuntimeError: planted); every "
+            "worker computes whole tensors, and its weights are checked for completeness only"
+        ]
+        assert answers(policy) == complete and policy.last_update[0]["regions_checked"] == 0
+
         policy.llm.collective_rpc(leave_out_the_final_norm)
         with pytest.raises(
             MismatchError, match="no value for 1 parameter\\(s\\) of the engine, e.g. 'model.norm.weight'"
