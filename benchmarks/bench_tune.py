@@ -86,6 +86,18 @@ def build_reward_model(folder: Path) -> Path:
     return folder
 
 
+def write_prompts(path: Path, count: int) -> Path:
+    """`count` three-word prompts from the tiny tokenizer's words, as JSON lines."""
+    words = WORDS[3:]
+    path.write_text(
+        "".join(
+            json.dumps({"prompt": " ".join(words[(i + k) % len(words)] for k in range(3))}) + "\n"
+            for i in range(count)
+        )
+    )
+    return path
+
+
 def model_bytes(folder: Path) -> int:
     return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
@@ -212,14 +224,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; backends {', '.join(backends)}")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        prompts = root / "prompts.jsonl"
-        words = WORDS[3:]
-        prompts.write_text(
-            "".join(
-                json.dumps({"prompt": " ".join(words[(i + k) % len(words)] for k in range(3))}) + "\n"
-                for i in range(args.prompts)
-            )
-        )
+        prompts = write_prompts(root / "prompts.jsonl", args.prompts)
         rm = build_reward_model(root / "rm")
         pairs = {
             f"Llama {args.layers}×{args.hidden}, {args.dtype}": build_large_pair(

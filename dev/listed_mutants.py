@@ -36,6 +36,12 @@ DECISION = (
     "tests/test_prompts.py"
 )
 VLLM_TP = "vllm:tests/test_vllm.py::test_tensor_parallel_workers_compute_their_slices_exactly"
+SPREAD = "tests/test_tune_spread.py::test_one_process_workers_and_array_parts_give_the_same_result_and_bytes"
+CLAIMS = (
+    "tests/test_tune_spread.py::test_a_claim_held_by_a_live_process_is_busy_and_a_dead_ones_is_taken_over "
+    "tests/test_tune_spread.py::test_of_four_takers_of_a_claim_exactly_one_gets_it_and_a_late_holder_learns_it_"
+    "lost"
+)
 VLLM_FENCE = "vllm:tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine"
 
 # name: (file, text, replacement, tests expected to kill it)
@@ -426,9 +432,9 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "runfolder: a torn last line left in the file": (
         "tuning/runs/runfolder.py",
-        "    if end < len(data):",
-        "    if False:",
-        "tests/test_tune_runs.py::test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file",
+        'fh.read(1))[1] != b"',
+        'fh.read(1))[1] == b"',
+        "tests/test_tune_runs.py::test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_by_the_next_append",
     ),
     "evaluation: kept batches generated again": (
         "tuning/runs/evaluation.py",
@@ -518,7 +524,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "runfolder: no lock, two tunes append to one folder": (
         "tuning/runs/runfolder.py",
-        "        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)",
+        "        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)",
         "        pass",
         "tests/test_tune_runs.py::test_a_run_folder_in_use_is_refused_and_released_when_done",
     ),
@@ -1540,6 +1546,86 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            _bind_cpu_threads(tensor_parallel_size)",
         "            pass",
         VLLM_TP,
+    ),
+    # A tune split over processes (tuning/runs/claims.py, spread.py, status.py; tuning/api.py).
+    "a single run takes the folder's lock shared": (
+        "tuning/runs/runfolder.py",
+        "(fcntl.LOCK_SH if shared else fcntl.LOCK_EX)",
+        "fcntl.LOCK_SH",
+        "tests/test_tune_runs.py::test_a_run_folder_in_use_is_refused_and_released_when_done",
+    ),
+    "claims: a dead holder on this host counted alive": (
+        "tuning/runs/claims.py",
+        "            return self.pid == me.pid or _process_start(self.pid) == self.started",
+        "            return True",
+        CLAIMS,
+    ),
+    "claims: a silent holder on another host counted alive": (
+        "tuning/runs/claims.py",
+        "        return now - self.heartbeat < STALE",
+        "        return True",
+        CLAIMS,
+    ),
+    "claims: a live holder's claim taken over": (
+        "tuning/runs/claims.py",
+        "                if holder is not None and holder.alive(time.time()):",
+        "                if False:",
+        CLAIMS,
+    ),
+    "claims: a claim file made without an exclusive create": (
+        "tuning/runs/claims.py",
+        "os.O_CREAT | os.O_EXCL | os.O_WRONLY",
+        "os.O_CREAT | os.O_WRONLY",
+        CLAIMS,
+    ),
+    "claims: a holder that lost its claim writes on": (
+        "tuning/runs/claims.py",
+        "        if claim is not None and not claim.held():",
+        "        if False:",
+        CLAIMS,
+    ),
+    "evaluation: a candidate made without claiming it": (
+        "tuning/runs/evaluation.py",
+        "            self.folder.claims.take(name)  # Busy when another live process is making it",
+        "            pass",
+        SPREAD,
+    ),
+    "spread: a part's share off by one": (
+        "tuning/runs/spread.py",
+        "grid[part.index - 1 :: part.count]",
+        "grid[part.index :: part.count]",
+        SPREAD,
+    ),
+    "spread: a part finishes with candidates left": (
+        "tuning/api.py",
+        "    if left:\n        opts.inform(",
+        "    if False:\n        opts.inform(",
+        SPREAD,
+    ),
+    "spread: a part requeued after the end finishes again": (
+        "tuning/api.py",
+        "    if folder.finished():",
+        "    if False:",
+        SPREAD,
+    ),
+    "spread: --finish computes with candidates missing": (
+        "tuning/api.py",
+        "    if spread.finish and left:",
+        "    if False:",
+        SPREAD,
+    ),
+    "status: a dead holder's candidate shown running": (
+        "tuning/runs/status.py",
+        "            if holder is not None and holder.alive(now):",
+        "            if holder is not None:",
+        SPREAD,
+    ),
+    "rewards: a reward model's scores kept from other candidates": (
+        "tuning/objectives/rewards.py",
+        "        if scope != self.scope and isinstance(self.reward, RewardModel):",
+        "        if False:",
+        "tests/test_tune_spread.py::test_a_candidates_reward_model_scores_do_not_depend_on_what_the_process_scored_"
+        "before",
     ),
 }
 

@@ -31,7 +31,7 @@ from safetensors.torch import save_file  # noqa: E402
 
 import expo_cli  # noqa: E402
 from expo_cli.cli import main  # noqa: E402
-from helpers import llama_config, make_pair, skip_or_fail  # noqa: E402
+from helpers import KILLING_GRADER, TUNE_PROMPTS, llama_config, make_pair, skip_or_fail, steered_pair  # noqa: E402
 
 # `expo` subprocesses run the same expo_cli as this process (under mutmut: the mutated copy in mutants/).
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -126,3 +126,17 @@ def token(monkeypatch):
     """A token the test Hub accepts for writes, as HF_TOKEN."""
     monkeypatch.setenv("HF_TOKEN", WRITE_TOKEN)
     return WRITE_TOKEN
+
+
+@pytest.fixture(scope="session")
+def steered(tmp_path_factory) -> tuple[Path, Path]:
+    """A float32 pair whose extrapolation says "w7" more: tune's run-folder tests. Read-only for tests."""
+    return steered_pair(tmp_path_factory.mktemp("steered"))
+
+
+@pytest.fixture
+def workspace(tmp_path) -> Path:
+    """A folder with tune's prompts and its grader (which can kill or interrupt its own process: KILLING_GRADER)."""
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in TUNE_PROMPTS))
+    (tmp_path / "grader.py").write_text(KILLING_GRADER)
+    return tmp_path

@@ -324,3 +324,31 @@ def certificate(stem: Path) -> tuple[Path, ssl.SSLContext]:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     return cert, context
+
+
+# expo tune's run-folder tests (test_tune_runs, test_tune_spread): 24 prompts and a grader that rewards "w7".
+TUNE_PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
+# While the marker file "kill-when" (or "interrupt-when") exists, sends its own process SIGKILL (or SIGINT, as
+# Ctrl-C does) when asked to score once the file the marker names has two lines (a candidate's second batch is
+# generated), and removes the marker: a crash, or a Ctrl-C, in the middle of a candidate.
+KILLING_GRADER = """import os, signal
+from pathlib import Path
+
+
+def w7_share(prompt, response):
+    for name, sent in (("kill-when", signal.SIGKILL), ("interrupt-when", signal.SIGINT)):
+        marker = Path(__file__).with_name(name)
+        if marker.exists():
+            watched = Path(marker.read_text())
+            if watched.exists() and len(watched.read_text().splitlines()) >= 2:
+                marker.unlink()
+                os.kill(os.getpid(), sent)
+    with Path(__file__).with_name("scored.log").open("a") as log:  # every call, for tests to count
+        log.write(repr((prompt, response)) + "\\n")
+    words = response.split()
+    return words.count("w7") / max(len(words), 1)
+
+
+def length(prompt, response):
+    return float(len(response.split()))
+"""

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from expo_cli.arrays import Part, parse_part
 from expo_cli.errors import UsageError
-from expo_cli.merging.parts import Part, deal, folders, parse_part
+from expo_cli.merging.parts import deal, folders
 from expo_cli.merging.planning import prepare
 from expo_cli.options import MergeOptions
 from helpers import snapshot

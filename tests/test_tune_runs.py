@@ -15,44 +15,6 @@ import pytest
 from expo_cli.tuning.objectives.rewards import BatchScores
 from helpers import steered_pair
 
-PROMPTS = [f"w{8 + i % 40} w{20 + i % 13} w{50 + i % 7}" for i in range(24)]
-# While the marker file "kill-when" (or "interrupt-when") exists, sends its own process SIGKILL (or SIGINT, as
-# Ctrl-C does) when asked to score once the file the marker names has two lines (a candidate's second batch is
-# generated), and removes the marker: a crash, or a Ctrl-C, in the middle of a candidate.
-GRADER = """import os, signal
-from pathlib import Path
-
-
-def w7_share(prompt, response):
-    for name, sent in (("kill-when", signal.SIGKILL), ("interrupt-when", signal.SIGINT)):
-        marker = Path(__file__).with_name(name)
-        if marker.exists():
-            watched = Path(marker.read_text())
-            if watched.exists() and len(watched.read_text().splitlines()) >= 2:
-                marker.unlink()
-                os.kill(os.getpid(), sent)
-    with Path(__file__).with_name("scored.log").open("a") as log:  # every call, for tests to count
-        log.write(repr((prompt, response)) + "\\n")
-    words = response.split()
-    return words.count("w7") / max(len(words), 1)
-
-
-def length(prompt, response):
-    return float(len(response.split()))
-"""
-
-
-@pytest.fixture(scope="module")
-def steered(tmp_path_factory) -> tuple[Path, Path]:
-    return steered_pair(tmp_path_factory.mktemp("steered"))
-
-
-@pytest.fixture
-def workspace(tmp_path) -> Path:
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
-    (tmp_path / "grader.py").write_text(GRADER)
-    return tmp_path
-
 
 def arguments(steered, workspace: Path, run_dir: Path, *extra: object) -> list[str]:
     sft, aligned = steered
@@ -163,7 +125,7 @@ def test_rescore_judges_the_saved_responses_with_another_reward_without_generati
     assert missing.code == 2 and "--rescore: α=3: 2 of 2 batch(es) never generated (selection)" in missing.stderr
 
 
-def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
+def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_by_the_next_append(tmp_path):
     from expo_cli.tuning.backends.generation import Response
     from expo_cli.tuning.runs.runfolder import RunFolder
 
@@ -177,12 +139,19 @@ def test_a_line_cut_short_by_a_crash_is_dropped_and_cut_off_the_file(tmp_path):
     folder.close()
     again = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"})
     assert again.generations("selection", 0.5) == {0: first}
-    assert path.read_bytes() == whole  # the torn line is gone: the next append starts on a line of its own
+    assert path.read_bytes() == whole + b'{"batch": 1, "responses": [[2, 0, "w1'  # a reader changes nothing
     assert again.rewards("selection", 0.5) == {0: BatchScores([0.25, 0.5], {1}, {0})}
+    second = [Response(2, 0, "w12", 1, "stop")]
+    again.add_generation("selection", 0.5, 1, second)  # the writer cuts the torn line off, then appends
+    assert path.read_bytes().startswith(whole) and len(path.read_bytes().splitlines()) == 2
+    assert again.generations("selection", 0.5) == {0: first, 1: second}
     assert again.rewards("confirmation", 0.5) == {} and again.generations("selection", 2.0) == {}
     again.close()
     other_reward = RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "g"})
-    assert other_reward.rewards("selection", 0.5) == {} and other_reward.generations("selection", 0.5) == {0: first}
+    assert other_reward.rewards("selection", 0.5) == {} and other_reward.generations("selection", 0.5) == {
+        0: first,
+        1: second,
+    }
 
 
 def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):

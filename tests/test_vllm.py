@@ -292,11 +292,17 @@ def test_tune_on_vllm_end_to_end_with_a_reward_model_then_a_reward_function(tmp_
     (tmp_path / "g.py").write_text("def n(prompt, response):\n    return float(response.count('w7'))\n")
     rm = save_reward_model(tmp_path / "rm", word_tokenizer())
     common = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "p.txt", "--alpha", "0.5,2"]
-    common += ["--max-new-tokens", 12, "--backend", "vllm", "--run-dir", tmp_path / "run", "--json", "-q"]
-    with_model = expo_command(*common, "--reward-model", rm)
+    common += ["--max-new-tokens", 12, "--backend", "vllm", "--json", "-q"]
+    with_model = expo_command(*common, "--reward-model", rm, "--run-dir", tmp_path / "workers", "--data-parallel", 2)
     assert with_model.returncode == 0, with_model.stderr
     result = json.loads(with_model.stdout)
     assert [c["alpha"] for c in result["candidates"]] == [0.0, 0.5, 2.0]
+    # Two worker processes, each with its own engine on its own core, answered as one engine does.
+    common += ["--run-dir", tmp_path / "run"]
+    one = expo_command(*common, "--reward-model", rm)
+    assert one.returncode == 0, one.stderr
+    apart = {k: v for k, v in json.loads(one.stdout).items() if k not in ("timing", "run")}
+    assert apart == {k: v for k, v in result.items() if k not in ("timing", "run")}
     assert list((tmp_path / "run").rglob("*.jsonl")), "responses are kept in the run folder as they are made"
     # Same run folder, another reward: nothing is generated again, the engine does not even start.
     rescored = expo_command(*common, "--reward-fn", f"{tmp_path / 'g.py'}:n", "--rescore")

@@ -30,6 +30,7 @@ _EXPORTS = {
     "inspect": "inspection",
     "report": "tuning.runs.reporting",
     "tune": "tuning.api",
+    "tune_status": "tuning.runs.status",
     "verify": "verification",
 }
 __all__ = [
@@ -48,6 +49,7 @@ __all__ = [
     "report",
     "sweep",
     "tune",
+    "tune_status",
     "verify",
 ]
 
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     from .options import MergeOptions
     from .tuning.api import tune
     from .tuning.runs.reporting import report
+    from .tuning.runs.status import tune_status
     from .verification import verify
 
 

@@ -63,8 +63,11 @@ class Interrupted(ExpoError):
 
     def __init__(self, signum: int, after: str = "the partial output was removed") -> None:
         self.exit_code = 128 + signum
-        self.signum = signum
+        self.signum, self.after = signum, after
         super().__init__(f"interrupted by {signal.Signals(signum).name}; {after}")
+
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:
+        return Interrupted, (self.signum, self.after)  # raised again in the process that started a worker
 
 
 EXIT_CODES = {
@@ -73,7 +76,8 @@ EXIT_CODES = {
     2: "bad usage",
     3: "unreadable, corrupt or unsupported input",
     4: "the two checkpoints do not match (or are the same, or look swapped)",
-    5: "output cannot be written (exists, no space, read-only, inside an input)",
+    5: "output cannot be written (exists, no space, read-only, inside an input), or a job array's --finish before "
+    "every part is done",
     6: "non-finite result",
     7: "Hub error (refused, still failing past the retry bounds or EXPO_RETRY_BUDGET, or bytes not matching the "
     "Hub's sha256: nothing committed)",

@@ -30,6 +30,15 @@ AlignedOpt = Annotated[
         help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter trained on --sft.",
     ),
 ]
+PartsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--parts",
+        rich_help_panel="Job arrays",
+        metavar="N",
+        help="How many parts: for --part auto in a Kubernetes Indexed Job (and expo merge's --finish).",
+    ),
+]
 BaseOpt = Annotated[
     str | None,
     typer.Option(

@@ -39,6 +39,7 @@ from ._options import (
     JsonOpt,
     MaxShardSizeOpt,
     ModelNameOpt,
+    PartsOpt,
     PrivateOpt,
     PushToHubOpt,
     QuietOpt,
@@ -142,15 +143,7 @@ def merge(
             "output. auto: from SLURM_ARRAY_TASK_ID/_COUNT or JOB_COMPLETION_INDEX with --parts.",
         ),
     ] = None,
-    parts: Annotated[
-        int | None,
-        typer.Option(
-            "--parts",
-            rich_help_panel="Job arrays",
-            metavar="N",
-            help="How many parts: for --part auto in a Kubernetes Indexed Job, and for --finish.",
-        ),
-    ] = None,
+    parts: PartsOpt = None,
     finish: Annotated[
         bool,
         typer.Option(

@@ -34,6 +34,7 @@ from ._options import (
     IncludeOpt,
     JsonOpt,
     ModelNameOpt,
+    PartsOpt,
     PrivateOpt,
     PushToHubOpt,
     QuietOpt,
@@ -57,7 +58,18 @@ TUNE_EXAMPLES = [
     "--alpha 1,2,4,8 --plot tune.png --save-responses responses.jsonl --json",
     "expo tune --sft ./sft --aligned ./dpo --prompts prompts.txt --reward-model ./rm --output ./dpo-expo "
     "--push-to-hub me/dpo-expo",
+    "expo tune --sft /shared/sft --aligned /shared/dpo --prompts prompts.jsonl --reward-model ./rm "
+    "--run-dir /shared/tune-run --output /shared/dpo-expo --part auto",
+    "expo tune --status /shared/tune-run",
 ]
+
+
+def _status(value: str | None) -> None:
+    """--status RUN: the run folder's state as JSON, then exit (no other option is needed)."""
+    if value is None:
+        return
+    out.result_json(expo_cli.tune_status(value))
+    raise typer.Exit()
 
 
 def tune(
@@ -364,6 +376,49 @@ def tune(
             "when held-out prompts confirmed it (--force: anyway).",
         ),
     ] = None,
+    part: Annotated[
+        str | None,
+        typer.Option(
+            "--part",
+            rich_help_panel="Job arrays",
+            metavar="I/N|auto",
+            help="Evaluate only part I of N of the grid's candidates into --run-dir (shared by every part); the "
+            "part that completes the grid chooses, confirms and writes --output. auto: from "
+            "SLURM_ARRAY_TASK_ID/_COUNT or JOB_COMPLETION_INDEX with --parts.",
+        ),
+    ] = None,
+    parts: PartsOpt = None,
+    finish: Annotated[
+        bool,
+        typer.Option(
+            "--finish",
+            rich_help_panel="Job arrays",
+            help="Choose, confirm and write --output from a --run-dir whose parts have all run (the last part does "
+            "it itself unless it was interrupted); exit 5 naming the candidates missing.",
+        ),
+    ] = False,
+    data_parallel: Annotated[
+        int,
+        typer.Option(
+            "--data-parallel",
+            rich_help_panel="Speed",
+            metavar="K",
+            help="Evaluate candidates in K worker processes, each with its own --tensor-parallel-size GPUs (or "
+            "its share of the CPU cores); the result is the same as with one.",
+        ),
+    ] = 1,
+    status: Annotated[
+        str | None,
+        typer.Option(
+            "--status",
+            rich_help_panel="Job arrays",
+            metavar="RUN",
+            is_eager=True,
+            callback=_status,
+            help="Print, as JSON, the state of run folder RUN: each candidate done, running (host, pid, last "
+            "heartbeat), stopped or left, and whether it is finished; needs no other option.",
+        ),
+    ] = None,
     force: ForceOpt = False,
     allow_architecture_mismatch: AllowArchOpt = False,
     sft_revision: SftRevisionOpt = None,
@@ -447,8 +502,16 @@ def tune(
         backend=backend,
         tensor_parallel_size=tensor_parallel_size,
         gpu_memory_utilization=gpu_memory_utilization,
+        part=part,
+        parts=parts,
+        finish=finish,
+        data_parallel=data_parallel,
         **options,
     )
+    if result is None:  # a part whose run other parts complete
+        if json:
+            out.result_json({"part": part, "finished": False})
+        return
     for warning in result.warnings:
         out.warning(warning)
     written = {

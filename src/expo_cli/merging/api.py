@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from ..alpha import check_alpha, check_alphas
+from ..arrays import parse_part
 from ..core import profile as profiling
 from ..fsutil import scratch_folder
 from ..options import MergeOptions
 from .execution import MergeResult, execute, execute_to_hub
 from .parts import finish_parts as finish_all
-from .parts import parse_part, run_part
+from .parts import run_part
 from .planning import prepare
 from .run import Plan, PreparedRun
 from .upload import push

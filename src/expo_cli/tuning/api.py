@@ -8,22 +8,27 @@ bit for bit what `expo merge` writes), generates a response to every prompt with
 is scored (`rewards`), batch by batch, each batch kept in the run folder as it is made (`runfolder`, `evaluation`).
 `procedure` searches and chooses on the selection part and confirms on the held-out part (`statistics`,
 `selection`, `search`).
+
+Split over processes (`spread`): job-array parts (`part`) and worker processes (`data_parallel`) evaluate the
+grid into one run folder, and the procedure then runs once on what they made (in the part that completes the grid,
+or with `finish`): the same result however the work was split.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..alpha import check_alphas
+from ..arrays import parse_part
 from ..constants import VERSION
 from ..core.sources import dtype_name
-from ..errors import InputError, Interrupted, UsageError, first_line
+from ..errors import InputError, Interrupted, OutputError, UsageError, first_line
 from ..fsutil import fingerprint
 from ..inputs.adapters import input_folders
 from ..merging.api import PreparedRun, prepare
@@ -31,8 +36,9 @@ from ..options import MergeOptions
 from .backends.candidates import CandidateModel
 from .backends.generation import Decoding, Generator, encode_prompts
 from .backends.serving import VllmPolicy, import_vllm, reward_placement, vllm_version
-from .decision.candidate import NotGenerated
-from .decision.holdout import Split, split
+from .decision.candidate import SELECTION, NotGenerated
+from .decision.holdout import Split
+from .decision.holdout import split as split_prompts
 from .decision.looks import Ledger
 from .decision.power import TARGET, Power
 from .decision.procedure import choose
@@ -40,9 +46,11 @@ from .decision.search import DEFAULT_EXTRA
 from .decision.selection import DEFAULT_MARGIN, Margin
 from .objectives.prompts import load_prompts
 from .objectives.rewards import Cached, Reward, RewardFunction, RewardModel
-from .runs.evaluation import Evaluator
+from .runs.claims import STALE, Busy
+from .runs.evaluation import Evaluator, Lazy, Policy
 from .runs.result import TuneResult
 from .runs.runfolder import RunFolder, default_location, digest
+from .runs.spread import Spread, enter_worker, evaluate_share, owner, share, worker_environments, workers
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
 BACKENDS = ("transformers", "vllm")
@@ -86,8 +94,12 @@ def tune(
     backend: str = "transformers",
     tensor_parallel_size: int = 1,
     gpu_memory_utilization: float | None = None,
+    part: str | None = None,
+    parts: int | None = None,
+    finish: bool = False,
+    data_parallel: int = 1,
     **options: Any,
-) -> TuneResult:
+) -> TuneResult | None:
     """Evaluate candidate α by generating and scoring; return the statistics, the recommended α and its
     confirmation on held-out prompts.
 
@@ -115,37 +127,58 @@ def tune(
         backend: "transformers" (`generate`, one model whose parameters are set in place) or "vllm" (one engine
             whose weights are reloaded in place: `serving`), with `tensor_parallel_size` GPUs and at most
             `gpu_memory_utilization` of each (vLLM's default when None).
+        part: "I/N" or "auto" (Slurm, `parts` for a Kubernetes Indexed Job): evaluate only this job-array part's
+            share of the grid into `run_dir` (on storage every part sees). The part that completes the grid runs
+            the procedure and returns the result; the others return None.
+        finish: run the procedure on a run folder whose parts have all run (what the last part does by itself).
+        data_parallel: evaluate the grid (or the part's share) in this many worker processes, each with its own
+            GPUs (`tensor_parallel_size` each) or its share of the CPU cores, then choose in this one.
         **options: the fields of `MergeOptions` (dtype, device, alpha_for, revisions, token, progress, ...).
     """
-    with _transformers_bars(options.get("progress", True)):
-        return _tune(
-            sft,
-            aligned,
-            prompts,
-            reward_model=reward_model,
-            reward_fn=reward_fn,
-            confirm_reward=(confirm_reward_model, confirm_reward_fn),
-            alphas=alphas,
-            search=search,
-            budget=budget,
-            decoding=decoding or Decoding(),
-            prompt_field=prompt_field,
-            split_name=split,
-            limit=limit,
-            holdout=holdout,
-            margin=Margin.parse(margin),
-            target_gain=target_gain,
-            chat_template=chat_template,
-            reward_batch_size=reward_batch_size,
-            reward_device=reward_device,
-            allow_cut_responses=allow_cut_responses,
-            run_dir=run_dir,
-            fresh=fresh,
-            rescore=rescore,
-            output=output,
-            serving=(backend, tensor_parallel_size, gpu_memory_utilization),
-            **options,
-        )
+    arguments = {name: value for name, value in locals().items() if name not in SPREAD}
+    spread = Spread(parse_part(part, parts) if part else None, finish, data_parallel)
+    return _run({**arguments, **options}, spread)
+
+
+SPREAD = ("options", "part", "parts", "finish", "data_parallel")  # tune's arguments that say how it is split
+
+
+def _run(arguments: dict[str, Any], spread: Spread) -> TuneResult | None:
+    """`tune`'s work, its arguments in one dict: what a worker process is given again."""
+    if spread.data_parallel > 1:  # what this process says, so that its workers do not say it again
+        arguments = {**arguments, **{n: _Said(arguments[n]) for n in ("info", "warn") if arguments.get(n)}}
+    with _transformers_bars(arguments.get("progress", True)):
+        return _tune(**arguments, spread=spread, arguments=arguments)
+
+
+@dataclass
+class _Said:
+    """A message callback that remembers what it said."""
+
+    say: Callable[[str], None]
+    messages: list[str] = field(default_factory=list)
+
+    def __call__(self, message: str) -> None:
+        self.messages.append(message)
+        self.say(message)
+
+
+def _work(arguments: dict[str, Any], index: int, count: int, environment: dict[str, str], part: Any) -> None:
+    """One worker process of `--data-parallel`: its part's candidates as they come free, no bars, its messages
+    labelled and those its parent said already left out."""
+    enter_worker(environment)
+    spread = Spread(part, worker=(index, count))
+    labelled = {}
+    for name in ("info", "warn"):
+        said = arguments.get(name)
+        if isinstance(said, _Said):
+            labelled[name] = partial(_labelled, spread.label(), said.say, frozenset(said.messages))
+    _run({**arguments, **labelled, "progress": False}, spread)
+
+
+def _labelled(label: str, say: Callable[[str], None], said: frozenset[str], message: str) -> None:
+    if message not in said:
+        say(f"{label}: {message}")
 
 
 @contextmanager
@@ -170,16 +203,17 @@ def _tune(
     *,
     reward_model: str | None,
     reward_fn: str | None,
-    confirm_reward: tuple[str | None, str | None],
+    confirm_reward_model: str | None,
+    confirm_reward_fn: str | None,
     alphas: Sequence[float],
     search: bool,
     budget: int | None,
-    decoding: Decoding,
+    decoding: Decoding | None,
     prompt_field: str | None,
-    split_name: str,
+    split: str,
     limit: int | None,
     holdout: float | None,
-    margin: Margin,
+    margin: str | Margin,
     target_gain: float,
     chat_template: bool,
     reward_batch_size: int,
@@ -189,26 +223,37 @@ def _tune(
     fresh: bool,
     rescore: bool,
     output: str | Path | None,
-    serving: tuple[str, int, float | None],
+    backend: str,
+    tensor_parallel_size: int,
+    gpu_memory_utilization: float | None,
+    spread: Spread,
+    arguments: dict[str, Any],
     **options: Any,
-) -> TuneResult:
+) -> TuneResult | None:
     import torch  # torch loads on first use, not with the package
 
     grid = candidate_alphas(alphas)
+    decoding, margin = decoding or Decoding(), Margin.parse(margin)
     _check_settings(decoding, reward_model, reward_fn, grid, budget, search, target_gain)
-    backend, tensor_parallel_size, gpu_memory_utilization = serving
+    spread.check(fresh, rescore, run_dir)
     _check_backend(backend, tensor_parallel_size, rescore)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
-    texts = load_prompts(prompts, prompt_field, split_name, limit, opts.token, seed=decoding.seed)
-    parts = split(len(texts), holdout, decoding.seed, warn=opts.warning)
-    confirm_model, confirm_fn = confirm_reward
+    texts = load_prompts(prompts, prompt_field, split, limit, opts.token, seed=decoding.seed)
+    parts = split_prompts(len(texts), holdout, decoding.seed, warn=opts.warning)
+    confirm_model, confirm_fn = confirm_reward_model, confirm_reward_fn
     if confirm_model is not None and confirm_fn is not None:
         raise UsageError("pass at most one of --confirm-reward-model and --confirm-reward-fn")
     if (confirm_model or confirm_fn) and not parts.confirmation:
         raise UsageError("--confirm-reward judges the held-out prompts, and none are held out: pass --holdout")
     run, opts, dominant = _prepare_in_one_dtype(sft, aligned, {0.0: Path(output)} if output is not None else {}, opts)
     device = run.device
+    # each worker's GPUs or cores, refused before anything is made when there are too few
+    environments = (
+        worker_environments(spread.data_parallel, device.type, tensor_parallel_size)
+        if spread.data_parallel > 1
+        else []
+    )
 
     def reward(model: str | None, fn: str | None, option: str) -> Reward:
         if fn is not None:
@@ -251,33 +296,39 @@ def _tune(
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
-    with RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh) as folder, _resumable(folder_path):
-        opts.inform(folder.describe())
-        ledger = Ledger(folder.looks(), folder.add_look)
-        model = engine = policy = None
-        if not rescore and backend == "vllm":
-            engine = VllmPolicy.start(
-                folders[-1],
-                tokenizer_folder,
-                tokenizer,
-                dominant,
-                run,
-                decoding,
-                prompt_ids,
-                tensor_parallel_size=tensor_parallel_size,
-                gpu_memory_utilization=gpu_memory_utilization,
-                strict=opts.strict,
-            )
-            policy = (partial(engine.set_alpha, warn=opts.warning), engine)
-            for judge in (scorer, confirmer):
-                if judge is not None and isinstance(judge.reward, RewardModel):
-                    judge.reward.place()
-        elif not rescore:
+    with (
+        RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh, shared=spread.split) as folder,
+        _resumable(folder_path),
+    ):
+        if spread.worker is None:
+            opts.inform(folder.describe())
+        if spread.split:
+            folder.agree({"alphas": grid, "search": search, "budget": budget,
+                          "parts": spread.part.count if spread.part else _folder_parts(folder)})  # fmt: skip
+
+        def load() -> tuple[Policy, Callable[[], None]]:
+            if backend == "vllm":
+                engine = VllmPolicy.start(
+                    folders[-1],
+                    tokenizer_folder,
+                    tokenizer,
+                    dominant,
+                    run,
+                    decoding,
+                    prompt_ids,
+                    tensor_parallel_size=tensor_parallel_size,
+                    gpu_memory_utilization=gpu_memory_utilization,
+                    strict=opts.strict,
+                )
+                for judge in (scorer, confirmer):
+                    if judge is not None and isinstance(judge.reward, RewardModel):
+                        judge.reward.place()
+                return (partial(engine.set_alpha, warn=opts.warning), engine), engine.close
             model = _load_policy(folders[-1], dominant, device)
-            policy = (
-                partial(CandidateModel.attach(model, run).set_alpha, opts=opts),
-                Generator(model, tokenizer, decoding),
-            )
+            set_alpha = partial(CandidateModel.attach(model, run).set_alpha, opts=opts)
+            return (set_alpha, Generator(model, tokenizer, decoding)), lambda: None
+
+        policy = None if rescore else Lazy(load)
         evaluate = Evaluator(
             policy,
             texts,
@@ -286,22 +337,31 @@ def _tune(
             decoding.batch_size,
             scorer,
             folder,
-            opts.progress,
+            opts.progress and spread.worker is None,
         )
         confirm = None
         if confirmer is not None:
             confirm = replace(evaluate, scorer=confirmer, folder=folder.scored_by(confirmer.identity()))
         try:
-            outcome = choose(
-                evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=ledger, confirm=confirm
-            )
-        except NotGenerated as err:
-            raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
+            if spread.split and not _spread_work(spread, evaluate, grid, folder, environments, arguments, opts):
+                return None
+            try:
+                outcome = choose(
+                    evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=_ledger(folder),
+                    confirm=confirm,
+                )  # fmt: skip
+            except NotGenerated as err:
+                raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
+            except Busy as busy:
+                raise UsageError(
+                    f"--run-dir {folder_path.name}: {busy}: wait for it to end (a process that died on another host "
+                    f"is taken over {STALE:.0f} s after its last heartbeat)"
+                ) from busy
         finally:
-            if engine is not None:
-                engine.close()
+            if policy is not None:
+                policy.close()
         notes = list(run.main.pairing.notes)
-        del model, engine, policy, evaluate
+        del policy, evaluate
         if device.type == "cuda":
             torch.cuda.empty_cache()
         inputs = {role: source.to_json() for role, source in zip(("sft", "aligned"), run.sources, strict=True)}
@@ -323,7 +383,84 @@ def _tune(
             opts.force,
         )
         result.save_result()
+        if spread.split:
+            folder.mark_finished()
         return result
+
+
+def _ledger(folder: RunFolder) -> Ledger:
+    """The held-out prompts' looks, read when the procedure runs (not when a part starts)."""
+    return Ledger(folder.looks(), folder.add_look)
+
+
+def _spread_work(
+    spread: Spread,
+    evaluate: Evaluator,
+    grid: list[float],
+    folder: RunFolder,
+    environments: list[dict[str, str]],
+    arguments: dict[str, Any],
+    opts: MergeOptions,
+) -> bool:
+    """This process's share of a split tune: a worker's or a part's candidates, or the workers it starts. Whether
+    this process goes on to choose: a worker never; a part when the grid is complete and it takes the finishing
+    claim; --finish when the grid is complete (else an error naming what is missing)."""
+    label, mine = spread.label(), share(grid, spread.part)
+    if spread.worker is not None:
+        evaluate_share(evaluate, mine, wait=False, inform=opts.inform, label="")
+        return False
+    if spread.data_parallel > 1:
+        count = spread.data_parallel
+        opts.inform(f"{label}: {len(mine)} candidate(s) on {count} workers, this process and {count - 1} more")
+        with workers(partial(_work, part=spread.part), _picklable(arguments), count, environments):
+            evaluate_share(evaluate, mine, wait=False, inform=opts.inform, label=f"worker 1/{count}")
+    if not spread.finish:  # what is left: a part waits for its share's candidates that other processes are making
+        todo = [a for a in mine if evaluate.left(a, SELECTION)] if spread.data_parallel > 1 else mine
+        evaluate_share(evaluate, todo, wait=spread.part is not None, inform=opts.inform, label=label)
+    left = [alpha for alpha in grid if evaluate.left(alpha, SELECTION)]
+    if spread.finish and left:
+        count = _folder_parts(folder)
+        missing = ", ".join(f"α={a:g}" + (f" (part {owner(grid, a, count)}/{count})" if count else "") for a in left)
+        raise OutputError(
+            f"--finish: the run is not complete: {missing} not evaluated yet; run the missing part(s) first "
+            f"(expo tune --status {folder.path.name} shows who is doing what)"
+        )
+    if spread.part is None or spread.finish:
+        return True
+    if left:
+        opts.inform(f"Part {spread.part}: done; {len(left)} candidate(s) left to the other parts")
+        return False
+    if folder.finished():
+        opts.inform(f"Part {spread.part}: done; the run was finished already")
+        return False
+    try:
+        folder.claims.take("finish")
+    except Busy:
+        opts.inform(f"Part {spread.part}: done; another part is finishing the run")
+        return False
+    opts.inform(f"Part {spread.part}: every candidate is in; choosing")
+    return True
+
+
+def _picklable(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The arguments a worker process can be given: a message callback that cannot be sent (a lambda) is left to
+    the default (stderr)."""
+    import pickle
+
+    def sendable(value: Any) -> Any:
+        try:
+            pickle.dumps(value)
+        except Exception:  # noqa: BLE001 - pickling fails in many ways
+            return None
+        return value
+
+    return {k: sendable(v) if k in ("info", "warn") else v for k, v in arguments.items()}
+
+
+def _folder_parts(folder: RunFolder) -> int | None:
+    """The number of parts a split run folder was planned for (None: not an array)."""
+    plan = folder.plan()
+    return plan.get("parts") if plan else None
 
 
 @contextmanager

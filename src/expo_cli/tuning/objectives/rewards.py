@@ -64,13 +64,24 @@ class BatchScores:
 
 
 class Cached:
-    """A reward that scores each distinct (prompt, response) once per run, including pairs a run folder kept."""
+    """A reward that scores each distinct (prompt, response) once, including pairs a run folder kept: once per run
+    for a function; once per candidate for a reward model, whose scores depend in their last bits on the batch a
+    pair is scored in (its padding), so that a candidate's rewards never depend on which candidates the process
+    scored before it (one process, its workers or a job array's parts give the same rewards)."""
 
     def __init__(self, reward: Reward) -> None:
         self.reward = reward
         self.name = reward.name
         self.known: dict[tuple[str, str], float] = {}
         self.cuts = reward.cuts
+        self.scope: object = None
+
+    def begin(self, scope: object) -> None:
+        """Start scoring a candidate (`scope`: its α and part): a reward model forgets the other candidates'."""
+        if scope != self.scope and isinstance(self.reward, RewardModel):
+            self.known.clear()
+            self.cuts.clear()
+        self.scope = scope
 
     def remember(self, prompts: Sequence[str], responses: Sequence[str], batch: BatchScores) -> None:
         """Scores made earlier (read back from a run folder)."""

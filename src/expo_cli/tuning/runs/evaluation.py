@@ -1,8 +1,10 @@
 """Evaluating one candidate α on one part of the prompts, batch by batch, keeping every batch in the run folder.
 
 A batch already in the run folder is read back instead of generated (and its rewards instead of scored), so a
-killed run resumes inside a half-done candidate; the model is set to θ(α) only when something is left to generate.
-Because each batch is seeded by its number, a batch made again is the batch that would have been made.
+killed run resumes inside a half-done candidate; the model is loaded, and set to θ(α), only when something is left
+to generate. Because each batch is seeded by its number, a batch made again is the batch that would have been made,
+by whichever process makes it: a candidate with work left is claimed first (`claims`), so that no two processes
+sharing the folder make it at once.
 """
 
 from __future__ import annotations
@@ -10,21 +12,41 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..backends.generation import Generator, Response, batches
 from ..decision.candidate import CONFIRMATION, Candidate, NotGenerated
-from ..objectives.rewards import Cached
+from ..objectives.rewards import BatchScores, Cached
 from .runfolder import RunFolder
+
+Policy = tuple[Callable[[float], float], Generator]  # (set θ(α), generate)
+
+
+@dataclass
+class Lazy:
+    """The policy, loaded on first use: a run whose folder holds every response never loads a model."""
+
+    load: Callable[[], tuple[Policy, Callable[[], None]]]  # -> (the policy, what closes it)
+    _loaded: tuple[Policy, Callable[[], None]] | None = field(default=None, init=False)
+
+    def get(self) -> Policy:
+        if self._loaded is None:
+            self._loaded = self.load()
+        return self._loaded[0]
+
+    def close(self) -> None:
+        if self._loaded is not None:
+            self._loaded[1]()
+            self._loaded = None
 
 
 @dataclass
 class Evaluator:
     """Evaluates (α, part) from the run folder, generating and scoring only what it does not hold."""
 
-    policy: tuple[Callable[[float], float], Generator] | None  # (set θ(α), generate); None: --rescore
+    policy: Lazy | None  # None: --rescore
     texts: list[str]
     prompt_ids: list[list[int]]
     parts: dict[str, list[int]]
@@ -34,16 +56,49 @@ class Evaluator:
     progress: bool = True
 
     def __call__(self, alpha: float, part: str) -> Candidate:
-        from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
-
-        members = self.parts[part]
-        local = batches([self.prompt_ids[m] for m in members], self.batch_size)
-        plan = [[members[i] for i in batch] for batch in local]
+        plan = self.plan(part)
         made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
         missing = [n for n in range(len(plan)) if n not in made]
         if missing and self.policy is None:
             raise NotGenerated(f"α={alpha:g}: {len(missing)} of {len(plan)} batch(es) never generated ({part})")
-        set_alpha, generator = self.policy or (None, None)
+        name = claim_name(part, alpha)
+        if missing or len(scored) < len(plan):
+            self.folder.claims.take(name)  # Busy when another live process is making it
+            made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)  # as of the claim
+            missing = [n for n in range(len(plan)) if n not in made]
+        try:
+            return self._evaluate(alpha, part, plan, made, scored, missing, name)
+        finally:
+            self.folder.claims.release(name)
+
+    def plan(self, part: str) -> list[list[int]]:
+        """The batches of a part's prompts, the same in every process."""
+        members = self.parts[part]
+        local = batches([self.prompt_ids[m] for m in members], self.batch_size)
+        return [[members[i] for i in batch] for batch in local]
+
+    def left(self, alpha: float, part: str) -> int:
+        """The batches of (α, part) not yet generated and scored by this evaluator's reward."""
+        made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
+        return sum(1 for n in range(len(self.plan(part))) if n not in made or n not in scored)
+
+    def _evaluate(
+        self,
+        alpha: float,
+        part: str,
+        plan: list[list[int]],
+        made: dict[int, list[Response]],
+        scored: dict[int, BatchScores],
+        missing: list[int],
+        name: str,
+    ) -> Candidate:
+        from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
+
+        members = self.parts[part]
+        self.scorer.begin((alpha, part))
+        # loaded to score too: a reward model placed beside the engine is placed once the engine has its memory
+        unscored = len(scored) < len(plan)
+        set_alpha, generator = self.policy.get() if (missing or unscored) and self.policy else (None, None)
         update = set_alpha(alpha) if missing and set_alpha else 0.0
         generate_seconds = score_seconds = 0.0
         generated = 0
@@ -60,6 +115,7 @@ class Evaluator:
                     made[number] = generator.batch(number, batch, self.prompt_ids)  # type: ignore[union-attr]
                     generate_seconds += time.perf_counter() - started
                     generated += len(made[number])
+                    self.folder.claims.check(name)
                     self.folder.add_generation(part, alpha, number, made[number])
                 prompts, texts = [self.texts[r.prompt] for r in made[number]], [r.text for r in made[number]]
                 if number in scored:
@@ -68,6 +124,7 @@ class Evaluator:
                     started = time.perf_counter()
                     scored[number] = self.scorer.scored(prompts, texts)
                     score_seconds += time.perf_counter() - started
+                    self.folder.claims.check(name)
                     self.folder.add_rewards(part, alpha, number, scored[number])
                 batch_scores = scored[number]
                 responses += made[number]
@@ -89,3 +146,8 @@ class Evaluator:
             cuts,
             [unfit[i] for i in order],
         )
+
+
+def claim_name(part: str, alpha: float) -> str:
+    """The claim of a candidate on a part of the prompts, named as its files are."""
+    return f"{part}/alpha={alpha!r}"

@@ -7,15 +7,23 @@ Layout of a run folder:
     rewards/<reward digest>/reward.json       which reward judged them
     rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its α, part, number and rewards
     looks.jsonl                               every confirmation test made on the held-out prompts (`looks`)
+    plan.json                                 the grid every process of a split run evaluates (`agree`)
+    claims/<part>/alpha=<α>/<n>.json          which process is evaluating a candidate (`claims`)
+    finished.json                             written once a split run is finished
 
 <α> is the exact value (`repr`, which round-trips: 0.1234561 and 0.1234564 never share a file), and every line
 says which α and part it belongs to, checked when read. Each line is appended and fsynced as soon as its batch is
-done; a line cut short by a crash is dropped (and cut off the file) when the folder is read again; a complete line
+done; a line cut short by a crash is left out when read (and cut off by the next append, its writer); a complete line
 that is not what expo wrote is an error that names it and suggests --fresh.
 
 Responses depend only on the key (both inputs, per-tensor α rules, dtype, device, prompts, split and decoding
 settings): a folder made with another key is refused, never mixed. Rewards are kept per reward, so another reward
 model or function re-judges the same responses (`--rescore`).
+
+Several processes may share a folder (job-array parts, workers; on several hosts): each writes a candidate's
+files only while it holds that candidate's claim. A run in one process also locks the whole folder (`flock`,
+exclusive; the processes of a split run share it), which keeps a second run of either kind away on file systems
+where `flock` works; where it does not (some NFS mounts), the claims alone keep them apart.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,12 +42,15 @@ from ...fsutil import cache_root, fsync_path, write_json_atomically
 from ...lines import json_lines
 from ..backends.generation import Response
 from ..objectives.rewards import BatchScores
+from .claims import Claims
 
 T = TypeVar("T")
 MARKER = "run.json"
 LOCK = "run.lock"
 HELD_OUT = ("prompts", "split")  # the key's fields that say which prompts are held out
 LOOKS = "looks.jsonl"  # kept by --fresh while the prompts and their split stay: they are the same held-out prompts
+PLAN = "plan.json"
+FINISHED = "finished.json"
 
 
 def digest(value: Any) -> str:
@@ -52,18 +64,22 @@ def default_location(key: dict[str, Any]) -> Path:
 
 
 class RunFolder:
-    def __init__(self, path: Path, reward: dict[str, Any], lock: int) -> None:
+    def __init__(self, path: Path, reward: dict[str, Any], lock: int, claims: Claims | None = None) -> None:
         self.path = path
         self.lock = lock  # held until `close`
+        self.claims = claims if claims is not None else Claims(path)
         self.reward_folder = path / "rewards" / digest(reward)
         self.reward_folder.mkdir(parents=True, exist_ok=True)
         if not (self.reward_folder / "reward.json").exists():
             write_json_atomically(self.reward_folder / "reward.json", reward)
 
     @classmethod
-    def open(cls, path: Path, key: dict[str, Any], reward: dict[str, Any], fresh: bool = False) -> RunFolder:
-        """The run folder at `path` for `key`, locked for this process: created, resumed, or (`fresh`) emptied
-        first. A folder made with another key is refused with the settings that differ."""
+    def open(
+        cls, path: Path, key: dict[str, Any], reward: dict[str, Any], fresh: bool = False, shared: bool = False
+    ) -> RunFolder:
+        """The run folder at `path` for `key`, locked for this process (`shared`: with the other processes of a
+        split run): created, resumed, or (`fresh`) emptied first. A folder made with another key is refused with
+        the settings that differ."""
         marker = path / MARKER
         if path.exists() and not marker.is_file() and any(p.name != LOCK for p in path.iterdir()):
             raise UsageError(f"--run-dir {path.name}: exists and is not an expo tune run folder; name another")
@@ -71,7 +87,7 @@ class RunFolder:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise OutputError(f"--run-dir {path.name}: cannot create it ({err.strerror})") from err
-        lock = _lock(path)
+        lock = _lock(path, shared)
         try:
             cls._prepare(path, key, fresh)
         except BaseException:
@@ -117,12 +133,48 @@ class RunFolder:
         return f"run folder: {self.path} (resuming: {kept} batch(es) of responses kept from an earlier run are reused)"
 
     def scored_by(self, reward: dict[str, Any]) -> RunFolder:
-        """The same folder (its lock held by this one) keeping the scores of another reward (--confirm-reward)."""
-        return RunFolder(self.path, reward, lock=-1)
+        """The same folder (its lock and claims held by this one) keeping the scores of another reward
+        (--confirm-reward)."""
+        return RunFolder(self.path, reward, lock=-1, claims=self.claims)
+
+    def agree(self, plan: dict[str, Any]) -> None:
+        """Every process of a split run must evaluate the same grid: the first records it, the others compare."""
+        text = json.dumps(plan, indent=1, sort_keys=True)
+        target = self.path / PLAN
+        temporary = self.path / f"{PLAN}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        temporary.write_text(text)
+        fsync_path(temporary)
+        try:
+            os.link(temporary, target)  # created whole, by exactly one process
+        except FileExistsError:
+            if target.read_text() != text:
+                saved = json.loads(target.read_text())
+                changed = ", ".join(_differences(saved, plan)) or "the grid"
+                raise UsageError(
+                    f"--run-dir {self.path.name}: another process of this run evaluates another grid ({changed}); "
+                    "every part must run the same command (or pass another --run-dir)"
+                ) from None
+        finally:
+            temporary.unlink()
+
+    def plan(self) -> dict[str, Any] | None:
+        """The grid of a split run (None for a run in one process)."""
+        try:
+            return json.loads((self.path / PLAN).read_text())
+        except (OSError, ValueError):
+            return None
+
+    def finished(self) -> bool:
+        """Whether a split run was finished (its result computed) in this folder."""
+        return (self.path / FINISHED).is_file()
+
+    def mark_finished(self) -> None:
+        write_json_atomically(self.path / FINISHED, {"finished": True})
 
     def close(self) -> None:
         """Let another run use the folder."""
         if self.lock >= 0:
+            self.claims.close()
             os.close(self.lock)
             self.lock = -1
 
@@ -167,7 +219,7 @@ class RunFolder:
     def looks(self) -> list[dict[str, Any]]:
         """The confirmation tests made on this folder's held-out prompts (`looks`), oldest first."""
         where = f"--run-dir {self.path.name}: {LOOKS}"
-        records = [line for _, line in _read_lines(self.path / LOOKS, where)]
+        records = [line for _, line in read_lines(self.path / LOOKS, where)]
         if not all(isinstance(r, dict) and isinstance(r.get("look"), int) for r in records):
             raise UsageError(f"{where}: not a record of looks; the folder was changed: pass --fresh")
         return records
@@ -183,7 +235,7 @@ class RunFolder:
         """Each complete line of a per-α file, checked to belong to this α and part, through `parse`."""
         where = f"--run-dir {self.path.name}: {file.relative_to(self.path).as_posix()}"
         records = []
-        for number, line in _read_lines(file, where):
+        for number, line in read_lines(file, where):
             if not isinstance(line, dict) or line.get("alpha") != alpha or line.get("part") != part:
                 raise UsageError(
                     f"{where} line {number}: not a record of α={alpha!r} ({part}); the folder was changed or mixed: "
@@ -196,31 +248,31 @@ class RunFolder:
         return records
 
 
-def _lock(path: Path) -> int:
-    """An exclusive lock on the folder for this process's life: two tunes appending to one folder would interleave
-    their batches."""
+def _lock(path: Path, shared: bool) -> int:
+    """A lock on the folder for this process's life, exclusive (or `shared` by a split run's processes): two tunes
+    appending to one folder would interleave their batches. Where the file system has no `flock` (some NFS
+    mounts), the folder is used unlocked: the claims keep processes apart."""
     import fcntl
 
     fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError as err:
         os.close(fd)
         raise UsageError(f"--run-dir {path.name}: another expo tune is using it; wait for it or name another") from err
+    except OSError:
+        pass  # no locks here (ENOLCK, EOPNOTSUPP): the claims alone
     return fd
 
 
-def _read_lines(path: Path, where: str) -> list[tuple[int, Any]]:
-    """The complete lines of a JSON-lines file, numbered; a last line cut short by a crash is cut off the file, a
-    complete line that is not JSON is a UsageError naming it (`where`)."""
+def read_lines(path: Path, where: str) -> list[tuple[int, Any]]:
+    """The complete lines of a JSON-lines file, numbered; a last line cut short (by a crash, or being written by
+    another process this instant) is left out, and left alone: only its writer repairs it (`_append`). A complete
+    line that is not JSON is a UsageError naming it (`where`)."""
     if not path.is_file():
         return []
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
-    if end < len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-            os.fsync(fh.fileno())
 
     def corrupt(number: int, why: str) -> UsageError:
         return UsageError(f"{where} line {number}: not valid JSON ({why}); pass --fresh to start the run again")
@@ -238,10 +290,14 @@ def _line_of(data: bytes, offset: int) -> int:
 
 
 def _append(path: Path, record: dict[str, Any]) -> None:
-    """One line, durable before this returns."""
+    """One line, durable before this returns, on a line of its own: a last line a crash cut short is cut off
+    first (by the file's one writer, the process holding its candidate's claim)."""
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "ab") as fh:
+    with open(path, "a+b") as fh:
+        if fh.seek(0, os.SEEK_END) and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+            fh.seek(0)
+            fh.truncate(fh.read().rfind(b"\n") + 1)
         fh.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
         fh.flush()
         os.fsync(fh.fileno())
