@@ -47,6 +47,7 @@ class Spread:
         return self.part is not None or self.finish or self.data_parallel > 1 or self.worker is not None
 
     def check(self, fresh: bool, rescore: bool, run_dir: object) -> None:
+        """Refused before any model loads: what would spoil the other processes' work or cannot be shared."""
         if self.data_parallel < 1:
             raise UsageError(f"--data-parallel {self.data_parallel}: must be at least 1")
         if self.finish and (self.part is not None or self.data_parallel > 1):
@@ -77,25 +78,24 @@ def owner(grid: Sequence[float], alpha: float, count: int) -> int:
 
 def evaluate_share(
     evaluate: Evaluator, alphas: Sequence[float], wait: bool, inform: Callable[[str], None], label: str
-) -> list[float]:
+) -> None:
     """Evaluate each candidate on the selection prompts, in order; one that another live process is making is
-    waited for (`wait`, a part: its share is its job) or left to it (a worker). Returns the candidates left."""
-    left, prefix = [], f"{label}: " if label else ""
+    waited for (`wait`, a part: its share is its job) or left to it (a worker)."""
+    prefix = f"{label}: " if label else ""
     for alpha in alphas:
         while True:
             try:
                 candidate = evaluate(alpha, SELECTION)
-                if candidate.generated:
-                    seconds = candidate.update_seconds + candidate.generate_seconds + candidate.score_seconds
-                    inform(f"{prefix}α={alpha:g} evaluated ({candidate.generated} responses, {seconds:.1f} s)")
-                break
             except Busy as busy:
                 if not wait:
-                    left.append(alpha)
                     break
                 inform(f"{prefix}α={alpha:g}: {busy}; waiting for it")
                 time.sleep(HEARTBEAT)
-    return left
+                continue
+            if candidate.generated:
+                seconds = candidate.update_seconds + candidate.generate_seconds + candidate.score_seconds
+                inform(f"{prefix}α={alpha:g} evaluated ({candidate.generated} responses, {seconds:.1f} s)")
+            break
 
 
 @contextmanager
