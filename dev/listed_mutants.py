@@ -1423,7 +1423,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "tuning/runs/evaluation.py",
         "        update = set_alpha(alpha) if missing and set_alpha else 0.0",
         "        update = set_alpha(alpha) if set_alpha else 0.0",
-        RESUMED,
+        "tests/test_tune_runs.py::test_a_batch_generated_but_not_scored_is_scored_on_resume_without_setting_the_model",
     ),
     "evaluation: stored rewards not remembered by the cache": (
         "tuning/runs/evaluation.py",
@@ -1619,6 +1619,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "            if holder is not None and holder.alive(now):",
         "            if holder is not None:",
         SPREAD,
+    ),
+    "evaluation: an answer two candidates share scored twice in the statistics": (
+        "tuning/runs/evaluation.py",
+        "rewards += self.scorer.canonical(prompts, texts)",
+        "rewards += batch_scores.rewards",
+        "tests/test_tune_spread.py::test_with_a_reward_model_workers_give_the_one_process_result_and_shared_answers_tie",
     ),
     "rewards: a reward model's scores kept from other candidates": (
         "tuning/objectives/rewards.py",

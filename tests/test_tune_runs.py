@@ -239,3 +239,25 @@ def test_ctrl_c_mid_candidate_says_where_the_work_is_kept_and_the_same_command_r
     assert resumed.returncode == 0, resumed.stderr
     assert f"run folder: {run_dir} (resuming: " in resumed.stderr and "are reused)" in resumed.stderr
     assert json.loads(resumed.stdout)["run"]["reused"] > 0
+
+
+def test_a_batch_generated_but_not_scored_is_scored_on_resume_without_setting_the_model(expo, steered, workspace):
+    """A run stopped between keeping a batch's responses and its rewards: the next run scores that batch from the
+    kept responses, and the model is not set to that α (nothing is left to generate)."""
+    run_dir = workspace / "run"
+    first = expo(*arguments(steered, workspace, run_dir))
+    assert first.code == 0, first.stderr
+    (rewards,) = run_dir.glob("rewards/*/selection/alpha=0.5.jsonl")
+    lines = rewards.read_text().splitlines(keepends=True)
+    rewards.write_text("".join(lines[:-1]))  # the last batch's rewards never written
+    scored = workspace / "scored.log"
+    scored.unlink()
+    again = expo(*arguments(steered, workspace, run_dir))
+    assert again.code == 0, again.stderr
+    report = json.loads(again.stdout)
+    assert report["run"]["generated"] == 0
+    assert report["timing"]["selection:0.5"]["update_seconds"] == 0.0
+    assert len(rewards.read_text().splitlines()) == len(lines)
+    assert 0 < len(scored.read_text().splitlines()) <= 4  # that batch's answers only (fewer when seen before)
+    before = json.loads(first.stdout)
+    assert report["candidates"] == before["candidates"] and report["alpha"] == before["alpha"]

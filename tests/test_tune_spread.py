@@ -45,7 +45,8 @@ def tune_args(steered, workspace: Path, where: str, *extra: object, alphas: str 
 def same_result(report: dict, reference: dict) -> None:
     """Equal but for timings, what came from the run folder and where the output was written."""
     report, reference = dict(report), dict(reference)
-    assert Path(report.pop("output")).name == Path(reference.pop("output")).name == "expo"
+    written = [Path(r.pop("output")).name if "output" in r else None for r in (report, reference)]
+    assert written[0] == written[1] in ("expo", None)
     mine, theirs = comparable(report), comparable(reference)
     assert mine.keys() == theirs.keys()
     for key in mine:
@@ -266,7 +267,9 @@ def test_the_cluster_examples_are_in_the_readme_and_run_as_written(name, steered
 
 def test_a_candidates_reward_model_scores_do_not_depend_on_what_the_process_scored_before(tmp_path):
     """A pair a reward model scored for another candidate, in another batch (other padding and batch size), is
-    scored again in this candidate's batch: the same rewards whichever process, after whichever candidates."""
+    scored again in this candidate's batch for the run folder: the same scores kept whichever process, after
+    whichever candidates, scores it. The statistics give the pair its first value: an answer two candidates share
+    ties exactly."""
     torch.manual_seed(3)
     folder = save_reward_model(tmp_path / "rm", word_tokenizer())
     prompts = [f"w{8 + i} w{20 + i}" for i in range(8)]
@@ -280,5 +283,36 @@ def test_a_candidates_reward_model_scores_do_not_depend_on_what_the_process_scor
     after.begin((0.0, "selection"))
     earlier = after.score(prompts, first)
     after.begin((0.5, "selection"))
-    assert after.score(prompts, second) == expected
-    assert [earlier[i] for i in (0, 2, 4, 6)] != [expected[i] for i in (0, 2, 4, 6)]  # the padding shows
+    assert after.score(prompts, second) == expected  # what the run folder keeps
+    shared = (0, 2, 4, 6)
+    assert [earlier[i] for i in shared] != [expected[i] for i in shared]  # the padding shows in the last bits
+    used = after.canonical(prompts, second)
+    assert [used[i] for i in shared] == [earlier[i] for i in shared]  # ties with α = 0's same answers
+    assert [used[i] for i in (1, 3, 5, 7)] == [expected[i] for i in (1, 3, 5, 7)]
+
+
+def test_with_a_reward_model_workers_give_the_one_process_result_and_shared_answers_tie(steered, workspace):
+    """End to end with a reward model (the reward whose scores move with the batch): one process and two workers
+    give the same result, and an answer α = 0.1 shares with α = 0 gets exactly α = 0's reward (a tie, not a win
+    or a loss by the last bit; reward batches of 3 make the batches differ)."""
+    torch.manual_seed(3)
+    rm = save_reward_model(workspace / "rm", word_tokenizer())
+    reports = {}
+    for where, extra in (("one", []), ("workers", ["--data-parallel", "2"])):
+        args = tune_args(steered, workspace, where, *extra, alphas="0.1")
+        at = args.index("--reward-fn")
+        args[at : at + 2] = ["--reward-model", str(rm), "--reward-batch-size", "3"]
+        for option, value in (("--max-new-tokens", "12"), ("--batch-size", "8"), ("--holdout", "0")):
+            args[args.index(option) + 1] = value
+        saved = workspace / where / "responses.jsonl"
+        run = expo_process([*args, "--save-responses", str(saved), "-q"])
+        assert run.returncode in (0, 8), run.stderr
+        reports[where] = json.loads(run.stdout)
+        pairs: dict = {}
+        for line in saved.read_text().splitlines():
+            record = json.loads(line)
+            pairs.setdefault((record["part"], record["prompt_index"], record["sample"]), {})[record["alpha"]] = record
+        shared = [p for p in pairs.values() if len(p) == 2 and p[0.0]["response"] == p[0.1]["response"]]
+        assert 0 < len(shared) < len(pairs)  # some answers shared, some not: the batches differ
+        assert all(p[0.0]["reward"] == p[0.1]["reward"] for p in shared)
+    same_result(reports["workers"], reports["one"])

@@ -64,29 +64,35 @@ class BatchScores:
 
 
 class Cached:
-    """A reward that scores each distinct (prompt, response) once, including pairs a run folder kept: once per run
-    for a function; once per candidate for a reward model, whose scores depend in their last bits on the batch a
-    pair is scored in (its padding), so that a candidate's rewards never depend on which candidates the process
-    scored before it (one process, its workers or a job array's parts give the same rewards)."""
+    """A reward that scores each distinct (prompt, response) once per candidate, and gives the statistics each pair's
+    first value in the run, so that two candidates with the same answer tie exactly.
+
+    A reward model's score moves in its last bits with the batch a pair is scored in (padding, batch size): what a
+    candidate keeps in the run folder is scored within that candidate alone (`begin`), never depending on which
+    candidates the process scored before; the value used (`canonical`) is the first kept for the pair in the
+    procedure's order, the same in one process, its workers or a job array's parts. A function scores the same in
+    any batch: it is called once per distinct pair in the whole run.
+    """
 
     def __init__(self, reward: Reward) -> None:
         self.reward = reward
         self.name = reward.name
-        self.known: dict[tuple[str, str], float] = {}
+        self.mine: dict[tuple[str, str], float] = {}  # this candidate's scores (a function's: the run's)
+        self.first: dict[tuple[str, str], float] = {}  # each pair's first value in the run
         self.cuts = reward.cuts
         self.scope: object = None
 
     def begin(self, scope: object) -> None:
-        """Start scoring a candidate (`scope`: its α and part): a reward model forgets the other candidates'."""
+        """Start scoring a candidate (`scope`: its α and part): a reward model scores its pairs anew."""
         if scope != self.scope and isinstance(self.reward, RewardModel):
-            self.known.clear()
-            self.cuts.clear()
+            self.mine = {}
         self.scope = scope
 
     def remember(self, prompts: Sequence[str], responses: Sequence[str], batch: BatchScores) -> None:
         """Scores made earlier (read back from a run folder)."""
         for i, pair in enumerate(zip(prompts, responses, strict=True)):
-            self.known.setdefault(pair, batch.rewards[i])
+            self.mine.setdefault(pair, batch.rewards[i])
+            self.first.setdefault(pair, batch.rewards[i])
             if i in batch.prompt_cut or i in batch.response_cut:
                 self.cuts[pair] = "response" if i in batch.response_cut else "prompt"
 
@@ -94,12 +100,19 @@ class Cached:
         return self.reward.identity()
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """Each pair's score within this candidate: what the run folder keeps."""
         pairs = list(zip(prompts, responses, strict=True))
-        new = list(dict.fromkeys(p for p in pairs if p not in self.known))
+        new = list(dict.fromkeys(p for p in pairs if p not in self.mine))
         if new:
             scores = self.reward.score([p for p, _ in new], [r for _, r in new])
-            self.known.update(zip(new, scores, strict=True))
-        return [self.known[p] for p in pairs]
+            self.mine.update(zip(new, scores, strict=True))
+            for pair, score in zip(new, scores, strict=True):
+                self.first.setdefault(pair, score)
+        return [self.mine[p] for p in pairs]
+
+    def canonical(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        """Each pair's first value in the run (scored or remembered before): what the statistics use."""
+        return [self.first[p] for p in zip(prompts, responses, strict=True)]
 
     def scored(self, prompts: Sequence[str], responses: Sequence[str]) -> BatchScores:
         """`score`, with which positions were shortened to fit."""

@@ -128,7 +128,7 @@ class Evaluator:
                     self.folder.add_rewards(part, alpha, number, scored[number])
                 batch_scores = scored[number]
                 responses += made[number]
-                rewards += batch_scores.rewards
+                rewards += self.scorer.canonical(prompts, texts)  # an answer another candidate gave ties exactly
                 unfit += [i in batch_scores.response_cut for i in range(len(made[number]))]
                 cuts += len(batch_scores.prompt_cut)
                 bar.update(len(batch))
