@@ -1273,14 +1273,20 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "a failed stream aborts only its own sinks": (
         "merging/execution.py",
-        "        for sink in list(every_sink):\n            sink.abort()",
-        "        for sink in sinks.values():\n            sink.abort()",
+        "        streams.fail()\n        raise",
+        "        for sink in sinks.values():\n            sink.abort()\n        raise",
         "tests/test_merge.py::test_a_stream_stops_at_its_next_block_once_another_has_failed",
+    ),
+    "a stream that joins after another failed is not aborted": (
+        "merging/execution.py",
+        "        if failed:\n            for sink in sinks:",
+        "        if False:\n            for sink in sinks:",
+        "tests/test_merge.py::test_the_streams_abort_a_stream_that_joins_after_another_failed",
     ),
     "a failed stream aborts nothing": (
         "merging/execution.py",
-        "        for sink in list(every_sink):\n            sink.abort()",
-        "        pass",
+        "        streams.fail()\n        raise",
+        "        raise",
         "tests/test_merge.py::test_a_stream_stops_at_its_next_block_once_another_has_failed",
     ),
     # The power calculation's promises (tuning/decision/power.py).

@@ -297,3 +297,23 @@ def test_a_stream_stops_at_its_next_block_once_another_has_failed(tmp_path, fail
         execute(run, opts)
     assert watched.reads <= 1, f"stream 1 read {watched.reads} blocks after stream 0 failed"
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".expo-partial-*"))
+
+
+def test_the_streams_abort_a_stream_that_joins_after_another_failed():
+    """A stream whose thread was still starting when another failed (at its first block, as Ctrl-C does) has its
+    sinks aborted as it joins, so it stops at its first write; those that joined before are aborted by the failure."""
+    from expo_cli.merging.execution import Streams
+
+    class Sink:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+
+    streams, early, late = Streams(), [Sink(), Sink()], [Sink()]
+    streams.join(early)
+    assert not any(s.aborted for s in early)
+    streams.fail()
+    assert all(s.aborted for s in early)
+    streams.join(late)
+    assert late[0].aborted

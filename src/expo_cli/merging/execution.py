@@ -192,7 +192,7 @@ def write_shards(
             shards = [s for s in weights.shards if only is None or s.filename in only]
             total = sum(t.nbytes for s in shards for t in s.tensors) * len(folders)
             with weights.sft, weights.aligned, progress_bar(total, opts.progress) as bar:
-                sinks: list[ShardSink] = []  # of every stream: a failure in one aborts them all
+                sinks = Streams()  # a failure in one aborts them all
                 status = transfer_status(weights, uploader)
                 jobs = [
                     partial(_write_group, run, weights, group, folders, opts, uploader, bar, sinks, status)
@@ -214,7 +214,7 @@ def _write_group(
     opts: MergeOptions,
     uploader: Uploader | None,
     bar: Any,
-    every_sink: list[ShardSink],
+    streams: Streams,
     status: Callable[[], str] | None,
 ) -> dict[float, dict[str, str]]:
     """One stream: these consecutive shards of every target, read, computed, written and hashed in order."""
@@ -228,7 +228,7 @@ def _write_group(
         alpha: ShardSink(folder, shards, pool, closed, transient=uploader is not None)
         for alpha, folder in folders.items()
     }
-    every_sink.extend(sinks.values())
+    streams.join(list(sinks.values()))
     targets = [Target(run.alphas(alpha, weights.pairing), sink) for alpha, sink in sinks.items()]
     try:
         with profiling.stage("read + compute"):
@@ -248,9 +248,33 @@ def _write_group(
         with profiling.stage("wait: writer finishing"):
             return {alpha: sink.close() for alpha, sink in sinks.items()}
     except BaseException:
-        for sink in list(every_sink):
-            sink.abort()
+        streams.fail()
         raise
+
+
+class Streams:
+    """The sinks of every stream of one merge: a failure in any aborts them all, those of a stream that joins after
+    it included (a stream's thread may still be starting when another fails at its first block)."""
+
+    def __init__(self) -> None:
+        self.sinks: list[ShardSink] = []
+        self.failed = False
+        self.lock = threading.Lock()
+
+    def join(self, sinks: list[ShardSink]) -> None:
+        with self.lock:
+            self.sinks += sinks
+            failed = self.failed
+        if failed:
+            for sink in sinks:
+                sink.abort()
+
+    def fail(self) -> None:
+        with self.lock:
+            self.failed = True
+            sinks = list(self.sinks)
+        for sink in sinks:
+            sink.abort()
 
 
 def network_sources(weights: WeightSet) -> list[RangedSource]:
