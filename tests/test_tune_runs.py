@@ -174,6 +174,42 @@ def test_a_run_folder_in_use_is_refused_and_released_when_done(tmp_path):
     RunFolder.open(tmp_path / "run", {"k": 1}, {"reward_fn": "f"}).close()  # a refusal released its lock
 
 
+def test_parts_starting_at_once_on_an_empty_folder_all_open_it_and_one_key_is_recorded(tmp_path):
+    """Job-array parts start together: none may take another's half-made folder for a foreign one, and of parts
+    with different settings exactly one records its key (the others are refused, never mixed)."""
+    import threading
+
+    from expo_cli.errors import UsageError
+    from expo_cli.tuning.runs.runfolder import RunFolder
+
+    def race(folder: Path, keys: list[dict]) -> list[object]:
+        start, outcomes = threading.Barrier(len(keys)), [None] * len(keys)
+
+        def part(i: int) -> None:
+            start.wait()
+            try:
+                RunFolder.open(folder, keys[i], {"reward_fn": "f"}, shared=True).close()
+                outcomes[i] = "opened"
+            except UsageError as err:
+                outcomes[i] = str(err)
+
+        threads = [threading.Thread(target=part, args=(i,)) for i in range(len(keys))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return outcomes
+
+    for round in range(25):
+        same = race(tmp_path / f"same{round}", [{"k": 1}] * 6)
+        assert same == ["opened"] * 6, same
+        keys = [{"k": i % 2} for i in range(6)]
+        mixed = race(tmp_path / f"mixed{round}", keys)
+        recorded = json.loads((tmp_path / f"mixed{round}" / "run.json").read_text())["key"]
+        assert [o == "opened" for o in mixed] == [k == recorded for k in keys], mixed
+        assert all("other settings" in o for o in mixed if o != "opened"), mixed
+
+
 def test_close_alphas_never_share_a_file_and_a_foreign_or_corrupt_line_is_one_error(tmp_path):
     """0.1234561 and 0.1234564 (one "%g" apart from nothing) keep their own files; a line of another α copied into
     a file, or a complete line that is not JSON, is refused with the file and line named and --fresh suggested."""

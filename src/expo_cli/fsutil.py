@@ -17,6 +17,7 @@ import shutil
 import stat
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -109,8 +110,9 @@ def write_durably(path: Path, data: bytes) -> None:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write a file through a temporary name beside it, so that `path` is never seen half-written."""
-    temporary = path.with_name(f".{path.name}.expo-tmp-{os.getpid()}")
+    """Write a file through a temporary name beside it, so that `path` is never seen half-written. The name is
+    unique across processes and hosts (a folder on shared storage may be written from several)."""
+    temporary = _temporary_beside(path)
     try:
         write_durably(temporary, data)
         os.replace(temporary, path)
@@ -118,6 +120,31 @@ def write_atomically(path: Path, data: bytes) -> None:
         temporary.unlink(missing_ok=True)
         raise
     fsync_path(path.parent if str(path.parent) else Path("."))
+
+
+def create_once(path: Path, data: bytes) -> bool:
+    """Create `path` whole with `data` unless it exists (then False). Of processes racing to create it, on one host
+    or on several sharing the folder, exactly one does: a hard link is created atomically, on NFS too."""
+    temporary = _temporary_beside(path)
+    try:
+        write_durably(temporary, data)
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        temporary.unlink(missing_ok=True)
+    fsync_path(path.parent if str(path.parent) else Path("."))
+    return True
+
+
+def temporary_prefix(name: str) -> str:
+    """How the temporary files of `write_atomically` and `create_once` for `name` begin."""
+    return f".{name}.expo-tmp-"
+
+
+def _temporary_beside(path: Path) -> Path:
+    """A name beside `path` no other process uses, on this host or another sharing the folder."""
+    return path.with_name(f"{temporary_prefix(path.name)}{os.getpid()}-{uuid.uuid4().hex[:12]}")
 
 
 def write_json_atomically(path: Path, data: object) -> None:

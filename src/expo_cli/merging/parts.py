@@ -20,7 +20,7 @@ from pathlib import Path
 from ..arrays import Part
 from ..core.writer import Shard
 from ..errors import OutputError, UsageError
-from ..fsutil import check_space, write_durably, write_json_atomically
+from ..fsutil import check_space, create_once, write_json_atomically
 from ..options import MergeOptions
 from .execution import MergeResult, finish, result_of, write_shards
 from .run import PreparedRun
@@ -102,17 +102,10 @@ def finish_parts(run: PreparedRun, count: int, opts: MergeOptions, started: floa
 
 def _agree(run: PreparedRun, control: Path) -> None:
     """Every part must plan the same run: the first records its plan, the others compare theirs with it."""
-    plan = json.dumps(run.to_json(), indent=1, sort_keys=True)
+    plan = json.dumps(run.to_json(), indent=1, sort_keys=True).encode()
     path = control / "plan.json"
-    temporary = control / f"plan.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    write_durably(temporary, plan.encode())
-    try:
-        os.link(temporary, path)  # created whole, by exactly one part
-    except FileExistsError:
-        if path.read_text() != plan:
-            raise UsageError(
-                f"{path}: another part planned a different merge (other inputs, α or options); every part of a "
-                "job array must run the same command"
-            ) from None
-    finally:
-        temporary.unlink()
+    if not create_once(path, plan) and path.read_bytes() != plan:  # created whole, by exactly one part
+        raise UsageError(
+            f"{path}: another part planned a different merge (other inputs, α or options); every part of a "
+            "job array must run the same command"
+        )

@@ -32,13 +32,12 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ...errors import OutputError, UsageError, first_line
-from ...fsutil import cache_root, fsync_path, write_json_atomically
+from ...fsutil import cache_root, create_once, fsync_path, temporary_prefix, write_json_atomically
 from ...lines import json_lines
 from ..backends.generation import Response
 from ..objectives.rewards import BatchScores
@@ -80,8 +79,7 @@ class RunFolder:
         """The run folder at `path` for `key`, locked for this process (`shared`: with the other processes of a
         split run): created, resumed, or (`fresh`) emptied first. A folder made with another key is refused with
         the settings that differ."""
-        marker = path / MARKER
-        if path.exists() and not marker.is_file() and any(p.name != LOCK for p in path.iterdir()):
+        if path.exists() and not _run_folder_or_starting(path):
             raise UsageError(f"--run-dir {path.name}: exists and is not an expo tune run folder; name another")
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -98,30 +96,29 @@ class RunFolder:
     @staticmethod
     def _prepare(path: Path, key: dict[str, Any], fresh: bool) -> None:
         marker = path / MARKER
-        if marker.is_file():
+        if fresh and marker.is_file():
             try:
                 saved = json.loads(marker.read_text())["key"]
-            except (OSError, ValueError, KeyError, TypeError) as err:
-                if not fresh:
-                    raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
+            except (OSError, ValueError, KeyError, TypeError):
                 saved = None
-            if fresh:
-                same_prompts = isinstance(saved, dict) and all(saved.get(k) == key.get(k) for k in HELD_OUT)
-                kept = {LOCK, LOOKS} if same_prompts else {LOCK}
-                for entry in path.iterdir():
-                    if entry.name not in kept:
-                        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-            elif saved != key:
-                changed = ", ".join(_differences(saved, key)) or "the settings"
-                raise UsageError(
-                    f"--run-dir {path.name}: holds a run with other settings ({changed}); pass --fresh to start it "
-                    "again, or another --run-dir"
-                )
-        if not marker.is_file():
-            try:
-                write_json_atomically(marker, {"key": key})
-            except OSError as err:
-                raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
+            same_prompts = isinstance(saved, dict) and all(saved.get(k) == key.get(k) for k in HELD_OUT)
+            kept = {LOCK, LOOKS} if same_prompts else {LOCK}
+            for entry in sorted(path.iterdir(), key=lambda entry: entry.name == MARKER):  # the marker last
+                if entry.name not in kept:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+        try:
+            create_once(marker, _json_bytes({"key": key}))  # of parts starting at once, one writes it
+            saved = json.loads(marker.read_text())["key"]
+        except OSError as err:
+            raise OutputError(f"--run-dir {path.name}: cannot write it ({err.strerror})") from err
+        except (ValueError, KeyError, TypeError) as err:
+            raise UsageError(f"--run-dir {path.name}: its {MARKER} is unreadable; pass --fresh") from err
+        if saved != key:
+            changed = ", ".join(_differences(saved, key)) or "the settings"
+            raise UsageError(
+                f"--run-dir {path.name}: holds a run with other settings ({changed}); pass --fresh to start it "
+                "again, or another --run-dir"
+            )
 
     def describe(self) -> str:
         """One line for the start of a run: where its work is kept, and whether an earlier run's is reused."""
@@ -139,23 +136,15 @@ class RunFolder:
 
     def agree(self, plan: dict[str, Any]) -> None:
         """Every process of a split run must evaluate the same grid: the first records it, the others compare."""
-        text = json.dumps(plan, indent=1, sort_keys=True)
+        text = _json_bytes(plan)
         target = self.path / PLAN
-        temporary = self.path / f"{PLAN}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-        temporary.write_text(text)
-        fsync_path(temporary)
-        try:
-            os.link(temporary, target)  # created whole, by exactly one process
-        except FileExistsError:
-            if target.read_text() != text:
-                saved = json.loads(target.read_text())
-                changed = ", ".join(_differences(saved, plan)) or "the grid"
-                raise UsageError(
-                    f"--run-dir {self.path.name}: another process of this run evaluates another grid ({changed}); "
-                    "every part must run the same command (or pass another --run-dir)"
-                ) from None
-        finally:
-            temporary.unlink()
+        if not create_once(target, text) and target.read_bytes() != text:  # created whole, by exactly one process
+            saved = json.loads(target.read_text())
+            changed = ", ".join(_differences(saved, plan)) or "the grid"
+            raise UsageError(
+                f"--run-dir {self.path.name}: another process of this run evaluates another grid ({changed}); "
+                "every part must run the same command (or pass another --run-dir)"
+            )
 
     def plan(self) -> dict[str, Any] | None:
         """The grid of a split run (None for a run in one process)."""
@@ -246,6 +235,20 @@ class RunFolder:
             except (KeyError, TypeError, ValueError) as err:
                 raise UsageError(f"{where} line {number}: incomplete ({first_line(err)}); pass --fresh") from err
         return records
+
+
+def _json_bytes(value: Any) -> bytes:
+    return (json.dumps(value, indent=1, sort_keys=True) + "\n").encode()
+
+
+def _run_folder_or_starting(path: Path) -> bool:
+    """Whether `path` holds a run, or what another process starting one there this instant has made so far
+    (the lock, the marker's temporary file): job-array parts start at once on an empty folder. The entries are
+    listed before the marker is looked for: the marker is made before anything else, so any other entry listed
+    implies it is there."""
+    starting = temporary_prefix(MARKER)
+    entries = [entry.name for entry in path.iterdir()]
+    return all(name == LOCK or name.startswith(starting) for name in entries) or (path / MARKER).is_file()
 
 
 def _lock(path: Path, shared: bool) -> int:
