@@ -24,7 +24,7 @@ def test_options_are_grouped_and_the_command_list_is_not_cut(expo):
     """Panels in a fixed order, each option under one; the top-level list shows whole summaries."""
     run = expo("merge", "--help")
     headings = [line[:-1] for line in run.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings == ["Inputs", "Extrapolation", "Output", "Hub", "Job arrays", "Speed", "General"]
+    assert headings == ["Inputs", "Extrapolation", "Trajectory", "Output", "Hub", "Job arrays", "Speed", "General"]
     section = run.stdout.split("\nHub:\n")[1].split("\n\n")[0]
     assert "--push-to-hub" in section and "--stream " in section and "--alpha " not in section
     run = expo("tune", "--help")

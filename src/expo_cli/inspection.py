@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from .core.pairing import IDENTICAL, TensorPair, pair_tensors
-from .core.sources import dtype_code, dtype_name, itemsize, torch_dtype
+from .core.sources import TensorSource, compute_dtype, dtype_code, dtype_name, itemsize, torch_dtype
 from .core.streaming import walk
+from .inputs.lowrank import energy_kept, seed_of
 from .inputs.resolve import resolve_inputs
 from .plotting import pyplot, save_png
 
@@ -53,6 +54,7 @@ class TensorStats:
     max_abs_delta: float
     survives: float  # share of elements whose extrapolation at α, rounded to the output dtype, differs from aligned
     matrix: bool = True  # two or more dimensions: a weight matrix, not a norm weight or bias vector
+    energy_kept: float | None = None  # --delta-rank: the share of ‖Δ‖² its best rank-r approximation keeps
 
     @property
     def relative_change(self) -> float:
@@ -67,6 +69,7 @@ class GroupStats:
     relative_change: float
     share_of_change: float  # of ‖Δ‖² over the whole model
     survives: float  # share of its elements that still differ from aligned at α after rounding
+    energy_kept: float | None = None  # --delta-rank: the share of its matrices' ‖Δ‖² rank r keeps
 
 
 @dataclass
@@ -99,8 +102,10 @@ def inspect(
     token: str | None = None,
     base: str | None = None,
     adapter_stack: str | None = None,
+    delta_rank: int | None = None,
 ) -> InspectResult:
-    """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written."""
+    """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written. With
+    `delta_rank`, also the share of each matrix's update that its best approximation of that rank keeps."""
     import torch  # torch loads on first use, not with the package
     from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
@@ -137,7 +142,19 @@ def inspect(
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
             if block.last:
                 stats.append(sums.stats(t))
+                if delta_rank is not None and stats[-1].matrix and len(t.shape) == 2:
+                    stats[-1].energy_kept = _energy_kept(sft_ckpt, aligned_ckpt, t, delta_rank)
     return _summarise(stats, alpha, dtype_name(out_code) if out_code else pairing.dominant_dtype() or "float32")
+
+
+def _energy_kept(sft: TensorSource, aligned: TensorSource, t: TensorPair, rank: int) -> float:
+    """What `--delta-rank` keeps of this matrix's update (the whole matrix in memory, as the merge holds it)."""
+    assert t.sft is not None
+    wide = compute_dtype(torch_dtype(t.sft.dtype), torch_dtype(t.aligned.dtype))
+    columns = t.shape[1]
+    s = sft.flat(t.sft, 0, t.shared).to(wide).view(-1, columns)
+    delta = aligned.flat(t.aligned, 0, t.shared).to(wide).view(-1, columns) - s
+    return energy_kept(delta, rank, seed_of(t.name))
 
 
 class _Sums:
@@ -205,6 +222,15 @@ def _survives(stats: list[TensorStats]) -> float:
     return sum(s.survives * s.elements for s in stats) / elements if elements else 0.0
 
 
+def _kept(stats: list[TensorStats]) -> float | None:
+    """The share of these tensors' ‖Δ‖² that --delta-rank keeps (None without it, or without matrices)."""
+    measured = [s for s in stats if s.energy_kept is not None]
+    total = sum(s.delta_norm**2 for s in measured)
+    if not measured:
+        return None
+    return sum(s.energy_kept * s.delta_norm**2 for s in measured) / total if total else 1.0
+
+
 def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectResult:
     total_dd = sum(s.delta_norm**2 for s in stats)
     relative = _relative(stats)
@@ -223,6 +249,7 @@ def _summarise(stats: list[TensorStats], alpha: float, dtype: str) -> InspectRes
             _relative(members),
             sum(m.delta_norm**2 for m in members) / total_dd if total_dd else 0.0,
             _survives(members),
+            _kept(members),
         )
         for (layer, kind), members in ordered
     ]

@@ -17,6 +17,7 @@ from .constants import DEFAULT_MAX_SHARD_SIZE, REPO_ID
 from .core.sources import canonical_dtype, dtype_code
 from .core.writer import parse_size
 from .errors import UsageError
+from .trajectory import Milestone, parse_trajectory
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,10 @@ class MergeOptions:
         base: the base model when `sft` is a LoRA adapter (default: its config's base_model_name_or_path).
         adapter_stack: "on-sft" or "continued" when both inputs are adapters and their configs do not tell.
         as_adapter: write a PEFT adapter for the same SFT model instead of a full checkpoint (aligned adapters).
+        trajectory: "STEP=CHECKPOINT" for every checkpoint of a training run, earliest first: the inputs are then
+            these (`sft` and `aligned` None) and α is ExPO's between the least-squares line at the first and last
+            steps (`expo_cli.trajectory.alpha_for_step` turns a step into it).
+        delta_rank: replace each matrix's update (θ_aligned − θ_sft) by its best approximation of this rank.
     """
 
     dtype: str | None = None
@@ -86,6 +91,8 @@ class MergeOptions:
     base: str | None = None
     adapter_stack: str | None = None
     as_adapter: bool = False
+    trajectory: Sequence[str] = ()
+    delta_rank: int | None = None
 
     def __post_init__(self) -> None:
         """Refuse bad values and conflicting options now, whatever the order they would be used in later."""
@@ -107,6 +114,38 @@ class MergeOptions:
             raise UsageError("--stream writes the Hugging Face format only; drop --mistral-format")
         if self.mistral_format and self.as_adapter:
             raise UsageError("--as-adapter writes a PEFT adapter; drop --mistral-format")
+        if self.delta_rank is not None and self.delta_rank < 1:
+            raise UsageError(f"--delta-rank {self.delta_rank}: must be at least 1")
+        refined = [
+            (name, given) for name, given in (("--trajectory", self.milestones), ("--delta-rank", self.delta_rank))
+        ]
+        for name, given in refined:
+            if given is None:
+                continue
+            for other, conflicting in (
+                ("--stream", self.stream),
+                ("--as-adapter", self.as_adapter),
+                ("--mistral-format", self.mistral_format),
+            ):
+                if conflicting:
+                    raise UsageError(f"{name} cannot be combined with {other}")
+        if self.milestones is not None:
+            for option, value in (
+                ("--sft-revision", self.sft_revision),
+                ("--aligned-revision", self.aligned_revision),
+                ("--sft-id", self.sft_id),
+                ("--aligned-id", self.aligned_id),
+                ("--base", self.base),
+            ):
+                if value is not None:
+                    raise UsageError(
+                        f"--trajectory names every checkpoint (org/name@revision for a branch); drop {option}"
+                    )
+
+    @cached_property
+    def milestones(self) -> list[Milestone] | None:
+        """--trajectory's checkpoints, checked (None: a merge of --sft and --aligned)."""
+        return parse_trajectory(self.trajectory) if self.trajectory else None
 
     @cached_property
     def out_code(self) -> str | None:

@@ -15,6 +15,7 @@ ORDER = (  # what a command needs first comes first; a panel not listed follows 
     "Scoring",
     "Choice of α",
     "Extrapolation",
+    "Trajectory",
     "Generation",
     "Output",
     "Hub",

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 import typer
 
+from ..alpha import parse_alphas
+from ..errors import UsageError
+from ..trajectory import alpha_for_step, parse_steps, parse_trajectory
 from . import _output as out
 
 CHECKPOINT = "FOLDER|ORG/NAME[@REV]"
@@ -22,12 +26,43 @@ SftOpt = Annotated[
     ),
 ]
 AlignedOpt = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--aligned",
         rich_help_panel="Inputs",
         metavar=CHECKPOINT,
         help="The aligned (DPO/RLHF) checkpoint (θ_aligned), or a PEFT LoRA adapter trained on --sft.",
+    ),
+]
+TrajectoryOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--trajectory",
+        rich_help_panel="Trajectory",
+        metavar="STEP=CHECKPOINT",
+        help="A checkpoint of the training run and the step it was saved at, earliest first (repeat the option; "
+        "e.g. 0=./sft 10=org/run@step_10 20=org/run@step_20). Instead of --sft/--aligned: a least-squares line "
+        "per weight through all of them, evaluated at --to-step (two checkpoints at steps 0 and 1 are ExPO with "
+        "α = T − 1). Every checkpoint needs the same tensors and shapes.",
+    ),
+]
+ToStepOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--to-step",
+        rich_help_panel="Trajectory",
+        metavar="STEP",
+        help="With --trajectory: the training step to extrapolate the line to (beyond the last checkpoint's).",
+    ),
+]
+DeltaRankOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--delta-rank",
+        rich_help_panel="Extrapolation",
+        metavar="R",
+        help="Replace each matrix's update (θ_aligned − θ_sft) by its best rank-R approximation before "
+        "extrapolating (vectors unchanged); --json gives the share of each update's energy kept.",
     ),
 ]
 PartsOpt = Annotated[
@@ -231,6 +266,37 @@ def show_progress(quiet: bool) -> bool:
     from huggingface_hub.utils import are_progress_bars_disabled  # the Hub client loads when the Hub is used
 
     return not quiet and not are_progress_bars_disabled()
+
+
+def run_alphas(
+    alpha: list[str] | None,
+    aligned: str | None,
+    sft: str | None,
+    trajectory: list[str] | None,
+    to_step: list[str] | None,
+    *,
+    default: Sequence[float] | None = None,
+    one_step: bool = False,
+) -> list[float]:
+    """The α of a merge or the candidates of a tune: --alpha's (else `default`), or with --trajectory the α that
+    reach each --to-step (see `expo_cli.trajectory`)."""
+    if not trajectory:
+        if to_step:
+            raise UsageError("--to-step needs --trajectory (STEP=CHECKPOINT for each checkpoint)")
+        if aligned is None:
+            raise UsageError("--aligned is required (or --trajectory)")
+        return parse_alphas(alpha) if alpha or default is None else list(default)
+    if alpha or aligned or sft:
+        raise UsageError(
+            "--trajectory names every checkpoint and --to-step the step: drop --sft, --aligned and --alpha"
+        )
+    steps = [m.step for m in parse_trajectory(trajectory)]
+    if not to_step:
+        raise UsageError("--to-step is required with --trajectory: the step to extrapolate the line to")
+    wanted = parse_steps(to_step)
+    if one_step and len(wanted) > 1:
+        raise UsageError("--to-step takes one step (run one merge per step)")
+    return [alpha_for_step(steps, step) for step in wanted]
 
 
 def run_options(quiet: bool, **values: Any) -> dict[str, Any]:

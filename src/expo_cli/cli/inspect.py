@@ -17,6 +17,7 @@ from ._options import (
     AlignedOpt,
     AllowArchOpt,
     BaseOpt,
+    DeltaRankOpt,
     DtypeOpt,
     JsonOpt,
     QuietOpt,
@@ -44,6 +45,7 @@ def inspect(
         str | None, typer.Option("--plot", metavar="FILE.png", help="Draw the per-layer change (needs matplotlib).")
     ] = None,
     top: Annotated[int, typer.Option("--top", metavar="N", help="How many most-changed tensors to list.")] = 10,
+    delta_rank: DeltaRankOpt = None,
     allow_architecture_mismatch: AllowArchOpt = False,
     quiet: QuietOpt = False,
     json: JsonOpt = False,
@@ -63,6 +65,7 @@ def inspect(
         allow_architecture_mismatch=allow_architecture_mismatch,
         base=base,
         adapter_stack=adapter_stack,
+        delta_rank=delta_rank,
     )
     for warning in result.warnings:
         out.warning(warning)
@@ -73,15 +76,17 @@ def inspect(
     if json:
         out.result_json(result.to_json())
         return
+    kept = f"  {f'kept at rank {delta_rank}':>15}" if delta_rank is not None else ""
     out.result(
         f"{'layer':>6}  {'module':<10}  {'tensors':>7}  {'‖Δ‖/‖θ_sft‖':>12}  {'share of ‖Δ‖²':>13}  "
-        f"{f'survives at α={alpha:g}':>17}"
+        f"{f'survives at α={alpha:g}':>17}{kept}"
     )
     for g in result.groups:
         layer = "-" if g.layer is None else str(g.layer)
+        share = "" if delta_rank is None else f"  {'-' if g.energy_kept is None else percent(g.energy_kept):>15}"
         out.result(
             f"{layer:>6}  {g.kind:<10}  {g.tensors:>7}  {percent(g.relative_change):>12}  "
-            f"{percent(g.share_of_change):>13}  {percent(g.survives):>17}"
+            f"{percent(g.share_of_change):>13}  {percent(g.survives):>17}{share}"
         )
     out.result("")
     out.result(f"Most changed tensors (survives = share of elements that differ from aligned at α={alpha:g}):")

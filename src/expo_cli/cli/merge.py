@@ -14,7 +14,6 @@ import typer
 
 import expo_cli
 
-from ..alpha import parse_alphas
 from ..constants import DEFAULT_MAX_SHARD_SIZE
 from ..fsutil import human_bytes
 from . import _output as out
@@ -29,6 +28,7 @@ from ._options import (
     BaseOpt,
     CommitMessageOpt,
     CreatePrOpt,
+    DeltaRankOpt,
     DeviceOpt,
     DryRunOpt,
     DtypeOpt,
@@ -49,6 +49,9 @@ from ._options import (
     SftRevisionOpt,
     StrictOpt,
     TokenOpt,
+    ToStepOpt,
+    TrajectoryOpt,
+    run_alphas,
     run_options,
 )
 from .push import upload
@@ -62,15 +65,21 @@ MERGE_EXAMPLES = [
     "expo merge --sft ./sft --aligned ./dpo --output ./sweep --alpha 0.1,0.3,0.5",
     "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --alpha-for 'embed|lm_head=0'",
     "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.3 --dry-run --json",
+    "expo merge --trajectory 0=./sft --trajectory 100=./dpo-step-100 --trajectory 200=./dpo-step-200 "
+    "--to-step 1000 --output ./out",
+    "expo merge --sft ./sft --aligned ./dpo --output ./out --alpha 0.5 --delta-rank 4",
     "expo merge --sft HuggingFaceH4/mistral-7b-sft-beta --aligned HuggingFaceH4/zephyr-7b-beta --output ./out "
     "--alpha 0.1 --push-to-hub me/zephyr-7b-expo",
 ]
 
 
 def merge(
-    aligned: AlignedOpt,
-    alpha: AlphaOpt,
+    aligned: AlignedOpt = None,
+    alpha: AlphaOpt = None,
     sft: SftOpt = None,
+    trajectory: TrajectoryOpt = None,
+    to_step: ToStepOpt = None,
+    delta_rank: DeltaRankOpt = None,
     base: BaseOpt = None,
     adapter_stack: AdapterStackOpt = None,
     output: Annotated[
@@ -216,7 +225,7 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-    alphas = parse_alphas(alpha)
+    alphas = run_alphas(alpha, aligned, sft, trajectory, [to_step] if to_step is not None else None, one_step=True)
     hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
     mode = _mode(alphas, output, stream, part, finish, parts, hub)
     options = run_options(
@@ -245,6 +254,8 @@ def merge(
         as_adapter=as_adapter,
         connections=connections,
         streams=streams,
+        trajectory=trajectory or (),
+        delta_rank=delta_rank,
     )
     if dry_run:
         _dry_run(sft, aligned, output or _scratch_output(scratch, hub), alphas, options, mode, json)

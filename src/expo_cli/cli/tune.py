@@ -13,8 +13,8 @@ import typer
 
 import expo_cli
 
-from ..alpha import parse_alphas
 from ..errors import NotWritten
+from ..trajectory import parse_trajectory, step_for_alpha
 from . import _output as out
 from ._options import (
     AdapterStackOpt,
@@ -26,6 +26,7 @@ from ._options import (
     BaseOpt,
     CommitMessageOpt,
     CreatePrOpt,
+    DeltaRankOpt,
     DeviceOpt,
     DtypeOpt,
     ExcludeOpt,
@@ -43,6 +44,8 @@ from ._options import (
     SftOpt,
     SftRevisionOpt,
     TokenOpt,
+    TrajectoryOpt,
+    run_alphas,
     run_options,
 )
 from .push import upload
@@ -73,7 +76,6 @@ def _status(value: str | None) -> None:
 
 
 def tune(
-    aligned: AlignedOpt,
     prompts: Annotated[
         str,
         typer.Option(
@@ -84,7 +86,20 @@ def tune(
             "dataset (with --split; needs the datasets library).",
         ),
     ],
+    aligned: AlignedOpt = None,
     sft: SftOpt = None,
+    trajectory: TrajectoryOpt = None,
+    to_step: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--to-step",
+            rich_help_panel="Trajectory",
+            metavar="STEP[,STEP...]",
+            help="With --trajectory: the candidate steps, instead of --alpha. The baseline (α = 0) is the line at "
+            "the last checkpoint's step (with more than two checkpoints: the fit there, not that checkpoint).",
+        ),
+    ] = None,
+    delta_rank: DeltaRankOpt = None,
     base: BaseOpt = None,
     adapter_stack: AdapterStackOpt = None,
     reward_model: Annotated[
@@ -463,7 +478,10 @@ def tune(
         token=token,
         base=base,
         adapter_stack=adapter_stack,
+        trajectory=trajectory or (),
+        delta_rank=delta_rank,
     )
+    alphas = run_alphas(alpha, aligned, sft, trajectory, to_step, default=DEFAULT_ALPHAS)
     decoding = Decoding(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
@@ -481,7 +499,7 @@ def tune(
         reward_fn=reward_fn,
         confirm_reward_model=confirm_reward_model,
         confirm_reward_fn=confirm_reward_fn,
-        alphas=parse_alphas(alpha) if alpha else DEFAULT_ALPHAS,
+        alphas=alphas,
         search=search,
         budget=budget,
         decoding=decoding,
@@ -524,6 +542,14 @@ def tune(
             write(path)
             options["info"](f"{what}: {path}")
     summary = result.to_json()
+    if trajectory:
+        steps = [m.step for m in parse_trajectory(trajectory)]
+        summary["trajectory"] = {
+            "steps": steps,
+            "to_step": step_for_alpha(steps, result.alpha),
+            "candidates": {f"{s.alpha:g}": step_for_alpha(steps, s.alpha) for s in result.stats},
+        }
+        options["info"](f"α = {result.alpha:g} is the line at step {summary['trajectory']['to_step']:g}")
     refused = result.not_written(force) if output else None
     if output and refused is None:
         naming = {"sft_id": sft_id, "aligned_id": aligned_id, "model_name": model_name}
@@ -531,7 +557,7 @@ def tune(
     _show(result, summary, json)
     if output and refused is not None:
         raise NotWritten(f"--output {Path(output).name} not written: {refused}")
-    if steps := result.next_steps(sft, aligned, output, force):
+    if not trajectory and (steps := result.next_steps(sft, aligned, output, force)):
         options["info"]("Next:")
         for step in steps:
             options["info"](f"  {step}")

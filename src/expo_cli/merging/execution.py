@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..alpha import formula
 from ..constants import VERSION
 from ..core import profile as profiling
 from ..core.sinks import BufferPool, ShardSink
@@ -57,6 +56,8 @@ class MergeResult:
     skipped_files: dict[str, str] = field(default_factory=dict)  # not copied from the aligned folder, and why
     profile: dict[str, Any] | None = None  # --profile: where the time went
     network: dict[str, float] | None = None  # --stream: bytes and seconds read and uploaded (see `network_report`)
+    trajectory: dict[str, Any] | None = None  # --trajectory: its checkpoints and the step extrapolated to
+    delta_rank: dict[str, Any] | None = None  # --delta-rank: the rank, and the update's energy kept per matrix
 
     @property
     def bytes_per_s(self) -> float:
@@ -73,7 +74,7 @@ def execute(run: PreparedRun, opts: MergeOptions) -> list[MergeResult]:
         opts.warning(f"removing {leftover}, left by an earlier run that did not finish")
         remove_partial(leftover)
     for alpha in run.targets:
-        opts.inform(formula(alpha))
+        opts.inform(run.formula(alpha))
     with ExitStack() as stack:
         stagings = {alpha: stack.enter_context(Staging(output)) for alpha, output in run.targets.items()}
         checksums = write_shards(run, {alpha: staging.path for alpha, staging in stagings.items()}, opts)
@@ -92,16 +93,17 @@ def result_of(run: PreparedRun, alpha: float, output: Path, seconds: float) -> M
     return MergeResult(
         output=output.resolve(),
         alpha=alpha,
-        formula=formula(alpha),
+        formula=run.formula(alpha),
         device=str(run.device),
         tensors=sum(len(w.pairing.tensors) for w in run.weights),
         extrapolated=sum(w.pairing.extrapolated for w in run.weights),
-        bytes_read=sum(w.pairing.bytes_read for w in run.weights),
+        bytes_read=run.bytes_read,
         bytes_written=sum(w.bytes_written for w in run.weights),
         shards=[s.filename for w in run.weights for s in w.shards],
         seconds=seconds,
         notes=[n for w in run.weights for n in w.pairing.notes],
         skipped_files=run.side_files.listing(),
+        **run.refinements(alpha),
     )
 
 
@@ -120,7 +122,7 @@ def execute_to_hub(
     ((alpha, folder),) = run.targets.items()
     with profiling.stage("prepare the repo"):
         prepare_repo(repo_id, private=private, revision=revision, create_pr=create_pr, token=opts.token)
-    opts.inform(formula(alpha))
+    opts.inform(run.formula(alpha))
     folder.mkdir(parents=True)
     uploader = Uploader(repo_id, revision, create_pr, opts.token)
     try:
@@ -365,7 +367,7 @@ def finish(run: PreparedRun, alpha: float, folder: Path, checksums: dict[str, st
         write_index(folder, weights.shards, weights.index_name)
     record = provenance(
         alpha,
-        formula(alpha),
+        run.formula(alpha),
         *run.sources,
         VERSION,
         dtype=run.dtype,
@@ -377,6 +379,7 @@ def finish(run: PreparedRun, alpha: float, folder: Path, checksums: dict[str, st
         side_files={"copied": side.copied, "skipped": side.listing()},
         **({"tuning": run.tuning} if run.tuning else {}),
         **({"output": "peft-adapter"} if run.adapter_config else {}),
+        **run.refinements(alpha, energies=False),
     )
     if run.adapter_config is None:
         write_config(run.main.aligned.config, run.main.pairing.dominant_dtype(), record, folder)

@@ -29,8 +29,10 @@ from ..inputs import retry
 from ..inputs.adapters import ADAPTER_CONFIG, LoraSource, changed_tensors, input_folders, own_tensors
 from ..inputs.checkpoint import load_consolidated
 from ..inputs.hub import RemoteCheckpoint, download
+from ..inputs.lowrank import LowRankUpdate
 from ..inputs.ranged import RangedSource
 from ..inputs.resolve import resolve_inputs
+from ..inputs.trajectory import Trajectory
 from ..options import MergeOptions
 from . import sidefiles
 from .adapter_output import adapter_weight_set, publishable_base
@@ -49,8 +51,8 @@ COMMIT_FILES_BYTES = 16_384
 
 
 def prepare(
-    sft: str | Path,
-    aligned: str | Path,
+    sft: str | Path | None,
+    aligned: str | Path | None,
     targets: dict[float, Path],
     opts: MergeOptions,
     download: bool = True,
@@ -63,24 +65,43 @@ def prepare(
     """
     check_device_name(opts.device)
     retry.new_run()
-    sft_ckpt, aligned_ckpt = resolve_inputs(
-        sft,
-        aligned,
-        sft_revision=opts.sft_revision,
-        aligned_revision=opts.aligned_revision,
-        token=opts.token,
-        allow_architecture_mismatch=opts.allow_architecture_mismatch,
-        rules=opts.rules,
-        out_code=opts.out_code,
-        outputs=list(targets.values()),
-        force=opts.force,
-        download=download and not opts.stream,
-        extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (),
-        base=opts.base,
-        adapter_stack=opts.adapter_stack,
-        warn=opts.warning,
-    )
+    milestones = opts.milestones
+    if milestones is not None:
+        if sft is not None or aligned is not None:
+            raise UsageError("--trajectory names every checkpoint: drop --sft and --aligned")
+        sft, aligned = milestones[0].checkpoint, milestones[-1].checkpoint
+    elif aligned is None:
+        raise UsageError("--aligned is required (or --trajectory)")
+
+    def resolved(sft: str | Path | None, aligned: str | Path) -> tuple[TensorSource, TensorSource]:
+        return resolve_inputs(
+            sft,
+            aligned,
+            sft_revision=opts.sft_revision,
+            aligned_revision=opts.aligned_revision,
+            token=opts.token,
+            allow_architecture_mismatch=opts.allow_architecture_mismatch,
+            rules=opts.rules,
+            out_code=opts.out_code,
+            outputs=list(targets.values()),
+            force=opts.force,
+            download=download and not opts.stream,
+            extra_patterns=sidefiles.MISTRAL_WEIGHTS if opts.mistral_format else (),
+            base=opts.base,
+            adapter_stack=opts.adapter_stack,
+            warn=opts.warning,
+        )
+
+    sft_ckpt, aligned_ckpt = resolved(sft, aligned)
+    middle = [resolved(sft, m.checkpoint)[1] for m in milestones[1:-1]] if milestones is not None else []
+    checkpoint_folders = [c.path for c in (sft_ckpt, *middle, aligned_ckpt)] if milestones is not None else None
+    if milestones is not None and len(milestones) > 2:  # two checkpoints: the line through them is ExPO itself
+        trajectory = Trajectory(milestones, [sft_ckpt, *middle, aligned_ckpt])
+        trajectory.check()
+        sft_ckpt, aligned_ckpt = trajectory.at(milestones[0].step), trajectory.at(milestones[-1].step)
     pairing = pair_tensors(sft_ckpt, aligned_ckpt, opts.out_code)
+    if opts.delta_rank is not None:
+        aligned_ckpt = LowRankUpdate(sft_ckpt, aligned_ckpt, opts.delta_rank, pairing.tensors)
     # Headers read and paired without torch: the kernel starts reading the first blocks while torch imports.
     read_ahead(
         dict.fromkeys(f for t in pairing.tensors for f in (t.aligned.file, t.sft and t.sft.file) if f), READ_AHEAD
@@ -131,6 +152,9 @@ def prepare(
         tuning=opts.tuning,
         adapter_config=adapter_config,
         streams=shard_streams(opts, run_device, sum(len(w.shards) for w in weights)),
+        milestones=milestones,
+        checkpoint_folders=checkpoint_folders,
+        low_rank=aligned_ckpt if isinstance(aligned_ckpt, LowRankUpdate) else None,
     )
 
 

@@ -9,17 +9,28 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..alpha import AlphaRule, alpha_for
+from ..alpha import AlphaRule, alpha_for, formula
 from ..constants import CHUNK_ELEMENTS
 from ..core.pairing import Pairing
 from ..core.sinks import BUFFERS
 from ..core.sources import itemsize
 from ..fsutil import free_space, human_bytes
+from ..trajectory import Milestone, step_for_alpha
 from . import sidefiles
 from .card import AlignedCard, Source
 from .weights import WeightSet
+
+if TYPE_CHECKING:
+    from ..inputs.lowrank import LowRankUpdate
+
+
+def _public(checkpoint: str) -> str:
+    """A checkpoint as the provenance may name it: a Hub id as given, a local folder by its name only."""
+    path = Path(checkpoint)
+    return path.name if path.exists() else checkpoint
+
 
 BASE_MEMORY = 256 * 2**20  # Python, torch and expo themselves, measured at about 200 MiB of anonymous memory
 
@@ -105,6 +116,47 @@ class PreparedRun:
     tuning: dict[str, Any] | None = None  # how expo tune chose α
     adapter_config: dict[str, Any] | None = None  # --as-adapter: the output is a PEFT adapter with this config
     streams: int = 1  # shards written at once (execution.write_shards)
+    milestones: list[Milestone] | None = None  # --trajectory: its checkpoints
+    checkpoint_folders: list[Path] | None = None  # --trajectory: where each checkpoint was read from
+    low_rank: LowRankUpdate | None = None  # --delta-rank: the source that low-ranks the update (and its energies)
+
+    @property
+    def bytes_read(self) -> int:
+        """Input bytes the run reads: both inputs, or every checkpoint of a trajectory of more than two."""
+        if self.milestones is not None and len(self.milestones) > 2:
+            return len(self.milestones) * sum(t.aligned.nbytes for w in self.weights for t in w.pairing.tensors)
+        return sum(w.pairing.bytes_read for w in self.weights)
+
+    def formula(self, alpha: float) -> str:
+        """What an output is, with the numbers filled in."""
+        said = formula(alpha)
+        if self.milestones is not None:
+            steps = [m.step for m in self.milestones]
+            said = (
+                f"θ = the least-squares line through the {len(steps)} checkpoints at step "
+                f"{step_for_alpha(steps, alpha):g}, i.e. between its values at steps {steps[0]:g} (θ_sft) and "
+                f"{steps[-1]:g} (θ_aligned): {said}"
+            )
+        if self.low_rank is not None:
+            said += f", each matrix's θ_aligned − θ_sft replaced by its best rank-{self.low_rank.rank} approximation"
+        return said
+
+    def refinements(self, alpha: float, energies: bool = True) -> dict[str, Any]:
+        """What --trajectory and --delta-rank made of this output, for --json and (without the energies this
+        process measured: a job-array part sees its own shards only) the provenance."""
+        found: dict[str, Any] = {}
+        if self.milestones is not None:
+            steps = [m.step for m in self.milestones]
+            found["trajectory"] = {
+                "checkpoints": [{"step": m.step, "checkpoint": _public(m.checkpoint)} for m in self.milestones],
+                "to_step": step_for_alpha(steps, alpha),
+            }
+        if self.low_rank is not None:
+            energy = self.low_rank.energy
+            found["delta_rank"] = {"rank": self.low_rank.rank, "matrices": len(self.low_rank.pairs)}
+            if energies:
+                found["delta_rank"]["energy_kept"] = {name: round(share, 6) for name, share in sorted(energy.items())}
+        return found
 
     @property
     def main(self) -> WeightSet:
@@ -162,7 +214,7 @@ class PreparedRun:
             outputs=dict(self.targets),
             tensors=len(tensors),
             extrapolated=sum(w.pairing.extrapolated for w in self.weights),
-            bytes_read=sum(w.pairing.bytes_read for w in self.weights),
+            bytes_read=self.bytes_read,
             bytes_written=sum(w.bytes_written for w in self.weights),
             shards=[(s.filename, s.size) for w in self.weights for s in w.shards],
             disk_needed=self.disk_needed,

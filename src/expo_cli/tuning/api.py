@@ -65,8 +65,8 @@ def candidate_alphas(alphas: Sequence[float]) -> list[float]:
 
 
 def tune(
-    sft: str | Path,
-    aligned: str | Path,
+    sft: str | Path | None,
+    aligned: str | Path | None,
     prompts: str,
     *,
     reward_model: str | None = None,
@@ -197,8 +197,8 @@ def _transformers_bars(shown: bool) -> Iterator[None]:
 
 
 def _tune(
-    sft: str | Path,
-    aligned: str | Path,
+    sft: str | Path | None,
+    aligned: str | Path | None,
     prompts: str,
     *,
     reward_model: str | None,
@@ -239,6 +239,10 @@ def _tune(
     _check_backend(backend, tensor_parallel_size, rescore)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
+    if backend == "vllm" and (opts.milestones is not None or opts.delta_rank is not None):
+        raise UsageError(
+            "--trajectory and --delta-rank need --backend transformers (vLLM reads the checkpoints' files)"
+        )
     texts = load_prompts(prompts, prompt_field, split, limit, opts.token, seed=decoding.seed)
     parts = split_prompts(len(texts), holdout, decoding.seed, warn=opts.warning)
     confirm_model, confirm_fn = confirm_reward_model, confirm_reward_fn
@@ -508,6 +512,14 @@ def _run_key(
     inputs = {}
     for role, source, described in zip(("sft", "aligned"), (run.main.sft, run.main.aligned), run.sources, strict=True):
         inputs[role] = {**described.to_json(), "files": [fingerprint(f) for f in input_folders(source)]}
+    if run.checkpoint_folders is not None:  # --trajectory: every checkpoint's files, at its step
+        steps = [m.step for m in run.milestones or ()]
+        inputs["trajectory"] = [
+            {"step": step, "files": fingerprint(folder)}
+            for step, folder in zip(steps, run.checkpoint_folders, strict=True)
+        ]
+    if run.low_rank is not None:
+        inputs["delta_rank"] = run.low_rank.rank
     return {
         "expo": VERSION,
         "inputs": inputs,
@@ -555,7 +567,7 @@ def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool) -> No
 
 
 def _prepare_in_one_dtype(
-    sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions
+    sft: str | Path | None, aligned: str | Path | None, targets: dict[float, Path], opts: MergeOptions
 ) -> tuple[PreparedRun, MergeOptions, str]:
     """The run, with every candidate computed in the one dtype the model is loaded in (the aligned model's
     dominant dtype unless --dtype says otherwise): (run, the options used, that dtype's name)."""

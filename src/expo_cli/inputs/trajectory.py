@@ -1,0 +1,141 @@
+"""The least-squares line through k checkpoints, read as two checkpoints: its values at the first and last steps.
+
+`expo merge --trajectory` with more than two checkpoints extrapolates between these two views exactly as ExPO
+between --sft and --aligned (see `expo_cli.trajectory`): each view is a source whose blocks are computed from the
+same block of every checkpoint, kept wide (float32, float64 when any checkpoint is float64) so that the output is
+rounded once, by the engine. The k blocks are read once for both views (the block the other view asked for last is
+kept), so memory is k widened blocks whatever the model size.
+
+Every checkpoint must hold the same tensors with the same shapes (a trajectory is one training run); tensors that
+are not floating (copied, never fitted) come from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
+from ..errors import MismatchError
+from ..trajectory import Milestone, line_weights
+
+if TYPE_CHECKING:
+    import torch
+
+SHOWN = 3  # tensors named in one error line
+
+
+class Trajectory:
+    """k open checkpoints at increasing steps, read block by block in lockstep."""
+
+    def __init__(self, milestones: Sequence[Milestone], sources: Sequence[TensorSource]) -> None:
+        self.steps = [m.step for m in milestones]
+        self.milestones = list(milestones)
+        self.sources = list(sources)
+        self.last = self.sources[-1]
+        self._kept = threading.local()  # per thread: a merge writes several shards at once
+        self._opened = 0
+        self._opening = threading.Lock()
+
+    def check(self) -> None:
+        """Every checkpoint holds the last one's floating tensors with the same shapes (from headers alone)."""
+        wanted = {name: info.shape for name, info in self.last.tensors.items()}
+        for milestone, source in zip(self.milestones[:-1], self.sources[:-1], strict=True):
+            have = {name: info.shape for name, info in source.tensors.items()}
+            missing = [n for n in wanted if n not in have and self.last.tensors[n].is_float]
+            extra = [n for n in have if n not in wanted]
+            shapes = [f"{n} {have[n]} vs {wanted[n]}" for n in wanted if n in have and have[n] != wanted[n]]
+            for what, names in (("lacks", missing), ("has tensors the last one lacks:", extra), ("shapes", shapes)):
+                if names:
+                    shown = ", ".join(names[:SHOWN]) + (f" (+{len(names) - SHOWN} more)" if len(names) > SHOWN else "")
+                    raise MismatchError(
+                        f"--trajectory {milestone}: {what} {shown}; every checkpoint of a trajectory needs the same "
+                        "tensors and shapes (two checkpoints may differ as --sft and --aligned may)"
+                    )
+            for name, info in source.tensors.items():
+                if info.is_float != self.last.tensors[name].is_float:
+                    raise MismatchError(
+                        f"--trajectory {milestone}: tensor {name!r} is {info.dtype} there and "
+                        f"{self.last.tensors[name].dtype} in the last checkpoint"
+                    )
+
+    def at(self, step: float) -> Fitted:
+        """The line's values at `step`, as a source."""
+        return Fitted(self, step)
+
+    def blocks(self, info: TensorInfo, start: int, stop: int) -> list[torch.Tensor]:
+        """Elements [start, stop) of tensor `info` in every checkpoint, widened to their common compute dtype."""
+        key = (info.name, start, stop)
+        kept = getattr(self._kept, "block", None)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        infos = [source.tensors[info.name] for source in self.sources]
+        wide = compute_dtype(*(torch_dtype(i.dtype) for i in infos))
+        read = [source.flat(i, start, stop).to(wide) for source, i in zip(self.sources, infos, strict=True)]
+        self._kept.block = (key, read)
+        return read
+
+    def enter(self) -> None:
+        """Open every checkpoint (once, however many views and threads use them)."""
+        with self._opening:
+            if self._opened == 0:
+                for source in self.sources:
+                    source.__enter__()
+            self._opened += 1
+
+    def exit(self, *exc: object) -> None:
+        with self._opening:
+            self._opened -= 1
+            if self._opened == 0:
+                for source in reversed(self.sources):
+                    source.__exit__(*exc)
+        self._kept.block = None
+
+
+class Fitted:
+    """The least-squares line through a trajectory's checkpoints at one step, under the last one's names."""
+
+    def __init__(self, trajectory: Trajectory, step: float) -> None:
+        self.trajectory = trajectory
+        self.step = step
+        self.weights = line_weights(trajectory.steps, step)
+        self.path: Path = trajectory.last.path
+        self.config: dict[str, Any] = trajectory.last.config
+        self.tensors = trajectory.last.tensors
+
+    @property
+    def readable(self) -> bool:
+        return all(source.readable for source in self.trajectory.sources)
+
+    def __enter__(self) -> Fitted:
+        self.trajectory.enter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.trajectory.exit(*exc)
+
+    def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
+        """Σ w_i·θ_i as θ_k + Σ_{i<k} w_i·(θ_i − θ_k): differences between checkpoints are small, so the sum keeps
+        the low bits a plain weighted sum of large values would lose."""
+        if not info.is_float:
+            return self.trajectory.last.flat(info, start, stop)
+        *earlier, last = self.trajectory.blocks(info, start, stop)
+        result = last.clone()
+        for weight, values in zip(self.weights, earlier, strict=False):
+            result.add_(values - last, alpha=weight)
+        return result
+
+    def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
+        if not info.is_float:
+            return self.trajectory.last.raw(info, start, stop)
+        import torch  # torch loads on first use, not with the package
+
+        values = self.flat(info, start, stop).to(torch_dtype(info.dtype)).contiguous()
+        return memoryview(values.view(torch.uint8).numpy())
+
+    def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
+        for source in self.trajectory.sources:
+            if info.name in source.tensors:
+                source.prefetch(source.tensors[info.name], start, stop)
