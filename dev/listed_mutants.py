@@ -42,6 +42,7 @@ CLAIMS = (
     "tests/test_tune_spread.py::test_of_four_takers_of_a_claim_exactly_one_gets_it_and_a_late_holder_learns_it_"
     "lost"
 )
+TRAJECTORY_VALUES = "tests/test_trajectory.py::test_a_trajectory_is_the_least_squares_line_at_the_step_rounded_once"
 VLLM_FENCE = "vllm:tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine"
 
 # name: (file, text, replacement, tests expected to kill it)
@@ -324,8 +325,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "runfolder: --fresh forgets the looks": (
         "tuning/runs/runfolder.py",
-        "                kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
-        "                kept = {LOCK}",
+        "            kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
+        "            kept = {LOCK}",
         LOOKS,
     ),
     "procedure: the held-out verdict by the selection's reward despite --confirm-reward": (
@@ -426,8 +427,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "runfolder: a run with other settings resumed": (
         "tuning/runs/runfolder.py",
-        "            elif saved != key:",
-        "            elif False:",
+        "        if saved != key:",
+        "        if False:",
         "tests/test_tune_runs.py",
     ),
     "runfolder: a torn last line left in the file": (
@@ -1153,8 +1154,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "--fresh empties the lock it holds": (
         "tuning/runs/runfolder.py",
-        "                kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
-        "                kept = {LOOKS} if same_prompts else set()",
+        "            kept = {LOCK, LOOKS} if same_prompts else {LOCK}",
+        "            kept = {LOOKS} if same_prompts else set()",
         "tests/test_tune_runs.py::test_a_run_folder_in_use_is_refused_and_released_when_done",
     ),
     "report: length sort signed": (
@@ -1638,6 +1639,67 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "        if False:",
         "tests/test_tune_spread.py::test_a_candidates_reward_model_scores_do_not_depend_on_what_the_process_scored_"
         "before",
+    ),
+    "run folder: parts starting at once take a half-made folder for a foreign one": (
+        "tuning/runs/runfolder.py",
+        "    return all(name == LOCK or name.startswith(starting) for name in entries) or (path / MARKER).is_file()",
+        "    return (path / MARKER).is_file() or all(name == LOCK for name in path.iterdir())",
+        "tests/test_tune_runs.py::test_parts_starting_at_once_on_an_empty_folder_all_open_it_and_one_key_is_recorded",
+    ),
+    "run folder: parts of other settings both record their key": (
+        "tuning/runs/runfolder.py",
+        '            create_once(marker, _json_bytes({"key": key}))',
+        '            write_json_atomically(marker, {"key": key})',
+        "tests/test_tune_runs.py::test_parts_starting_at_once_on_an_empty_folder_all_open_it_and_one_key_is_recorded",
+    ),
+    "trajectory: the line's weights miscounted": (
+        "trajectory.py",
+        "    return [1 / k + (at - mean) * (s - mean) / spread for s in steps]",
+        "    return [1 / k + (at - mean) * (s - mean) / (spread + 1) for s in steps]",
+        TRAJECTORY_VALUES,
+    ),
+    "trajectory: α in steps, not in the span of the checkpoints": (
+        "trajectory.py",
+        '    return check_alpha((to_step - last) / (last - first), "--to-step")',
+        '    return check_alpha((to_step - last) / last, "--to-step")',
+        "tests/test_trajectory.py::test_two_checkpoints_at_steps_0_and_1_are_expo_byte_for_byte",
+    ),
+    "trajectory: equal steps accepted": (
+        "trajectory.py",
+        "        if after.step <= before.step:",
+        "        if after.step < before.step:",
+        "tests/test_trajectory.py::test_bad_trajectories_are_refused_before_any_work",
+    ),
+    "trajectory: a checkpoint of another shape read anyway": (
+        "inputs/trajectory.py",
+        '            for what, names in (("lacks", missing), '
+        '("has tensors the last one lacks:", extra), ("shapes", shapes)):',
+        "            for what, names in ():",
+        "tests/test_trajectory.py::test_bad_trajectories_are_refused_before_any_work",
+    ),
+    "delta rank: one singular triplet too many": (
+        "inputs/lowrank.py",
+        "    u, s, vh = u[:, :rank], s[:rank], vh[:rank]",
+        "    u, s, vh = u[:, : rank + 1], s[: rank + 1], vh[: rank + 1]",
+        "tests/test_trajectory.py::test_delta_rank_extrapolates_each_matrix_update_s_best_rank_r_approximation",
+    ),
+    "delta rank: the randomised SVD without power iterations": (
+        "inputs/lowrank.py",
+        "    for _ in range(POWER_ITERATIONS):",
+        "    for _ in range(0):",
+        "tests/test_trajectory.py::test_the_randomised_svd_of_a_large_matrix_is_the_best_rank_r_approximation",
+    ),
+    "delta rank: a tune's run folder shared across ranks": (
+        "tuning/api.py",
+        '        inputs["delta_rank"] = run.low_rank.rank',
+        "        pass",
+        "tests/test_trajectory.py::test_a_tune_run_folder_is_refused_for_another_rank_or_trajectory",
+    ),
+    "inspect: a layer's kept energy not weighted by its matrices' updates": (
+        "inspection.py",
+        "    return sum(s.energy_kept * s.delta_norm**2 for s in measured) / total if total else 1.0",
+        "    return sum(s.energy_kept for s in measured) / len(measured)",
+        "tests/test_trajectory.py::test_inspect_reports_what_delta_rank_keeps_per_matrix_and_per_layer",
     ),
 }
 

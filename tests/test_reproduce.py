@@ -69,3 +69,27 @@ def test_the_quick_reproduction_runs_and_extrapolating_a_partial_checkpoint_help
     (page,) = tmp_path.glob("seed-*/report-dpo-20.html")
     assert "<h1>expo tune: what α does to the answers</h1>" in page.read_text()
     assert "20% + ExPO ≥ 100%:" in run.stdout
+
+
+def test_the_trajectory_measurement_s_r_squared_on_snapshots_whose_fit_is_known(tmp_path):
+    """R² per tensor through the 5–20% snapshots: 1 for a tensor linear in the step; 0.2 for values alternating
+    0, 1, 0, 1 at steps 5, 10, 15, 20 (slope 0.04, so the line explains 0.04²·125 of a total sum of squares of 1)."""
+    import torch
+    from run import QUICK
+    from safetensors.torch import save_file
+    from trajectory import FIT, r_squared, step_of
+
+    steps = [step_of(f, QUICK) for f in FIT]
+    assert steps == [5, 10, 15, 20]
+    for i, (fraction, step) in enumerate(zip(FIT, steps, strict=True)):
+        folder = tmp_path / f"dpo-{round(100 * fraction)}"
+        folder.mkdir()
+        tensors = {
+            "model.layers.0.self_attn.q_proj.weight": torch.full((4, 4), 0.5 + 0.01 * step),
+            "model.layers.1.self_attn.q_proj.weight": torch.full((4, 4), 1.0 - 0.02 * step),
+            "model.layers.0.mlp.down_proj.weight": torch.full((2, 3), float(i % 2)),
+        }
+        save_file(tensors, folder / "model.safetensors")
+    found = r_squared(tmp_path, QUICK)
+    assert found["q/k/v"]["median"] == pytest.approx(1.0) and found["q/k/v"]["tensors"] == 2
+    assert found["down"]["median"] == pytest.approx(0.2)

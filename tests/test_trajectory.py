@@ -243,6 +243,7 @@ def test_a_dry_run_plans_the_trajectory_without_writing(expo, tmp_path):
             "steps must increase",
             2,
         ),
+        (lambda p: ["--trajectory", f"5={p[0]}", "--trajectory", f"5={p[1]}", "--to-step", 20], "must increase", 2),
         (lambda p: ["--trajectory", f"0={p[0]}", "--trajectory", f"5={p[0]}/", "--to-step", 20], "listed twice", 2),
         (lambda p: ["--trajectory", f"0={p[0]}", "--to-step", 20], "at least two", 2),
         (
@@ -262,6 +263,7 @@ def test_a_dry_run_plans_the_trajectory_without_writing(expo, tmp_path):
     ],
     ids=[
         "decreasing",
+        "equal",
         "twice",
         "one",
         "bad-step",
@@ -389,3 +391,34 @@ def test_inspect_reports_what_delta_rank_keeps_per_matrix_and_per_layer(expo, tm
         assert group["energy_kept"] == pytest.approx(expected)
     text = expo("inspect", "--sft", sft, "--aligned", aligned, "--delta-rank", 2, "-q")
     assert "kept at rank 2" in text.stdout.splitlines()[0]
+
+
+def test_a_tune_run_folder_is_refused_for_another_rank_or_trajectory(expo, steered, workspace, tmp_path):
+    """The responses depend on the rank and on every checkpoint of a trajectory: a run folder keeps one of each."""
+    sft, aligned = steered
+    run_dir = tmp_path / "run"
+    first = expo("tune", *tune_args(workspace, "--sft", sft, "--aligned", aligned, "--alpha", "1", "--delta-rank", 2),
+                 "--run-dir", run_dir)  # fmt: skip
+    assert first.code == 0, first.stderr
+    other = expo("tune", *tune_args(workspace, "--sft", sft, "--aligned", aligned, "--alpha", "1", "--delta-rank", 3),
+                 "--run-dir", run_dir)  # fmt: skip
+    assert other.code == 2 and "other settings" in other.stderr
+    points = ["--trajectory", f"0={sft}", "--trajectory", f"1={aligned}", "--to-step", "2"]
+    line_dir = tmp_path / "line"
+    assert expo("tune", *tune_args(workspace, *points), "--run-dir", line_dir).code == 0
+    moved = ["--trajectory", f"0={sft}", "--trajectory", f"2={aligned}", "--to-step", "4"]  # the same α, other steps
+    again = expo("tune", *tune_args(workspace, *moved), "--run-dir", line_dir)
+    assert again.code == 2 and "other settings" in again.stderr
+
+
+def test_verify_refuses_what_it_cannot_recompute_and_checks_a_two_point_line(expo, tmp_path):
+    sft, aligned = make_pair(tmp_path)
+    low, line = tmp_path / "low", tmp_path / "line"
+    assert (
+        expo("merge", "--sft", sft, "--aligned", aligned, "--alpha", 1, "--delta-rank", 2, "-o", low, "-q").code == 0
+    )
+    run = expo("verify", low, "--sft", sft, "--aligned", aligned)
+    assert run.code == 2 and "--delta-rank" in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    points = ["--trajectory", f"0={sft}", "--trajectory", f"1={aligned}", "--to-step", 2.5]
+    assert expo("merge", *points, "-o", line, "-q").code == 0
+    assert expo("verify", line, "--sft", sft, "--aligned", aligned, "-q").code == 0  # ExPO at α = 1.5

@@ -82,8 +82,9 @@ def prompts(rng: random.Random, count: int, exclude: set[str]) -> list[str]:
     return found
 
 
-def train(out: Path, seed: int, settings: Settings, say) -> Path:
-    """SFT, then DPO with snapshots; returns the folder holding sft/ and dpo-<pct>/."""
+def train(out: Path, seed: int, settings: Settings, say, fractions: tuple[float, ...] = FRACTIONS) -> Path:
+    """SFT, then DPO with a snapshot at each of `fractions` of its steps; returns the folder holding sft/ and
+    dpo-<pct>/."""
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM, TrainerCallback, set_seed
     from trl import DPOConfig, DPOTrainer, SFTConfig, SFTTrainer
@@ -149,7 +150,7 @@ def train(out: Path, seed: int, settings: Settings, say) -> Path:
         ra, rb = gold_reward(p, a), gold_reward(p, b)
         if ra != rb:  # ranked by the gold reward, ties dropped (as a judge ranks UltraFeedback)
             pairs.append({"prompt": f"{p}>", "chosen": a if ra > rb else b, "rejected": b if ra > rb else a})
-    snapshots = {round(f * settings.dpo_steps): f for f in FRACTIONS}
+    snapshots = {round(f * settings.dpo_steps): f for f in fractions}
 
     class Snapshots(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -329,6 +330,16 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def quiet_libraries() -> None:
+    """No progress bars or info logs from datasets and transformers: the tables are the output."""
+    import datasets
+    from transformers.utils import logging
+
+    datasets.disable_progress_bars()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/reproduce"))
@@ -336,12 +347,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the small variant CI runs (one seed, ~1 minute)")
     args = parser.parse_args()
     settings = QUICK if args.quick else Settings()
-    import datasets
-    from transformers.utils import logging
-
-    datasets.disable_progress_bars()
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
+    quiet_libraries()
     seeds = args.seeds[:1] if args.quick else args.seeds
     torch.set_num_threads(max(1, torch.get_num_threads()))
     grader = f"{HERE / 'task.py'}:gold_reward"

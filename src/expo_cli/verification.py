@@ -98,6 +98,11 @@ def verify(
     config = read_config(folder, "output")
     record = config.get("expo") if isinstance(config.get("expo"), dict) else {}
     recorded_alpha = record.get("alpha") if isinstance(record.get("alpha"), int | float) else None
+    if record.get("delta_rank") is not None or len((record.get("trajectory") or {}).get("checkpoints") or []) > 2:
+        raise UsageError(
+            f"{output}: made with --delta-rank or a --trajectory of more than two checkpoints, which expo verify "
+            "does not recompute; check it with `expo merge` of the same command and compare the shards' sha256"
+        )
     if alpha is None:
         alpha = recorded_alpha
         if alpha is None:

@@ -117,8 +117,7 @@ class Fitted:
         self.trajectory.exit(*exc)
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """Σ w_i·θ_i as θ_k + Σ_{i<k} w_i·(θ_i − θ_k): differences between checkpoints are small, so the sum keeps
-        the low bits a plain weighted sum of large values would lose."""
+        """Σ w_i·θ_i, written θ_k + Σ_{i<k} w_i·(θ_i − θ_k) (the weights sum to 1), in the compute dtype."""
         if not info.is_float:
             return self.trajectory.last.flat(info, start, stop)
         *earlier, last = self.trajectory.blocks(info, start, stop)
