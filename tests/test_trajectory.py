@@ -422,3 +422,18 @@ def test_verify_refuses_what_it_cannot_recompute_and_checks_a_two_point_line(exp
     points = ["--trajectory", f"0={sft}", "--trajectory", f"1={aligned}", "--to-step", 2.5]
     assert expo("merge", *points, "-o", line, "-q").code == 0
     assert expo("verify", line, "--sft", sft, "--aligned", aligned, "-q").code == 0  # ExPO at α = 1.5
+
+
+def test_the_plan_states_the_memory_a_trajectory_and_a_rank_add(expo, tmp_path):
+    paths = trajectory(tmp_path, torch.bfloat16, steps=(0, 10, 20))
+    plain = json.loads(expo("merge", "--sft", paths[0], "--aligned", paths[-1], "--alpha", 1, "-o", tmp_path / "a",
+                            "--dry-run", "--json", "--streams", 1).stdout)  # fmt: skip
+    line = json.loads(expo("merge", *specs(paths, (0, 10, 20)), "--to-step", 40, "-o", tmp_path / "b", "--dry-run",
+                           "--json", "--streams", 1).stdout)  # fmt: skip
+    low = json.loads(expo("merge", "--sft", paths[0], "--aligned", paths[-1], "--alpha", 1, "--delta-rank", 2, "-o",
+                          tmp_path / "c", "--dry-run", "--json", "--streams", 1).stdout)  # fmt: skip
+    from expo_cli.constants import CHUNK_ELEMENTS
+
+    assert line["peak_memory"] - plain["peak_memory"] == (3 + 2) * CHUNK_ELEMENTS * 4
+    largest = max(t.numel() for t in read_all(paths[-1]).values() if t.dim() == 2)
+    assert low["peak_memory"] - plain["peak_memory"] == 4 * largest * 4

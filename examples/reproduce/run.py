@@ -192,9 +192,9 @@ def quiet(trainer):
     return trainer
 
 
-def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict:
-    """expo tune picks α per snapshot on dev; every model is then scored on test with paired intervals."""
-    decoding = Decoding(
+def sampling(settings: Settings) -> Decoding:
+    """How every model answers: sampled (the paper's setting), with the same seeds for every model."""
+    return Decoding(
         max_new_tokens=12,
         temperature=1.0,
         top_p=1.0,
@@ -203,6 +203,11 @@ def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict
         batch_size=200,
         seed=1234,
     )
+
+
+def evaluate(out: Path, seed: int, settings: Settings, grader: str, say) -> dict:
+    """expo tune picks α per snapshot on dev; every model is then scored on test with paired intervals."""
+    decoding = sampling(settings)
     quiet = {"progress": False, "info": lambda _: None, "warn": lambda _: None}
     test_rewards: dict[str, np.ndarray] = {}
     lengths: dict[str, float] = {}

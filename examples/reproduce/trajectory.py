@@ -35,10 +35,9 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from run import QUICK, Settings, quiet_libraries, train  # noqa: E402
+from run import QUICK, Settings, quiet_libraries, sampling, train  # noqa: E402
 
 import expo_cli  # noqa: E402
-from expo_cli.tuning.backends.generation import Decoding  # noqa: E402
 from expo_cli.tuning.decision.statistics import Bootstrap  # noqa: E402
 
 SNAPSHOTS = (0.05, 0.1, 0.15, 0.2, 1.0)
@@ -57,18 +56,6 @@ SILENT = {"progress": False, "info": lambda _: None, "warn": lambda _: None}
 
 def step_of(fraction: float, settings: Settings) -> int:
     return round(fraction * settings.dpo_steps)  # where run.train saved the snapshot
-
-
-def decoding(settings: Settings) -> Decoding:
-    return Decoding(
-        max_new_tokens=12,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        samples_per_prompt=settings.samples,
-        batch_size=200,
-        seed=1234,
-    )
 
 
 def r_squared(folder: Path, settings: Settings) -> dict[str, dict[str, float]]:
@@ -102,7 +89,7 @@ def choose(folder: Path, settings: Settings, grader: str, name: str, **inputs) -
         reward_fn=grader,
         search=True,
         budget=settings.budget,
-        decoding=decoding(settings),
+        decoding=sampling(settings),
         holdout=0.3,
         run_dir=folder / "runs" / f"{name}-dev",
         **inputs,
@@ -117,7 +104,7 @@ def score(folder: Path, settings: Settings, grader: str, name: str, alpha: float
         prompts=str(folder / "test.jsonl"),
         reward_fn=grader,
         alphas=[alpha] if alpha != 0 else [-1.0],
-        decoding=decoding(settings),
+        decoding=sampling(settings),
         holdout=0.0,
         run_dir=folder / "runs" / f"{name}-test",
         **inputs,

@@ -55,6 +55,13 @@ def torch_dtype(code: str) -> torch.dtype:
     return getattr(torch, FLOAT_NAMES.get(code) or OTHER_NAMES[code])
 
 
+def rounded_bytes(values: torch.Tensor, code: str) -> memoryview:
+    """Computed values rounded once to a safetensors dtype, as bytes: `raw` of a source that computes its tensors."""
+    import torch  # torch loads on first use, not with the package
+
+    return memoryview(values.to(torch_dtype(code)).contiguous().view(torch.uint8).numpy())
+
+
 def dtype_name(code: str) -> str:
     """The name transformers writes in config.json for a safetensors dtype code."""
     return FLOAT_NAMES.get(code, code.lower())

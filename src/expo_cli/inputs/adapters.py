@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..constants import ADAPTER_CONFIG
-from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
+from ..core.sources import TensorInfo, TensorSource, compute_dtype, rounded_bytes
 from ..errors import InputError, MismatchError
 from .architecture import architecture
 from .checkpoint import WEIGHT_LAYOUTS, Checkpoint, read_weights
@@ -361,10 +361,7 @@ class LoraSource:
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
         if info.name not in self.adapter.changed:
             return self.base.raw(info, start, stop)
-        import torch  # torch loads on first use, not with the package
-
-        values = self.flat(info, start, stop).to(torch_dtype(info.dtype)).contiguous()
-        return memoryview(values.view(torch.uint8).numpy())
+        return rounded_bytes(self.flat(info, start, stop), info.dtype)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         if info.name not in self.adapter.whole:

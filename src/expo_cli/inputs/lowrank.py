@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.pairing import TensorPair
-from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
+from ..core.sources import TensorInfo, TensorSource, compute_dtype, rounded_bytes, torch_dtype
 
 if TYPE_CHECKING:
     import torch
@@ -135,10 +135,7 @@ class LowRankUpdate:
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
         if info.name not in self.pairs:
             return self.aligned.raw(info, start, stop)
-        import torch  # torch loads on first use, not with the package
-
-        values = self.flat(info, start, stop).to(torch_dtype(info.dtype)).contiguous()
-        return memoryview(values.view(torch.uint8).numpy())
+        return rounded_bytes(self.flat(info, start, stop), info.dtype)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         self.aligned.prefetch(info, start, stop)

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.sources import TensorInfo, TensorSource, compute_dtype, torch_dtype
+from ..core.sources import TensorInfo, TensorSource, compute_dtype, rounded_bytes, torch_dtype
 from ..errors import MismatchError
 from ..trajectory import Milestone, line_weights
 
@@ -129,10 +129,7 @@ class Fitted:
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:
         if not info.is_float:
             return self.trajectory.last.raw(info, start, stop)
-        import torch  # torch loads on first use, not with the package
-
-        values = self.flat(info, start, stop).to(torch_dtype(info.dtype)).contiguous()
-        return memoryview(values.view(torch.uint8).numpy())
+        return rounded_bytes(self.flat(info, start, stop), info.dtype)
 
     def prefetch(self, info: TensorInfo, start: int, stop: int) -> None:
         for source in self.trajectory.sources:
