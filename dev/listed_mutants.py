@@ -1664,6 +1664,13 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         '    return check_alpha((to_step - last) / last, "--to-step")',
         "tests/test_trajectory.py::test_two_checkpoints_at_steps_0_and_1_are_expo_byte_for_byte",
     ),
+    "trajectory: each end of the line reads every checkpoint again": (
+        "inputs/trajectory.py",
+        "        if kept is not None and kept[0] == key:",
+        "        if False:",
+        "tests/test_trajectory.py::test_both_ends_of_the_line_read_each_block_of_each_checkpoint_once_and_keep_only_"
+        "that_block",
+    ),
     "trajectory: equal steps accepted": (
         "trajectory.py",
         "        if after.step <= before.step:",

@@ -437,3 +437,42 @@ def test_the_plan_states_the_memory_a_trajectory_and_a_rank_add(expo, tmp_path):
     assert line["peak_memory"] - plain["peak_memory"] == (3 + 2) * CHUNK_ELEMENTS * 4
     largest = max(t.numel() for t in read_all(paths[-1]).values() if t.dim() == 2)
     assert low["peak_memory"] - plain["peak_memory"] == 4 * largest * 4
+
+
+def test_both_ends_of_the_line_read_each_block_of_each_checkpoint_once_and_keep_only_that_block(tmp_path):
+    """Memory is k blocks whatever the tensor count: the second view reuses the block the first one read, and the
+    next block replaces it."""
+    from expo_cli.inputs.checkpoint import load_checkpoint
+    from expo_cli.inputs.trajectory import Trajectory
+    from expo_cli.trajectory import parse_trajectory
+
+    paths = trajectory(tmp_path, torch.float32, steps=(0, 10, 20))
+    milestones = parse_trajectory([f"{s}={p}" for s, p in zip((0, 10, 20), paths, strict=True)])
+    reads: list[tuple[str, str]] = []
+
+    class Counted:
+        def __init__(self, checkpoint):
+            self.checkpoint = checkpoint
+
+        def __getattr__(self, name):
+            return getattr(self.checkpoint, name)
+
+        def __enter__(self):
+            self.checkpoint.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            self.checkpoint.__exit__(*exc)
+
+        def flat(self, info, start, stop):
+            reads.append((str(self.checkpoint.path), info.name))
+            return self.checkpoint.flat(info, start, stop)
+
+    line = Trajectory(milestones, [Counted(load_checkpoint(p, "aligned")) for p in paths])
+    first, last = line.at(0), line.at(20)
+    with first, last:
+        for info in last.tensors.values():
+            a, b = first.flat(info, 0, info.numel), last.flat(info, 0, info.numel)
+            assert line._kept.block[0] == (info.name, 0, info.numel)  # the one block kept
+            assert not torch.equal(a, b)
+    assert len(reads) == 3 * len(last.tensors) and len(set(reads)) == len(reads)
