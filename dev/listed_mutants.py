@@ -1671,6 +1671,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "tests/test_trajectory.py::test_both_ends_of_the_line_read_each_block_of_each_checkpoint_once_and_keep_only_"
         "that_block",
     ),
+    "trajectory: job-array parts of other middle checkpoints agree": (
+        "merging/run.py",
+        '            "trajectory": [[m.step, _public(m.checkpoint)] for m in self.milestones or ()],',
+        "",
+        "tests/test_trajectory.py::test_a_job_array_part_of_another_trajectory_or_rank_is_refused",
+    ),
     "trajectory: equal steps accepted": (
         "trajectory.py",
         "        if after.step <= before.step:",

@@ -476,3 +476,16 @@ def test_both_ends_of_the_line_read_each_block_of_each_checkpoint_once_and_keep_
             assert line._kept.block[0] == (info.name, 0, info.numel)  # the one block kept
             assert not torch.equal(a, b)
     assert len(reads) == 3 * len(last.tensors) and len(set(reads)) == len(reads)
+
+
+def test_a_job_array_part_of_another_trajectory_or_rank_is_refused(expo, tmp_path):
+    paths = trajectory(tmp_path, torch.bfloat16)
+    out = tmp_path / "out"
+    common = ["--to-step", 50, "--max-shard-size", "20KB", "-q", "-o", out]
+    assert expo("merge", *specs(paths), *common, "--part", "1/2").code == 0
+    other = [*specs([paths[0], paths[2], paths[1], paths[3]], (0, 10, 20, 30))]  # middle checkpoints swapped
+    run = expo("merge", *other, *common, "--part", "2/2")
+    assert run.code == 2 and "another part planned a different merge" in run.stderr
+    run = expo("merge", *specs(paths), *common, "--part", "2/2", "--delta-rank", 2)
+    assert run.code == 2 and "another part planned a different merge" in run.stderr
+    assert expo("merge", *specs(paths), *common, "--part", "2/2").code == 0 and out.is_dir()

@@ -170,6 +170,8 @@ class PreparedRun:
         inputs, pairing, α per tensor and target, shards. No local path: outputs are named by folder name."""
         return {
             "inputs": {"sft": self.sources[0].to_json(), "aligned": self.sources[1].to_json()},
+            "trajectory": [[m.step, _public(m.checkpoint)] for m in self.milestones or ()],
+            "delta_rank": self.low_rank.rank if self.low_rank is not None else None,
             "targets": {
                 f"{a:g}": {"output": p.name, "model_name": self.model_names[a]} for a, p in self.targets.items()
             },
