@@ -6,10 +6,11 @@ engine): ExPO then gives θ_sft + (1 + α)·Δ_r. Vectors (norms, biases), tenso
 grown vocabulary added and tensors that are not floating are the aligned model's own.
 
 A matrix is computed whole when its first block is asked for and kept until the next tensor (per thread: a merge
-writes several shards at once), so memory grows with the largest matrix (about four float32 copies of it at the
-peak: both inputs, Δ and the result), never with the model. Matrices whose smaller side is at most EXACT_UP_TO
-get an exact SVD; larger ones a randomised one (range finder with POWER_ITERATIONS power iterations and OVERSAMPLE
-extra columns, seeded by the tensor's name, so every run and every job-array part computes the same bits).
+writes several shards at once), so memory grows with the largest matrix (about five float32 copies of it at the
+peak: the SFT matrix, Δ, the SVD's factors and workspace, the result), never with the model. Matrices whose
+smaller side is at most EXACT_UP_TO get an exact SVD; larger ones a randomised one (range finder with
+POWER_ITERATIONS power iterations and OVERSAMPLE extra columns, seeded by the tensor's name, so every run and every
+job-array part computes the same bits).
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ class LowRankUpdate:
         delta = self.aligned.flat(pair.aligned, 0, pair.shared).to(wide).view(-1, columns) - sft
         approximation, energy = low_rank(delta, self.rank, seed_of(pair.name))
         del delta
-        result = (sft + approximation).reshape(-1)
+        result = approximation.add_(sft).reshape(-1)
         self.energy[pair.name] = energy
         self._kept.matrix = (pair.name, result)
         return result

@@ -4,7 +4,8 @@
 between --sft and --aligned (see `expo_cli.trajectory`): each view is a source whose blocks are computed from the
 same block of every checkpoint, kept wide (float32, float64 when any checkpoint is float64) so that the output is
 rounded once, by the engine. The k blocks are read once for both views (the block the other view asked for last is
-kept), so memory is k widened blocks whatever the model size.
+kept), into buffers each thread allocates once: k widened blocks, each view's result and a scratch, whatever the
+model size.
 
 Every checkpoint must hold the same tensors with the same shapes (a trajectory is one training run); tensors that
 are not floating (copied, never fitted) come from the last checkpoint.
@@ -38,6 +39,7 @@ class Trajectory:
         self._kept = threading.local()  # per thread: a merge writes several shards at once
         self._opened = 0
         self._opening = threading.Lock()
+        self._views = 0
 
     def check(self) -> None:
         """Every checkpoint holds the last one's floating tensors with the same shapes (from headers alone)."""
@@ -62,8 +64,9 @@ class Trajectory:
                     )
 
     def at(self, step: float) -> Fitted:
-        """The line's values at `step`, as a source."""
-        return Fitted(self, step)
+        """The line's values at `step`, as a source (each view has its own result buffer, and one scratch)."""
+        self._views += 1
+        return Fitted(self, step, slot=len(self.sources) + 2 * (self._views - 1))
 
     def blocks(self, info: TensorInfo, start: int, stop: int) -> list[torch.Tensor]:
         """Elements [start, stop) of tensor `info` in every checkpoint, widened to their common compute dtype."""
@@ -73,9 +76,23 @@ class Trajectory:
             return kept[1]
         infos = [source.tensors[info.name] for source in self.sources]
         wide = compute_dtype(*(torch_dtype(i.dtype) for i in infos))
-        read = [source.flat(i, start, stop).to(wide) for source, i in zip(self.sources, infos, strict=True)]
+        read = [
+            self.buffer(slot, wide, stop - start).copy_(source.flat(i, start, stop))
+            for slot, (source, i) in enumerate(zip(self.sources, infos, strict=True))
+        ]
         self._kept.block = (key, read)
         return read
+
+    def buffer(self, slot: int, dtype: torch.dtype, numel: int) -> torch.Tensor:
+        """This thread's reusable buffer `slot` (0 … k − 1: the checkpoints' blocks; then the views' results and
+        a scratch): a fixed set of blocks per thread, allocated once, whatever the number of tensors."""
+        import torch  # torch loads on first use, not with the package
+
+        pool = self._kept.__dict__.setdefault("pool", {})
+        held = pool.get((slot, dtype))
+        if held is None or held.numel() < numel:
+            held = pool[(slot, dtype)] = torch.empty(numel, dtype=dtype)
+        return held[:numel]
 
     def enter(self) -> None:
         """Open every checkpoint (once, however many views and threads use them)."""
@@ -92,14 +109,16 @@ class Trajectory:
                 for source in reversed(self.sources):
                     source.__exit__(*exc)
         self._kept.block = None
+        self._kept.__dict__.pop("pool", None)
 
 
 class Fitted:
     """The least-squares line through a trajectory's checkpoints at one step, under the last one's names."""
 
-    def __init__(self, trajectory: Trajectory, step: float) -> None:
+    def __init__(self, trajectory: Trajectory, step: float, slot: int) -> None:
         self.trajectory = trajectory
         self.step = step
+        self.slot = slot  # of its result in the trajectory's buffers
         self.weights = line_weights(trajectory.steps, step)
         self.path: Path = trajectory.last.path
         self.config: dict[str, Any] = trajectory.last.config
@@ -117,13 +136,18 @@ class Fitted:
         self.trajectory.exit(*exc)
 
     def flat(self, info: TensorInfo, start: int, stop: int) -> torch.Tensor:
-        """Σ w_i·θ_i, written θ_k + Σ_{i<k} w_i·(θ_i − θ_k) (the weights sum to 1), in the compute dtype."""
+        """Σ w_i·θ_i, written θ_k + Σ_{i<k} w_i·(θ_i − θ_k) (the weights sum to 1), in the compute dtype, into this
+        view's buffer: valid until its next call in this thread (the engine uses a block before asking for the
+        next)."""
+        import torch  # torch loads on first use, not with the package
+
         if not info.is_float:
             return self.trajectory.last.flat(info, start, stop)
         *earlier, last = self.trajectory.blocks(info, start, stop)
-        result = last.clone()
+        result = self.trajectory.buffer(self.slot, last.dtype, last.numel()).copy_(last)
+        difference = self.trajectory.buffer(self.slot + 1, last.dtype, last.numel())
         for weight, values in zip(self.weights, earlier, strict=False):
-            result.add_(values - last, alpha=weight)
+            result.add_(torch.sub(values, last, out=difference), alpha=weight)
         return result
 
     def raw(self, info: TensorInfo, start: int, stop: int) -> memoryview:

@@ -213,11 +213,11 @@ class PreparedRun:
         widest = max((itemsize(t.out_dtype) for t in tensors), default=1)
         buffers = self.streams * (BUFFERS * widest + 2 * 8) * CHUNK_ELEMENTS  # pools + widened scratch, at most
         wide = 8 if any(t.aligned.dtype == "F64" for t in tensors) else 4
-        if self.milestones is not None and len(self.milestones) > 2:  # every checkpoint's block, both views' results
-            buffers += self.streams * (len(self.milestones) + 2) * CHUNK_ELEMENTS * wide
-        if self.low_rank is not None:  # one matrix at a time: both inputs, Δ and the result
+        if self.milestones is not None and len(self.milestones) > 2:  # each checkpoint's block, both ends, scratch
+            buffers += self.streams * (len(self.milestones) + 4) * CHUNK_ELEMENTS * wide
+        if self.low_rank is not None:  # one matrix at a time: the SFT matrix, Δ, the SVD, the result
             largest = max((t.numel for t in self.low_rank.pairs.values()), default=0)
-            buffers += self.streams * 4 * largest * wide
+            buffers += self.streams * 5 * largest * wide
         return Plan(
             outputs=dict(self.targets),
             tensors=len(tensors),
