@@ -489,3 +489,27 @@ def test_a_job_array_part_of_another_trajectory_or_rank_is_refused(expo, tmp_pat
     run = expo("merge", *specs(paths), *common, "--part", "2/2", "--delta-rank", 2)
     assert run.code == 2 and "another part planned a different merge" in run.stderr
     assert expo("merge", *specs(paths), *common, "--part", "2/2").code == 0 and out.is_dir()
+
+
+def test_a_trajectory_of_hub_branches_is_the_trajectory_of_the_same_folders(expo, tmp_path, hub, token):
+    """RELEX publishes one branch per step: `org/run@step_N` is read at that branch, validated from its headers
+    first like any Hub input, and gives the bytes of the same checkpoints read locally."""
+    from helpers import files_of
+
+    paths = trajectory(tmp_path, torch.bfloat16, steps=(0, 10, 20))
+    hub.create("org/traj-run", files_of(paths[0]))
+    repo = hub.repos["org/traj-run"]
+    for step, path in zip((0, 10, 20), paths, strict=True):
+        repo.refs[f"step_{step}"] = repo.commit(files_of(path), repo.refs["main"], f"step {step}")
+    remote, local = tmp_path / "remote", tmp_path / "local"
+    points = [a for s in (0, 10, 20) for a in ("--trajectory", f"{s}=org/traj-run@step_{s}")]
+    run = expo("merge", *points, "--to-step", 40, "-o", remote, "-q")
+    assert run.code == 0, run.stderr
+    assert expo("merge", *specs(paths, (0, 10, 20)), "--to-step", 40, "-o", local, "-q").code == 0
+    assert weights_of(remote) == weights_of(local)
+    recorded = json.loads((remote / "config.json").read_text())["expo"]["trajectory"]["checkpoints"]
+    assert [c["checkpoint"] for c in recorded] == [f"org/traj-run@step_{s}" for s in (0, 10, 20)]
+    missing = expo(
+        "merge", *points[:4], "--trajectory", "20=org/traj-run@step_99", "--to-step", 40, "-o", tmp_path / "x"
+    )
+    assert missing.code != 0 and "step_99" in missing.stderr and not (tmp_path / "x").exists()
