@@ -513,3 +513,18 @@ def test_a_trajectory_of_hub_branches_is_the_trajectory_of_the_same_folders(expo
         "merge", *points[:4], "--trajectory", "20=org/traj-run@step_99", "--to-step", 40, "-o", tmp_path / "x"
     )
     assert missing.code != 0 and "step_99" in missing.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_sweep_of_steps_reads_the_checkpoints_once_and_writes_what_single_merges_write(expo, tmp_path):
+    paths = trajectory(tmp_path, torch.bfloat16, steps=(0, 10, 20))
+    sweep = tmp_path / "sweep"
+    run = expo("merge", *specs(paths, (0, 10, 20)), "--to-step", "40,80", "-o", sweep, "--json", "-q")
+    assert run.code == 0, run.stderr
+    assert [r["trajectory"]["to_step"] for r in json.loads(run.stdout)] == [40, 80]
+    assert sorted(p.name for p in sweep.iterdir()) == ["step-40", "step-80"]
+    for step in (40, 80):
+        single = tmp_path / f"single-{step}"
+        assert expo("merge", *specs(paths, (0, 10, 20)), "--to-step", step, "-o", single, "-q").code == 0
+        assert weights_of(sweep / f"step-{step}") == weights_of(single)
+    card = (sweep / "step-80" / "README.md").read_text()
+    assert "model_name: step-20-expo-step-80" in card

@@ -51,8 +51,9 @@ ToStepOpt = Annotated[
     typer.Option(
         "--to-step",
         rich_help_panel="Trajectory",
-        metavar="STEP",
-        help="With --trajectory: the training step to extrapolate the line to (beyond the last checkpoint's).",
+        metavar="STEP[,STEP...]",
+        help="With --trajectory: the training step to extrapolate the line to (beyond the last checkpoint's). "
+        "Several: a sweep, one checkpoint per step in OUTPUT/step-<STEP>, each checkpoint read once.",
     ),
 ]
 DeltaRankOpt = Annotated[
@@ -276,7 +277,6 @@ def run_alphas(
     to_step: list[str] | None,
     *,
     default: Sequence[float] | None = None,
-    one_step: bool = False,
 ) -> list[float]:
     """The α of a merge or the candidates of a tune: --alpha's (else `default`), or with --trajectory the α that
     reach each --to-step (see `expo_cli.trajectory`)."""
@@ -293,10 +293,7 @@ def run_alphas(
     steps = [m.step for m in parse_trajectory(trajectory)]
     if not to_step:
         raise UsageError("--to-step is required with --trajectory: the step to extrapolate the line to")
-    wanted = parse_steps(to_step)
-    if one_step and len(wanted) > 1:
-        raise UsageError("--to-step takes one step (run one merge per step)")
-    return [alpha_for_step(steps, step) for step in wanted]
+    return [alpha_for_step(steps, step) for step in parse_steps(to_step)]
 
 
 def run_options(quiet: bool, **values: Any) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..options import MergeOptions
 from .execution import MergeResult, execute, execute_to_hub
 from .parts import finish_parts as finish_all
 from .parts import run_part
-from .planning import prepare
+from .planning import prepare, sweep_label
 from .run import Plan, PreparedRun
 from .upload import push
 from .weights import WeightSet
@@ -65,7 +65,7 @@ def sweep(
 ) -> list[MergeResult]:
     """One complete checkpoint per α in `output`/alpha-<α>, reading each input tensor once for all of them."""
     opts = MergeOptions(**options)
-    return _profiled(opts, lambda: execute(_planned(sft, aligned, _sweep_targets(output, alphas), opts), opts))
+    return _profiled(opts, lambda: execute(_planned(sft, aligned, _sweep_targets(output, alphas, opts), opts), opts))
 
 
 def _planned(sft: str | Path, aligned: str | Path, targets: dict[float, Path], opts: MergeOptions) -> PreparedRun:
@@ -91,8 +91,9 @@ def _profiled(opts: MergeOptions, work: Callable[[], list[MergeResult]]) -> list
 
 def plan(sft: str | Path, aligned: str | Path, output: str | Path, alphas: Sequence[float], **options: Any) -> Plan:
     """Validate everything a merge (one α) or sweep (several) would do and describe it; write nothing."""
-    targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas)
-    return prepare(sft, aligned, targets, MergeOptions(**options), download=False).describe()
+    opts = MergeOptions(**options)
+    targets = {check_alpha(alphas[0]): Path(output)} if len(alphas) == 1 else _sweep_targets(output, alphas, opts)
+    return prepare(sft, aligned, targets, opts, download=False).describe()
 
 
 def merge_part(
@@ -162,5 +163,6 @@ def merge_to_hub(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _sweep_targets(output: str | Path, alphas: Sequence[float]) -> dict[float, Path]:
-    return {a: Path(output) / f"alpha-{a:g}" for a in check_alphas(alphas)}
+def _sweep_targets(output: str | Path, alphas: Sequence[float], opts: MergeOptions) -> dict[float, Path]:
+    """A sweep's folders: `alpha-<α>`, or for a trajectory `step-<step>`."""
+    return {a: Path(output) / sweep_label(a, opts) for a in check_alphas(alphas)}

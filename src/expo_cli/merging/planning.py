@@ -34,6 +34,7 @@ from ..inputs.ranged import RangedSource
 from ..inputs.resolve import resolve_inputs
 from ..inputs.trajectory import Trajectory
 from ..options import MergeOptions
+from ..trajectory import step_for_alpha
 from . import sidefiles
 from .adapter_output import adapter_weight_set, publishable_base
 from .card import AlignedCard, Source, default_model_name
@@ -146,7 +147,7 @@ def prepare(
         sources=sources,
         side_files=side,
         card=card,
-        model_names=_model_names(card, sources[1], list(targets), opts.model_name),
+        model_names=_model_names(card, sources[1], list(targets), opts),
         streamed=opts.stream,
         side_folder=folder,
         tuning=opts.tuning,
@@ -219,10 +220,17 @@ def _disk_needed(
     return 2 * largest + copied + metadata + COMMIT_FILES_BYTES + INDEX_BYTES_PER_SHARD * len(shards)
 
 
-def _model_names(card: AlignedCard, aligned: Source, alphas: list[float], name: str | None) -> dict[float, str]:
-    """The card's model name per output: --model-name or `<aligned name>-expo`; a sweep adds `-alpha-<α>`."""
-    base = name or default_model_name(card, aligned)
-    return {a: base if len(alphas) == 1 else f"{base}-alpha-{a:g}" for a in alphas}
+def sweep_label(alpha: float, opts: MergeOptions) -> str:
+    """What tells one output of a sweep from the others: `alpha-<α>`, or for a trajectory `step-<step>`."""
+    if opts.milestones is not None:
+        return f"step-{step_for_alpha([m.step for m in opts.milestones], alpha):g}"
+    return f"alpha-{alpha:g}"
+
+
+def _model_names(card: AlignedCard, aligned: Source, alphas: list[float], opts: MergeOptions) -> dict[float, str]:
+    """The card's model name per output: --model-name or `<aligned name>-expo`; a sweep adds its label."""
+    base = opts.model_name or default_model_name(card, aligned)
+    return {a: base if len(alphas) == 1 else f"{base}-{sweep_label(a, opts)}" for a in alphas}
 
 
 def _ranged(
