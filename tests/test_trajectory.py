@@ -91,6 +91,7 @@ def test_a_trajectory_is_the_least_squares_line_at_the_step_rounded_once(expo, t
     assert config["trajectory"]["to_step"] == 75
     assert all(str(tmp_path) not in c["checkpoint"] for c in config["trajectory"]["checkpoints"])  # no local path
     assert "line through the 4 checkpoints at step 75" in config["formula"]
+    assert config["sft"]["name"] == "step-0" and config["aligned"]["name"] == "step-30"  # the line's two ends
 
 
 def test_tied_embeddings_and_integer_tensors_follow_the_last_checkpoint(expo, tmp_path):

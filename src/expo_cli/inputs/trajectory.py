@@ -120,7 +120,8 @@ class Fitted:
         self.step = step
         self.slot = slot  # of its result in the trajectory's buffers
         self.weights = line_weights(trajectory.steps, step)
-        self.path: Path = trajectory.last.path
+        at = [source for m, source in zip(trajectory.milestones, trajectory.sources, strict=True) if m.step == step]
+        self.path: Path = (at or [trajectory.last])[0].path  # the checkpoint saved at this step: provenance names it
         self.config: dict[str, Any] = trajectory.last.config
         self.tensors = trajectory.last.tensors
 

@@ -116,7 +116,7 @@ def prepare(
     header_only = not aligned_ckpt.readable  # a dry run on Hub inputs: nothing downloaded yet
     if not header_only and not opts.force and _identical(sft_ckpt, aligned_ckpt, pairing):
         raise MismatchError(f"{IDENTICAL} (pass --force to write it anyway)")
-    if not opts.force and not any(isinstance(c, LoraSource) for c in (sft_ckpt, aligned_ckpt)):
+    if not opts.force and milestones is None and not any(isinstance(c, LoraSource) for c in (sft_ckpt, aligned_ckpt)):
         named = [
             Named.of(str(spec), hub_ids[role], ckpt.config, ckpt.path if ckpt.readable else None)
             for spec, role, ckpt in ((sft, "sft", sft_ckpt), (aligned, "aligned", aligned_ckpt))
