@@ -529,3 +529,25 @@ def test_a_sweep_of_steps_reads_the_checkpoints_once_and_writes_what_single_merg
         assert weights_of(sweep / f"step-{step}") == weights_of(single)
     card = (sweep / "step-80" / "README.md").read_text()
     assert "model_name: step-20-expo-step-80" in card
+
+
+@pytest.mark.parametrize(
+    "settings", [{"aligned_vocab": 100}, {"sft_tied": True, "aligned_tied": False}], ids=["grown-vocab", "tied-sft"]
+)
+def test_delta_rank_on_a_grown_vocabulary_and_an_untied_head(expo, tmp_path, settings):
+    """The update of the rows both have is low-ranked; rows the aligned model added are its own; an aligned head
+    untied from the SFT embedding is paired with that embedding, as ExPO pairs them."""
+    sft, aligned = make_pair(tmp_path, dtype=torch.float32, **settings)
+    out = tmp_path / "out"
+    run = expo("merge", "--sft", sft, "--aligned", aligned, "--alpha", 1, "--delta-rank", 2, "-o", out, "--json", "-q")
+    assert run.code == 0, run.stderr
+    merged, s, a = read_all(out), read_all(sft), read_all(aligned)
+    embedding = "model.embed_tokens.weight"
+    pairs = {embedding: embedding, "lm_head.weight": "lm_head.weight" if "lm_head.weight" in s else embedding}
+    for name, sft_name in pairs.items():
+        rows = s[sft_name].shape[0]
+        ref, _, largest = svd_reference(s[sft_name], a[name][:rows], 2, 1)
+        bound = 4 * (s[sft_name].double().abs() + ref.abs()).reshape(-1) + 1.5 * min(ref.shape) * largest
+        assert_close_to(merged[name][:rows], ref.reshape(-1), bound, name)
+        assert torch.equal(merged[name][rows:], a[name][rows:])  # grown rows: the aligned model's
+    assert set(json.loads(run.stdout)["delta_rank"]["energy_kept"]) >= set(pairs)
