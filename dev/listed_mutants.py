@@ -1677,6 +1677,42 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "",
         "tests/test_trajectory.py::test_a_job_array_part_of_another_trajectory_or_rank_is_refused",
     ),
+    "inspect: a rank below one accepted": (
+        "inspection.py",
+        "    check_delta_rank(delta_rank)\n",
+        "",
+        "tests/test_trajectory.py::test_a_rank_below_one_and_a_vllm_tune_are_refused_in_one_line",
+    ),
+    "tune: a trajectory handed to vLLM": (
+        "tuning/api.py",
+        '    if backend == "vllm" and (opts.trajectory or opts.delta_rank is not None):',
+        "    if False:",
+        "tests/test_trajectory.py::test_a_rank_below_one_and_a_vllm_tune_are_refused_in_one_line",
+    ),
+    "trajectory: a sweep of steps named by α": (
+        "merging/planning.py",
+        '        return f"step-{step_for_alpha([m.step for m in opts.milestones], alpha):g}"',
+        '        return f"alpha-{alpha:g}"',
+        "tests/test_trajectory.py::test_a_sweep_of_steps_reads_the_checkpoints_once_and_writes_what_single_merges_write",
+    ),
+    "trajectory: the plan's memory leaves the checkpoints' blocks out": (
+        "merging/run.py",
+        "            buffers += self.streams * (len(self.milestones) + 4) * CHUNK_ELEMENTS * wide",
+        "            pass",
+        "tests/test_trajectory.py::test_the_plan_states_the_memory_a_trajectory_and_a_rank_add",
+    ),
+    "trajectory: the first end of the line named by the last checkpoint": (
+        "inputs/trajectory.py",
+        "        self.path: Path = (at or [trajectory.last])[0].path",
+        "        self.path: Path = trajectory.last.path",
+        "tests/test_trajectory.py::test_a_trajectory_is_the_least_squares_line_at_the_step_rounded_once",
+    ),
+    "delta rank: grown rows low-ranked with the shared ones": (
+        "inputs/lowrank.py",
+        "        if pair is None or start >= pair.shared:",
+        "        if pair is None:",
+        "tests/test_trajectory.py::test_delta_rank_on_a_grown_vocabulary_and_an_untied_head",
+    ),
     "trajectory: equal steps accepted": (
         "trajectory.py",
         "        if after.step <= before.step:",

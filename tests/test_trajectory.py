@@ -126,6 +126,8 @@ def test_two_checkpoints_at_steps_0_and_1_are_expo_byte_for_byte(expo, tmp_path,
     )
     assert expo("merge", "--sft", sft, "--aligned", aligned, "--alpha", 2.5, "-o", expo_out, "-q").code == 0
     weights = {n: b for n, b in snapshot(line).items() if n.endswith(".safetensors")}
+    merged, before = read_all(line), read_all(aligned)
+    assert any(not torch.equal(merged[n], before[n]) for n in merged)  # extrapolated, not the aligned model copied
     assert weights and weights == {n: b for n, b in snapshot(expo_out).items() if n.endswith(".safetensors")}
     # steps elsewhere scale α: two checkpoints at 100 and 300, extrapolated to 800, are α = 2.5 as well
     scaled = tmp_path / "scaled"
@@ -203,8 +205,12 @@ def test_a_rank_as_large_as_the_matrix_changes_nothing(expo, tmp_path):
         == 0
     )
     assert expo("merge", "--sft", sft, "--aligned", aligned, "--alpha", 1, "-o", plain, "-q").code == 0
-    weights = {n: b for n, b in snapshot(full).items() if n.endswith(".safetensors")}
-    assert weights == {n: b for n, b in snapshot(plain).items() if n.endswith(".safetensors")}
+    low = tmp_path / "low"
+    assert (
+        expo("merge", "--sft", sft, "--aligned", aligned, "--alpha", 1, "--delta-rank", 2, "-o", low, "-q").code == 0
+    )
+    assert weights_of(low) != weights_of(plain)  # a rank below the matrices' changes the output
+    assert weights_of(full) == weights_of(plain)
 
 
 def test_the_randomised_svd_of_a_large_matrix_is_the_best_rank_r_approximation():
@@ -304,6 +310,8 @@ def test_tune_over_a_two_point_trajectory_is_tune_over_alpha(expo, steered, work
     )
     assert by_alpha.code == by_step.code == 0, by_step.stderr
     alpha_report, step_report = json.loads(by_alpha.stdout), json.loads(by_step.stdout)
+    rewards = [json.dumps(c["reward"]) for c in alpha_report["candidates"]]
+    assert len(set(rewards)) == len(rewards) == 3  # the candidates answer differently: equality below means something
     trajectory = step_report.pop("trajectory")
     assert trajectory["candidates"] == {"0": 1, "0.5": 1.5, "2": 3}
     assert trajectory["to_step"] == 1 + step_report["alpha"]
@@ -330,9 +338,11 @@ def test_tune_chooses_a_step_of_a_trajectory_and_a_low_rank_alpha_and_writes_wha
     run = expo("tune", *tune_args(workspace, *points, "--to-step", "3,5"), "--output", tuned_out, "--force")
     assert run.code == 0, run.stderr
     chosen = json.loads(run.stdout)["trajectory"]["to_step"]
-    assert chosen in (2, 3, 5)
-    merged = tmp_path / "merged"
+    assert chosen in (3, 5), chosen  # beyond the last step: the output differs from the baseline's
+    merged, baseline = tmp_path / "merged", tmp_path / "baseline"
     assert expo("merge", *points, "--to-step", chosen, "-o", merged, "-q").code == 0
+    assert expo("merge", *points, "--to-step", 2, "-o", baseline, "-q").code == 0
+    assert weights_of(merged) != weights_of(baseline)
     assert weights_of(tuned_out) == weights_of(merged)
     low_out = tmp_path / "low"
     run = expo("tune", *tune_args(workspace, "--sft", sft, "--aligned", aligned, "--alpha", "1,3", "--delta-rank", 2),
@@ -507,6 +517,9 @@ def test_a_trajectory_of_hub_branches_is_the_trajectory_of_the_same_folders(expo
     run = expo("merge", *points, "--to-step", 40, "-o", remote, "-q")
     assert run.code == 0, run.stderr
     assert expo("merge", *specs(paths, (0, 10, 20)), "--to-step", 40, "-o", local, "-q").code == 0
+    two_point = tmp_path / "two-point"
+    assert expo("merge", "--sft", paths[0], "--aligned", paths[2], "--alpha", 1, "-o", two_point, "-q").code == 0
+    assert weights_of(local) != weights_of(two_point)  # the middle branch counts
     assert weights_of(remote) == weights_of(local)
     recorded = json.loads((remote / "config.json").read_text())["expo"]["trajectory"]["checkpoints"]
     assert [c["checkpoint"] for c in recorded] == [f"org/traj-run@step_{s}" for s in (0, 10, 20)]
@@ -523,6 +536,7 @@ def test_a_sweep_of_steps_reads_the_checkpoints_once_and_writes_what_single_merg
     assert run.code == 0, run.stderr
     assert [r["trajectory"]["to_step"] for r in json.loads(run.stdout)] == [40, 80]
     assert sorted(p.name for p in sweep.iterdir()) == ["step-40", "step-80"]
+    assert weights_of(sweep / "step-40") != weights_of(sweep / "step-80")
     for step in (40, 80):
         single = tmp_path / f"single-{step}"
         assert expo("merge", *specs(paths, (0, 10, 20)), "--to-step", step, "-o", single, "-q").code == 0
@@ -551,3 +565,30 @@ def test_delta_rank_on_a_grown_vocabulary_and_an_untied_head(expo, tmp_path, set
         assert_close_to(merged[name][:rows], ref.reshape(-1), bound, name)
         assert torch.equal(merged[name][rows:], a[name][rows:])  # grown rows: the aligned model's
     assert set(json.loads(run.stdout)["delta_rank"]["energy_kept"]) >= set(pairs)
+    if "aligned_vocab" in settings:  # any block of the grown rows, not only those the merge's walk asks for
+        from expo_cli.core.pairing import pair_tensors
+        from expo_cli.inputs.checkpoint import load_checkpoint
+        from expo_cli.inputs.lowrank import LowRankUpdate
+
+        before, after = load_checkpoint(sft, "sft"), load_checkpoint(aligned, "aligned")
+        tensors = pair_tensors(before, after, None).tensors
+        source = LowRankUpdate(before, after, 2, tensors)
+        (t,) = [t for t in tensors if t.name == embedding]
+        with before, source:  # the blocks are views of the mapped files: compared while they are open
+            tail = source.flat(t.aligned, t.shared + t.shape[1], t.numel).clone()
+            head = source.flat(t.aligned, 0, t.shape[1]).clone()
+        assert torch.equal(tail, a[embedding].reshape(-1)[t.shared + t.shape[1] :])
+        assert not torch.equal(head, a[embedding].reshape(-1)[: t.shape[1]])  # a shared row: low-ranked
+
+
+def test_a_rank_below_one_and_a_vllm_tune_are_refused_in_one_line(expo, steered, workspace):
+    sft, aligned = steered
+    cases = {
+        "--delta-rank 0: must be at least 1": expo("inspect", "--sft", sft, "--aligned", aligned, "--delta-rank", 0),
+        "need --backend transformers": expo(
+            "tune", *tune_args(workspace, "--sft", sft, "--aligned", aligned, "--delta-rank", 2), "--backend", "vllm"
+        ),
+    }
+    for message, run in cases.items():
+        assert run.code == 2 and message in run.stderr, run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1 and "Traceback" not in run.stderr

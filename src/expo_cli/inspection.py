@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .core.pairing import IDENTICAL, TensorPair, pair_tensors
-from .core.sources import TensorSource, compute_dtype, dtype_code, dtype_name, itemsize, torch_dtype
+from .core.sources import dtype_code, dtype_name, itemsize, torch_dtype
 from .core.streaming import walk
-from .inputs.lowrank import energy_kept, seed_of
+from .inputs.lowrank import energy_kept, low_ranked, seed_of, update_of
 from .inputs.resolve import resolve_inputs
 from .plotting import pyplot, save_png
+from .trajectory import check_delta_rank
 
 LAYER = re.compile(r"(?:^|\.)(?:layers|layer|h|blocks|block)\.(\d+)\.")
 KINDS = (  # first match wins: attention before MLP, since GPT-2 has c_proj in both
@@ -106,6 +107,7 @@ def inspect(
 ) -> InspectResult:
     """Compare two checkpoints (local folders or Hub repo ids) tensor by tensor; nothing is written. With
     `delta_rank`, also the share of each matrix's update that its best approximation of that rank keeps."""
+    check_delta_rank(delta_rank)
     import torch  # torch loads on first use, not with the package
     from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
@@ -142,19 +144,10 @@ def inspect(
                 bar.update((stop - start) * itemsize(t.aligned.dtype))
             if block.last:
                 stats.append(sums.stats(t))
-                if delta_rank is not None and stats[-1].matrix and len(t.shape) == 2:
-                    stats[-1].energy_kept = _energy_kept(sft_ckpt, aligned_ckpt, t, delta_rank)
+                if delta_rank is not None and low_ranked(t):
+                    delta = update_of(sft_ckpt, aligned_ckpt, t)[1]
+                    stats[-1].energy_kept = energy_kept(delta, delta_rank, seed_of(t.name))
     return _summarise(stats, alpha, dtype_name(out_code) if out_code else pairing.dominant_dtype() or "float32")
-
-
-def _energy_kept(sft: TensorSource, aligned: TensorSource, t: TensorPair, rank: int) -> float:
-    """What `--delta-rank` keeps of this matrix's update (the whole matrix in memory, as the merge holds it)."""
-    assert t.sft is not None
-    wide = compute_dtype(torch_dtype(t.sft.dtype), torch_dtype(t.aligned.dtype))
-    columns = t.shape[1]
-    s = sft.flat(t.sft, 0, t.shared).to(wide).view(-1, columns)
-    delta = aligned.flat(t.aligned, 0, t.shared).to(wide).view(-1, columns) - s
-    return energy_kept(delta, rank, seed_of(t.name))
 
 
 class _Sums:

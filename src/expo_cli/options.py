@@ -17,7 +17,7 @@ from .constants import DEFAULT_MAX_SHARD_SIZE, REPO_ID
 from .core.sources import canonical_dtype, dtype_code
 from .core.writer import parse_size
 from .errors import UsageError
-from .trajectory import Milestone, parse_trajectory
+from .trajectory import Milestone, check_delta_rank, parse_trajectory
 
 
 @dataclass(frozen=True)
@@ -114,21 +114,12 @@ class MergeOptions:
             raise UsageError("--stream writes the Hugging Face format only; drop --mistral-format")
         if self.mistral_format and self.as_adapter:
             raise UsageError("--as-adapter writes a PEFT adapter; drop --mistral-format")
-        if self.delta_rank is not None and self.delta_rank < 1:
-            raise UsageError(f"--delta-rank {self.delta_rank}: must be at least 1")
-        refined = [
-            (name, given) for name, given in (("--trajectory", self.milestones), ("--delta-rank", self.delta_rank))
-        ]
-        for name, given in refined:
-            if given is None:
-                continue
-            for other, conflicting in (
-                ("--stream", self.stream),
-                ("--as-adapter", self.as_adapter),
-                ("--mistral-format", self.mistral_format),
-            ):
-                if conflicting:
-                    raise UsageError(f"{name} cannot be combined with {other}")
+        check_delta_rank(self.delta_rank)
+        refined = [name for name, on in (("--trajectory", self.trajectory), ("--delta-rank", self.delta_rank)) if on]
+        exclusive = [name for name, on in (("--stream", self.stream), ("--as-adapter", self.as_adapter),
+                                           ("--mistral-format", self.mistral_format)) if on]  # fmt: skip
+        if refined and exclusive:
+            raise UsageError(f"{refined[0]} cannot be combined with {exclusive[0]}")
         if self.milestones is not None:
             for option, value in (
                 ("--sft-revision", self.sft_revision),

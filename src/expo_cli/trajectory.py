@@ -1,4 +1,5 @@
-"""Extrapolating a training trajectory: a least-squares line per weight through k checkpoints, evaluated at a step.
+"""Extrapolating a training trajectory: a least-squares line per weight through k checkpoints, evaluated at a step
+(and the check of --delta-rank, the other refinement of the two-point update).
 
 Each weight's values θ_1 … θ_k at steps s_1 < … < s_k get the line a + b·s that fits them best; the output is
 that line at `--to-step` T. The line at any step u is a fixed weighted sum of the checkpoints,
@@ -82,6 +83,12 @@ def alpha_for_step(steps: Sequence[float], to_step: float) -> float:
 def step_for_alpha(steps: Sequence[float], alpha: float) -> float:
     """The step the line reaches at α (the inverse of `alpha_for_step`)."""
     return steps[-1] + alpha * (steps[-1] - steps[0])
+
+
+def check_delta_rank(rank: int | None) -> None:
+    """--delta-rank: a rank of at least 1 (None: the update kept whole)."""
+    if rank is not None and rank < 1:
+        raise UsageError(f"--delta-rank {rank}: must be at least 1 (the rank each matrix's update is cut to)")
 
 
 def parse_steps(values: Sequence[str]) -> list[float]:

@@ -47,13 +47,15 @@ TrajectoryOpt = Annotated[
     ),
 ]
 ToStepOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
         "--to-step",
         rich_help_panel="Trajectory",
         metavar="STEP[,STEP...]",
-        help="With --trajectory: the training step to extrapolate the line to (beyond the last checkpoint's). "
-        "Several: a sweep, one checkpoint per step in OUTPUT/step-<STEP>, each checkpoint read once.",
+        help="With --trajectory: the training step to extrapolate the line to, beyond the last checkpoint's. "
+        "merge: several make a sweep, one checkpoint per step in OUTPUT/step-<STEP>, each checkpoint read once. "
+        "tune: the candidate steps, instead of --alpha; its baseline (α = 0) is the line at the last "
+        "checkpoint's step (with more than two checkpoints: the fit there, not that checkpoint).",
     ),
 ]
 DeltaRankOpt = Annotated[

@@ -225,7 +225,7 @@ def merge(
     json: JsonOpt = False,
 ) -> None:
     """Write θ_expo = θ_aligned + α·(θ_aligned − θ_sft) as a new sharded safetensors checkpoint."""
-    alphas = run_alphas(alpha, aligned, sft, trajectory, [to_step] if to_step is not None else None)
+    alphas = run_alphas(alpha, aligned, sft, trajectory, to_step)
     hub = HubTarget.of(push_to_hub, private, revision, commit_message, create_pr, token)
     mode = _mode(alphas, output, stream, part, finish, parts, hub)
     options = run_options(

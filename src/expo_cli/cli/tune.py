@@ -44,6 +44,7 @@ from ._options import (
     SftOpt,
     SftRevisionOpt,
     TokenOpt,
+    ToStepOpt,
     TrajectoryOpt,
     run_alphas,
     run_options,
@@ -89,16 +90,7 @@ def tune(
     aligned: AlignedOpt = None,
     sft: SftOpt = None,
     trajectory: TrajectoryOpt = None,
-    to_step: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--to-step",
-            rich_help_panel="Trajectory",
-            metavar="STEP[,STEP...]",
-            help="With --trajectory: the candidate steps, instead of --alpha. The baseline (α = 0) is the line at "
-            "the last checkpoint's step (with more than two checkpoints: the fit there, not that checkpoint).",
-        ),
-    ] = None,
+    to_step: ToStepOpt = None,
     delta_rank: DeltaRankOpt = None,
     base: BaseOpt = None,
     adapter_stack: AdapterStackOpt = None,

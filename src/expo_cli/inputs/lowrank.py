@@ -73,6 +73,20 @@ def _randomised_svd(matrix: torch.Tensor, columns: int, seed: int) -> tuple[torc
     return basis @ u, s, vh
 
 
+def low_ranked(t: TensorPair) -> bool:
+    """Whether --delta-rank replaces this tensor's update: a floating matrix with an SFT counterpart."""
+    return t.sft is not None and len(t.shape) == 2 and t.aligned.is_float
+
+
+def update_of(sft: TensorSource, aligned: TensorSource, t: TensorPair) -> tuple[torch.Tensor, torch.Tensor]:
+    """A matrix's SFT values and its update Δ over the rows both have, whole and wide (float32, or float64)."""
+    assert t.sft is not None
+    wide = compute_dtype(torch_dtype(t.sft.dtype), torch_dtype(t.aligned.dtype))
+    columns = t.shape[1]
+    before = sft.flat(t.sft, 0, t.shared).to(wide).view(-1, columns)
+    return before, aligned.flat(t.aligned, 0, t.shared).to(wide).view(-1, columns) - before
+
+
 def seed_of(name: str) -> int:
     """The randomised SVD's seed for a tensor: the same in every run and process."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little") & (2**63 - 1)
@@ -88,7 +102,7 @@ class LowRankUpdate:
         self.path: Path = aligned.path
         self.config: dict[str, Any] = aligned.config
         self.tensors = aligned.tensors
-        self.pairs = {t.name: t for t in tensors if t.sft is not None and len(t.shape) == 2 and t.aligned.is_float}
+        self.pairs = {t.name: t for t in tensors if low_ranked(t)}
         self.energy: dict[str, float] = {}  # tensor -> share of its update's squared norm kept
         self._kept = threading.local()
 
@@ -121,11 +135,7 @@ class LowRankUpdate:
         kept = getattr(self._kept, "matrix", None)
         if kept is not None and kept[0] == pair.name:
             return kept[1]
-        assert pair.sft is not None
-        wide = compute_dtype(torch_dtype(pair.sft.dtype), torch_dtype(pair.aligned.dtype))
-        columns = pair.shape[1]
-        sft = self.sft.flat(pair.sft, 0, pair.shared).to(wide).view(-1, columns)
-        delta = self.aligned.flat(pair.aligned, 0, pair.shared).to(wide).view(-1, columns) - sft
+        sft, delta = update_of(self.sft, self.aligned, pair)
         approximation, energy = low_rank(delta, self.rank, seed_of(pair.name))
         del delta
         result = approximation.add_(sft).reshape(-1)

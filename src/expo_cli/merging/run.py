@@ -26,12 +26,6 @@ if TYPE_CHECKING:
     from ..inputs.lowrank import LowRankUpdate
 
 
-def _public(checkpoint: str) -> str:
-    """A checkpoint as the provenance may name it: a Hub id as given, a local folder by its name only."""
-    path = Path(checkpoint)
-    return path.name if path.exists() else checkpoint
-
-
 BASE_MEMORY = 256 * 2**20  # Python, torch and expo themselves, measured at about 200 MiB of anonymous memory
 
 
@@ -237,3 +231,9 @@ class PreparedRun:
             model_names=self.model_names,
             streamed=self.streamed,
         )
+
+
+def _public(checkpoint: str) -> str:
+    """A checkpoint as the provenance may name it: a Hub id as given, a local folder by its name only."""
+    path = Path(checkpoint)
+    return path.name if path.exists() else checkpoint

@@ -236,13 +236,9 @@ def _tune(
     decoding, margin = decoding or Decoding(), Margin.parse(margin)
     _check_settings(decoding, reward_model, reward_fn, grid, budget, search, target_gain)
     spread.check(fresh, rescore, run_dir)
-    _check_backend(backend, tensor_parallel_size, rescore)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
-    if backend == "vllm" and (opts.milestones is not None or opts.delta_rank is not None):
-        raise UsageError(
-            "--trajectory and --delta-rank need --backend transformers (vLLM reads the checkpoints' files)"
-        )
+    _check_backend(backend, tensor_parallel_size, rescore, opts)
     texts = load_prompts(prompts, prompt_field, split, limit, opts.token, seed=decoding.seed)
     parts = split_prompts(len(texts), holdout, decoding.seed, warn=opts.warning)
     confirm_model, confirm_fn = confirm_reward_model, confirm_reward_fn
@@ -554,8 +550,12 @@ def _check_settings(
         raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
 
 
-def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool) -> None:
+def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool, opts: MergeOptions) -> None:
     """The generation backend, refused before any model loads (vLLM missing included)."""
+    if backend == "vllm" and (opts.trajectory or opts.delta_rank is not None):
+        raise UsageError(
+            "--trajectory and --delta-rank need --backend transformers (vLLM reads the checkpoints' files)"
+        )
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if tensor_parallel_size < 1:
