@@ -44,6 +44,9 @@ CLAIMS = (
 )
 TRAJECTORY_VALUES = "tests/test_trajectory.py::test_a_trajectory_is_the_least_squares_line_at_the_step_rounded_once"
 VLLM_FENCE = "vllm:tests/test_vllm.py::test_an_incomplete_or_overflowing_update_is_refused_and_fences_the_engine"
+JUDGE = "tests/test_judge.py"
+GUARD = "tests/test_guard.py"
+TASKS = "tests/test_objectives.py"
 
 # name: (file, text, replacement, tests expected to kill it)
 MUTANTS: dict[str, tuple[str, str, str, str]] = {
@@ -1434,7 +1437,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "evaluation: stored rewards not remembered by the cache": (
         "tuning/runs/evaluation.py",
-        "                    self.scorer.remember(prompts, texts, scored[number])",
+        "                    self.scorer.remember(prompts, texts, scored[number], references)",
         "                    pass",
         RESUMED,
     ),
@@ -1629,7 +1632,7 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "evaluation: an answer two candidates share scored twice in the statistics": (
         "tuning/runs/evaluation.py",
-        "rewards += self.scorer.canonical(prompts, texts)",
+        "rewards += self.scorer.canonical(prompts, texts, references)",
         "rewards += batch_scores.rewards",
         "tests/test_tune_spread.py::test_with_a_reward_model_workers_give_the_one_process_result_and_shared_answers_tie",
     ),
@@ -1749,6 +1752,90 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "    return sum(s.energy_kept * s.delta_norm**2 for s in measured) / total if total else 1.0",
         "    return sum(s.energy_kept for s in measured) / len(measured)",
         "tests/test_trajectory.py::test_inspect_reports_what_delta_rank_keeps_per_matrix_and_per_layer",
+    ),
+    "a judge asked in one order only": (
+        "tuning/objectives/judge.py",
+        "            second = 1.0 - self.verdict(prompt, reference, response).credit",
+        "            second = first",
+        JUDGE,
+    ),
+    "verdicts not kept": (
+        "tuning/objectives/judge.py",
+        "            self.cache.add(key, verdict)",
+        "            pass",
+        JUDGE,
+    ),
+    "a verdict's key without the answers' order": (
+        "tuning/objectives/judge.py",
+        "json.dumps([self.identity(), prompt, first, second], ensure_ascii=False)",
+        "json.dumps([self.identity(), prompt, *sorted([first, second])], ensure_ascii=False)",
+        JUDGE,
+    ),
+    "the judge budget not checked before starting": (
+        "tuning/api.py",
+        "    if judge.budget is not None and most > judge.budget:",
+        "    if False:",
+        JUDGE,
+    ),
+    "a judge's redirect followed": (
+        "tuning/objectives/judge.py",
+        "urllib.request.build_opener(Refused)",
+        "urllib.request.build_opener()",
+        JUDGE,
+    ),
+    "rate limits not retried": (
+        "tuning/objectives/judge.py",
+        "RETRIED = (429, 500, 502, 503, 504)",
+        "RETRIED = (500, 502, 504)",
+        JUDGE,
+    ),
+    "a verdict found anywhere in the answer": (
+        "tuning/objectives/judge.py",
+        "        found = VERDICT.match(candidate)",
+        '        found = re.search(r"\\b(A|B|tie)\\b", candidate, re.IGNORECASE)',
+        JUDGE,
+    ),
+    "the length-controlled fit ignores length": (
+        "tuning/decision/lengthcontrol.py",
+        "    x = np.tanh(difference / spread) if spread > 0 else np.zeros_like(y)",
+        "    x = np.zeros_like(y)",
+        JUDGE,
+    ),
+    "the guard admits by its estimate": (
+        "tuning/decision/guard.py",
+        "GuardCheck(alpha, float(np.mean(scores[alpha])), loss, loss.high <= max_loss)",
+        "GuardCheck(alpha, float(np.mean(scores[alpha])), loss, loss.estimate <= max_loss)",
+        GUARD,
+    ),
+    "the guard's loss of the wrong sign": (
+        "tuning/decision/guard.py",
+        "    losses = {a: scores[0.0] - s for a, s in scores.items() if a != 0}",
+        "    losses = {a: s - scores[0.0] for a, s in scores.items() if a != 0}",
+        GUARD,
+    ),
+    "a choice confirmed whatever its held-out guard": (
+        "tuning/decision/selection.py",
+        " and (self.guard is None or self.guard.held)",
+        "",
+        GUARD,
+    ),
+    "the guard's answers kept with the objective's": (
+        "tuning/runs/runfolder.py",
+        'root=self.path / "guard" / digest(guard)',
+        "root=self.root",
+        TASKS,
+    ),
+    "a task scored by another metric": (
+        "tuning/objectives/tasks.py",
+        "        score = float(sample[self.metrics[document.task]])",
+        '        score = float(sample.get("acc", 0.0))',
+        TASKS,
+    ),
+    "task documents answered again on resume": (
+        "tuning/runs/task_evaluation.py",
+        "            missing = [n for n in range(len(plan)) if n not in made or n not in scored]",
+        "            missing = list(range(len(plan)))",
+        TASKS,
     ),
 }
 

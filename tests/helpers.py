@@ -352,3 +352,45 @@ def w7_share(prompt, response):
 def length(prompt, response):
     return float(len(response.split()))
 """
+
+
+def moving_pair(root: Path) -> tuple[Path, Path]:
+    """A float32 pair whose answers move with α (a random model of initializer range 0.02 answers one token
+    everywhere): lm-eval tasks' scores and a judge's verdicts then differ between candidates."""
+    config = llama_config(initializer_range=0.2, bos_token_id=1, eos_token_id=2, pad_token_id=3)
+    sft_model = build_model(config, seed=0)
+    sft = save(sft_model, root / "sft", torch.float32)
+    aligned = save(perturb(build_model(config, seed=0), seed=1, scale=0.03), root / "aligned", torch.float32)
+    for folder in (sft, aligned):
+        word_tokenizer().save_pretrained(folder)
+    return sft, aligned
+
+
+def tiny_tasks(folder: Path, documents: int = 40) -> dict[str, Path]:
+    """Two lm-eval tasks whose data ship with them (a local JSON file: no download): a multiple-choice task scored
+    by log-likelihood (acc) and a generative one (exact_match of a greedy one-word answer)."""
+    import random
+
+    rng = random.Random(7)
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for _ in range(documents):
+        words = rng.sample(range(8, VOCAB), 7)
+        rows.append({"question": " ".join(f"w{w}" for w in words[:3]), "choices": [f"w{w}" for w in words[3:]],
+                     "answer": rng.randrange(4), "target": f"w{rng.choice(words[3:])}"})  # fmt: skip
+    data = folder / "docs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"
+    common += 'doc_to_text: "{{question}}"\n'
+    mc = folder / "tiny_mc.yaml"
+    mc.write_text(
+        f"task: tiny_mc\n{common}output_type: multiple_choice\ndoc_to_choice: choices\ndoc_to_target: answer\n"
+        "metric_list:\n  - metric: acc\n"
+    )
+    gen = folder / "tiny_gen.yaml"
+    gen.write_text(
+        f"task: tiny_gen\n{common}output_type: generate_until\ndoc_to_target: target\n"
+        "generation_kwargs:\n  until: ['</s>']\n  max_gen_toks: 1\n  do_sample: false\n"
+        "metric_list:\n  - metric: exact_match\n"
+    )
+    return {"mc": mc, "gen": gen}

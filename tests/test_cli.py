@@ -29,7 +29,7 @@ def test_options_are_grouped_and_the_command_list_is_not_cut(expo):
     assert "--push-to-hub" in section and "--stream " in section and "--alpha " not in section
     run = expo("tune", "--help")
     headings = [line[:-1] for line in run.stdout.splitlines() if line.endswith(":") and not line.startswith(" ")]
-    assert headings[:4] == ["Inputs", "Prompts", "Scoring", "Choice of α"] and headings[-1] == "General"
+    assert headings[:4] == ["Inputs", "Prompts", "Objective", "Choice of α"] and headings[-1] == "General"
     assert "Usage: expo verify [OPTIONS] OUTPUT" in expo("verify", "--help").stdout
     top = expo("--help").stdout
     assert "..." not in top.split("Commands:")[1].split("Exit codes")[0]

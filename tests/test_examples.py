@@ -106,3 +106,43 @@ def test_the_readme_push_of_the_tuned_demo_reaches_the_hub_byte_for_byte(demo, e
     back = Path(snapshot_download(repo, cache_dir=tmp_path / "cache"))
     for file in (demo / "tuned-for-push").iterdir():
         assert (back / file.name).read_bytes() == file.read_bytes(), file.name
+
+
+def readme_objective_commands() -> dict[str, list[str]]:
+    """The README's one command per objective (its "Objectives" block), by what each scores with."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("#### Objectives:")[1].split("```bash\n")[1].split("```")[0]
+    commands = [c.split() for c in block.replace("\\\n", " ").splitlines() if c.startswith("expo tune")]
+    return {next(o for o in ("--guard", "--judge", "--task", "--reward-fn") if o in c): c[2:] for c in commands}
+
+
+def test_the_readme_runs_one_command_per_objective(demo, expo, monkeypatch, tmp_path):
+    from judge_server import Judge, serve
+
+    monkeypatch.chdir(ROOT)  # the README's paths (the tasks' data files too) are relative to the repository
+    commands = readme_objective_commands()
+    assert sorted(commands) == ["--guard", "--judge", "--reward-fn", "--task"]
+    judge = Judge(word="aligned")  # the demo's reward counts that word: the stub judge prefers it
+    server = serve(judge)
+    monkeypatch.setenv("EXPO_JUDGE_API_KEY", "sk-demo")
+    stub = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    try:
+        reports = {}
+        for name, arguments in commands.items():
+            arguments = [stub if a.startswith("https://api.openai.com") else a.replace("examples/out", str(demo))
+                         for a in arguments]  # fmt: skip
+            run = expo("tune", *arguments, "--run-dir", tmp_path / name.strip("-"), "--json")
+            assert run.code == 0, (name, run.stderr)
+            reports[name] = json.loads(run.stdout)
+    finally:
+        server.shutdown()
+    assert reports["--reward-fn"]["objective"] == "reward" and reports["--task"]["objective"] == "task"
+    assert reports["--task"]["prompts"] == 120  # 60 documents in each of the two tasks
+    judged = reports["--judge"]["judge"]
+    assert judged["calls"] == len(judge.asked) > 0 and judged["requests"] == len(judge.requests)
+    assert reports["--guard"]["guard"]["tasks"] == "demo_choice (acc)"
+    # the guard keeps the reward's choice when it admits it, and never chooses an α it excludes
+    admitted = {c["alpha"]: c["admissible"] for c in reports["--guard"]["guard"]["candidates"]}
+    assert admitted[reports["--guard"]["alpha"]]
+    if admitted[reports["--reward-fn"]["alpha"]]:
+        assert reports["--guard"]["alpha"] == reports["--reward-fn"]["alpha"]

@@ -447,8 +447,12 @@ def test_errors_come_before_any_generation(tmp_path, expo, steered, prompts_file
     base = ["tune", "--sft", sft, "--aligned", aligned, "--prompts", prompts_file]
     fn = ["--reward-fn", f"{grader}:w7_share"]
     cases = [
-        (base, 2, "pass one of --reward-model or --reward-fn"),
-        (base + fn + ["--reward-model", "x"], 2, "pass one of"),
+        (base, 2, "pass one objective: --reward-model, --reward-fn, --task or --judge"),
+        (base + fn + ["--reward-model", "x"], 2, "pass one objective"),
+        (base + ["--judge", "gpt-x"], 2, "--judge MODEL and --judge-url URL go together"),
+        (base + ["--judge", "gpt-x", "--judge-url", "ftp://x"], 2, "--judge-url 'ftp://x': an http(s) URL"),
+        (base + fn + ["--guard", "tiny:-1"], 2, "--guard 'tiny:-1'"),
+        (["tune", "--sft", sft, "--aligned", aligned, *fn], 2, "--prompts FILE|ORG/NAME"),
         (base + ["--reward-fn", f"{grader}:missing"], 3, "has no function 'missing'"),
         (base + ["--reward-fn", "nonexistent_module_xyz:f"], 3, "cannot import nonexistent_module_xyz"),
         (base + ["--reward-fn", "no-colon"], 2, "module:function"),

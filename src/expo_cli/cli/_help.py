@@ -12,7 +12,7 @@ GENERAL = "General"  # the panel of options that declare none (--help, --quiet, 
 ORDER = (  # what a command needs first comes first; a panel not listed follows these, before General
     "Inputs",
     "Prompts",
-    "Scoring",
+    "Objective",
     "Choice of α",
     "Extrapolation",
     "Trajectory",

@@ -78,15 +78,15 @@ def _status(value: str | None) -> None:
 
 def tune(
     prompts: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--prompts",
             rich_help_panel="Prompts",
             metavar="FILE|ORG/NAME",
             help="Prompts: a .jsonl, .json, .txt or .parquet file, or a Hub "
-            "dataset (with --split; needs the datasets library).",
+            "dataset (with --split; needs the datasets library). Not with --task.",
         ),
-    ],
+    ] = None,
     aligned: AlignedOpt = None,
     sft: SftOpt = None,
     trajectory: TrajectoryOpt = None,
@@ -98,7 +98,7 @@ def tune(
         str | None,
         typer.Option(
             "--reward-model",
-            rich_help_panel="Scoring",
+            rich_help_panel="Objective",
             metavar="FOLDER|ORG/NAME",
             help="A sequence-classification reward model (one label: "
             "its raw logit is the reward), applied with its own chat template.",
@@ -108,7 +108,7 @@ def tune(
         str | None,
         typer.Option(
             "--reward-fn",
-            rich_help_panel="Scoring",
+            rich_help_panel="Objective",
             metavar="MODULE:FUNCTION",
             help="A Python function (prompt, response) -> float, e.g. graders.py:exact_match or mypkg.rewards:score.",
         ),
@@ -117,7 +117,7 @@ def tune(
         str | None,
         typer.Option(
             "--confirm-reward-model",
-            rich_help_panel="Scoring",
+            rich_help_panel="Objective",
             metavar="FOLDER|ORG/NAME",
             help="Judge the held-out confirmation with this second reward model (the selection reward's held-out "
             "gain shown beside it): over-optimising one reward at a large α then shows.",
@@ -127,9 +127,70 @@ def tune(
         str | None,
         typer.Option(
             "--confirm-reward-fn",
-            rich_help_panel="Scoring",
+            rich_help_panel="Objective",
             metavar="MODULE:FUNCTION",
             help="Judge the held-out confirmation with this second reward function.",
+        ),
+    ] = None,
+    task: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--task",
+            rich_help_panel="Objective",
+            metavar="TASK[,TASK...]",
+            help="lm-evaluation-harness tasks (names, or task YAML files) instead of prompts and a reward: each "
+            "candidate answers their documents in memory, each scored by its task's first metric "
+            "(pip install 'expo-cli[tasks]').",
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            "--judge",
+            rich_help_panel="Objective",
+            metavar="MODEL",
+            help="A pairwise judge instead of a reward: this model, behind --judge-url, compares each answer with "
+            "α = 0's in both orders (ties allowed); the key from EXPO_JUDGE_API_KEY or OPENAI_API_KEY.",
+        ),
+    ] = None,
+    judge_url: Annotated[
+        str | None,
+        typer.Option(
+            "--judge-url",
+            rich_help_panel="Objective",
+            metavar="URL",
+            help="The judge's OpenAI-compatible API, e.g. https://api.openai.com/v1 or a local vLLM or llama.cpp "
+            "server's http://127.0.0.1:8000/v1.",
+        ),
+    ] = None,
+    judge_budget: Annotated[
+        int | None,
+        typer.Option(
+            "--judge-budget",
+            rich_help_panel="Objective",
+            metavar="CALLS",
+            help="The most judge calls this run may make: refused before starting when it could need more "
+            "(verdicts kept in the run folder are never paid twice).",
+        ),
+    ] = None,
+    judge_template: Annotated[
+        str | None,
+        typer.Option(
+            "--judge-template",
+            rich_help_panel="Objective",
+            metavar="FILE",
+            help="The judge's prompt, with {instruction}, {output_1} and {output_2}; it must ask for A, B or tie.",
+        ),
+    ] = None,
+    guard: Annotated[
+        str | None,
+        typer.Option(
+            "--guard",
+            rich_help_panel="Objective",
+            metavar="TASK[,TASK...][:MAX_LOSS]",
+            help="A capability guard: choose only among the α whose score on these lm-eval tasks is shown to be at "
+            "most MAX_LOSS (default 0.01) below α = 0's (simultaneous 95% intervals), confirmed on held-out "
+            "documents.",
         ),
     ] = None,
     alpha: Annotated[
@@ -313,7 +374,7 @@ def tune(
         bool,
         typer.Option(
             "--allow-cut-responses",
-            rich_help_panel="Scoring",
+            rich_help_panel="Objective",
             help="Start even when --max-new-tokens and the template exceed the reward model's context (answers that "
             "do not fit then lose their end and count as cut).",
         ),
@@ -442,7 +503,8 @@ def tune(
     quiet: QuietOpt = False,
     json: JsonOpt = False,
 ) -> None:
-    """Choose α: generate with every candidate, score with a reward model or function, compare against α = 0.
+    """Choose α: evaluate every candidate on an objective (a reward model or function scoring responses to
+    prompts, lm-eval tasks, or a pairwise judge against α = 0's answers), compare against α = 0.
 
     The choice, on the selection prompts: among the α whose gain over α = 0 is significant among all candidates
     (simultaneous 95% intervals), the best, or a smaller one shown to be within --margin of it; α = 0 when none is.
@@ -491,6 +553,12 @@ def tune(
         reward_fn=reward_fn,
         confirm_reward_model=confirm_reward_model,
         confirm_reward_fn=confirm_reward_fn,
+        task=task,
+        judge=judge,
+        judge_url=judge_url,
+        judge_budget=judge_budget,
+        judge_template=judge_template,
+        guard=guard,
         alphas=alphas,
         search=search,
         budget=budget,

@@ -37,6 +37,7 @@ from .backends.candidates import CandidateModel
 from .backends.generation import Decoding, Generator, encode_prompts
 from .backends.serving import VllmPolicy, import_vllm, reward_placement, vllm_version
 from .decision.candidate import SELECTION, NotGenerated
+from .decision.guard import Guard, GuardSpec
 from .decision.holdout import Split
 from .decision.holdout import split as split_prompts
 from .decision.looks import Ledger
@@ -44,13 +45,17 @@ from .decision.power import TARGET, Power
 from .decision.procedure import choose
 from .decision.search import DEFAULT_EXTRA
 from .decision.selection import DEFAULT_MARGIN, Margin
+from .objectives.judge import TEMPLATE, PairwiseJudge, VerdictCache
+from .objectives.objective import Objective
 from .objectives.prompts import load_prompts
 from .objectives.rewards import Cached, Reward, RewardFunction, RewardModel
+from .objectives.tasks import TaskSuite, parse_tasks
 from .runs.claims import STALE, Busy
 from .runs.evaluation import Evaluator, Lazy, Policy
 from .runs.result import TuneResult
 from .runs.runfolder import RunFolder, default_location, digest
 from .runs.spread import Spread, enter_worker, evaluate_share, owner, share, worker_environments, workers
+from .runs.task_evaluation import TaskEvaluator
 
 DEFAULT_ALPHAS = (0.1, 0.3, 0.5)  # α = 0 is always added
 BACKENDS = ("transformers", "vllm")
@@ -67,12 +72,18 @@ def candidate_alphas(alphas: Sequence[float]) -> list[float]:
 def tune(
     sft: str | Path | None,
     aligned: str | Path | None,
-    prompts: str,
+    prompts: str | None,
     *,
     reward_model: str | None = None,
     reward_fn: str | None = None,
     confirm_reward_model: str | None = None,
     confirm_reward_fn: str | None = None,
+    task: str | Sequence[str] | None = None,
+    judge: str | None = None,
+    judge_url: str | None = None,
+    judge_budget: int | None = None,
+    judge_template: str | Path | None = None,
+    guard: str | None = None,
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     search: bool = False,
     budget: int | None = None,
@@ -111,6 +122,13 @@ def tune(
             policy's); or `reward_fn`: `module:function`.
         confirm_reward_model, confirm_reward_fn: a second reward that judges the held-out confirmation (the
             selection reward's held-out gain is reported beside it), so that over-optimising one reward shows.
+        task: instead of prompts and a reward, lm-eval tasks (names or task YAML files, `objectives.tasks`): each
+            candidate answers their documents in memory, each document scored by its task's metric.
+        judge, judge_url, judge_budget, judge_template: instead of a reward, a pairwise judge model behind an
+            OpenAI-compatible endpoint compares each answer with α = 0's in both orders (`objectives.judge`), at
+            most `judge_budget` calls.
+        guard: "TASK[,TASK...][:MAX_LOSS]": choose only among candidates whose score on these lm-eval tasks is
+            shown to be no worse than α = 0's by more than MAX_LOSS (`decision.guard`).
         alphas: the grid; α = 0 is always added. `search`: refine around the best point, `budget` candidates in all
             (default: the grid and 4 more).
         decoding: sampling settings (seeded identically for every candidate; the paper's by default).
@@ -199,12 +217,18 @@ def _transformers_bars(shown: bool) -> Iterator[None]:
 def _tune(
     sft: str | Path | None,
     aligned: str | Path | None,
-    prompts: str,
+    prompts: str | None,
     *,
     reward_model: str | None,
     reward_fn: str | None,
     confirm_reward_model: str | None,
     confirm_reward_fn: str | None,
+    task: str | Sequence[str] | None,
+    judge: str | None,
+    judge_url: str | None,
+    judge_budget: int | None,
+    judge_template: str | Path | None,
+    guard: str | None,
     alphas: Sequence[float],
     search: bool,
     budget: int | None,
@@ -234,18 +258,38 @@ def _tune(
 
     grid = candidate_alphas(alphas)
     decoding, margin = decoding or Decoding(), Margin.parse(margin)
-    _check_settings(decoding, reward_model, reward_fn, grid, budget, search, target_gain)
+    objective = Objective(prompts, reward_model, reward_fn, task, judge, judge_url, confirm_reward_model,
+                          confirm_reward_fn)  # fmt: skip
+    _check_settings(decoding, objective, grid, budget, search, target_gain)
     spread.check(fresh, rescore, run_dir)
     budget = (budget or len(grid) + DEFAULT_EXTRA) if search else len(grid)
     opts = MergeOptions(**options)
-    _check_backend(backend, tensor_parallel_size, rescore, opts)
-    texts = load_prompts(prompts, prompt_field, split, limit, opts.token, seed=decoding.seed)
+    _check_backend(backend, tensor_parallel_size, rescore, opts, guarded=bool(task or guard))
+    guarding = GuardSpec.parse(guard) if guard is not None else None
+    suite = TaskSuite(parse_tasks(task, "--task"), "--task") if task is not None else None
+    guard_suite = TaskSuite(parse_tasks(guarding.tasks, "--guard"), "--guard") if guarding else None
+    pairwise = (
+        PairwiseJudge(judge_url, judge, _template(judge_template), judge_budget)
+        if judge is not None and judge_url is not None
+        else None
+    )
+    if suite is not None:
+        texts = [document.text for document in suite.documents]
+    else:
+        assert prompts is not None
+        texts = load_prompts(prompts, prompt_field, split, limit, opts.token, seed=decoding.seed)
     parts = split_prompts(len(texts), holdout, decoding.seed, warn=opts.warning)
     confirm_model, confirm_fn = confirm_reward_model, confirm_reward_fn
-    if confirm_model is not None and confirm_fn is not None:
-        raise UsageError("pass at most one of --confirm-reward-model and --confirm-reward-fn")
     if (confirm_model or confirm_fn) and not parts.confirmation:
         raise UsageError("--confirm-reward judges the held-out prompts, and none are held out: pass --holdout")
+    guard_parts = None
+    if guard_suite is not None:
+        guard_parts = split_prompts(
+            len(guard_suite.documents),
+            parts.fraction,
+            decoding.seed,
+            warn=lambda message: opts.warning(f"--guard: {message.replace('prompts', 'documents')}"),
+        )
     run, opts, dominant = _prepare_in_one_dtype(sft, aligned, {0.0: Path(output)} if output is not None else {}, opts)
     device = run.device
     # each worker's GPUs or cores, refused before anything is made when there are too few
@@ -276,15 +320,23 @@ def _tune(
         _check_context(rm, texts, decoding, opts, allow_cut_responses)
         return rm
 
-    scorer = Cached(reward(reward_model, reward_fn, "--reward"))
+    if suite is not None:
+        scorer = None
+    elif pairwise is not None:
+        scorer = Cached(pairwise)
+    else:
+        scorer = Cached(reward(reward_model, reward_fn, "--reward"))
     confirmer = Cached(reward(confirm_model, confirm_fn, "--confirm-reward")) if confirm_model or confirm_fn else None
     # An adapter input: the model is built from its base's folder (every parameter is then written in place);
     # the tokenizer is the adapter's own when it ships one.
     folders = input_folders(run.main.aligned)
     tokenizer_folder = next((f for f in folders if (f / "tokenizer_config.json").is_file()), folders[0])
     tokenizer = _load_tokenizer(tokenizer_folder)
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template) if suite is None else []
     key = _run_key(run, texts, prompt_ids, parts, decoding, dominant, device.type)
+    if suite is not None:  # the answers depend on the tasks, not on prompts and decoding settings
+        del key["encoded_prompts"], key["decoding"]
+        key["tasks"] = suite.identity()
     if backend != "transformers":  # its responses differ: a folder of another backend's, or version's, is refused
         key["backend"] = {
             "name": backend,
@@ -296,12 +348,15 @@ def _tune(
     folder_path = Path(run_dir) if run_dir is not None else default_location(key)
     power = Power(len(parts.selection), len(parts.confirmation), budget - 1, parts.fraction, target_gain)
     opts.inform(power.advice())
+    identity = suite.identity() if suite is not None else scorer.identity()  # type: ignore[union-attr]
     with (
-        RunFolder.open(folder_path, key, scorer.identity(), fresh=fresh, shared=spread.split) as folder,
+        RunFolder.open(folder_path, key, identity, fresh=fresh, shared=spread.split) as folder,
         _resumable(folder_path),
     ):
         if spread.worker is None:
             opts.inform(folder.describe())
+        if pairwise is not None:
+            pairwise.cache = VerdictCache(folder_path / "judge")
         if spread.split:
             folder.agree({"alphas": grid, "search": search, "budget": budget,
                           "parts": spread.part.count if spread.part else _folder_parts(folder)})  # fmt: skip
@@ -329,26 +384,46 @@ def _tune(
             return (set_alpha, Generator(model, tokenizer, decoding)), lambda: None
 
         policy = None if rescore else Lazy(load)
-        evaluate = Evaluator(
-            policy,
-            texts,
-            prompt_ids,
-            {"selection": parts.selection, "confirmation": parts.confirmation},
-            decoding.batch_size,
-            scorer,
-            folder,
-            opts.progress and spread.worker is None,
-        )
+        shown = opts.progress and spread.worker is None
+        members = {"selection": parts.selection, "confirmation": parts.confirmation}
+
+        def answering(lazy: Lazy | None = policy) -> tuple[Callable[[float], float], Any, Any]:
+            assert lazy is not None
+            set_alpha, generator = lazy.get()
+            return set_alpha, generator.model, tokenizer
+
+        evaluate: Evaluator | TaskEvaluator
+        if suite is not None:
+            evaluate = TaskEvaluator(suite, answering if policy else None, members, folder, shown)
+        else:
+            assert scorer is not None
+            evaluate = Evaluator(policy, texts, prompt_ids, members, decoding.batch_size, scorer, folder, shown)
+        if pairwise is not None and isinstance(evaluate, Evaluator):
+            _check_judge_budget(pairwise, evaluate, grid, budget, decoding.samples_per_prompt, opts)
         confirm = None
         if confirmer is not None:
+            assert isinstance(evaluate, Evaluator)
             confirm = replace(evaluate, scorer=confirmer, folder=folder.scored_by(confirmer.identity()))
+        guarded = None
+        if guard_suite is not None and guarding is not None and guard_parts is not None:
+            guard_members = {"selection": guard_parts.selection, "confirmation": guard_parts.confirmation}
+            guard_evaluate = TaskEvaluator(
+                guard_suite,
+                answering if policy else None,
+                guard_members,
+                folder.guarded_by(guard_suite.identity()),
+                shown,
+                label="guard ",
+            )
+            guarded = Guard(guard_evaluate, guard_parts.selection, guard_parts.confirmation, guarding.max_loss,
+                            guard_suite.name)  # fmt: skip
         try:
             if spread.split and not _spread_work(spread, evaluate, grid, folder, environments, arguments, opts):
                 return None
             try:
                 outcome = choose(
                     evaluate, grid, budget, parts, decoding.seed, margin=margin, ledger=_ledger(folder),
-                    confirm=confirm,
+                    confirm=confirm, guard=guarded,
                 )  # fmt: skip
             except NotGenerated as err:
                 raise UsageError(f"--rescore: {err}; run without --rescore to generate them") from err
@@ -370,7 +445,7 @@ def _tune(
             parts,
             outcome,
             decoding,
-            scorer.name,
+            suite.name if suite is not None else scorer.name,  # type: ignore[union-attr]
             dominant,
             str(device),
             folder_path,
@@ -381,6 +456,8 @@ def _tune(
             confirmer.name if confirmer else None,
             Path(output).name if output is not None else None,
             opts.force,
+            objective.kind,
+            pairwise,
         )
         result.save_result()
         if spread.split:
@@ -531,8 +608,7 @@ def _run_key(
 
 def _check_settings(
     decoding: Decoding,
-    reward_model: str | None,
-    reward_fn: str | None,
+    objective: Objective,
     grid: list[float],
     budget: int | None,
     search: bool,
@@ -542,20 +618,24 @@ def _check_settings(
     decoding.check()
     if not 0 < target_gain < 10:
         raise UsageError(f"--target-gain {target_gain:g}: a gain in SDs of the per-prompt gain, such as 0.3")
-    if (reward_model is None) == (reward_fn is None):
-        raise UsageError("pass one of --reward-model or --reward-fn")
+    objective.check()
     if budget is not None and budget < len(grid):
         raise UsageError(f"--budget {budget}: the grid alone has {len(grid)} candidates (α = 0 included)")
     if budget is not None and not search:
         raise UsageError("--budget needs --search (the grid alone is evaluated otherwise)")
 
 
-def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool, opts: MergeOptions) -> None:
-    """The generation backend, refused before any model loads (vLLM missing included)."""
+def _check_backend(
+    backend: str, tensor_parallel_size: int, rescore: bool, opts: MergeOptions, guarded: bool = False
+) -> None:
+    """The generation backend, refused before any model loads (vLLM missing included); `guarded`: lm-eval tasks
+    are evaluated (--task, --guard)."""
     if backend == "vllm" and (opts.trajectory or opts.delta_rank is not None):
         raise UsageError(
             "--trajectory and --delta-rank need --backend transformers (vLLM reads the checkpoints' files)"
         )
+    if backend == "vllm" and guarded:
+        raise UsageError("--task and --guard need --backend transformers (lm-eval runs on the loaded model)")
     if backend not in BACKENDS:
         raise UsageError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if tensor_parallel_size < 1:
@@ -564,6 +644,47 @@ def _check_backend(backend: str, tensor_parallel_size: int, rescore: bool, opts:
         raise UsageError("--tensor-parallel-size needs --backend vllm")
     if backend == "vllm" and not rescore:
         import_vllm()
+
+
+def _template(path: str | Path | None) -> str:
+    """--judge-template: a text file with {instruction}, {output_1} and {output_2} (the default: `judge.TEMPLATE`)."""
+    if path is None:
+        return TEMPLATE
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"--judge-template {Path(path).name}: cannot read it ({first_line(err)})") from err
+
+
+def _check_judge_budget(
+    judge: PairwiseJudge, evaluate: Evaluator, grid: list[float], budget: int, samples: int, opts: MergeOptions
+) -> None:
+    """Before any answer is made: the most calls this run can still make, refused when --judge-budget is lower.
+    Batches already scored need none; batches whose answers are kept (a --rescore, a resumed run) need exactly the
+    orders not in the verdict cache; the rest, and candidates a search may add, two calls per answer."""
+    folder, selection = evaluate.folder, evaluate.parts["selection"]
+    most = 2 * samples * (len(selection) * (budget - len(grid)) + len(evaluate.parts["confirmation"]))
+    for alpha in grid[1:]:
+        scored, made, base = folder.rewards(SELECTION, alpha), folder.generations(SELECTION, alpha), None
+        for number, batch in enumerate(evaluate.plan(SELECTION)):
+            if number in scored:
+                continue
+            base = base if base is not None else folder.generations(SELECTION, 0.0)
+            if number not in made or number not in base:
+                most += 2 * samples * len(batch)
+                continue
+            references = {(r.prompt, r.sample): r.text for r in base[number]}
+            for response in made[number]:
+                reference, prompt = references[response.prompt, response.sample], evaluate.texts[response.prompt]
+                if response.text != reference:
+                    orders = ((response.text, reference), (reference, response.text))
+                    most += sum(judge.cache is None or judge.cache.get(judge.key(prompt, *o)) is None for o in orders)
+    opts.inform(f"{judge.name}: at most {most} call(s) (both orders of each answer unlike α = 0's)")
+    if judge.budget is not None and most > judge.budget:
+        raise UsageError(
+            f"--judge-budget {judge.budget}: this run may need {most} judge calls (verdicts kept from earlier runs "
+            "are not counted); raise the budget, or use fewer prompts (--limit) or candidates"
+        )
 
 
 def _prepare_in_one_dtype(

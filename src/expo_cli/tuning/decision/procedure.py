@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 
 from .candidate import CONFIRMATION, SELECTION, Candidate, NotGenerated
+from .guard import Guard, GuardCheck, admissible
+from .guard import held_out as guard_held_out
 from .holdout import Split
 from .looks import Ledger
 from .search import Search
@@ -39,6 +41,25 @@ class Outcome:
     stopped: str  # why the search stopped
     confirmation: Confirmation
     held_out: dict[float, Candidate]  # α = 0 and the chosen α on the confirmation part (when any)
+    guard: GuardOutcome | None = None
+
+
+@dataclass
+class GuardOutcome:
+    """What a --guard found: every candidate's check on its selection documents, the candidates themselves (on
+    both parts, for the records), and its name and limit."""
+
+    name: str
+    max_loss: float
+    checks: dict[float, GuardCheck]
+    candidates: list[Candidate]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "tasks": self.name,
+            "max_loss": self.max_loss,
+            "candidates": [c.to_json() for c in self.checks.values()],
+        }
 
 
 def choose(
@@ -51,10 +72,12 @@ def choose(
     margin: Margin = DEFAULT_MARGIN,
     ledger: Ledger | None = None,
     confirm: Callable[[float, str], Candidate] | None = None,
+    guard: Guard | None = None,
 ) -> Outcome:
     """Search and choose on the selection prompts, then confirm on the held-out ones (a look `ledger` records;
     by default one that has seen no earlier look), judged by `confirm`'s reward when given (`--confirm-reward`:
-    the same held-out responses scored by a second reward) and by the selection's reward otherwise."""
+    the same held-out responses scored by a second reward) and by the selection's reward otherwise; with a
+    `guard`, only candidates it admits are chosen, and the choice is confirmed only where the guard holds too."""
     evaluated, stopped = _search(evaluate, grid, budget, split.selection, seed)
 
     def held_out(alpha: float) -> dict[float, Candidate]:
@@ -64,7 +87,7 @@ def choose(
         assert confirm is not None
         return {a: confirm(a, CONFIRMATION) for a in (0.0, alpha)}
 
-    return judge(evaluated, stopped, split, held_out, seed, draws, margin, ledger, judged if confirm else None)
+    return judge(evaluated, stopped, split, held_out, seed, draws, margin, ledger, judged if confirm else None, guard)
 
 
 def judge(
@@ -77,13 +100,20 @@ def judge(
     margin: Margin = DEFAULT_MARGIN,
     ledger: Ledger | None = None,
     judged: Callable[[float], dict[float, Candidate]] | None = None,
+    guard: Guard | None = None,
 ) -> Outcome:
     """The statistics and the recommendation on the selection prompts, and the verdict of `held_out(α)` (α = 0 and
     the chosen α on the held-out prompts) when there is something to confirm, at the level of its look; with
     `judged` (the same responses under a second reward) the verdict is that reward's, the selection reward's
     held-out gain shown beside it."""
-    stats = _compare(selection, split.selection, seed, draws)
-    choice = recommend(stats, margin)
+    checks: dict[float, GuardCheck] = {}
+    guarded: list[Candidate] = []
+    if guard is not None:
+        guarded = [guard.evaluate(alpha, SELECTION) for alpha in sorted(selection)]
+        checks = admissible({c.alpha: c for c in guarded}, guard.selection, guard.max_loss, seed, draws)
+    excluded = {a: f"loss {c.loss} may exceed {guard.max_loss:g}" for a, c in checks.items() if not c.admissible}
+    stats = _compare(selection, split.selection, seed, draws, eligible=[a for a in selection if a not in excluded])
+    choice = recommend(stats, margin, excluded=excluded)
     confirming: dict[float, Candidate] = {}
     if choice.alpha == 0 or not split.confirmation:
         verdict = confirmation(choice.alpha, len(split.confirmation), None)
@@ -105,7 +135,13 @@ def judge(
                 choice.alpha, len(split.confirmation), pair[1], look, pair[0], primary[1] if primary else None
             )
             ledger.record(look, choice.alpha, data, _look_outcome(verdict, margin, selection))
-    return Outcome(selection, stats, choice, stopped, verdict, confirming)
+            if guard is not None and guard.confirmation:
+                pair = {a: guard.evaluate(a, CONFIRMATION) for a in (0.0, choice.alpha)}
+                guarded += pair.values()
+                held = guard_held_out(pair[0.0], pair[choice.alpha], guard.confirmation, guard.max_loss)
+                verdict = verdict.guarded(held, guard.name)
+    found = GuardOutcome(guard.name, guard.max_loss, checks, guarded) if guard is not None else None
+    return Outcome(selection, stats, choice, stopped, verdict, confirming, found)
 
 
 def _digest(candidates: dict[float, Candidate], prompts: list[int]) -> str:
@@ -136,9 +172,10 @@ def _compare(
     draws: int,
     level: float = LEVEL,
     paired_t: bool = False,
+    eligible: list[float] | None = None,
 ) -> list[CandidateStats]:
     scores = {a: c.scores(prompts) for a, c in candidates.items()}
-    return compare_scores(scores, draws=draws, seed=seed, level=level, paired_t=paired_t)
+    return compare_scores(scores, draws=draws, seed=seed, level=level, paired_t=paired_t, eligible=eligible)
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
@@ -160,6 +197,7 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
         ],
         "evaluated_order": list(candidates),
         "search": {"stopped": outcome.stopped},
+        **({"guard": outcome.guard.to_json()} if outcome.guard else {}),
     }
 
 

@@ -15,11 +15,12 @@ excludes 0) is the confirmation.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from ...errors import UsageError
+from .guard import GuardVerdict
 from .looks import Look, false_confirmation_bound
 from .statistics import CandidateStats
 
@@ -78,15 +79,30 @@ class Recommendation:
 
 
 def recommend(
-    stats: Sequence[CandidateStats], margin: Margin = DEFAULT_MARGIN, baseline: float = 0.0
+    stats: Sequence[CandidateStats],
+    margin: Margin = DEFAULT_MARGIN,
+    baseline: float = 0.0,
+    excluded: Mapping[float, str] | None = None,
 ) -> Recommendation:
-    """The recommendation by `RULE` among `stats` (one per candidate, the baseline included)."""
+    """The recommendation by `RULE` among `stats` (one per candidate, the baseline included), none of the
+    `excluded` (α: why, a guard's verdict) chosen."""
+    excluded = excluded or {}
     others = [s for s in stats if s.alpha != baseline]
-    better = [s for s in others if s.significant]
+    better = [s for s in others if s.significant and s.alpha not in excluded]
     warnings = truncation_warnings(stats)
+    if excluded:
+        warnings.append("excluded by the guard: " + "; ".join(f"α={a:g} ({why})" for a, why in excluded.items()))
     if not better:
         best = max(others, key=lambda s: s.reward.estimate, default=None)
         why = f"the best, α={best.alpha:g}, gains {best.gain_simultaneous}, " if best else ""
+        if any(s.significant for s in others):
+            return Recommendation(
+                baseline,
+                f"every candidate that beats the aligned model (α=0) significantly loses more than the guard allows "
+                f"({', '.join(f'α={s.alpha:g}' for s in others if s.significant)})",
+                warnings,
+                str(margin),
+            )
         return Recommendation(
             baseline,
             f"no candidate beats the aligned model (α=0) significantly: {why}an interval that includes 0 once "
@@ -147,10 +163,15 @@ class Confirmation:
     look: Look | None = None  # which look at the held-out prompts this test was (`looks`)
     baseline: CandidateStats | None = None  # α = 0 on the held-out prompts
     primary: CandidateStats | None = None  # with a --confirm-reward: the selection reward's gain there
+    guard: GuardVerdict | None = None  # with a --guard: the chosen α's guard on its held-out documents
 
     @property
     def confirmed(self) -> bool:
-        return self.stats is not None and self.stats.gain.low > 0
+        return self.stats is not None and self.stats.gain.low > 0 and (self.guard is None or self.guard.held)
+
+    def guarded(self, verdict: GuardVerdict, name: str) -> Confirmation:
+        """This verdict with the guard's on its held-out documents: confirmed only when both hold."""
+        return replace(self, guard=verdict, note=f"{self.note}; {verdict.note(name)}")
 
     def to_json(self) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -164,6 +185,8 @@ class Confirmation:
             }
         if self.primary is not None:
             found["selection_reward_stats"] = self.primary.to_json()
+        if self.guard is not None:
+            found["guard"] = self.guard.to_json()
         return {"alpha": self.alpha, "prompts": self.prompts, "confirmed": self.confirmed, "note": self.note, **found}
 
 

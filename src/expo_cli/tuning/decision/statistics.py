@@ -29,7 +29,7 @@ of that fit: a cut response's length is the limit, not the model's choice. The s
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
 from typing import Any
@@ -245,17 +245,20 @@ def compare_scores(
     seed: int = 0,
     level: float = LEVEL,
     paired_t: bool = False,
+    eligible: Collection[float] | None = None,
 ) -> list[CandidateStats]:
     """`compare` on each candidate's `Scores`, every interval at `level`; `paired_t`: the gain's interval is the
-    Student t interval (the held-out confirmation), not the bootstrap's."""
+    Student t interval (the held-out confirmation), not the bootstrap's; `eligible`: the candidates the best is
+    sought among (`behind_best` measures from it; a guard leaves the others out), every one when None."""
     scores = dict(sorted(scores.items()))
     base = scores[baseline]
     boot = Bootstrap(len(base.rewards), draws, seed, level)
     means = {a: s.prompt_rewards for a, s in scores.items()}
     gains = {a: means[a] - means[baseline] for a in scores if a != baseline}
     joint = simultaneous(boot, gains)
-    leaders = [a for a in gains if joint[a].low > 0]  # significantly better than the baseline
-    best = max(leaders or means, key=lambda a: float(np.mean(means[a])))
+    allowed = [a for a in means if eligible is None or a in eligible or a == baseline]
+    leaders = [a for a in gains if joint[a].low > 0 and a in allowed]  # significantly better than the baseline
+    best = max(leaders or allowed, key=lambda a: float(np.mean(means[a])))
     behind = simultaneous(boot, {a: means[best] - means[a] for a in scores if a != best})
     base_length = float(np.mean(base.lengths))
     stats = []

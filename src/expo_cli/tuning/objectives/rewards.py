@@ -40,6 +40,7 @@ from .usercode import import_root, load_function, local_sources
 UNKNOWN_LIMIT = 10**6  # tokenizers without a limit report a huge model_max_length
 SCORING_CODE = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]  # in every reward's identity
 Cut = Literal["prompt", "response"]  # what was shortened to fit the reward model's context
+References = Sequence[str] | None  # a pairwise judge's reference answers (α = 0's), one per response
 
 
 class Reward(Protocol):
@@ -65,7 +66,8 @@ class BatchScores:
 
 class Cached:
     """A reward that scores each distinct (prompt, response) once per candidate, and gives the statistics each pair's
-    first value in the run, so that two candidates with the same answer tie exactly.
+    first value in the run, so that two candidates with the same answer tie exactly. A pairwise judge scores a
+    response against a reference (α = 0's answer): its pairs are (prompt, response, reference).
 
     A reward model's score moves in its last bits with the batch a pair is scored in (padding, batch size): what a
     candidate keeps in the run folder is scored within that candidate alone (`begin`), never depending on which
@@ -77,10 +79,11 @@ class Cached:
     def __init__(self, reward: Reward) -> None:
         self.reward = reward
         self.name = reward.name
-        self.mine: dict[tuple[str, str], float] = {}  # this candidate's scores (a function's: the run's)
-        self.first: dict[tuple[str, str], float] = {}  # each pair's first value in the run
+        self.mine: dict[tuple[str, ...], float] = {}  # this candidate's scores (a function's: the run's)
+        self.first: dict[tuple[str, ...], float] = {}  # each pair's first value in the run
         self.cuts = reward.cuts
         self.scope: object = None
+        self.pairwise = getattr(reward, "pairwise", False)
 
     def begin(self, scope: object) -> None:
         """Start scoring a candidate (`scope`: its α and part): a reward model scores its pairs anew."""
@@ -88,9 +91,11 @@ class Cached:
             self.mine = {}
         self.scope = scope
 
-    def remember(self, prompts: Sequence[str], responses: Sequence[str], batch: BatchScores) -> None:
+    def remember(
+        self, prompts: Sequence[str], responses: Sequence[str], batch: BatchScores, references: References = None
+    ) -> None:
         """Scores made earlier (read back from a run folder)."""
-        for i, pair in enumerate(zip(prompts, responses, strict=True)):
+        for i, pair in enumerate(_pairs(prompts, responses, references)):
             self.mine.setdefault(pair, batch.rewards[i])
             self.first.setdefault(pair, batch.rewards[i])
             if i in batch.prompt_cut or i in batch.response_cut:
@@ -99,30 +104,40 @@ class Cached:
     def identity(self) -> dict[str, Any]:
         return self.reward.identity()
 
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def score(self, prompts: Sequence[str], responses: Sequence[str], references: References = None) -> list[float]:
         """Each pair's score within this candidate: what the run folder keeps."""
-        pairs = list(zip(prompts, responses, strict=True))
+        pairs = _pairs(prompts, responses, references)
         new = list(dict.fromkeys(p for p in pairs if p not in self.mine))
         if new:
-            scores = self.reward.score([p for p, _ in new], [r for _, r in new])
+            columns = [[pair[i] for pair in new] for i in range(len(new[0]))]
+            scores = self.reward.score(*columns)
             self.mine.update(zip(new, scores, strict=True))
             for pair, score in zip(new, scores, strict=True):
                 self.first.setdefault(pair, score)
         return [self.mine[p] for p in pairs]
 
-    def canonical(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    def canonical(
+        self, prompts: Sequence[str], responses: Sequence[str], references: References = None
+    ) -> list[float]:
         """Each pair's first value in the run (scored or remembered before): what the statistics use."""
-        return [self.first[p] for p in zip(prompts, responses, strict=True)]
+        return [self.first[p] for p in _pairs(prompts, responses, references)]
 
-    def scored(self, prompts: Sequence[str], responses: Sequence[str]) -> BatchScores:
+    def scored(self, prompts: Sequence[str], responses: Sequence[str], references: References = None) -> BatchScores:
         """`score`, with which positions were shortened to fit."""
-        rewards = self.score(prompts, responses)
-        kinds = [self.cuts.get(pair) for pair in zip(prompts, responses, strict=True)]
+        rewards = self.score(prompts, responses, references)
+        kinds = [self.cuts.get(pair) for pair in _pairs(prompts, responses, references)]
         return BatchScores(
             rewards,
             {i for i, kind in enumerate(kinds) if kind == "prompt"},
             {i for i, kind in enumerate(kinds) if kind == "response"},
         )
+
+
+def _pairs(prompts: Sequence[str], responses: Sequence[str], references: References) -> list[tuple[str, ...]]:
+    """(prompt, response) pairs, or (prompt, response, reference) for a pairwise judge."""
+    if references is None:
+        return list(zip(prompts, responses, strict=True))
+    return list(zip(prompts, responses, references, strict=True))
 
 
 class RewardFunction:

@@ -54,9 +54,12 @@ class Evaluator:
     scorer: Cached
     folder: RunFolder
     progress: bool = True
+    _baseline: dict[str, dict[int, list[Response]]] = field(default_factory=dict, init=False, repr=False)
 
     def __call__(self, alpha: float, part: str) -> Candidate:
         plan = self.plan(part)
+        if self.scorer.pairwise and alpha != 0 and len(self.folder.generations(part, 0.0)) < len(plan):
+            self(0.0, part)  # a pairwise judge compares with α = 0's answers: made first
         made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
         missing = [n for n in range(len(plan)) if n not in made]
         if missing and self.policy is None:
@@ -118,17 +121,18 @@ class Evaluator:
                     self.folder.claims.check(name)
                     self.folder.add_generation(part, alpha, number, made[number])
                 prompts, texts = [self.texts[r.prompt] for r in made[number]], [r.text for r in made[number]]
+                references = self._references(part, number, made[number], alpha) if self.scorer.pairwise else None
                 if number in scored:
-                    self.scorer.remember(prompts, texts, scored[number])
+                    self.scorer.remember(prompts, texts, scored[number], references)
                 else:
                     started = time.perf_counter()
-                    scored[number] = self.scorer.scored(prompts, texts)
+                    scored[number] = self.scorer.scored(prompts, texts, references)
                     score_seconds += time.perf_counter() - started
                     self.folder.claims.check(name)
                     self.folder.add_rewards(part, alpha, number, scored[number])
                 batch_scores = scored[number]
                 responses += made[number]
-                rewards += self.scorer.canonical(prompts, texts)  # an answer another candidate gave ties exactly
+                rewards += self.scorer.canonical(prompts, texts, references)  # the same answer ties exactly
                 unfit += [i in batch_scores.response_cut for i in range(len(made[number]))]
                 cuts += len(batch_scores.prompt_cut)
                 bar.update(len(batch))
@@ -146,6 +150,15 @@ class Evaluator:
             cuts,
             [unfit[i] for i in order],
         )
+
+    def _references(self, part: str, number: int, responses: list[Response], alpha: float) -> list[str]:
+        """α = 0's answers to the same (prompt, sample) as `responses` (batch `number`): a judge's references."""
+        if alpha == 0:
+            return [r.text for r in responses]
+        if number not in self._baseline.get(part, {}):
+            self._baseline[part] = self.folder.generations(part, 0.0)
+        baseline = {(r.prompt, r.sample): r.text for r in self._baseline[part][number]}
+        return [baseline[r.prompt, r.sample] for r in responses]
 
 
 def claim_name(part: str, alpha: float) -> str:

@@ -15,13 +15,16 @@ from ...plotting import pyplot, save_png
 from ..backends.generation import Decoding
 from ..decision.candidate import Candidate
 from ..decision.holdout import Split
+from ..decision.lengthcontrol import length_controlled
 from ..decision.power import Power
 from ..decision.procedure import Outcome, outcome_json
 from ..decision.selection import RULE, truncation_warnings
-from ..decision.statistics import CandidateStats, Interval
+from ..decision.statistics import Bootstrap, CandidateStats, Interval
+from ..objectives.judge import PairwiseJudge
 from . import advice, reporting
 from .reporting import RESULT
 
+LC_DRAWS = 2000  # resamples behind the length-controlled win rate's interval
 CUT_RISE = 0.05  # --output is refused (without --force) when the chosen α's cut rate exceeds α = 0's by this
 
 
@@ -42,6 +45,8 @@ class TuneResult:
     confirm_reward: str | None = None  # the second reward that judged the held-out prompts
     output_name: str | None = None  # the --output folder's name, for the next steps (never its path)
     force: bool = False  # --force: --output is written even unconfirmed
+    objective: str = "reward"  # "reward", "task" (lm-eval documents) or "judge" (pairwise against α = 0)
+    judge: PairwiseJudge | None = None
 
     @property
     def alpha(self) -> float:
@@ -120,7 +125,9 @@ class TuneResult:
             },
             "warnings": self.warnings,
             "margin": self.outcome.recommendation.margin,
+            "objective": self.objective,
             "reward": self.reward,
+            **({"guard": self.outcome.guard.to_json()} if self.outcome.guard else {}),
             **({"confirm_reward": self.confirm_reward} if self.confirm_reward else {}),
             "prompts": len(self.prompts),
             "split": self.split.to_json(),
@@ -151,8 +158,10 @@ class TuneResult:
             "split": self.split.to_json(),
             "win_rate": "per prompt (its samples' mean reward); win_rate_responses: sample s against sample s",
             "decoding": self.decoding.to_json(),
+            "objective": self.objective,
             "reward": self.reward,
             "confirm_reward": self.confirm_reward,
+            **({"judge": self.judge_summary()} if self.judge is not None else {}),
             "model_dtype": self.model_dtype,
             "device": self.device,
             "notes": self.notes,
@@ -176,6 +185,33 @@ class TuneResult:
                 "generated": sum(c.generated for c in self._candidates()),
                 "reused": sum(len(c.responses) - c.generated for c in self._candidates()),
             },
+        }
+
+    def judge_summary(self) -> dict[str, Any]:
+        """The judge's calls, and each candidate's raw and length-controlled win rate over α = 0."""
+        assert self.judge is not None
+        prompts = self.split.selection
+        base = self.outcome.selection[0.0].scores(prompts)
+        bootstrap = Bootstrap(len(prompts), LC_DRAWS, self.decoding.seed)
+        rates = {}
+        for alpha, candidate in sorted(self.outcome.selection.items()):
+            if alpha == 0:
+                continue
+            scores = candidate.scores(prompts)
+            raw = bootstrap.mean(scores.prompt_rewards)
+            controlled = length_controlled(
+                scores.prompt_rewards, scores.prompt_lengths - base.prompt_lengths, bootstrap
+            )
+            rates[f"{alpha:g}"] = {"win_rate": _round(raw), "length_controlled": _round(controlled)}
+        cache = self.judge.cache
+        kept = cache.verdicts.values() if cache is not None else []
+        return {
+            "model": self.judge.model,
+            "calls": self.judge.calls,
+            "requests": self.judge.requests,
+            "verdicts_kept": len(cache) if cache is not None else 0,
+            "malformed": sum(v.verdict == "malformed" for v in kept),
+            "candidates": rates,
         }
 
     def table(self) -> list[str]:
@@ -206,6 +242,20 @@ class TuneResult:
             f"Chosen α = {self.alpha:g} on {len(self.split.selection)} selection prompts: "
             f"{self.outcome.recommendation.reason}"
         )
+        if self.outcome.guard is not None:
+            guard = self.outcome.guard
+            lines.append(f"Guard {guard.name}, loss vs α=0 at most {guard.max_loss:g} (simultaneous 95% intervals):")
+            for check in guard.checks.values():
+                if check.alpha != 0:
+                    verdict = "admitted" if check.admissible else "excluded"
+                    lines.append(f"  α={check.alpha:g}: score {check.score:.4g}, loss {check.loss}: {verdict}")
+        if self.judge is not None:
+            for alpha, rates in self.judge_summary()["candidates"].items():
+                raw, controlled = rates["win_rate"], rates["length_controlled"]
+                lines.append(
+                    f"  α={alpha}: win rate vs α=0 {raw[0]:.1%}, length-controlled {controlled[0]:.1%} "
+                    f"[{controlled[1]:.1%}, {controlled[2]:.1%}]"
+                )
         lines.append(f"Held out: {self.outcome.confirmation.note}")
         verdict = self.outcome.confirmation
         if verdict.stats is not None and verdict.baseline is not None:
@@ -217,8 +267,9 @@ class TuneResult:
         return lines
 
     def records(self) -> list[dict[str, Any]]:
-        """Every prompt, response and reward: the lines of --save-responses, the data of the report."""
-        return [
+        """Every prompt, response and reward: the lines of --save-responses, the data of the report (with a judge,
+        α = 0's answer beside each and the judge's raw verdicts in both orders)."""
+        records = [
             {
                 "alpha": c.alpha,
                 "part": c.part,
@@ -234,6 +285,16 @@ class TuneResult:
             for c in self._candidates()
             for response, reward, cut in zip(c.responses, c.rewards, c.cut(), strict=True)
         ]
+        if self.judge is not None:
+            baseline = {
+                (c.part, r.prompt, r.sample): r.text for c in self._candidates() if c.alpha == 0 for r in c.responses
+            }
+            for record in records:
+                reference = baseline.get((record["part"], record["prompt_index"], record["sample"]))
+                if reference is not None:
+                    record["reference"] = reference
+                    record["verdicts"] = self.judge.explain(record["prompt"], record["response"], reference)
+        return records
 
     def save_responses(self, path: str | Path) -> None:
         """Every prompt, response and reward as JSON lines, written atomically."""

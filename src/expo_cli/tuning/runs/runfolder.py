@@ -7,6 +7,7 @@ Layout of a run folder:
     rewards/<reward digest>/reward.json       which reward judged them
     rewards/<reward digest>/<part>/alpha=<α>.jsonl    one line per scored batch: its α, part, number and rewards
     looks.jsonl                               every confirmation test made on the held-out prompts (`looks`)
+    guard/<guard digest>/                     --guard: its task's answers and scores, laid out as above
     plan.json                                 the grid every process of a split run evaluates (`agree`)
     claims/<part>/alpha=<α>/<n>.json          which process is evaluating a candidate (`claims`)
     finished.json                             written once a split run is finished
@@ -63,11 +64,14 @@ def default_location(key: dict[str, Any]) -> Path:
 
 
 class RunFolder:
-    def __init__(self, path: Path, reward: dict[str, Any], lock: int, claims: Claims | None = None) -> None:
+    def __init__(
+        self, path: Path, reward: dict[str, Any], lock: int, claims: Claims | None = None, root: Path | None = None
+    ) -> None:
         self.path = path
         self.lock = lock  # held until `close`
         self.claims = claims if claims is not None else Claims(path)
-        self.reward_folder = path / "rewards" / digest(reward)
+        self.root = root or path  # where its generations and rewards are: a guard's are in a folder of their own
+        self.reward_folder = self.root / "rewards" / digest(reward)
         self.reward_folder.mkdir(parents=True, exist_ok=True)
         if not (self.reward_folder / "reward.json").exists():
             write_json_atomically(self.reward_folder / "reward.json", reward)
@@ -132,7 +136,11 @@ class RunFolder:
     def scored_by(self, reward: dict[str, Any]) -> RunFolder:
         """The same folder (its lock and claims held by this one) keeping the scores of another reward
         (--confirm-reward)."""
-        return RunFolder(self.path, reward, lock=-1, claims=self.claims)
+        return RunFolder(self.path, reward, lock=-1, claims=self.claims, root=self.root)
+
+    def guarded_by(self, guard: dict[str, Any]) -> RunFolder:
+        """The same folder keeping a --guard task's answers and scores apart from the objective's."""
+        return RunFolder(self.path, guard, lock=-1, claims=self.claims, root=self.path / "guard" / digest(guard))
 
     def agree(self, plan: dict[str, Any]) -> None:
         """Every process of a split run must evaluate the same grid: the first records it, the others compare."""
@@ -175,7 +183,7 @@ class RunFolder:
 
     def generations(self, part: str, alpha: float) -> dict[int, list[Response]]:
         """The batches generated so far: batch number -> responses."""
-        file = self._file(self.path / "generations", part, alpha)
+        file = self._file(self.root / "generations", part, alpha)
         return dict(
             self._records(file, part, alpha, lambda line: (line["batch"], [Response(*r) for r in line["responses"]]))
         )
@@ -183,7 +191,7 @@ class RunFolder:
     def add_generation(self, part: str, alpha: float, number: int, responses: list[Response]) -> None:
         rows = [[r.prompt, r.sample, r.text, r.tokens, r.finish] for r in responses]
         record = {"alpha": alpha, "part": part, "batch": number, "responses": rows}
-        _append(self._file(self.path / "generations", part, alpha), record)
+        _append(self._file(self.root / "generations", part, alpha), record)
 
     def rewards(self, part: str, alpha: float) -> dict[int, BatchScores]:
         """The batches scored so far by this folder's reward: batch number -> its scores."""

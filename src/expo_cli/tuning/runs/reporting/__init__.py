@@ -319,8 +319,9 @@ def _page_data(summary: dict[str, Any], records: list[dict[str, Any]], compared:
         entry = prompts.setdefault(key, {"index": key[1], "part": key[0], "text": r["prompt"], "responses": {}})
         samples = entry["responses"].setdefault(f"{r['alpha']:g}", [])
         samples.append(
-            {"text": r["response"], "reward": r["reward"], "tokens": r["tokens"], "finish": r.get("finish")}
-        )
+            {"text": r["response"], "reward": r["reward"], "tokens": r["tokens"], "finish": r.get("finish"),
+             **({"verdicts": r["verdicts"]} if r.get("verdicts") else {})}
+        )  # fmt: skip
     alphas = sorted({r["alpha"] for r in records})
     return {
         "alphas": [f"{a:g}" for a in alphas],

@@ -80,6 +80,9 @@ function responseCell(alpha, sample, baseline, label) {
     }
   }
   cell.appendChild(body);
+  for (const verdict of sample.verdicts || []) {  // a pairwise judge's raw answers, both orders
+    cell.appendChild(element("div", "verdict-raw", `judge, ${verdict.order}: ${verdict.verdict} (“${verdict.raw}”)`));
+  }
   return cell;
 }
 
