@@ -4,8 +4,8 @@ that the expected scores are known.
 Rules: "w7" (the response with more of the word `word`, by default w7, wins; equal counts tie: no position bias),
 "first" (always A: pure position bias). Faults: `failures` (HTTP codes answered, in order, before any verdict; 429
 and 503 carry Retry-After: 0), `malformed` (how many of the first verdicts are worded so that no verdict can be
-read), `redirect_to` (every request answered `redirect_code`, 307 by default, to that URL; a GET is recorded too). Every request is recorded: its two responses, in the
-order shown, and its Authorization header.
+read), `redirect_to` (every request answered `redirect_code`, 307 by default, to that URL; a GET is recorded too).
+Every request is recorded: its two responses, in the order shown, and its Authorization header.
 """
 
 from __future__ import annotations
