@@ -179,7 +179,8 @@ def tune(
             "--judge-template",
             rich_help_panel="Objective",
             metavar="FILE",
-            help="The judge's prompt, with {instruction}, {output_1} and {output_2}; it must ask for A, B or tie.",
+            help="The judge's prompt: a text with the fields instruction, output_1 and output_2, each in braces; "
+            "it must ask for A, B or tie.",
         ),
     ] = None,
     guard: Annotated[
