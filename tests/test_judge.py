@@ -90,6 +90,12 @@ def test_resume_and_rescore_never_pay_twice(expo, steered, tmp_path, judge):
     assert paid > 0
     again = run_judged(expo, steered, tmp_path, judge)
     assert again.code == 0 and len(judge.requests) == paid, again.stderr
+    sft, aligned = steered
+    table = expo("tune", "--sft", sft, "--aligned", aligned, "--prompts", tmp_path / "prompts.jsonl", "--judge",
+                 "stub-judge", "--judge-url", judge.url, "--alpha", "3", "--max-new-tokens", "5", "--holdout", "0",
+                 "--run-dir", tmp_path / "run")  # fmt: skip
+    assert table.code == 0 and len(judge.requests) == paid  # the table names the judge's credit, and its win rates
+    assert "judge credit [95% CI]" in table.stdout and "α=3: win rate vs α=0" in table.stdout
     rewards = [r["reward"] for r in saved(tmp_path)]
     shutil.rmtree(tmp_path / "run" / "rewards")  # the scores lost: only the answers and the verdicts are kept
     rescored = run_judged(expo, steered, tmp_path, judge, "--rescore", "--judge-budget", "0")

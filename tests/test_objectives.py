@@ -106,6 +106,8 @@ def test_a_task_run_resumes_without_answering_again(expo, moving, tasks, tmp_pat
     one, two = json.loads(first.stdout), json.loads(again.stdout)
     assert one["run"]["generated"] == 3 * 40 and two["run"]["generated"] == 0  # 3 candidates, 40 documents
     assert one["candidates"] == two["candidates"]
+    table = expo(*command[:-1]).stdout  # the table names what is compared: task scores over documents
+    assert "score [95% CI]" in table and "selection documents" in table and "reward" not in table.split("\n")[0]
     assert (tmp_path / "run" / "generations" / "selection").is_dir()
 
 

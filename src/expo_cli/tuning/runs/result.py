@@ -187,6 +187,16 @@ class TuneResult:
             },
         }
 
+    @property
+    def measure(self) -> str:
+        """What a candidate's score is called: a reward, a task score, or a judge's credit against α = 0."""
+        return {"task": "score", "judge": "judge credit"}.get(self.objective, "reward")
+
+    @property
+    def items(self) -> str:
+        """What the statistics pair: prompts, or a task's documents."""
+        return "documents" if self.objective == "task" else "prompts"
+
     def judge_summary(self) -> dict[str, Any]:
         """The judge's calls, and each candidate's raw and length-controlled win rate over α = 0."""
         assert self.judge is not None
@@ -217,7 +227,7 @@ class TuneResult:
     def table(self) -> list[str]:
         several = self.decoding.samples_per_prompt > 1
         lines = [
-            f"{'α':>8}  {'reward [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'win rate':>9}"
+            f"{'α':>8}  {self.measure + ' [95% CI]':<28}{'gain vs α=0 [simultaneous CI]':<34}{'win rate':>9}"
             f"{'  win/resp' if several else ''}  {'length':>7}  {'cut':>4}  gain at equal length"
         ]
         for s in self.stats:
@@ -239,7 +249,7 @@ class TuneResult:
             lines.append("win rate: per prompt (mean over its samples); win/resp: sample against sample")
         lines.append(f"Search: {len(self.outcome.selection)} candidate(s), stopped: {self.outcome.stopped}")
         lines.append(
-            f"Chosen α = {self.alpha:g} on {len(self.split.selection)} selection prompts: "
+            f"Chosen α = {self.alpha:g} on {len(self.split.selection)} selection {self.items}: "
             f"{self.outcome.recommendation.reason}"
         )
         if self.outcome.guard is not None:
