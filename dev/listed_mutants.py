@@ -1833,8 +1833,8 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
     ),
     "task documents answered again on resume": (
         "tuning/runs/task_evaluation.py",
-        "            missing = [n for n in range(len(plan)) if n not in made or n not in scored]",
-        "            missing = list(range(len(plan)))",
+        "        return [n for n in range(len(self.plan(part))) if n not in made or n not in scored], made, scored",
+        "        return list(range(len(self.plan(part)))), made, scored",
         TASKS,
     ),
 }

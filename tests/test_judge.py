@@ -100,6 +100,8 @@ def test_resume_and_rescore_never_pay_twice(expo, steered, tmp_path, judge):
     shutil.rmtree(tmp_path / "run" / "rewards")  # the scores lost: only the answers and the verdicts are kept
     rescored = run_judged(expo, steered, tmp_path, judge, "--rescore", "--judge-budget", "0")
     assert rescored.code == 0, rescored.stderr
+    assert any(r["response"] != r["reference"] for r in saved(tmp_path))  # there were verdicts to find again
+    assert list((tmp_path / "run" / "rewards").glob("*/selection/alpha=*.jsonl"))  # scored anew, from the cache
     assert len(judge.requests) == paid and [r["reward"] for r in saved(tmp_path)] == rewards
 
 
@@ -115,6 +117,7 @@ def test_rate_limits_and_server_errors_are_retried(expo, steered, tmp_path, judg
     run = run_judged(expo, steered, tmp_path, judge)
     assert run.code == 0, run.stderr
     report = json.loads(run.stdout)["judge"]
+    assert judge.failures == []  # every fault was served
     assert report["requests"] == report["calls"] + 3 == len(judge.requests)
     assert all(r["reward"] == credit(r["response"], r["reference"]) for r in saved(tmp_path))
 
@@ -135,6 +138,7 @@ def test_position_bias_cancels(expo, steered, tmp_path, judge):
     judge.rule = "first"  # always "A", whatever is shown
     run = run_judged(expo, steered, tmp_path, judge)
     assert run.code == 0, run.stderr
+    assert any(r["response"] != r["reference"] for r in saved(tmp_path)) and judge.asked  # it was asked
     assert {r["reward"] for r in saved(tmp_path)} == {0.5}
     assert json.loads(run.stdout)["alpha"] == 0
 

@@ -659,26 +659,11 @@ def _template(path: str | Path | None) -> str:
 def _check_judge_budget(
     judge: PairwiseJudge, evaluate: Evaluator, grid: list[float], budget: int, samples: int, opts: MergeOptions
 ) -> None:
-    """Before any answer is made: the most calls this run can still make, refused when --judge-budget is lower.
-    Batches already scored need none; batches whose answers are kept (a --rescore, a resumed run) need exactly the
-    orders not in the verdict cache; the rest, and candidates a search may add, two calls per answer."""
-    folder, selection = evaluate.folder, evaluate.parts["selection"]
-    most = 2 * samples * (len(selection) * (budget - len(grid)) + len(evaluate.parts["confirmation"]))
-    for alpha in grid[1:]:
-        scored, made, base = folder.rewards(SELECTION, alpha), folder.generations(SELECTION, alpha), None
-        for number, batch in enumerate(evaluate.plan(SELECTION)):
-            if number in scored:
-                continue
-            base = base if base is not None else folder.generations(SELECTION, 0.0)
-            if number not in made or number not in base:
-                most += 2 * samples * len(batch)
-                continue
-            references = {(r.prompt, r.sample): r.text for r in base[number]}
-            for response in made[number]:
-                reference, prompt = references[response.prompt, response.sample], evaluate.texts[response.prompt]
-                if response.text != reference:
-                    orders = ((response.text, reference), (reference, response.text))
-                    most += sum(judge.cache is None or judge.cache.get(judge.key(prompt, *o)) is None for o in orders)
+    """Before any answer is made: the most calls this run can still make (the grid's, counted from what the run
+    folder keeps, then two per answer for the candidates a search may add and for the held-out pair), refused when
+    --judge-budget is lower."""
+    extra = len(evaluate.parts["selection"]) * (budget - len(grid)) + len(evaluate.parts["confirmation"])
+    most = evaluate.judge_calls(judge, grid[1:], samples) + 2 * samples * extra
     opts.inform(f"{judge.name}: at most {most} call(s) (both orders of each answer unlike α = 0's)")
     if judge.budget is not None and most > judge.budget:
         raise UsageError(

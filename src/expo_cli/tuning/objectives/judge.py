@@ -180,6 +180,11 @@ class PairwiseJudge:
             scores.append((first + second) / 2)
         return scores
 
+    def uncached(self, prompt: str, response: str, reference: str) -> int:
+        """How many of the two orders of (response, reference) would still cost a call."""
+        orders = ((response, reference), (reference, response))
+        return sum(self.cache is None or self.cache.get(self.key(prompt, *order)) is None for order in orders)
+
     def explain(self, prompt: str, response: str, reference: str) -> list[dict[str, str]]:
         """The kept verdicts on a response against its reference, in both orders (none for an equal answer)."""
         if response == reference or self.cache is None:

@@ -92,7 +92,6 @@ class TaskSuite:
             raise InputError(f"{option} {','.join(Path(s).name for s in specs)}: lm-eval cannot load it "
                              f"({first_line(err)})") from err  # fmt: skip
         self.manager = manager  # simple_evaluate builds the registry's index again without it
-        self.specs = list(specs)
         self.tasks: dict[str, Any] = dict(sorted(loaded.items()))  # documents numbered task by task, by name
         self.metrics = {name: _metric(name, task, option) for name, task in self.tasks.items()}
         self.documents: list[Document] = []

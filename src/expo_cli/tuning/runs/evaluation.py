@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.generation import Generator, Response, batches
-from ..decision.candidate import CONFIRMATION, Candidate, NotGenerated
+from ..decision.candidate import CONFIRMATION, SELECTION, Candidate, NotGenerated
+from ..objectives.judge import PairwiseJudge
 from ..objectives.rewards import BatchScores, Cached
 from .runfolder import RunFolder
 
@@ -137,19 +138,37 @@ class Evaluator:
                 cuts += len(batch_scores.prompt_cut)
                 bar.update(len(batch))
             bar.set_postfix_str(f"mean reward {np.mean(rewards):.4g}")
-        order = sorted(range(len(responses)), key=lambda i: (responses[i].prompt, responses[i].sample))
-        return Candidate(
+        return Candidate.ordered(
             alpha,
             part,
-            [responses[i] for i in order],
-            [rewards[i] for i in order],
-            update,
-            generate_seconds,
-            score_seconds,
-            generated,
-            cuts,
-            [unfit[i] for i in order],
+            responses,
+            rewards,
+            unfit,
+            update_seconds=update,
+            generate_seconds=generate_seconds,
+            score_seconds=score_seconds,
+            generated=generated,
+            prompt_cut=cuts,
         )
+
+    def judge_calls(self, judge: PairwiseJudge, alphas: list[float], samples: int) -> int:
+        """The most calls `judge` can still make for `alphas` on the selection prompts (`samples` answers to each):
+        none for a scored batch, exactly the orders not in its verdict cache for a batch whose answers (and
+        α = 0's) are kept, two per answer for the rest."""
+        calls, base = 0, self.folder.generations(SELECTION, 0.0)
+        for alpha in alphas:
+            scored, made = self.folder.rewards(SELECTION, alpha), self.folder.generations(SELECTION, alpha)
+            for number, batch in enumerate(self.plan(SELECTION)):
+                if number in scored:
+                    continue
+                if number not in made or number not in base:
+                    calls += 2 * samples * len(batch)
+                    continue
+                references = self._references(SELECTION, number, made[number], alpha)
+                for response, reference in zip(made[number], references, strict=True):
+                    if response.text != reference:
+                        calls += judge.uncached(self.texts[response.prompt], response.text, reference)
+        return calls
 
     def _references(self, part: str, number: int, responses: list[Response], alpha: float) -> list[str]:
         """α = 0's answers to the same (prompt, sample) as `responses` (batch `number`): a judge's references."""

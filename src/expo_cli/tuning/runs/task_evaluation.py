@@ -43,22 +43,21 @@ class TaskEvaluator:
         return [members[i : i + DOCUMENTS_PER_BATCH] for i in range(0, len(members), DOCUMENTS_PER_BATCH)]
 
     def left(self, alpha: float, part: str) -> int:
-        made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
-        return sum(1 for n in range(len(self.plan(part))) if n not in made or n not in scored)
+        """The batches of (α, part) not yet answered and scored."""
+        return len(self._missing(alpha, part)[0])
 
     def __call__(self, alpha: float, part: str) -> Candidate:
         from huggingface_hub.utils import tqdm  # the Hub client loads when the Hub is used
 
         plan = self.plan(part)
         name = self.label.replace(" ", "/") + claim_name(part, alpha)
-        claimed = bool(self._missing(alpha, part, plan))
+        claimed = bool(self.left(alpha, part))
         if claimed and self.policy is None:
             raise NotGenerated(f"{self.label}α={alpha:g}: never evaluated on the {part} documents")
         if claimed:
             self.folder.claims.take(name)  # Busy when another live process is making it
         try:
-            made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
-            missing = [n for n in range(len(plan)) if n not in made or n not in scored]
+            missing, made, scored = self._missing(alpha, part)  # as of the claim
             update = seconds = 0.0
             answered = 0
             shown = {"disable": not self.progress, "file": sys.stderr, "dynamic_ncols": True}
@@ -86,18 +85,19 @@ class TaskEvaluator:
         finally:
             if claimed:
                 self.folder.claims.release(name)
-        order = sorted(range(len(responses)), key=lambda i: responses[i].prompt)
-        return Candidate(
+        return Candidate.ordered(
             alpha,
             part,
-            [responses[i] for i in order],
-            [rewards[i] for i in order],
-            update,
-            seconds,
-            0.0,
-            answered,
+            responses,
+            rewards,
+            [False] * len(responses),
+            update_seconds=update,
+            generate_seconds=seconds,
+            score_seconds=0.0,
+            generated=answered,
         )
 
-    def _missing(self, alpha: float, part: str, plan: list[list[int]]) -> list[int]:
+    def _missing(self, alpha: float, part: str) -> tuple[list[int], dict[int, list[Response]], dict[int, BatchScores]]:
+        """The batches not yet answered and scored, and what the run folder holds: (missing, answers, scores)."""
         made, scored = self.folder.generations(part, alpha), self.folder.rewards(part, alpha)
-        return [n for n in range(len(plan)) if n not in made or n not in scored]
+        return [n for n in range(len(self.plan(part))) if n not in made or n not in scored], made, scored
