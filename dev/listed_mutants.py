@@ -1783,6 +1783,12 @@ MUTANTS: dict[str, tuple[str, str, str, str]] = {
         "urllib.request.build_opener()",
         JUDGE,
     ),
+    "a judge's remaining calls counted as if no verdict were kept": (
+        "tuning/objectives/judge.py",
+        "self.cache.get(self.key(prompt, *order)) is None for order in orders)",
+        "True for order in orders)",
+        JUDGE,
+    ),
     "rate limits not retried": (
         "tuning/objectives/judge.py",
         "RETRIED = (429, 500, 502, 503, 504)",
